@@ -1,0 +1,137 @@
+//! The content-addressed disk cache: where things live (`layout`), how a fill becomes a
+//! committed file (`writer`), how concurrent misses share one fill (`inflight`), how bytes
+//! are read back, from a finished file or one still growing (`reader`), and tags (`tags`).
+
+pub mod inflight;
+pub mod layout;
+pub mod reader;
+pub mod tags;
+pub mod writer;
+
+pub use inflight::{FillHandle, FillPhase, FillProgress, Inflight, JoinOutcome};
+pub use layout::Layout;
+pub use tags::{TagKey, TagRecord, TagStore};
+pub use writer::{BlobWriter, CommitError};
+
+use crate::oci::Digest;
+use std::io;
+use std::path::Path;
+
+/// A committed manifest: its bytes and its media type.
+#[derive(Debug, Clone)]
+pub struct CachedManifest {
+    pub digest: Digest,
+    pub media_type: String,
+    pub body: bytes::Bytes,
+}
+
+/// The whole cache: the directory layout, tag mappings and fills in progress.
+pub struct Cache {
+    pub layout: Layout,
+    pub tags: TagStore,
+    pub inflight: Inflight,
+    /// Held open for the server's lifetime: its `flock` keeps a second server off this directory.
+    _server_lock: std::fs::File,
+}
+
+impl Cache {
+    /// Opens (creating if needed) the cache at `root`, removes leftover temporary files
+    /// from an earlier run, and takes the directory's lock so no second server shares it.
+    pub fn open(root: &Path) -> io::Result<Cache> {
+        let layout = Layout::create(root)?;
+        let server_lock = lock_exclusively(&root.join("server.lock"))?;
+        let removed = layout.sweep_temporary_files()?;
+        if removed > 0 {
+            tracing::info!(
+                removed,
+                "removed leftover temporary files from an earlier run"
+            );
+        }
+        let tags = TagStore::new(layout.tags_dir());
+        Ok(Cache {
+            layout,
+            tags,
+            inflight: Inflight::default(),
+            _server_lock: server_lock,
+        })
+    }
+
+    /// Reads a committed manifest, if present.
+    pub async fn manifest(&self, digest: &Digest) -> io::Result<Option<CachedManifest>> {
+        let body_path = self.layout.manifest_path(digest);
+        let body = match tokio::fs::read(&body_path).await {
+            Ok(body) => body,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let media_type =
+            match tokio::fs::read_to_string(self.layout.manifest_type_path(digest)).await {
+                Ok(media_type) => media_type.trim().to_owned(),
+                Err(_) => crate::oci::media_type::detect_manifest_media_type(&body)
+                    .unwrap_or_else(|| crate::oci::media_type::OCI_MANIFEST.to_owned()),
+            };
+        Ok(Some(CachedManifest {
+            digest: digest.clone(),
+            media_type,
+            body: body.into(),
+        }))
+    }
+
+    /// Stores a manifest whose bytes the caller has verified against `digest`. The media
+    /// type goes first, so a manifest under its final name always has its type beside it.
+    pub async fn store_manifest(&self, manifest: &CachedManifest) -> io::Result<()> {
+        let type_path = self.layout.manifest_type_path(&manifest.digest);
+        writer::write_file_atomically(
+            &self.layout,
+            &type_path,
+            manifest.media_type.as_bytes().to_vec().into(),
+        )
+        .await?;
+        let final_path = self.layout.manifest_path(&manifest.digest);
+        let mut writer = BlobWriter::create(&self.layout, &manifest.digest, &final_path)?;
+        writer.append(manifest.body.clone()).await?;
+        match writer
+            .commit(&manifest.digest, Some(manifest.body.len() as u64))
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(CommitError::Io(e)) => Err(e),
+            Err(mismatch) => Err(io::Error::other(mismatch.to_string())),
+        }
+    }
+
+    /// Opens a committed blob for reading, with its size.
+    pub fn open_blob(&self, digest: &Digest) -> io::Result<Option<(std::fs::File, u64)>> {
+        match std::fs::File::open(self.layout.blob_path(digest)) {
+            Ok(file) => {
+                let size = file.metadata()?.len();
+                Ok(Some((file, size)))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Takes a non-blocking exclusive `flock` on `path`, failing if another server holds it.
+fn lock_exclusively(path: &Path) -> io::Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)?;
+    // SAFETY: flock on a file descriptor we own; it has no memory-safety preconditions.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        let error = io::Error::last_os_error();
+        return Err(io::Error::new(
+            error.kind(),
+            format!(
+                "{} is locked by another ferry server ({error})",
+                path.display()
+            ),
+        ));
+    }
+    Ok(file)
+}

@@ -1,0 +1,113 @@
+//! Where everything lives under the cache directory. Paths are built only from validated
+//! digests and hashes, so no request can name a path outside the cache.
+//!
+//! `blobs/<alg>/<2 hex>/<hex>`, `manifests/<alg>/<2 hex>/<hex>` (+ `.type`), `tags/<2 hex>/<hash>.json`, `tmp/`.
+
+use crate::oci::Digest;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+#[derive(Debug)]
+pub struct Layout {
+    root: PathBuf,
+    next_temporary: AtomicU64,
+}
+
+impl Layout {
+    pub fn create(root: &Path) -> io::Result<Layout> {
+        for sub in ["blobs", "manifests", "tags", "tmp"] {
+            std::fs::create_dir_all(root.join(sub))?;
+        }
+        Ok(Layout {
+            root: root.to_path_buf(),
+            next_temporary: AtomicU64::new(0),
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn content_path(&self, kind: &str, digest: &Digest) -> PathBuf {
+        self.root
+            .join(kind)
+            .join(digest.algorithm().as_str())
+            .join(&digest.hex()[..2])
+            .join(digest.hex())
+    }
+
+    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+        self.content_path("blobs", digest)
+    }
+
+    pub fn manifest_path(&self, digest: &Digest) -> PathBuf {
+        self.content_path("manifests", digest)
+    }
+
+    pub fn manifest_type_path(&self, digest: &Digest) -> PathBuf {
+        let mut path = self.manifest_path(digest).into_os_string();
+        path.push(".type");
+        PathBuf::from(path)
+    }
+
+    pub fn tags_dir(&self) -> PathBuf {
+        self.root.join("tags")
+    }
+
+    pub fn tmp_dir(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+
+    /// A fresh, unique temporary file path (process id + counter; the directory is swept at start).
+    pub fn temporary_path(&self, label: &str) -> PathBuf {
+        let n = self.next_temporary.fetch_add(1, Ordering::Relaxed);
+        self.tmp_dir()
+            .join(format!("{}-{n}-{label}", std::process::id()))
+    }
+
+    /// Removes everything in `tmp/`: fills that a crash or kill left unfinished.
+    pub fn sweep_temporary_files(&self) -> io::Result<usize> {
+        let mut removed = 0;
+        for entry in std::fs::read_dir(self.tmp_dir())? {
+            let entry = entry?;
+            if std::fs::remove_file(entry.path()).is_ok() {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_stay_inside_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::create(dir.path()).unwrap();
+        let digest: Digest =
+            "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+                .parse()
+                .unwrap();
+        let path = layout.blob_path(&digest);
+        assert!(path.starts_with(dir.path().join("blobs/sha256/e3")));
+        assert!(
+            layout
+                .manifest_type_path(&digest)
+                .to_string_lossy()
+                .ends_with("b855.type")
+        );
+    }
+
+    #[test]
+    fn sweep_removes_leftovers() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::create(dir.path()).unwrap();
+        std::fs::write(layout.temporary_path("x"), b"partial").unwrap();
+        std::fs::write(layout.temporary_path("y"), b"partial").unwrap();
+        assert_eq!(layout.sweep_temporary_files().unwrap(), 2);
+        assert_eq!(std::fs::read_dir(layout.tmp_dir()).unwrap().count(), 0);
+    }
+}

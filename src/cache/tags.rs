@@ -1,0 +1,151 @@
+//! Tag mappings `(registry, repository, tag) -> (digest, media type, fetched at, upstream)`,
+//! persisted one small JSON file per tag (written atomically) and kept in memory once read.
+
+use super::layout::Layout;
+use super::writer::write_file_atomically;
+use serde::{Deserialize, Serialize};
+use sha2::Digest as _;
+use std::collections::HashMap;
+use std::io;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TagKey {
+    pub registry: String,
+    pub repository: String,
+    pub tag: String,
+}
+
+impl TagKey {
+    /// File name stem: a hash of the key, so any tag maps to a fixed-shape path in the cache.
+    fn file_stem(&self) -> String {
+        let mut hasher = sha2::Sha256::new();
+        for part in [&self.registry, &self.repository, &self.tag] {
+            hasher.update(part.as_bytes());
+            hasher.update([0]);
+        }
+        hex::encode(hasher.finalize())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TagRecord {
+    pub registry: String,
+    pub repository: String,
+    pub tag: String,
+    pub digest: String,
+    pub media_type: String,
+    /// When an upstream last confirmed this mapping (milliseconds since the Unix epoch).
+    pub fetched_at_unix_ms: u64,
+    pub upstream: String,
+}
+
+impl TagRecord {
+    pub fn key(&self) -> TagKey {
+        TagKey {
+            registry: self.registry.clone(),
+            repository: self.repository.clone(),
+            tag: self.tag.clone(),
+        }
+    }
+
+    /// How long ago an upstream confirmed it (zero if the clock went backwards).
+    pub fn age(&self) -> Duration {
+        let now = unix_ms(SystemTime::now());
+        Duration::from_millis(now.saturating_sub(self.fetched_at_unix_ms))
+    }
+}
+
+pub fn unix_ms(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+pub struct TagStore {
+    dir: PathBuf,
+    memory: Mutex<HashMap<TagKey, TagRecord>>,
+}
+
+impl TagStore {
+    pub fn new(dir: PathBuf) -> TagStore {
+        TagStore {
+            dir,
+            memory: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn path(&self, key: &TagKey) -> PathBuf {
+        let stem = key.file_stem();
+        self.dir.join(&stem[..2]).join(format!("{stem}.json"))
+    }
+
+    fn memory(&self) -> std::sync::MutexGuard<'_, HashMap<TagKey, TagRecord>> {
+        // A poisoned lock only means a panic elsewhere mid-update of a plain map.
+        self.memory
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The last known mapping for `key`, from memory or disk.
+    pub async fn get(&self, key: &TagKey) -> Option<TagRecord> {
+        if let Some(record) = self.memory().get(key) {
+            return Some(record.clone());
+        }
+        let text = tokio::fs::read(self.path(key)).await.ok()?;
+        let record: TagRecord = match serde_json::from_slice(&text) {
+            Ok(record) => record,
+            Err(e) => {
+                tracing::warn!(path = %self.path(key).display(), error = %e, "ignoring unreadable tag record");
+                return None;
+            }
+        };
+        if record.key() != *key {
+            return None;
+        }
+        self.memory().insert(key.clone(), record.clone());
+        Some(record)
+    }
+
+    /// Persists `record` (atomically) and remembers it.
+    pub async fn put(&self, layout: &Layout, record: TagRecord) -> io::Result<()> {
+        let key = record.key();
+        let json = serde_json::to_vec_pretty(&record).map_err(io::Error::other)?;
+        write_file_atomically(layout, &self.path(&key), json.into()).await?;
+        self.memory().insert(key, record);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn records_survive_a_new_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::create(dir.path()).unwrap();
+        let record = TagRecord {
+            registry: "docker.io".into(),
+            repository: "library/alpine".into(),
+            tag: "3".into(),
+            digest: "sha256:00".into(),
+            media_type: "x".into(),
+            fetched_at_unix_ms: unix_ms(SystemTime::now()),
+            upstream: "u".into(),
+        };
+        TagStore::new(layout.tags_dir())
+            .put(&layout, record.clone())
+            .await
+            .unwrap();
+        let fresh = TagStore::new(layout.tags_dir());
+        assert_eq!(fresh.get(&record.key()).await, Some(record.clone()));
+        let other = TagKey {
+            tag: "4".into(),
+            ..record.key()
+        };
+        assert_eq!(fresh.get(&other).await, None);
+    }
+}

@@ -1,0 +1,578 @@
+//! The validated configuration: defaults, the config file merged with command-line flags
+//! (flags win), and a report of every invalid key and value at once.
+
+pub mod file;
+
+use file::{ConfigFile, UpstreamFile};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:5000";
+pub const DEFAULT_REGISTRY: &str = "docker.io";
+pub const DOCKER_HUB_URL: &str = "https://registry-1.docker.io";
+pub const DEFAULT_TAG_TTL: Duration = Duration::from_secs(60);
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_BAD_SOURCE_SKIP: Duration = Duration::from_secs(300);
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub cache_dir: PathBuf,
+    pub registry: String,
+    pub tag_ttl: Duration,
+    pub failover_on_not_found: bool,
+    pub bad_source_skip: Duration,
+    pub upstreams: Vec<UpstreamConfig>,
+}
+
+#[derive(Clone)]
+pub struct UpstreamConfig {
+    /// Short name used in logs and errors (default: the URL's host:port).
+    pub name: String,
+    /// Base URL without a trailing slash, e.g. `https://registry-1.docker.io`.
+    pub url: reqwest::Url,
+    pub connect_timeout: Duration,
+    pub header_timeout: Duration,
+    pub body_idle_timeout: Duration,
+    pub credentials: Option<Credentials>,
+}
+
+/// Basic credentials for an upstream. The password never appears in `Debug` output.
+#[derive(Clone)]
+pub struct Credentials {
+    pub username: String,
+    pub password: String,
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "Credentials {{ username: {:?}, password: <redacted> }}",
+            self.username
+        )
+    }
+}
+
+impl fmt::Debug for UpstreamConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UpstreamConfig")
+            .field("name", &self.name)
+            .field("url", &self.url.as_str())
+            .field("connect_timeout", &self.connect_timeout)
+            .field("header_timeout", &self.header_timeout)
+            .field("body_idle_timeout", &self.body_idle_timeout)
+            .field("credentials", &self.credentials)
+            .finish()
+    }
+}
+
+/// Settings given on the command line; `None`/empty means "not given".
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub cache_dir: Option<PathBuf>,
+    pub upstreams: Vec<String>,
+    pub tag_ttl: Option<String>,
+}
+
+/// One invalid setting: where it came from, the offending value, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    pub key: String,
+    pub value: String,
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} = {:?}: {}", self.key, self.value, self.reason)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigProblem>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "invalid configuration ({} problem(s)):", self.0.len())?;
+        for problem in &self.0 {
+            writeln!(f, "  {problem}")?;
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// Reads `path` (if given), applies `overrides`, and validates everything,
+    /// returning every problem found rather than the first.
+    pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigErrors> {
+        let file = match path {
+            None => ConfigFile::default(),
+            Some(path) => match std::fs::read_to_string(path) {
+                Err(e) => {
+                    return Err(ConfigErrors(vec![ConfigProblem {
+                        key: "--config".into(),
+                        value: path.display().to_string(),
+                        reason: format!("cannot read: {e}"),
+                    }]));
+                }
+                Ok(text) => match toml::from_str::<ConfigFile>(&text) {
+                    Ok(file) => file,
+                    Err(e) => {
+                        return Err(ConfigErrors(vec![ConfigProblem {
+                            key: "--config".into(),
+                            value: path.display().to_string(),
+                            reason: format!("not valid ferry TOML: {}", e.to_string().trim()),
+                        }]));
+                    }
+                },
+            },
+        };
+        Self::from_file(file, overrides)
+    }
+
+    pub fn from_file(file: ConfigFile, overrides: &Overrides) -> Result<Config, ConfigErrors> {
+        let mut problems = Vec::new();
+        let mut problem = |key: &str, value: &str, reason: String| {
+            problems.push(ConfigProblem {
+                key: key.to_owned(),
+                value: value.to_owned(),
+                reason,
+            })
+        };
+
+        let (listen_key, listen_value) = match (&overrides.listen, &file.listen) {
+            (Some(v), _) => ("--listen", v.clone()),
+            (None, Some(v)) => ("listen", v.clone()),
+            (None, None) => ("listen", DEFAULT_LISTEN.to_owned()),
+        };
+        let listen = match listen_value.parse::<SocketAddr>() {
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                problem(
+                    listen_key,
+                    &listen_value,
+                    "expected IP:PORT, e.g. 127.0.0.1:5000".into(),
+                );
+                None
+            }
+        };
+
+        let cache_dir = match (&overrides.cache_dir, &file.cache_dir) {
+            (Some(dir), _) => dir.clone(),
+            (None, Some(dir)) => PathBuf::from(dir),
+            (None, None) => default_cache_dir(),
+        };
+        if cache_dir.as_os_str().is_empty() {
+            problem("cache_dir", "", "must not be empty".into());
+        }
+
+        let registry = file
+            .registry
+            .clone()
+            .unwrap_or_else(|| DEFAULT_REGISTRY.to_owned());
+        if registry.is_empty() || registry.contains(['/', ' ', '\\']) {
+            problem(
+                "registry",
+                &registry,
+                "expected a registry host name such as docker.io".into(),
+            );
+        }
+
+        let mut duration = |key: &str, value: Option<&String>, default: Duration| -> Duration {
+            match value {
+                None => default,
+                Some(text) => match humantime::parse_duration(text) {
+                    Ok(d) => d,
+                    Err(e) => {
+                        problem(
+                            key,
+                            text,
+                            format!("expected a duration such as 30s or 500ms ({e})"),
+                        );
+                        default
+                    }
+                },
+            }
+        };
+        let (ttl_key, ttl_value) = match &overrides.tag_ttl {
+            Some(v) => ("--tag-ttl", Some(v)),
+            None => ("tag_ttl", file.tag_ttl.as_ref()),
+        };
+        let tag_ttl = duration(ttl_key, ttl_value, DEFAULT_TAG_TTL);
+        let bad_source_skip = duration(
+            "bad_source_skip",
+            file.bad_source_skip.as_ref(),
+            DEFAULT_BAD_SOURCE_SKIP,
+        );
+        let connect_default = duration(
+            "connect_timeout",
+            file.connect_timeout.as_ref(),
+            DEFAULT_CONNECT_TIMEOUT,
+        );
+        let header_default = duration(
+            "header_timeout",
+            file.header_timeout.as_ref(),
+            DEFAULT_HEADER_TIMEOUT,
+        );
+        let idle_default = duration(
+            "body_idle_timeout",
+            file.body_idle_timeout.as_ref(),
+            DEFAULT_BODY_IDLE_TIMEOUT,
+        );
+
+        let upstream_files: Vec<(String, UpstreamFile)> = if !overrides.upstreams.is_empty() {
+            overrides
+                .upstreams
+                .iter()
+                .enumerate()
+                .map(|(i, url)| {
+                    (
+                        format!("--upstream[{i}]"),
+                        UpstreamFile {
+                            url: Some(url.clone()),
+                            ..Default::default()
+                        },
+                    )
+                })
+                .collect()
+        } else if !file.upstreams.is_empty() {
+            file.upstreams
+                .iter()
+                .enumerate()
+                .map(|(i, u)| (format!("upstream[{i}]"), u.clone()))
+                .collect()
+        } else {
+            vec![(
+                "upstream[default]".to_owned(),
+                UpstreamFile {
+                    url: Some(DOCKER_HUB_URL.to_owned()),
+                    name: Some("docker-hub".to_owned()),
+                    ..Default::default()
+                },
+            )]
+        };
+
+        let mut upstreams = Vec::new();
+        for (key, upstream) in &upstream_files {
+            let mut field_problem = |field: &str, value: &str, reason: String| {
+                problem(&format!("{key}.{field}"), value, reason)
+            };
+            let Some(url_text) = &upstream.url else {
+                field_problem("url", "", "every upstream needs a url".into());
+                continue;
+            };
+            let url = match reqwest::Url::parse(url_text.trim_end_matches('/')) {
+                Ok(url) if matches!(url.scheme(), "http" | "https") && url.host_str().is_some() => {
+                    if url.query().is_some() || url.fragment().is_some() {
+                        field_problem("url", url_text, "must not have a query or fragment".into());
+                    }
+                    Some(url)
+                }
+                Ok(_) => {
+                    field_problem(
+                        "url",
+                        url_text,
+                        "scheme must be http or https, with a host".into(),
+                    );
+                    None
+                }
+                Err(e) => {
+                    field_problem("url", url_text, format!("not a URL ({e})"));
+                    None
+                }
+            };
+            let mut timeout = |field: &str, value: Option<&String>, default: Duration| match value {
+                None => default,
+                Some(text) => match humantime::parse_duration(text) {
+                    Ok(d) if !d.is_zero() => d,
+                    Ok(_) => {
+                        field_problem(field, text, "must be greater than zero".into());
+                        default
+                    }
+                    Err(e) => {
+                        field_problem(
+                            field,
+                            text,
+                            format!("expected a duration such as 30s ({e})"),
+                        );
+                        default
+                    }
+                },
+            };
+            let connect_timeout = timeout(
+                "connect_timeout",
+                upstream.connect_timeout.as_ref(),
+                connect_default,
+            );
+            let header_timeout = timeout(
+                "header_timeout",
+                upstream.header_timeout.as_ref(),
+                header_default,
+            );
+            let body_idle_timeout = timeout(
+                "body_idle_timeout",
+                upstream.body_idle_timeout.as_ref(),
+                idle_default,
+            );
+            let credentials = match resolve_password(upstream) {
+                Ok(None) => None,
+                Ok(Some(password)) => match &upstream.username {
+                    Some(username) => Some(Credentials {
+                        username: username.clone(),
+                        password,
+                    }),
+                    None => {
+                        field_problem("username", "", "a password source needs a username".into());
+                        None
+                    }
+                },
+                Err((field, value, reason)) => {
+                    field_problem(field, &value, reason);
+                    None
+                }
+            };
+            if upstream.username.is_some() && credentials.is_none() {
+                let sources = [
+                    &upstream.password,
+                    &upstream.password_env,
+                    &upstream.password_file,
+                ];
+                if sources.iter().all(|s| s.is_none()) {
+                    field_problem(
+                        "username",
+                        upstream.username.as_deref().unwrap_or(""),
+                        "needs one of password, password_env or password_file".into(),
+                    );
+                }
+            }
+            if let Some(url) = url {
+                let name = upstream
+                    .name
+                    .clone()
+                    .unwrap_or_else(|| default_upstream_name(&url));
+                upstreams.push(UpstreamConfig {
+                    name,
+                    url,
+                    connect_timeout,
+                    header_timeout,
+                    body_idle_timeout,
+                    credentials,
+                });
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        for upstream in &upstreams {
+            if !seen.insert(upstream.name.clone()) {
+                problem(
+                    "upstream.name",
+                    &upstream.name,
+                    "two upstreams share this name; set `name` on one of them".into(),
+                );
+            }
+        }
+
+        match (problems.is_empty(), listen) {
+            (true, Some(listen)) => Ok(Config {
+                listen,
+                cache_dir,
+                registry,
+                tag_ttl,
+                failover_on_not_found: file.failover_on_not_found.unwrap_or(true),
+                bad_source_skip,
+                upstreams,
+            }),
+            _ => Err(ConfigErrors(problems)),
+        }
+    }
+
+    /// The effective configuration as TOML, secrets redacted (for `check-config`).
+    pub fn to_redacted_toml(&self) -> String {
+        let upstreams = self
+            .upstreams
+            .iter()
+            .map(|u| UpstreamFile {
+                url: Some(u.url.to_string()),
+                name: Some(u.name.clone()),
+                connect_timeout: Some(humantime::format_duration(u.connect_timeout).to_string()),
+                header_timeout: Some(humantime::format_duration(u.header_timeout).to_string()),
+                body_idle_timeout: Some(
+                    humantime::format_duration(u.body_idle_timeout).to_string(),
+                ),
+                username: u.credentials.as_ref().map(|c| c.username.clone()),
+                password: u.credentials.as_ref().map(|_| "<redacted>".to_owned()),
+                password_env: None,
+                password_file: None,
+            })
+            .collect();
+        let file = ConfigFile {
+            listen: Some(self.listen.to_string()),
+            cache_dir: Some(self.cache_dir.display().to_string()),
+            registry: Some(self.registry.clone()),
+            tag_ttl: Some(humantime::format_duration(self.tag_ttl).to_string()),
+            failover_on_not_found: Some(self.failover_on_not_found),
+            bad_source_skip: Some(humantime::format_duration(self.bad_source_skip).to_string()),
+            connect_timeout: None,
+            header_timeout: None,
+            body_idle_timeout: None,
+            upstreams,
+        };
+        toml::to_string_pretty(&file).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+    }
+}
+
+fn resolve_password(
+    upstream: &UpstreamFile,
+) -> Result<Option<String>, (&'static str, String, String)> {
+    let given = [
+        &upstream.password,
+        &upstream.password_env,
+        &upstream.password_file,
+    ]
+    .iter()
+    .filter(|s| s.is_some())
+    .count();
+    if given > 1 {
+        return Err((
+            "password",
+            "<redacted>".into(),
+            "set only one of password, password_env, password_file".into(),
+        ));
+    }
+    if let Some(password) = &upstream.password {
+        return Ok(Some(password.clone()));
+    }
+    if let Some(var) = &upstream.password_env {
+        return match std::env::var(var) {
+            Ok(value) if !value.is_empty() => Ok(Some(value)),
+            _ => Err((
+                "password_env",
+                var.clone(),
+                "environment variable is unset or empty".into(),
+            )),
+        };
+    }
+    if let Some(path) = &upstream.password_file {
+        return match std::fs::read_to_string(path) {
+            Ok(value) => Ok(Some(value.trim_end_matches(['\n', '\r']).to_owned())),
+            Err(e) => Err(("password_file", path.clone(), format!("cannot read: {e}"))),
+        };
+    }
+    Ok(None)
+}
+
+fn default_upstream_name(url: &reqwest::Url) -> String {
+    match (url.host_str(), url.port()) {
+        (Some(host), Some(port)) => format!("{host}:{port}"),
+        (Some(host), None) => host.to_owned(),
+        _ => url.to_string(),
+    }
+}
+
+/// `$XDG_CACHE_HOME/ferry`, else `~/.cache/ferry`, else `./ferry-cache`.
+pub fn default_cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir).join("ferry");
+    }
+    if let Some(home) = std::env::var_os("HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(home).join(".cache").join("ferry");
+    }
+    PathBuf::from("ferry-cache")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str, overrides: Overrides) -> Result<Config, ConfigErrors> {
+        Config::from_file(toml::from_str(text).unwrap(), &overrides)
+    }
+
+    #[test]
+    fn defaults_make_a_docker_hub_mirror() {
+        let config = parse("", Overrides::default()).unwrap();
+        assert_eq!(config.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(config.upstreams.len(), 1);
+        assert_eq!(
+            config.upstreams[0].url.as_str(),
+            "https://registry-1.docker.io/"
+        );
+        assert_eq!(config.registry, "docker.io");
+        assert_eq!(config.tag_ttl, DEFAULT_TAG_TTL);
+        assert!(config.failover_on_not_found);
+    }
+
+    #[test]
+    fn flags_override_file_and_keep_order() {
+        let text = r#"
+            listen = "127.0.0.1:6000"
+            tag_ttl = "5s"
+            [[upstream]]
+            url = "http://file-upstream:5000"
+        "#;
+        let overrides = Overrides {
+            listen: Some("127.0.0.1:7000".into()),
+            upstreams: vec!["http://a:1".into(), "https://b".into()],
+            ..Default::default()
+        };
+        let config = parse(text, overrides).unwrap();
+        assert_eq!(config.listen.port(), 7000);
+        assert_eq!(config.tag_ttl, Duration::from_secs(5));
+        let names: Vec<_> = config.upstreams.iter().map(|u| u.name.as_str()).collect();
+        assert_eq!(names, ["a:1", "b"]);
+    }
+
+    #[test]
+    fn reports_every_problem_at_once_with_key_and_value() {
+        let text = r#"
+            listen = "nonsense"
+            tag_ttl = "soon"
+            [[upstream]]
+            url = "ftp://x"
+            [[upstream]]
+            url = "http://ok:1"
+            header_timeout = "0s"
+        "#;
+        let err = parse(text, Overrides::default()).unwrap_err();
+        let keys: Vec<_> = err
+            .0
+            .iter()
+            .map(|p| (p.key.as_str(), p.value.as_str()))
+            .collect();
+        assert!(keys.contains(&("listen", "nonsense")), "{keys:?}");
+        assert!(keys.contains(&("tag_ttl", "soon")), "{keys:?}");
+        assert!(keys.contains(&("upstream[0].url", "ftp://x")), "{keys:?}");
+        assert!(
+            keys.contains(&("upstream[1].header_timeout", "0s")),
+            "{keys:?}"
+        );
+        assert_eq!(err.0.len(), 4, "{err}");
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        assert!(toml::from_str::<ConfigFile>("lisen = \"x\"").is_err());
+    }
+
+    #[test]
+    fn secrets_are_redacted() {
+        let text = r#"
+            [[upstream]]
+            url = "https://r.example"
+            username = "ci"
+            password = "hunter2"
+        "#;
+        let config = parse(text, Overrides::default()).unwrap();
+        assert!(!config.to_redacted_toml().contains("hunter2"));
+        assert!(!format!("{config:?}").contains("hunter2"));
+        assert_eq!(
+            config.upstreams[0].credentials.as_ref().unwrap().password,
+            "hunter2"
+        );
+    }
+}

@@ -1,0 +1,39 @@
+//! The TOML configuration file as written by the operator: a serde mirror with no logic.
+//! Validation and defaults live in `config.rs`.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    pub listen: Option<String>,
+    pub cache_dir: Option<String>,
+    /// Name of the registry the upstreams serve (cache keys include it). Default `docker.io`.
+    pub registry: Option<String>,
+    /// How long a tag's digest is trusted before a HEAD revalidates it, e.g. "60s".
+    pub tag_ttl: Option<String>,
+    /// Try the next upstream when one answers 404 (default true).
+    pub failover_on_not_found: Option<bool>,
+    /// How long an upstream that sent bad bytes for a digest is skipped for it, e.g. "5m".
+    pub bad_source_skip: Option<String>,
+    /// Defaults applied to every upstream that does not set its own.
+    pub connect_timeout: Option<String>,
+    pub header_timeout: Option<String>,
+    pub body_idle_timeout: Option<String>,
+    #[serde(default, rename = "upstream")]
+    pub upstreams: Vec<UpstreamFile>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamFile {
+    pub url: Option<String>,
+    pub name: Option<String>,
+    pub connect_timeout: Option<String>,
+    pub header_timeout: Option<String>,
+    pub body_idle_timeout: Option<String>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub password_env: Option<String>,
+    pub password_file: Option<String>,
+}

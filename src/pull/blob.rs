@@ -1,0 +1,487 @@
+//! Blobs. A hit streams from the committed file. A miss joins (or starts) the one fill for
+//! that digest; the fill streams from the first upstream that answers into a temporary file
+//! while hashing, and every client reads that growing file. Before any byte is published a
+//! failing upstream is replaced by the next; after that, a broken or wrong body fails the
+//! fill, cuts the clients, and the upstream is skipped for that digest for a while.
+
+use super::{PullThrough, Source};
+use crate::cache::reader::read_range;
+use crate::cache::{BlobWriter, CommitError, FillPhase, FillProgress, JoinOutcome};
+use crate::error::FerryError;
+use crate::oci::{Digest, ErrorCode, RepositoryName};
+use crate::upstream::{FailureKind, UpstreamFailure, UpstreamsExhausted};
+use bytes::{Bytes, BytesMut};
+use futures_util::Stream;
+use http::{HeaderMap, Method, StatusCode};
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use tokio::sync::watch;
+
+/// Bytes gathered from the upstream before one write (and one hashing pass) on the blocking pool.
+const WRITE_BATCH: usize = 256 * 1024;
+
+pub type BlobStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
+
+/// A client's `Range: bytes=...` request, before it is resolved against the blob's size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RangeSpec {
+    /// `bytes=a-b` (inclusive) or `bytes=a-`.
+    From { start: u64, end: Option<u64> },
+    /// `bytes=-n`: the last n bytes.
+    Suffix(u64),
+}
+
+impl RangeSpec {
+    /// Parses a single byte range. Anything else (several ranges, other units, garbage)
+    /// is `None`, and the whole blob is served, as HTTP allows.
+    pub fn parse(header: &str) -> Option<RangeSpec> {
+        let spec = header.trim().strip_prefix("bytes=")?.trim();
+        if spec.contains(',') {
+            return None;
+        }
+        let (start, end) = spec.split_once('-')?;
+        let (start, end) = (start.trim(), end.trim());
+        if start.is_empty() {
+            return end.parse().ok().map(RangeSpec::Suffix);
+        }
+        let start: u64 = start.parse().ok()?;
+        let end = if end.is_empty() {
+            None
+        } else {
+            Some(end.parse::<u64>().ok()?)
+        };
+        if end.is_some_and(|end| end < start) {
+            return None;
+        }
+        Some(RangeSpec::From { start, end })
+    }
+
+    /// The inclusive byte span to send, or `None` if unsatisfiable for a blob of `size`.
+    pub fn resolve(self, size: u64) -> Option<(u64, u64)> {
+        match self {
+            RangeSpec::From { start, end } => {
+                if start >= size {
+                    return None;
+                }
+                Some((start, end.unwrap_or(u64::MAX).min(size - 1)))
+            }
+            RangeSpec::Suffix(0) => None,
+            RangeSpec::Suffix(n) => {
+                if size == 0 {
+                    return None;
+                }
+                Some((size.saturating_sub(n), size - 1))
+            }
+        }
+    }
+}
+
+pub struct BlobAnswer {
+    pub digest: Digest,
+    /// The blob's full size, when known (an upstream may stream without a length).
+    pub size: Option<u64>,
+    /// The inclusive span being sent, for a 206.
+    pub range: Option<(u64, u64)>,
+    /// `None` for HEAD.
+    pub body: Option<BlobStream>,
+    pub source: Source,
+}
+
+impl PullThrough {
+    pub async fn blob(
+        self: &Arc<Self>,
+        name: &RepositoryName,
+        digest: &Digest,
+        range: Option<RangeSpec>,
+        head: bool,
+    ) -> Result<BlobAnswer, FerryError> {
+        if let Some(answer) = self.cached_blob(digest, range, head)? {
+            return Ok(answer);
+        }
+        if head {
+            return self.head_blob_upstream(name, digest).await;
+        }
+        let blob_path = self.cache.layout.blob_path(digest);
+        let outcome = self
+            .cache
+            .inflight
+            .join_or_start(
+                digest,
+                || blob_path.exists(),
+                || BlobWriter::create(&self.cache.layout, digest, &blob_path),
+            )
+            .map_err(|e| FerryError::cache("creating a temporary file for a fill", e))?;
+        let handle = match outcome {
+            JoinOutcome::AlreadyCached => {
+                return self.cached_blob(digest, range, head)?.ok_or_else(|| {
+                    FerryError::Cache(format!("blob {digest} vanished right after its fill"))
+                });
+            }
+            JoinOutcome::Joined(handle) => handle,
+            JoinOutcome::Started {
+                handle,
+                progress,
+                writer,
+            } => {
+                let fill = Fill {
+                    name: name.clone(),
+                    digest: digest.clone(),
+                    writer,
+                    progress,
+                };
+                // The fill runs on its own task: it finishes (and commits) even if the
+                // client that started it goes away, and every follower reads its file.
+                tokio::spawn(fill.run(self.clone()));
+                handle
+            }
+        };
+        let mut progress = handle.progress.clone();
+        let snapshot = progress
+            .wait_for(|p| !matches!(p.phase, FillPhase::Connecting))
+            .await
+            .map_err(|_| FerryError::MidStream("the fill ended without a result".into()))?
+            .clone();
+        let (size, source) = match snapshot.phase {
+            FillPhase::Streaming { total, upstream } => (total, Source::Upstream(upstream)),
+            FillPhase::Complete => (Some(snapshot.written), Source::Cache),
+            FillPhase::Failed(error) => return Err(shared_error(&error)),
+            FillPhase::Connecting => {
+                return Err(FerryError::MidStream("fill never started".into()));
+            }
+        };
+        let span = match (range, size) {
+            (Some(spec), Some(size)) => Some(
+                spec.resolve(size)
+                    .ok_or_else(|| range_not_satisfiable(size))?,
+            ),
+            _ => None,
+        };
+        let (start, end) = match span {
+            Some((first, last)) => (first, Some(last + 1)),
+            None => (0, size),
+        };
+        Ok(BlobAnswer {
+            digest: digest.clone(),
+            size,
+            range: span,
+            body: Some(Box::pin(read_range(
+                handle.file.clone(),
+                start,
+                end,
+                Some(progress),
+            ))),
+            source,
+        })
+    }
+
+    fn cached_blob(
+        &self,
+        digest: &Digest,
+        range: Option<RangeSpec>,
+        head: bool,
+    ) -> Result<Option<BlobAnswer>, FerryError> {
+        let Some((file, size)) = self
+            .cache
+            .open_blob(digest)
+            .map_err(|e| FerryError::cache("opening a cached blob", e))?
+        else {
+            return Ok(None);
+        };
+        let span = match range {
+            Some(spec) => Some(
+                spec.resolve(size)
+                    .ok_or_else(|| range_not_satisfiable(size))?,
+            ),
+            None => None,
+        };
+        let (start, end) = span.map_or((0, size), |(first, last)| (first, last + 1));
+        let body: Option<BlobStream> = if head {
+            None
+        } else {
+            Some(Box::pin(read_range(Arc::new(file), start, Some(end), None)))
+        };
+        Ok(Some(BlobAnswer {
+            digest: digest.clone(),
+            size: Some(size),
+            range: span,
+            body,
+            source: Source::Cache,
+        }))
+    }
+
+    async fn head_blob_upstream(
+        &self,
+        name: &RepositoryName,
+        digest: &Digest,
+    ) -> Result<BlobAnswer, FerryError> {
+        let suffix = format!("blobs/{digest}");
+        let (size, upstream) = self
+            .upstreams
+            .first_success(Some(digest), |client| {
+                let suffix = suffix.clone();
+                async move {
+                    let response = client
+                        .send(Method::HEAD, name, &suffix, None, HeaderMap::new())
+                        .await?;
+                    Ok((response.content_length(), client.name().to_owned()))
+                }
+            })
+            .await
+            .map_err(|e| blob_error(e, digest))?;
+        Ok(BlobAnswer {
+            digest: digest.clone(),
+            size,
+            range: None,
+            body: None,
+            source: Source::Upstream(upstream),
+        })
+    }
+}
+
+fn range_not_satisfiable(size: u64) -> FerryError {
+    FerryError::RangeNotSatisfiable { size }
+}
+
+fn blob_error(exhausted: UpstreamsExhausted, digest: &Digest) -> FerryError {
+    if exhausted.all_not_found() {
+        FerryError::client(
+            ErrorCode::BlobUnknown,
+            format!("blob {digest} is not known to any upstream"),
+        )
+    } else {
+        FerryError::Upstreams(exhausted)
+    }
+}
+
+/// Rebuilds a fill's error for one of its readers (the original is shared by all).
+fn shared_error(error: &FerryError) -> FerryError {
+    match error {
+        FerryError::Client {
+            code,
+            status,
+            message,
+        } => FerryError::Client {
+            code: *code,
+            status: *status,
+            message: message.clone(),
+        },
+        FerryError::Upstreams(exhausted) => FerryError::Upstreams(exhausted.clone()),
+        FerryError::RangeNotSatisfiable { size } => FerryError::RangeNotSatisfiable { size: *size },
+        FerryError::MidStream(m) => FerryError::MidStream(m.clone()),
+        FerryError::Cache(m) => FerryError::Cache(m.clone()),
+    }
+}
+
+/// One fill of one digest, run on its own task.
+struct Fill {
+    name: RepositoryName,
+    digest: Digest,
+    writer: BlobWriter,
+    progress: watch::Sender<FillProgress>,
+}
+
+/// How one upstream's attempt at the body ended.
+enum AttemptEnd {
+    Committed,
+    /// Failed before any byte was published to readers: the next upstream may take over.
+    FailedUnseen(UpstreamFailure),
+    /// Failed after readers got bytes: the fill is over.
+    FailedSeen(UpstreamFailure),
+    Cache(String),
+}
+
+impl Fill {
+    async fn run(mut self, pull: Arc<PullThrough>) {
+        let started = std::time::Instant::now();
+        let result = self.fetch_and_commit(&pull).await;
+        // Forget the fill before announcing the end: from here on, requests find the
+        // committed file (or start a fresh fill after a failure).
+        pull.cache.inflight.finish(&self.digest);
+        match result {
+            Ok(upstream) => {
+                tracing::info!(digest = %self.digest, bytes = self.writer.written(), %upstream, elapsed_ms = started.elapsed().as_millis() as u64, "blob fill committed");
+                let written = self.writer.written();
+                self.progress.send_modify(|p| {
+                    p.written = written;
+                    p.phase = FillPhase::Complete;
+                });
+            }
+            Err(error) => {
+                tracing::warn!(digest = %self.digest, error = %error, "blob fill failed; nothing committed");
+                self.progress
+                    .send_modify(|p| p.phase = FillPhase::Failed(Arc::new(error)));
+            }
+        }
+    }
+
+    async fn fetch_and_commit(&mut self, pull: &PullThrough) -> Result<String, FerryError> {
+        let mut failures = Vec::new();
+        for client in pull.upstreams.candidates(Some(&self.digest)) {
+            let suffix = format!("blobs/{}", self.digest);
+            let response = match client
+                .send(Method::GET, &self.name, &suffix, None, HeaderMap::new())
+                .await
+            {
+                Ok(response) => response,
+                Err(failure) => {
+                    let may_try_next = failure.may_try_next(pull.upstreams.failover_on_not_found());
+                    log_failover(&failure, may_try_next);
+                    failures.push(failure);
+                    if may_try_next {
+                        continue;
+                    }
+                    break;
+                }
+            };
+            if response.status() != StatusCode::OK {
+                let failure = UpstreamFailure::new(
+                    client.name(),
+                    FailureKind::BadResponse,
+                    format!("answered {} to a plain GET", response.status()),
+                );
+                log_failover(&failure, true);
+                failures.push(failure);
+                continue;
+            }
+            match self.stream_body(client.name(), client.body(response)).await {
+                AttemptEnd::Committed => return Ok(client.name().to_owned()),
+                AttemptEnd::FailedUnseen(failure) => {
+                    if failure.kind == FailureKind::DigestMismatch {
+                        pull.upstreams.mark_bad_source(client.name(), &self.digest);
+                    }
+                    log_failover(&failure, true);
+                    failures.push(failure);
+                    if let Err(e) = self.writer.reset(self.digest.algorithm()).await {
+                        return Err(FerryError::cache("restarting a fill", e));
+                    }
+                }
+                AttemptEnd::FailedSeen(failure) => {
+                    pull.upstreams.mark_bad_source(client.name(), &self.digest);
+                    return Err(FerryError::MidStream(failure.to_string()));
+                }
+                AttemptEnd::Cache(message) => return Err(FerryError::Cache(message)),
+            }
+        }
+        Err(blob_error(UpstreamsExhausted { failures }, &self.digest))
+    }
+
+    /// Streams one upstream's body into the writer, publishing progress to readers
+    /// after each batch, then verifies and commits.
+    async fn stream_body(
+        &mut self,
+        upstream: &str,
+        mut body: crate::upstream::BodyChunks,
+    ) -> AttemptEnd {
+        let total = body.content_length();
+        let announced = match &self.progress.borrow().phase {
+            FillPhase::Streaming { total, .. } => Some(*total),
+            _ => None,
+        };
+        match announced {
+            // Readers already hold a length from an earlier attempt; this one must agree.
+            Some(previous) if previous != total => {
+                return AttemptEnd::FailedUnseen(UpstreamFailure::new(
+                    upstream,
+                    FailureKind::BadResponse,
+                    format!(
+                        "announces {total:?} bytes, an earlier upstream announced {previous:?}"
+                    ),
+                ));
+            }
+            Some(_) => {}
+            None => self.progress.send_modify(|p| {
+                p.phase = FillPhase::Streaming {
+                    total,
+                    upstream: upstream.to_owned(),
+                }
+            }),
+        }
+        let mut batch = BytesMut::with_capacity(WRITE_BATCH);
+        let fail = |published: u64, failure: UpstreamFailure| {
+            if published == 0 {
+                AttemptEnd::FailedUnseen(failure)
+            } else {
+                AttemptEnd::FailedSeen(failure)
+            }
+        };
+        loop {
+            let published = self.progress.borrow().written;
+            match body.next_chunk().await {
+                Ok(Some(chunk)) => {
+                    let received = self.writer.written() + (batch.len() + chunk.len()) as u64;
+                    if total.is_some_and(|total| received > total) {
+                        return fail(
+                            published,
+                            UpstreamFailure::new(
+                                upstream,
+                                FailureKind::BodyBroken,
+                                "body longer than its Content-Length",
+                            ),
+                        );
+                    }
+                    batch.extend_from_slice(&chunk);
+                    if batch.len() >= WRITE_BATCH {
+                        match self.writer.append(batch.split().freeze()).await {
+                            Ok(written) => self.progress.send_modify(|p| p.written = written),
+                            Err(e) => return AttemptEnd::Cache(format!("writing a fill: {e}")),
+                        }
+                    }
+                }
+                Ok(None) => break,
+                Err(failure) => return fail(published, failure),
+            }
+        }
+        // The last batch is written but published only after the commit, so a small blob
+        // that fails verification was never seen by any reader.
+        if !batch.is_empty()
+            && let Err(e) = self.writer.append(batch.freeze()).await
+        {
+            return AttemptEnd::Cache(format!("writing a fill: {e}"));
+        }
+        let published = self.progress.borrow().written;
+        match self.writer.commit(&self.digest, total).await {
+            Ok(()) => AttemptEnd::Committed,
+            Err(CommitError::Io(e)) => AttemptEnd::Cache(format!("committing a fill: {e}")),
+            Err(mismatch @ CommitError::SizeMismatch { .. }) => fail(
+                published,
+                UpstreamFailure::new(upstream, FailureKind::BodyBroken, mismatch.to_string()),
+            ),
+            Err(mismatch @ CommitError::DigestMismatch { .. }) => fail(
+                published,
+                UpstreamFailure::new(upstream, FailureKind::DigestMismatch, mismatch.to_string()),
+            ),
+        }
+    }
+}
+
+fn log_failover(failure: &UpstreamFailure, may_try_next: bool) {
+    tracing::warn!(
+        upstream = %failure.upstream,
+        reason = failure.reason(),
+        detail = %failure.detail,
+        may_try_next,
+        "upstream attempt failed"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_resolves_ranges() {
+        let r = |s| RangeSpec::parse(s);
+        assert_eq!(r("bytes=0-9").unwrap().resolve(100), Some((0, 9)));
+        assert_eq!(r("bytes=90-").unwrap().resolve(100), Some((90, 99)));
+        assert_eq!(r("bytes=90-1000").unwrap().resolve(100), Some((90, 99)));
+        assert_eq!(r("bytes=-10").unwrap().resolve(100), Some((90, 99)));
+        assert_eq!(r("bytes=-1000").unwrap().resolve(100), Some((0, 99)));
+        assert_eq!(r("bytes=100-").unwrap().resolve(100), None);
+        assert_eq!(r("bytes=-0").unwrap().resolve(100), None);
+        assert_eq!(r("bytes=5-1"), None);
+        assert_eq!(r("bytes=0-1,5-6"), None);
+        assert_eq!(r("items=0-1"), None);
+        assert_eq!(r("bytes=x-1"), None);
+    }
+}

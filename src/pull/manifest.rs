@@ -1,0 +1,480 @@
+//! Manifests and tags. A manifest is fetched whole and verified before any byte reaches
+//! the client: against the requested digest, or for a tag against the digest of its body
+//! (and the upstream's `Docker-Content-Digest`). Tags are revalidated with a HEAD after
+//! their TTL and served stale when every upstream fails.
+
+use super::{MAX_MANIFEST_BYTES, MAX_TAG_LIST_BYTES, PullThrough, Source};
+use crate::cache::tags::unix_ms;
+use crate::cache::{CachedManifest, TagKey, TagRecord};
+use crate::error::FerryError;
+use crate::oci::media_type::{AcceptList, detect_manifest_media_type};
+use crate::oci::{
+    Digest, DigestAlgorithm, DigestVerifier, ErrorCode, Reference, RepositoryName, Tag,
+};
+use crate::upstream::{FailureKind, UpstreamFailure, UpstreamsExhausted};
+use bytes::Bytes;
+use http::header::{ACCEPT, CONTENT_TYPE, LINK};
+use http::{HeaderMap, HeaderValue, Method};
+use std::time::SystemTime;
+
+pub const DOCKER_CONTENT_DIGEST: &str = "docker-content-digest";
+
+pub struct ManifestAnswer {
+    pub manifest: CachedManifest,
+    pub source: Source,
+}
+
+/// A forwarded tag list: the body and the upstream's pagination `Link`, if any.
+pub struct TagListAnswer {
+    pub body: Bytes,
+    pub link: Option<HeaderValue>,
+    pub source: Source,
+}
+
+impl PullThrough {
+    pub async fn manifest(
+        &self,
+        name: &RepositoryName,
+        reference: &Reference,
+        accept: &AcceptList,
+    ) -> Result<ManifestAnswer, FerryError> {
+        match reference {
+            Reference::Digest(digest) => self.manifest_by_digest(name, digest, accept).await,
+            Reference::Tag(tag) => self.manifest_by_tag(name, tag, accept).await,
+        }
+    }
+
+    async fn cached_manifest(&self, digest: &Digest) -> Result<Option<CachedManifest>, FerryError> {
+        self.cache
+            .manifest(digest)
+            .await
+            .map_err(|e| FerryError::cache("reading a cached manifest", e))
+    }
+
+    async fn manifest_by_digest(
+        &self,
+        name: &RepositoryName,
+        digest: &Digest,
+        accept: &AcceptList,
+    ) -> Result<ManifestAnswer, FerryError> {
+        if let Some(manifest) = self.cached_manifest(digest).await? {
+            return Ok(ManifestAnswer {
+                manifest,
+                source: Source::Cache,
+            });
+        }
+        let _guard = self
+            .manifest_fetches
+            .lock(&format!("digest {digest}"))
+            .await;
+        if let Some(manifest) = self.cached_manifest(digest).await? {
+            return Ok(ManifestAnswer {
+                manifest,
+                source: Source::Cache,
+            });
+        }
+        let (manifest, upstream) = self
+            .fetch_manifest(name, &Reference::Digest(digest.clone()), accept)
+            .await
+            .map_err(|e| manifest_error(e, &format!("manifest {digest} of {name}")))?;
+        self.store_manifest(&manifest).await;
+        Ok(ManifestAnswer {
+            manifest,
+            source: Source::Upstream(upstream),
+        })
+    }
+
+    /// Stores a verified manifest. A cache failure is logged, not fatal: the client still
+    /// gets the verified bytes.
+    async fn store_manifest(&self, manifest: &CachedManifest) {
+        if let Err(e) = self.cache.store_manifest(manifest).await {
+            tracing::error!(digest = %manifest.digest, error = %e, "cache failure: could not store manifest");
+        }
+    }
+
+    fn tag_key(&self, name: &RepositoryName, tag: &Tag) -> TagKey {
+        TagKey {
+            registry: self.registry.clone(),
+            repository: name.as_str().to_owned(),
+            tag: tag.as_str().to_owned(),
+        }
+    }
+
+    /// The cached manifest a tag record points at, if present and acceptable to the client.
+    async fn usable_tagged_manifest(
+        &self,
+        record: &TagRecord,
+        accept: &AcceptList,
+    ) -> Result<Option<CachedManifest>, FerryError> {
+        let Ok(digest) = record.digest.parse::<Digest>() else {
+            return Ok(None);
+        };
+        let manifest = self.cached_manifest(&digest).await?;
+        Ok(manifest.filter(|m| accept.accepts(&m.media_type)))
+    }
+
+    async fn manifest_by_tag(
+        &self,
+        name: &RepositoryName,
+        tag: &Tag,
+        accept: &AcceptList,
+    ) -> Result<ManifestAnswer, FerryError> {
+        let key = self.tag_key(name, tag);
+        if let Some(record) = self.cache.tags.get(&key).await
+            && record.age() < self.tag_ttl
+            && let Some(manifest) = self.usable_tagged_manifest(&record, accept).await?
+        {
+            return Ok(ManifestAnswer {
+                manifest,
+                source: Source::Cache,
+            });
+        }
+
+        let _guard = self
+            .manifest_fetches
+            .lock(&format!("tag {name}:{tag}"))
+            .await;
+        let record = self.cache.tags.get(&key).await;
+        let cached = match &record {
+            Some(record) => self.usable_tagged_manifest(record, accept).await?,
+            None => None,
+        };
+        if let (Some(record), Some(manifest)) = (&record, &cached) {
+            if record.age() < self.tag_ttl {
+                // Revalidated by another request while this one waited.
+                return Ok(ManifestAnswer {
+                    manifest: manifest.clone(),
+                    source: Source::Cache,
+                });
+            }
+            match self.head_tag(name, tag, accept).await {
+                Ok((Some(digest), upstream)) if digest == manifest.digest => {
+                    self.record_tag(&key, manifest, &upstream).await;
+                    return Ok(ManifestAnswer {
+                        manifest: manifest.clone(),
+                        source: Source::Cache,
+                    });
+                }
+                Ok(_) => {} // moved (or no digest header): fetch it below
+                Err(exhausted) => {
+                    tracing::warn!(tag = %format!("{name}:{tag}"), error = %exhausted, "serving a stale tag: every upstream failed to revalidate it");
+                    return Ok(ManifestAnswer {
+                        manifest: manifest.clone(),
+                        source: Source::StaleCache,
+                    });
+                }
+            }
+        }
+
+        match self
+            .fetch_manifest(name, &Reference::Tag(tag.clone()), accept)
+            .await
+        {
+            Ok((manifest, upstream)) => {
+                self.store_manifest(&manifest).await;
+                self.record_tag(&key, &manifest, &upstream).await;
+                Ok(ManifestAnswer {
+                    manifest,
+                    source: Source::Upstream(upstream),
+                })
+            }
+            Err(exhausted) => match cached {
+                Some(manifest) => {
+                    tracing::warn!(tag = %format!("{name}:{tag}"), error = %exhausted, "serving a stale tag: every upstream failed");
+                    Ok(ManifestAnswer {
+                        manifest,
+                        source: Source::StaleCache,
+                    })
+                }
+                None => Err(manifest_error(exhausted, &format!("manifest {name}:{tag}"))),
+            },
+        }
+    }
+
+    /// Records that `upstream` just confirmed `key -> manifest`. The manifest is committed
+    /// first, so a tag never points at a manifest the cache does not have.
+    async fn record_tag(&self, key: &TagKey, manifest: &CachedManifest, upstream: &str) {
+        let record = TagRecord {
+            registry: key.registry.clone(),
+            repository: key.repository.clone(),
+            tag: key.tag.clone(),
+            digest: manifest.digest.to_string(),
+            media_type: manifest.media_type.clone(),
+            fetched_at_unix_ms: unix_ms(SystemTime::now()),
+            upstream: upstream.to_owned(),
+        };
+        if let Err(e) = self.cache.tags.put(&self.cache.layout, record).await {
+            tracing::error!(tag = %format!("{}:{}", key.repository, key.tag), error = %e, "cache failure: could not record tag");
+        }
+    }
+
+    /// HEADs the tag on each upstream in order; returns the digest it now points at.
+    async fn head_tag(
+        &self,
+        name: &RepositoryName,
+        tag: &Tag,
+        accept: &AcceptList,
+    ) -> Result<(Option<Digest>, String), UpstreamsExhausted> {
+        let suffix = format!("manifests/{tag}");
+        self.upstreams
+            .first_success(None, |client| {
+                let suffix = suffix.clone();
+                async move {
+                    let response = client
+                        .send(Method::HEAD, name, &suffix, None, accept_headers(accept))
+                        .await?;
+                    let digest = response
+                        .headers()
+                        .get(DOCKER_CONTENT_DIGEST)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse::<Digest>().ok());
+                    Ok((digest, client.name().to_owned()))
+                }
+            })
+            .await
+    }
+
+    /// GETs a manifest from the first upstream that returns verified bytes.
+    async fn fetch_manifest(
+        &self,
+        name: &RepositoryName,
+        reference: &Reference,
+        accept: &AcceptList,
+    ) -> Result<(CachedManifest, String), UpstreamsExhausted> {
+        let requested_digest = match reference {
+            Reference::Digest(d) => Some(d),
+            Reference::Tag(_) => None,
+        };
+        let suffix = format!("manifests/{reference}");
+        self.upstreams
+            .first_success(requested_digest, |client| {
+                let suffix = suffix.clone();
+                async move {
+                    let response = client
+                        .send(Method::GET, name, &suffix, None, accept_headers(accept))
+                        .await?;
+                    let content_type = response
+                        .headers()
+                        .get(CONTENT_TYPE)
+                        .and_then(|v| v.to_str().ok())
+                        .map(|v| v.split(';').next().unwrap_or("").trim().to_owned());
+                    let announced = response
+                        .headers()
+                        .get(DOCKER_CONTENT_DIGEST)
+                        .map(|v| v.to_str().unwrap_or("<not text>").to_owned());
+                    let body = client
+                        .body(response)
+                        .read_to_end(MAX_MANIFEST_BYTES)
+                        .await?;
+                    let mismatch = |detail: String| {
+                        UpstreamFailure::new(client.name(), FailureKind::DigestMismatch, detail)
+                    };
+                    let digest =
+                        verify_manifest_digest(&body, requested_digest, announced.as_deref())
+                            .map_err(mismatch)?;
+                    if serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_err() {
+                        return Err(UpstreamFailure::new(
+                            client.name(),
+                            FailureKind::BadResponse,
+                            "manifest body is not JSON",
+                        ));
+                    }
+                    let media_type = choose_media_type(content_type.as_deref(), &body);
+                    Ok((
+                        CachedManifest {
+                            digest,
+                            media_type,
+                            body,
+                        },
+                        client.name().to_owned(),
+                    ))
+                }
+            })
+            .await
+    }
+
+    /// Forwards `tags/list` (with `n`/`last`) to the first upstream that answers.
+    pub async fn tag_list(
+        &self,
+        name: &RepositoryName,
+        query: Option<&str>,
+    ) -> Result<TagListAnswer, FerryError> {
+        let query = pagination_query(query);
+        self.upstreams
+            .first_success(None, |client| {
+                let query = query.clone();
+                async move {
+                    let response = client
+                        .send(
+                            Method::GET,
+                            name,
+                            "tags/list",
+                            query.as_deref(),
+                            HeaderMap::new(),
+                        )
+                        .await?;
+                    let link = response.headers().get(LINK).cloned();
+                    let body = client
+                        .body(response)
+                        .read_to_end(MAX_TAG_LIST_BYTES)
+                        .await?;
+                    if serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_err() {
+                        return Err(UpstreamFailure::new(
+                            client.name(),
+                            FailureKind::BadResponse,
+                            "tag list is not JSON",
+                        ));
+                    }
+                    Ok(TagListAnswer {
+                        body,
+                        link,
+                        source: Source::Upstream(client.name().to_owned()),
+                    })
+                }
+            })
+            .await
+            .map_err(|exhausted| {
+                if exhausted.all_not_found() {
+                    FerryError::client(
+                        ErrorCode::NameUnknown,
+                        format!("repository {name} is not known to any upstream"),
+                    )
+                } else {
+                    FerryError::Upstreams(exhausted)
+                }
+            })
+    }
+}
+
+fn accept_headers(accept: &AcceptList) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    if let Ok(value) = HeaderValue::from_str(&accept.upstream_header_value()) {
+        headers.insert(ACCEPT, value);
+    }
+    headers
+}
+
+/// Keeps only the spec's pagination parameters, re-encoded.
+fn pagination_query(query: Option<&str>) -> Option<String> {
+    let query = query?;
+    let kept: Vec<(String, String)> = url_pairs(query)
+        .into_iter()
+        .filter(|(k, _)| k == "n" || k == "last")
+        .collect();
+    if kept.is_empty() {
+        return None;
+    }
+    let mut serializer = reqwest::Url::parse("http://x/").ok()?;
+    serializer.query_pairs_mut().extend_pairs(kept);
+    serializer.query().map(str::to_owned)
+}
+
+fn url_pairs(query: &str) -> Vec<(String, String)> {
+    reqwest::Url::parse(&format!("http://x/?{query}"))
+        .map(|url| {
+            url.query_pairs()
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The digest of a manifest body: it must equal the requested digest, and for a tag it
+/// must equal the upstream's `Docker-Content-Digest` when one was sent.
+fn verify_manifest_digest(
+    body: &[u8],
+    requested: Option<&Digest>,
+    announced: Option<&str>,
+) -> Result<Digest, String> {
+    if let Some(requested) = requested {
+        if !requested.matches(body) {
+            return Err(format!("body does not hash to the requested {requested}"));
+        }
+        return Ok(requested.clone());
+    }
+    let Some(announced) = announced else {
+        return Ok(Digest::sha256_of(body));
+    };
+    let announced: Digest = announced
+        .parse()
+        .map_err(|e| format!("Docker-Content-Digest is not a digest: {e}"))?;
+    let mut verifier = DigestVerifier::new(announced.algorithm());
+    verifier.update(body);
+    let actual = verifier.finish();
+    if actual != announced {
+        return Err(format!(
+            "body hashes to {actual} but Docker-Content-Digest says {announced}"
+        ));
+    }
+    // Cache under sha256 whatever the upstream announced, so tag records are uniform.
+    Ok(if announced.algorithm() == DigestAlgorithm::Sha256 {
+        announced
+    } else {
+        Digest::sha256_of(body)
+    })
+}
+
+/// The manifest's media type: the upstream's Content-Type when it names a manifest type,
+/// else what the body says.
+fn choose_media_type(content_type: Option<&str>, body: &[u8]) -> String {
+    match content_type {
+        Some(ct) if ct.starts_with("application/vnd.") => ct.to_owned(),
+        _ => detect_manifest_media_type(body)
+            .or_else(|| content_type.filter(|ct| !ct.is_empty()).map(str::to_owned))
+            .unwrap_or_else(|| crate::oci::media_type::OCI_MANIFEST.to_owned()),
+    }
+}
+
+fn manifest_error(exhausted: UpstreamsExhausted, what: &str) -> FerryError {
+    if exhausted.all_not_found() {
+        FerryError::client(
+            ErrorCode::ManifestUnknown,
+            format!("{what} is not known to any upstream"),
+        )
+    } else {
+        FerryError::Upstreams(exhausted)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tag_digest_must_agree_with_announced_header() {
+        let body = br#"{"schemaVersion":2}"#;
+        let good = Digest::sha256_of(body);
+        assert_eq!(
+            verify_manifest_digest(body, None, Some(&good.to_string())).unwrap(),
+            good
+        );
+        assert_eq!(verify_manifest_digest(body, None, None).unwrap(), good);
+        let other = Digest::sha256_of(b"other").to_string();
+        assert!(verify_manifest_digest(body, None, Some(&other)).is_err());
+        assert!(verify_manifest_digest(body, None, Some("garbage")).is_err());
+        assert!(verify_manifest_digest(body, Some(&Digest::sha256_of(b"x")), None).is_err());
+    }
+
+    #[test]
+    fn pagination_keeps_only_n_and_last() {
+        assert_eq!(
+            pagination_query(Some("n=10&last=v1&ns=docker.io")).as_deref(),
+            Some("n=10&last=v1")
+        );
+        assert_eq!(pagination_query(Some("ns=docker.io")), None);
+        assert_eq!(pagination_query(None), None);
+    }
+
+    #[test]
+    fn media_type_prefers_vendor_content_type() {
+        let body = br#"{"manifests":[]}"#;
+        assert_eq!(
+            choose_media_type(Some("application/vnd.x+json"), body),
+            "application/vnd.x+json"
+        );
+        assert_eq!(
+            choose_media_type(Some("application/json"), body),
+            crate::oci::media_type::OCI_INDEX
+        );
+    }
+}

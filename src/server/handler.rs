@@ -1,0 +1,150 @@
+//! One function per endpoint: turns a routed, validated request into a call on the
+//! pull-through flow and its answer into a response, logging one line per request.
+
+use super::response::{ResponseBody, builder, empty_body, error_response, full_body, or_500};
+use super::route::{self, Route};
+use crate::error::FerryError;
+use crate::oci::ErrorCode;
+use crate::oci::media_type::AcceptList;
+use crate::pull::manifest::DOCKER_CONTENT_DIGEST;
+use crate::pull::{PullThrough, RangeSpec, Source};
+use http::header::{ACCEPT_RANGES, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, ETAG, LINK, RANGE};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, StreamBody};
+use std::sync::Arc;
+use std::time::Instant;
+
+pub async fn handle<B>(pull: Arc<PullThrough>, request: Request<B>) -> Response<ResponseBody> {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let (route_label, outcome) = match route::parse(&path) {
+        Ok(route) => (route.label(), dispatch(&pull, route, &request).await),
+        Err(error) => ("invalid", Err(error)),
+    };
+    let head = method == Method::HEAD;
+    let (response, source) = match outcome {
+        Ok((response, source)) => (response, source.to_string()),
+        Err(error) => {
+            if matches!(
+                error,
+                FerryError::Upstreams(_) | FerryError::Cache(_) | FerryError::MidStream(_)
+            ) {
+                tracing::warn!(%method, %path, error = %error, "request failed");
+            }
+            (error_response(&error, head), "-".to_owned())
+        }
+    };
+    tracing::info!(
+        %method,
+        %path,
+        route = route_label,
+        status = response.status().as_u16(),
+        source = %source,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "request"
+    );
+    response
+}
+
+async fn dispatch<B>(
+    pull: &Arc<PullThrough>,
+    route: Route,
+    request: &Request<B>,
+) -> Result<(Response<ResponseBody>, Source), FerryError> {
+    let method = request.method();
+    let head = method == Method::HEAD;
+    if route == Route::Upload || !(method == Method::GET || head) {
+        return Err(FerryError::client(
+            ErrorCode::Unsupported,
+            format!("{method} is not supported: ferry is a read-only pull-through cache"),
+        ));
+    }
+    match route {
+        Route::Ping => Ok((
+            or_500(
+                builder(StatusCode::OK)
+                    .header(CONTENT_TYPE, "application/json")
+                    .header(CONTENT_LENGTH, 2)
+                    .body(if head { empty_body() } else { full_body("{}") }),
+            ),
+            Source::Cache,
+        )),
+        Route::Manifest { name, reference } => {
+            let accept = AcceptList::from_headers(request.headers());
+            let answer = pull.manifest(&name, &reference, &accept).await?;
+            let manifest = answer.manifest;
+            let response = builder(StatusCode::OK)
+                .header(CONTENT_TYPE, manifest.media_type.as_str())
+                .header(DOCKER_CONTENT_DIGEST, manifest.digest.to_string())
+                .header(ETAG, format!("\"{}\"", manifest.digest))
+                .header(CONTENT_LENGTH, manifest.body.len())
+                .body(if head {
+                    empty_body()
+                } else {
+                    full_body(manifest.body)
+                });
+            Ok((or_500(response), answer.source))
+        }
+        Route::Blob { name, digest } => {
+            let range = request
+                .headers()
+                .get(RANGE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(RangeSpec::parse);
+            let answer = pull.blob(&name, &digest, range, head).await?;
+            let status = if answer.range.is_some() {
+                StatusCode::PARTIAL_CONTENT
+            } else {
+                StatusCode::OK
+            };
+            let mut response = builder(status)
+                .header(CONTENT_TYPE, "application/octet-stream")
+                .header(DOCKER_CONTENT_DIGEST, answer.digest.to_string())
+                .header(ETAG, format!("\"{}\"", answer.digest))
+                .header(ACCEPT_RANGES, "bytes");
+            match (answer.range, answer.size) {
+                (Some((first, last)), Some(size)) => {
+                    response = response
+                        .header(CONTENT_RANGE, format!("bytes {first}-{last}/{size}"))
+                        .header(CONTENT_LENGTH, last - first + 1);
+                }
+                (None, Some(size)) => response = response.header(CONTENT_LENGTH, size),
+                _ => {}
+            }
+            let body = match answer.body {
+                Some(stream) if !head => {
+                    use futures_util::TryStreamExt;
+                    StreamBody::new(stream.map_ok(hyper::body::Frame::data)).boxed_unsync()
+                }
+                _ => empty_body(),
+            };
+            Ok((or_500(response.body(body)), answer.source))
+        }
+        Route::TagList { name } => {
+            let answer = pull.tag_list(&name, request.uri().query()).await?;
+            let mut response = builder(StatusCode::OK)
+                .header(CONTENT_TYPE, "application/json")
+                .header(CONTENT_LENGTH, answer.body.len());
+            if let Some(link) = answer.link {
+                response = response.header(LINK, link);
+            }
+            let body = if head {
+                empty_body()
+            } else {
+                full_body(answer.body)
+            };
+            Ok((or_500(response.body(body)), answer.source))
+        }
+        Route::Upload => unreachable_upload(),
+    }
+}
+
+/// Uploads are rejected before the match; kept as a function so the match stays exhaustive
+/// without a panic path.
+fn unreachable_upload() -> Result<(Response<ResponseBody>, Source), FerryError> {
+    Err(FerryError::client(
+        ErrorCode::Unsupported,
+        "pushing is not supported",
+    ))
+}

@@ -1,0 +1,85 @@
+//! The only place errors become HTTP: status, OCI error body and headers. Also the body
+//! type and the headers every response carries.
+
+use crate::error::FerryError;
+use crate::oci::ErrorCode;
+use bytes::Bytes;
+use http::header::{CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE};
+use http::{HeaderValue, Response, StatusCode};
+use http_body_util::BodyExt;
+use http_body_util::combinators::UnsyncBoxBody;
+
+pub type ResponseBody = UnsyncBoxBody<Bytes, std::io::Error>;
+
+pub const API_VERSION_HEADER: &str = "docker-distribution-api-version";
+pub const API_VERSION: &str = "registry/2.0";
+
+pub fn full_body(bytes: impl Into<Bytes>) -> ResponseBody {
+    http_body_util::Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+pub fn empty_body() -> ResponseBody {
+    full_body(Bytes::new())
+}
+
+/// A response with the registry API version header set.
+pub fn builder(status: StatusCode) -> http::response::Builder {
+    Response::builder()
+        .status(status)
+        .header(API_VERSION_HEADER, API_VERSION)
+}
+
+/// Status and OCI code for an error, and whether it is the client's fault.
+pub fn classify(error: &FerryError) -> (StatusCode, ErrorCode) {
+    match error {
+        FerryError::Client { code, status, .. } => (*status, *code),
+        FerryError::RangeNotSatisfiable { .. } => {
+            (StatusCode::RANGE_NOT_SATISFIABLE, ErrorCode::RangeInvalid)
+        }
+        FerryError::Upstreams(exhausted) => {
+            let status = exhausted.status();
+            let code = if status == StatusCode::TOO_MANY_REQUESTS {
+                ErrorCode::TooManyRequests
+            } else {
+                ErrorCode::Unavailable
+            };
+            (status, code)
+        }
+        FerryError::MidStream(_) => (StatusCode::BAD_GATEWAY, ErrorCode::Unavailable),
+        FerryError::Cache(_) => (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Unavailable),
+    }
+}
+
+pub fn error_response(error: &FerryError, head: bool) -> Response<ResponseBody> {
+    let (status, code) = classify(error);
+    let body = code.body(&error.to_string());
+    let mut builder = builder(status)
+        .header(CONTENT_TYPE, "application/json")
+        .header(CONTENT_LENGTH, body.len());
+    if let FerryError::RangeNotSatisfiable { size } = error {
+        builder = builder.header(CONTENT_RANGE, format!("bytes */{size}"));
+    }
+    if code == ErrorCode::Unsupported && status == StatusCode::METHOD_NOT_ALLOWED {
+        builder = builder.header(http::header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+    }
+    let body = if head { empty_body() } else { full_body(body) };
+    builder.body(body).unwrap_or_else(|_| fallback_500())
+}
+
+/// Only reached if a header value built above were invalid, which they are not.
+fn fallback_500() -> Response<ResponseBody> {
+    let mut response = Response::new(empty_body());
+    *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+    response
+}
+
+pub fn or_500(built: Result<Response<ResponseBody>, http::Error>) -> Response<ResponseBody> {
+    built.unwrap_or_else(|e| {
+        error_response(
+            &FerryError::Cache(format!("building a response: {e}")),
+            false,
+        )
+    })
+}

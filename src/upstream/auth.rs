@@ -1,0 +1,247 @@
+//! Registry authentication: parsing `WWW-Authenticate` challenges, fetching Docker-style
+//! bearer tokens (anonymous or with basic credentials), and caching them until they expire.
+
+use crate::config::Credentials;
+use moka::Expiry;
+use moka::future::Cache;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+/// The longest a token is cached when the token server does not say (`expires_in`).
+const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(60);
+/// Tokens are dropped this long before they expire, so a request never carries a stale one.
+const TOKEN_EXPIRY_MARGIN: Duration = Duration::from_secs(10);
+const MAX_CACHED_TOKENS: u64 = 10_000;
+
+/// A parsed `WWW-Authenticate` header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Challenge {
+    Bearer { params: HashMap<String, String> },
+    Basic,
+}
+
+impl Challenge {
+    pub fn parse(header: &str) -> Option<Challenge> {
+        let header = header.trim();
+        let (scheme, rest) = header
+            .split_once(char::is_whitespace)
+            .unwrap_or((header, ""));
+        if scheme.eq_ignore_ascii_case("basic") {
+            return Some(Challenge::Basic);
+        }
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return None;
+        }
+        Some(Challenge::Bearer {
+            params: parse_auth_params(rest),
+        })
+    }
+}
+
+/// Parses `key="value", key2=value2` where quoted values may contain commas.
+fn parse_auth_params(input: &str) -> HashMap<String, String> {
+    let mut params = HashMap::new();
+    let mut chars = input.chars().peekable();
+    loop {
+        while matches!(chars.peek(), Some(c) if *c == ',' || c.is_whitespace()) {
+            chars.next();
+        }
+        let key: String = chars.by_ref().take_while(|&c| c != '=').collect();
+        let key = key.trim().to_ascii_lowercase();
+        if key.is_empty() {
+            return params;
+        }
+        let mut value = String::new();
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            while let Some(c) = chars.next() {
+                match c {
+                    '\\' => {
+                        if let Some(escaped) = chars.next() {
+                            value.push(escaped);
+                        }
+                    }
+                    '"' => break,
+                    c => value.push(c),
+                }
+            }
+        } else {
+            while let Some(&c) = chars.peek() {
+                if c == ',' {
+                    break;
+                }
+                value.push(c);
+                chars.next();
+            }
+            value = value.trim().to_owned();
+        }
+        params.insert(key, value);
+    }
+}
+
+#[derive(Clone)]
+struct CachedToken {
+    token: String,
+    lifetime: Duration,
+}
+
+struct TokenLifetime;
+
+impl Expiry<String, CachedToken> for TokenLifetime {
+    fn expire_after_create(
+        &self,
+        _key: &String,
+        value: &CachedToken,
+        _now: Instant,
+    ) -> Option<Duration> {
+        Some(value.lifetime)
+    }
+}
+
+/// Bearer tokens of one upstream, keyed by scope.
+pub struct TokenCache {
+    tokens: Cache<String, CachedToken>,
+}
+
+impl Default for TokenCache {
+    fn default() -> Self {
+        TokenCache {
+            tokens: Cache::builder()
+                .max_capacity(MAX_CACHED_TOKENS)
+                .expire_after(TokenLifetime)
+                .build(),
+        }
+    }
+}
+
+impl TokenCache {
+    pub async fn get(&self, scope: &str) -> Option<String> {
+        self.tokens.get(scope).await.map(|t| t.token)
+    }
+
+    pub async fn forget(&self, scope: &str) {
+        self.tokens.invalidate(scope).await;
+    }
+
+    async fn insert(&self, scope: &str, token: String, expires_in: Option<u64>) {
+        let lifetime = expires_in
+            .map(Duration::from_secs)
+            .unwrap_or(DEFAULT_TOKEN_LIFETIME)
+            .saturating_sub(TOKEN_EXPIRY_MARGIN)
+            .max(Duration::from_secs(1));
+        self.tokens
+            .insert(scope.to_owned(), CachedToken { token, lifetime })
+            .await;
+    }
+
+    /// Fetches a token from the challenge's realm for `scope` and caches it.
+    pub async fn fetch(
+        &self,
+        http: &reqwest::Client,
+        params: &HashMap<String, String>,
+        scope: &str,
+        credentials: Option<&Credentials>,
+        timeout: Duration,
+    ) -> Result<String, String> {
+        let realm = params
+            .get("realm")
+            .ok_or_else(|| "bearer challenge without a realm".to_owned())?;
+        let mut url =
+            reqwest::Url::parse(realm).map_err(|e| format!("bad token realm {realm:?}: {e}"))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(format!("token realm {realm:?} is not http(s)"));
+        }
+        {
+            let mut query = url.query_pairs_mut();
+            if let Some(service) = params.get("service") {
+                query.append_pair("service", service);
+            }
+            query.append_pair("scope", scope);
+        }
+        let mut request = http.get(url);
+        if let Some(credentials) = credentials {
+            request = request.basic_auth(&credentials.username, Some(&credentials.password));
+        }
+        let fetch = async {
+            let response = request
+                .send()
+                .await
+                .map_err(|e| format!("token request failed: {e}"))?;
+            let status = response.status();
+            if !status.is_success() {
+                return Err(format!("token server answered {status}"));
+            }
+            let body = response
+                .bytes()
+                .await
+                .map_err(|e| format!("token body failed: {e}"))?;
+            #[derive(serde::Deserialize)]
+            struct TokenResponse {
+                token: Option<String>,
+                access_token: Option<String>,
+                expires_in: Option<u64>,
+            }
+            let parsed: TokenResponse = serde_json::from_slice(&body)
+                .map_err(|e| format!("token body is not JSON: {e}"))?;
+            let token = parsed
+                .token
+                .or(parsed.access_token)
+                .filter(|t| !t.is_empty())
+                .ok_or_else(|| "token response has no token".to_owned())?;
+            Ok((token, parsed.expires_in))
+        };
+        let (token, expires_in) = tokio::time::timeout(timeout, fetch)
+            .await
+            .map_err(|_| format!("token server did not answer within {timeout:?}"))??;
+        self.insert(scope, token.clone(), expires_in).await;
+        Ok(token)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_docker_hub_challenge() {
+        let c = Challenge::parse(
+            r#"Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/alpine:pull,push""#,
+        )
+        .unwrap();
+        let Challenge::Bearer { params } = c else {
+            panic!("not bearer")
+        };
+        assert_eq!(params["realm"], "https://auth.docker.io/token");
+        assert_eq!(params["service"], "registry.docker.io");
+        assert_eq!(params["scope"], "repository:library/alpine:pull,push");
+    }
+
+    #[test]
+    fn parses_basic_and_rejects_unknown() {
+        assert_eq!(
+            Challenge::parse(r#"Basic realm="x""#),
+            Some(Challenge::Basic)
+        );
+        assert_eq!(Challenge::parse("Negotiate abc"), None);
+        let Some(Challenge::Bearer { params }) =
+            Challenge::parse("bearer realm=http://a/t , service=s")
+        else {
+            panic!("not bearer")
+        };
+        assert_eq!(params["realm"], "http://a/t");
+        assert_eq!(params["service"], "s");
+    }
+
+    #[tokio::test]
+    async fn cached_tokens_expire() {
+        let cache = TokenCache::default();
+        cache.insert("s", "t".into(), Some(11)).await;
+        assert_eq!(cache.get("s").await.as_deref(), Some("t"));
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        assert_eq!(
+            cache.get("s").await,
+            None,
+            "a 11 s token is kept 1 s (10 s margin)"
+        );
+    }
+}

@@ -1,0 +1,280 @@
+//! One upstream registry: an HTTP client with its own connect, response-header and body-idle
+//! timeouts, the registry token flow, and classification of every failure it meets.
+
+use super::auth::{Challenge, TokenCache};
+use super::failure::{FailureKind, UpstreamFailure};
+use crate::config::UpstreamConfig;
+use crate::oci::RepositoryName;
+use bytes::{Bytes, BytesMut};
+use http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
+use http::{HeaderMap, HeaderValue, Method};
+use std::time::Duration;
+
+/// Most redirects followed for one request (Docker Hub, ECR, GHCR send one to object storage).
+const MAX_REDIRECTS: usize = 10;
+const DOCKER_HUB_HOSTS: [&str; 3] = ["registry-1.docker.io", "index.docker.io", "docker.io"];
+
+pub struct UpstreamClient {
+    config: UpstreamConfig,
+    http: reqwest::Client,
+    tokens: TokenCache,
+    docker_hub: bool,
+}
+
+impl UpstreamClient {
+    pub fn new(config: UpstreamConfig) -> Result<Self, String> {
+        // reqwest strips Authorization (and cookies) when a redirect leaves the original
+        // host, so a registry's token is never sent to object storage.
+        let http = reqwest::Client::builder()
+            .connect_timeout(config.connect_timeout)
+            .redirect(reqwest::redirect::Policy::limited(MAX_REDIRECTS))
+            .user_agent(concat!("ferry/", env!("CARGO_PKG_VERSION")))
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build()
+            .map_err(|e| format!("cannot build HTTP client for {}: {e}", config.name))?;
+        let docker_hub = config
+            .url
+            .host_str()
+            .is_some_and(|host| DOCKER_HUB_HOSTS.contains(&host));
+        Ok(UpstreamClient {
+            config,
+            http,
+            tokens: TokenCache::default(),
+            docker_hub,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    pub fn config(&self) -> &UpstreamConfig {
+        &self.config
+    }
+
+    /// The repository as this upstream names it (Docker Hub puts official images under `library/`).
+    fn upstream_repository(&self, name: &RepositoryName) -> RepositoryName {
+        if self.docker_hub {
+            name.with_docker_hub_library_prefix()
+        } else {
+            name.clone()
+        }
+    }
+
+    fn url(&self, name: &RepositoryName, suffix: &str, query: Option<&str>) -> reqwest::Url {
+        let mut url = self.config.url.clone();
+        let base = url.path().trim_end_matches('/').to_owned();
+        url.set_path(&format!(
+            "{base}/v2/{}/{suffix}",
+            self.upstream_repository(name)
+        ));
+        url.set_query(query);
+        url
+    }
+
+    /// Sends one request for `<name>/<suffix>` and returns the response if its status is a
+    /// success; any other status, and every transport failure, becomes an [`UpstreamFailure`].
+    /// Handles the 401 → token → retry dance once.
+    pub async fn send(
+        &self,
+        method: Method,
+        name: &RepositoryName,
+        suffix: &str,
+        query: Option<&str>,
+        headers: HeaderMap,
+    ) -> Result<reqwest::Response, UpstreamFailure> {
+        let url = self.url(name, suffix, query);
+        let scope = format!("repository:{}:pull", self.upstream_repository(name));
+        let mut authorization = self
+            .tokens
+            .get(&scope)
+            .await
+            .and_then(|token| HeaderValue::from_str(&format!("Bearer {token}")).ok());
+        let mut retried_auth = false;
+        loop {
+            let mut request = self
+                .http
+                .request(method.clone(), url.clone())
+                .headers(headers.clone());
+            if let Some(value) = &authorization {
+                request = request.header(AUTHORIZATION, value.clone());
+            }
+            let response =
+                match tokio::time::timeout(self.config.header_timeout, request.send()).await {
+                    Err(_) => {
+                        return Err(self.failure(
+                            FailureKind::HeaderTimeout,
+                            format!(
+                                "no response headers within {:?}",
+                                self.config.header_timeout
+                            ),
+                        ));
+                    }
+                    Ok(Err(e)) => return Err(self.classify_transport_error(&e)),
+                    Ok(Ok(response)) => response,
+                };
+            let status = response.status();
+            if status.is_success() {
+                return Ok(response);
+            }
+            if status == http::StatusCode::UNAUTHORIZED && !retried_auth {
+                retried_auth = true;
+                if authorization.is_some() {
+                    self.tokens.forget(&scope).await;
+                }
+                match self.answer_challenge(response.headers(), &scope).await {
+                    Ok(Some(value)) => {
+                        authorization = Some(value);
+                        continue;
+                    }
+                    Ok(None) => {}
+                    Err(detail) => return Err(self.failure(FailureKind::Unauthorized, detail)),
+                }
+            }
+            return Err(UpstreamFailure::from_status(self.name(), status));
+        }
+    }
+
+    /// The Authorization header that answers a 401's challenge, if ferry can answer it.
+    async fn answer_challenge(
+        &self,
+        headers: &HeaderMap,
+        scope: &str,
+    ) -> Result<Option<HeaderValue>, String> {
+        let challenge = headers
+            .get_all(WWW_AUTHENTICATE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find_map(Challenge::parse);
+        match challenge {
+            Some(Challenge::Bearer { params }) => {
+                let token = self
+                    .tokens
+                    .fetch(
+                        &self.http,
+                        &params,
+                        scope,
+                        self.config.credentials.as_ref(),
+                        self.config.header_timeout,
+                    )
+                    .await?;
+                HeaderValue::from_str(&format!("Bearer {token}"))
+                    .map(Some)
+                    .map_err(|_| {
+                        "token server returned a token that is not a valid header value".to_owned()
+                    })
+            }
+            Some(Challenge::Basic) => Ok(self
+                .config
+                .credentials
+                .as_ref()
+                .and_then(|c| HeaderValue::from_str(&basic_authorization(c)).ok())),
+            None => Ok(None),
+        }
+    }
+
+    fn failure(&self, kind: FailureKind, detail: impl Into<String>) -> UpstreamFailure {
+        UpstreamFailure::new(self.name(), kind, detail)
+    }
+
+    fn classify_transport_error(&self, error: &reqwest::Error) -> UpstreamFailure {
+        let detail = error_chain(error);
+        let kind = if error.is_connect() && error.is_timeout() {
+            FailureKind::ConnectTimeout
+        } else if error.is_timeout() {
+            FailureKind::HeaderTimeout
+        } else if error.is_redirect() {
+            FailureKind::BadResponse
+        } else {
+            FailureKind::Connect
+        };
+        self.failure(kind, detail)
+    }
+
+    /// Reads a response body chunk by chunk, failing when it goes quiet for longer than
+    /// the body idle timeout.
+    pub fn body(&self, response: reqwest::Response) -> BodyChunks {
+        BodyChunks {
+            response,
+            idle_timeout: self.config.body_idle_timeout,
+            upstream: self.config.name.clone(),
+        }
+    }
+}
+
+/// The `Authorization` value for HTTP basic authentication.
+fn basic_authorization(credentials: &crate::config::Credentials) -> String {
+    use base64::Engine as _;
+    let pair = format!("{}:{}", credentials.username, credentials.password);
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(pair)
+    )
+}
+
+/// Formats an error with its sources, which is where reqwest keeps the useful part.
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(inner) = source {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    text
+}
+
+pub struct BodyChunks {
+    response: reqwest::Response,
+    idle_timeout: Duration,
+    upstream: String,
+}
+
+impl BodyChunks {
+    pub fn content_length(&self) -> Option<u64> {
+        self.response.content_length()
+    }
+
+    pub fn headers(&self) -> &HeaderMap {
+        self.response.headers()
+    }
+
+    pub async fn next_chunk(&mut self) -> Result<Option<Bytes>, UpstreamFailure> {
+        match tokio::time::timeout(self.idle_timeout, self.response.chunk()).await {
+            Err(_) => Err(UpstreamFailure::new(
+                &self.upstream,
+                FailureKind::BodyIdleTimeout,
+                format!("body idle for {:?}", self.idle_timeout),
+            )),
+            Ok(Err(e)) => Err(UpstreamFailure::new(
+                &self.upstream,
+                FailureKind::BodyBroken,
+                error_chain(&e),
+            )),
+            Ok(Ok(chunk)) => Ok(chunk),
+        }
+    }
+
+    /// Reads the whole body, failing if it exceeds `limit` bytes.
+    pub async fn read_to_end(mut self, limit: usize) -> Result<Bytes, UpstreamFailure> {
+        if self.content_length().is_some_and(|len| len > limit as u64) {
+            return Err(UpstreamFailure::new(
+                &self.upstream,
+                FailureKind::BadResponse,
+                format!("body larger than the {limit}-byte limit"),
+            ));
+        }
+        let mut body = BytesMut::new();
+        while let Some(chunk) = self.next_chunk().await? {
+            if body.len() + chunk.len() > limit {
+                return Err(UpstreamFailure::new(
+                    &self.upstream,
+                    FailureKind::BadResponse,
+                    format!("body larger than the {limit}-byte limit"),
+                ));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body.freeze())
+    }
+}

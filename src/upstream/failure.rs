@@ -1,0 +1,201 @@
+//! How an upstream attempt failed, whether the next upstream may be tried, and the error a
+//! client gets when every upstream failed (404 only when all said "not found").
+
+use http::StatusCode;
+use std::fmt;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// TCP connect refused/reset, DNS failure, TLS handshake failure.
+    Connect,
+    ConnectTimeout,
+    /// Connected, but no response headers within the header timeout.
+    HeaderTimeout,
+    /// Headers arrived, then the body went quiet for longer than the idle timeout.
+    BodyIdleTimeout,
+    /// The body broke: reset, truncated, or longer than announced.
+    BodyBroken,
+    NotFound,
+    Unauthorized,
+    Forbidden,
+    TooManyRequests,
+    /// 5xx from the upstream.
+    ServerError(u16),
+    /// Any other unexpected status (3xx left unfollowed, 4xx other than the above).
+    UnexpectedStatus(u16),
+    /// The bytes do not hash to the digest they were asked for or announced.
+    DigestMismatch,
+    /// A manifest larger than the spec's 4 MiB limit, or a malformed response.
+    BadResponse,
+}
+
+/// One failed attempt at one upstream.
+#[derive(Debug, Clone)]
+pub struct UpstreamFailure {
+    pub upstream: String,
+    pub kind: FailureKind,
+    pub detail: String,
+}
+
+impl UpstreamFailure {
+    pub fn new(upstream: &str, kind: FailureKind, detail: impl Into<String>) -> Self {
+        UpstreamFailure {
+            upstream: upstream.to_owned(),
+            kind,
+            detail: detail.into(),
+        }
+    }
+
+    pub fn from_status(upstream: &str, status: StatusCode) -> Self {
+        let kind = match status.as_u16() {
+            404 => FailureKind::NotFound,
+            401 => FailureKind::Unauthorized,
+            403 => FailureKind::Forbidden,
+            429 => FailureKind::TooManyRequests,
+            code @ 500..=599 => FailureKind::ServerError(code),
+            code => FailureKind::UnexpectedStatus(code),
+        };
+        UpstreamFailure::new(upstream, kind, format!("answered {status}"))
+    }
+
+    /// Whether the next upstream may be tried after this failure. Everything except a 404
+    /// with 404-failover disabled moves on: availability beats precision for a cache.
+    pub fn may_try_next(&self, failover_on_not_found: bool) -> bool {
+        self.kind != FailureKind::NotFound || failover_on_not_found
+    }
+
+    /// A short label for logs and metrics.
+    pub fn reason(&self) -> &'static str {
+        match self.kind {
+            FailureKind::Connect => "connect",
+            FailureKind::ConnectTimeout => "connect_timeout",
+            FailureKind::HeaderTimeout => "header_timeout",
+            FailureKind::BodyIdleTimeout => "body_idle_timeout",
+            FailureKind::BodyBroken => "body_broken",
+            FailureKind::NotFound => "not_found",
+            FailureKind::Unauthorized => "unauthorized",
+            FailureKind::Forbidden => "forbidden",
+            FailureKind::TooManyRequests => "too_many_requests",
+            FailureKind::ServerError(_) => "server_error",
+            FailureKind::UnexpectedStatus(_) => "unexpected_status",
+            FailureKind::DigestMismatch => "digest_mismatch",
+            FailureKind::BadResponse => "bad_response",
+        }
+    }
+}
+
+impl fmt::Display for UpstreamFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "upstream {} failed ({}): {}",
+            self.upstream,
+            self.reason(),
+            self.detail
+        )
+    }
+}
+
+/// Every upstream was tried (or skipped) and none succeeded.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct UpstreamsExhausted {
+    pub failures: Vec<UpstreamFailure>,
+}
+
+impl UpstreamsExhausted {
+    pub fn all_not_found(&self) -> bool {
+        !self.failures.is_empty()
+            && self
+                .failures
+                .iter()
+                .all(|f| f.kind == FailureKind::NotFound)
+    }
+
+    /// The most meaningful status for the client: 404 when every upstream said not found,
+    /// 504 when they all timed out, 503 when they were overloaded or unavailable, else 502.
+    pub fn status(&self) -> StatusCode {
+        use FailureKind::*;
+        if self.failures.is_empty() {
+            return StatusCode::SERVICE_UNAVAILABLE;
+        }
+        if self.all_not_found() {
+            return StatusCode::NOT_FOUND;
+        }
+        let relevant: Vec<_> = self
+            .failures
+            .iter()
+            .filter(|f| f.kind != NotFound)
+            .collect();
+        if relevant
+            .iter()
+            .all(|f| matches!(f.kind, ConnectTimeout | HeaderTimeout | BodyIdleTimeout))
+        {
+            return StatusCode::GATEWAY_TIMEOUT;
+        }
+        if relevant
+            .iter()
+            .all(|f| matches!(f.kind, TooManyRequests | ServerError(503) | Connect))
+        {
+            return StatusCode::SERVICE_UNAVAILABLE;
+        }
+        StatusCode::BAD_GATEWAY
+    }
+}
+
+impl fmt::Display for UpstreamsExhausted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.failures.is_empty() {
+            return write!(f, "no upstream could be tried");
+        }
+        let parts: Vec<String> = self.failures.iter().map(|x| x.to_string()).collect();
+        write!(f, "every upstream failed: {}", parts.join("; "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exhausted(kinds: &[FailureKind]) -> UpstreamsExhausted {
+        UpstreamsExhausted {
+            failures: kinds
+                .iter()
+                .map(|&k| UpstreamFailure::new("u", k, "x"))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn most_meaningful_status() {
+        use FailureKind::*;
+        assert_eq!(
+            exhausted(&[NotFound, NotFound]).status(),
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            exhausted(&[NotFound, HeaderTimeout]).status(),
+            StatusCode::GATEWAY_TIMEOUT
+        );
+        assert_eq!(
+            exhausted(&[ServerError(503), Connect]).status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            exhausted(&[ServerError(500), HeaderTimeout]).status(),
+            StatusCode::BAD_GATEWAY
+        );
+        assert_eq!(
+            exhausted(&[DigestMismatch]).status(),
+            StatusCode::BAD_GATEWAY
+        );
+    }
+
+    #[test]
+    fn not_found_failover_is_configurable() {
+        let f = UpstreamFailure::new("u", FailureKind::NotFound, "");
+        assert!(f.may_try_next(true));
+        assert!(!f.may_try_next(false));
+        let f = UpstreamFailure::new("u", FailureKind::ServerError(500), "");
+        assert!(f.may_try_next(false));
+    }
+}

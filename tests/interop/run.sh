@@ -1,0 +1,427 @@
+#!/usr/bin/env bash
+# ferry interop suite: two CNCF distribution registries (primary, secondary) as upstreams, ferry in front,
+# real clients (skopeo, containerd's ctr) pulling through it, upstream failures and a full outage.
+# Usage (Debian 12, as root, from anywhere): tests/interop/run.sh
+#   env: FERRY_BIN (default <repo>/target/release/ferry), BIG_MB (120), TAG_TTL (seconds, 1), INTEROP_KEEP=1 keeps all state
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
+# shellcheck source=tests/interop/lib.sh
+source "$HERE/lib.sh"
+
+FERRY_BIN=${FERRY_BIN:-$REPO/target/release/ferry}
+BIG_MB=${BIG_MB:-120}
+TAG_TTL=${TAG_TTL:-1}
+CLIENT_TIMEOUT=${CLIENT_TIMEOUT:-300}
+P1=${PRIMARY_PORT:-15000}      # primary upstream
+P2=${SECONDARY_PORT:-15010}    # secondary upstream
+PF=${FERRY_PORT:-15050}        # ferry under test
+PX=${FAULT_FERRY_PORT:-15051}  # extra ferry instances for the fault matrix
+PB=${FAULTY_PORT:-15060}       # misbehaving upstream (ocitool.py faulty)
+DEAD=127.0.0.1:1               # nothing listens here
+F=127.0.0.1:$PF
+ORIGIN=127.0.0.1:$P1           # registry part of the image names containerd is asked for
+
+# --- prerequisites -------------------------------------------------------------------------------------
+[[ $EUID == 0 ]] || { echo "run as root (containerd needs it)" >&2; exit 2; }
+missing=()
+for pair in docker-registry:docker-registry skopeo:skopeo containerd:containerd ctr:containerd jq:jq curl:curl \
+  python3:python3; do
+  command -v "${pair%%:*}" >/dev/null || missing+=("${pair#*:}")
+done
+if ((${#missing[@]})); then
+  mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
+  echo "installing: ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+[[ -x $FERRY_BIN ]] || { echo "ferry binary not found: $FERRY_BIN (build it: cargo build --release)" >&2; exit 2; }
+for p in "$P1" "$P2" "$PF" "$PX" "$PB"; do
+  port_busy "$p" && { echo "port 127.0.0.1:$p is in use; set PRIMARY_PORT/SECONDARY_PORT/FERRY_PORT/..." >&2; exit 2; }
+done
+
+T=$(mktemp -d /tmp/ferry-interop.XXXXXX)
+LOGS=$T/logs
+mkdir -p "$LOGS/checks" "$T/expect" "$T/pull" "$T/loop"
+CTR_SOCK=$T/ctrd/containerd.sock
+
+cleanup() {
+  local rc=$?
+  set +e
+  touch "$T/loop.stop"
+  stop_all
+  awk -v t="$T" 'index($2, t) == 1 { print $2 }' /proc/mounts | sort -r | xargs -r -n1 umount -l
+  [[ -n $SUMMARY_PRINTED ]] || print_summary
+  if [[ -n ${INTEROP_KEEP:-} ]]; then
+    echo "state kept: $T"
+  elif (($(failed_count) > 0)) || ((rc != 0)); then
+    find "$T" -mindepth 1 -maxdepth 1 ! -name logs -exec rm -rf {} +
+    echo "logs kept: $LOGS"
+  else
+    rm -rf "$T"
+  fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+echo "ferry interop: state $T, ferry $FERRY_BIN, tag ttl ${TAG_TTL}s, big layer ${BIG_MB} MiB"
+T_START=$(now)
+
+# --- helpers used by the checks (written to work both under set -e and in `if` conditions) -------------
+pull_dir() { # pull_dir IMAGE REF_SUFFIX DEST [skopeo copy args]: pull through ferry into dir:, verify
+  local img=$1 ref=$2 dest=$3; shift 3
+  rm -rf "$dest" &&
+    sk copy -q --src-tls-verify=false --preserve-digests "$@" "docker://$F/test/$img$ref" "dir:$dest" &&
+    python3 "$HERE/ocitool.py" verify-dir "$dest" "$(expect_file "$img")"
+}
+pull_oci() { # pull_oci IMAGE REF_SUFFIX DEST: pull a list with --all into an OCI layout, verify
+  rm -rf "$3" &&
+    sk copy -q --all --src-tls-verify=false --preserve-digests "docker://$F/test/$1$2" "oci:$3:latest" &&
+    python3 "$HERE/ocitool.py" verify-oci "$3" "$(expect_file "$1")"
+}
+inspect_matches() { # inspect_matches IMAGE: raw manifest via ferry hashes to the source digest
+  local got want; want=$(expect_digest "$1")
+  got=$(sk inspect --raw --tls-verify=false "docker://$F/test/$1:latest" | raw_digest) || return 1
+  echo "via ferry $got, source $want"
+  [[ $got == "$want" ]]
+}
+content_complete() { # content_complete NS IMAGE [PLATFORM]: everything a pull needs is in containerd's store
+  local have d rc=0
+  have=$(ctrc -n "$1" content ls -q) || return 1
+  for d in $(python3 "$HERE/ocitool.py" digests "$(expect_file "$2")" ${3:+"$3"}); do
+    grep -qxF "$d" <<<"$have" || { echo "not in containerd content store: $d"; rc=1; }
+  done
+  return $rc
+}
+ctr_pull() { # ctr_pull NS IMAGE [PLATFORM] [ctr pull args]: pull via hosts.toml mirror = ferry, check digest + content
+  local ns=$1 img=$2 plat=${3:-}; shift 3 || shift $#
+  local ref=$ORIGIN/test/$img:latest got want; want=$(expect_digest "$img")
+  ctrc -n "$ns" images pull --snapshotter "$SNAPSHOTTER" --hosts-dir "$T/certs.d" "$@" "$ref" | tail -n 2 &&
+    got=$(ctrc -n "$ns" images ls | awk -v r="$ref" '$1 == r { print $3 }') &&
+    echo "ctr resolved $ref -> ${got:-nothing}, source $want" &&
+    [[ $got == "$want" ]] &&
+    content_complete "$ns" "$img" "$plat"
+}
+ctr_forget() { # drop a namespace's images and garbage-collect, so the next pull really fetches again
+  local imgs
+  mapfile -t imgs < <(ctrc -n "$1" images ls -q) || return 1
+  ((${#imgs[@]} == 0)) || ctrc -n "$1" images rm --sync "${imgs[@]}" >/dev/null
+  ctrc namespaces rm "$1" >/dev/null 2>&1 || true
+}
+http_is() { # http_is CODE METHOD PATH: ferry answers PATH with CODE
+  local got; got=$(curl -sS -o /dev/null -w '%{http_code}' -X "$2" -H "Accept: $ACCEPT" "http://$F$3") || return 1
+  echo "$2 $3 -> $got (want $1)"
+  [[ $got == "$1" ]]
+}
+ACCEPT="application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, \
+application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json"
+head_manifest_is() { # head_manifest_is IMAGE REF MEDIATYPE: HEAD via ferry has the source's digest, type, length
+  local want got
+  want="200|$3|$(expect_digest "$1")|$(jq -r .size "$(expect_file "$1")")"
+  got=$(curl -sS -I -o /dev/null -H "Accept: $ACCEPT" \
+    -w '%{http_code}|%header{content-type}|%header{docker-content-digest}|%header{content-length}' \
+    "http://$F/v2/test/$1/manifests/$2") || return 1
+  echo "HEAD /v2/test/$1/manifests/$2: got  $got"; echo "  want $want"
+  [[ $got == "$want" ]]
+}
+get_manifest_matches() { # get_manifest_matches IMAGE REF[?query]: GET body hashes to the source digest
+  local got; got=$(curl -fsS -H "Accept: $ACCEPT" "http://$F/v2/test/$1/manifests/$2" | raw_digest) || return 1
+  echo "GET /v2/test/$1/manifests/$2 body: $got"
+  [[ $got == "$(expect_digest "$1")" ]]
+}
+blob_matches() { # blob_matches IMAGE DIGEST: HEAD length and GET content match the layout's blob
+  local file=$T/layout/blobs/sha256/${2#sha256:} h got
+  h=$(curl -sS -I -o /dev/null -w '%{http_code}|%header{content-length}' "http://$F/v2/test/$1/blobs/$2") || return 1
+  got=$(curl -fsS "http://$F/v2/test/$1/blobs/$2" | raw_digest) || return 1
+  echo "HEAD $2: $h (file size $(stat -c %s "$file")); GET body $got"
+  [[ $h == "200|$(stat -c %s "$file")" && $got == "$2" ]]
+}
+tags_list_ok() {
+  local body; body=$(curl -fsS "http://$F/v2/test/small/tags/list") || return 1
+  echo "$body"
+  jq -e '.name == "test/small" and (.tags | index("latest") != null)' <<<"$body" >/dev/null
+}
+
+# === a ==================================================================================================
+step a "start primary (:$P1) and secondary (:$P2) distribution registries"
+start_registry primary "$P1"
+start_registry secondary "$P2"
+check "primary registry up" wait_http "http://127.0.0.1:$P1/v2/" primary
+last_passed || abort "primary registry did not start"
+check "secondary registry up" wait_http "http://127.0.0.1:$P2/v2/" secondary
+last_passed || abort "secondary registry did not start"
+
+# === b ==================================================================================================
+step b "generate images (big layer ${BIG_MB} MiB) and push identical copies to both registries"
+push() { sk copy -q --dest-tls-verify=false "$@"; }
+push_all() {
+  python3 "$HERE/mkimages.py" "$T/layout" --big-mb "$BIG_MB" >"$T/layout.summary.json"
+  local reg img
+  for reg in "127.0.0.1:$P1" "127.0.0.1:$P2"; do
+    push --preserve-digests "oci:$T/layout:small" "docker://$reg/test/small:latest"
+    push --preserve-digests --all "oci:$T/layout:multi" "docker://$reg/test/multi:latest"
+    push --preserve-digests "oci:$T/layout:big" "docker://$reg/test/big:latest"
+    push --preserve-digests "oci:$T/layout:extra-1" "docker://$reg/test/late:latest"  # first pulled when primary is down
+    push --preserve-digests "oci:$T/layout:extra-2" "docker://$reg/test/never:latest" # never pulled while upstreams are up
+    push --preserve-digests "oci:$T/layout:small" "docker://$reg/test/moving:latest"  # tag is moved in step d.ttl
+  done
+  push --preserve-digests "oci:$T/layout:extra-3" "docker://127.0.0.1:$P2/test/only2:latest" # secondary only
+  # v2s2 conversion is not guaranteed to be reproducible: convert once, then copy primary -> secondary verbatim
+  push --format v2s2 "oci:$T/layout:small" "docker://127.0.0.1:$P1/test/small-v2s2:latest"
+  push --format v2s2 --all "oci:$T/layout:multi" "docker://127.0.0.1:$P1/test/multi-v2s2:latest"
+  for img in small-v2s2 multi-v2s2; do
+    sk copy -q --all --preserve-digests --src-tls-verify=false --dest-tls-verify=false \
+      "docker://127.0.0.1:$P1/test/$img:latest" "docker://127.0.0.1:$P2/test/$img:latest"
+  done
+}
+same_on_both() { # record the source closure (from the primary), compare the secondary's manifest digests
+  local ef; ef=$(expect_file "$1")
+  python3 "$HERE/ocitool.py" closure "http://127.0.0.1:$P1" "test/$1" latest >"$ef"
+  python3 "$HERE/ocitool.py" closure "http://127.0.0.1:$P2" "test/$1" latest >"$T/expect/$1.secondary.json"
+  jq -c '{digest, mediaType, manifests}' "$ef" "$T/expect/$1.secondary.json"
+  [[ $(jq -c .manifests "$ef") == "$(jq -c .manifests "$T/expect/$1.secondary.json")" ]]
+}
+only_on_secondary() {
+  python3 "$HERE/ocitool.py" closure "http://127.0.0.1:$P2" "test/$1" latest >"$(expect_file "$1")"
+  ! python3 "$HERE/ocitool.py" closure "http://127.0.0.1:$P1" "test/$1" latest
+}
+MIN_BIG_MB=$((BIG_MB < 100 ? BIG_MB : 100)) # the suite wants >= 100 MiB; smaller BIG_MB only for quick local runs
+big_enough() { jq -e "[.big.layers[][1]] | max >= $MIN_BIG_MB * 1024 * 1024" "$T/layout.summary.json"; }
+check "mkimages.py, then skopeo push to primary and secondary" push_all
+last_passed || abort "could not push the test images"
+for img in small multi big small-v2s2 multi-v2s2 late never moving; do
+  check "test/$img: same manifest digests on primary and secondary" same_on_both "$img"
+done
+check "test/only2 exists on the secondary only" only_on_secondary only2
+check "test/big has a layer >= $MIN_BIG_MB MiB" big_enough
+
+# === c ==================================================================================================
+step c "start ferry on :$PF (upstreams: primary, secondary)"
+start_ferry ferry "$PF" "$T/cache" "http://127.0.0.1:$P1" "http://127.0.0.1:$P2"
+check "ferry up: GET /v2/ = 200" wait_http "http://$F/v2/" ferry
+last_passed || abort "ferry did not start (log $LOGS/ferry.log)"
+
+# === d ==================================================================================================
+step d "skopeo pulls through ferry; manifest digests and every blob verified"
+pull_big_concurrently() { # two cold pulls of the big image at the same time
+  local a b ra=0 rb=0
+  pull_dir big :latest "$T/pull/big-a" & a=$!
+  pull_dir big :latest "$T/pull/big-b" & b=$!
+  wait "$a" || ra=$?
+  wait "$b" || rb=$?
+  rm -rf "$T/pull/big-a" "$T/pull/big-b"
+  ((ra == 0 && rb == 0))
+}
+check "2 concurrent cold skopeo copies of test/big (${BIG_MB} MiB layer) -> dir:" pull_big_concurrently
+for img in small small-v2s2 multi multi-v2s2; do
+  check "skopeo inspect --raw test/$img: digest via ferry == source" inspect_matches "$img"
+done
+check "skopeo copy test/small -> dir: (OCI manifest)" pull_dir small :latest "$T/pull/small"
+check "skopeo copy test/small-v2s2 -> dir: (Docker schema2)" pull_dir small-v2s2 :latest "$T/pull/small-v2s2"
+check "skopeo copy --all test/multi -> oci: (OCI index)" pull_oci multi :latest "$T/pull/multi"
+check "skopeo copy --all test/multi-v2s2 -> dir: (Docker manifest list)" \
+  pull_dir multi-v2s2 :latest "$T/pull/multi-v2s2" --all
+check "skopeo copy test/small by digest" pull_dir small "@$(expect_digest small)" "$T/pull/small-digest"
+check "skopeo copy --all test/multi by digest" pull_oci multi "@$(expect_digest multi)" "$T/pull/multi-digest"
+check "test/only2 (primary: 404, secondary: has it) via ferry" pull_dir only2 :latest "$T/pull/only2"
+check_fails "skopeo copy of an image no upstream has fails" pull_dir small :no-such-tag "$T/pull/none"
+rm -rf "$T/pull"/*
+
+# === d.http =============================================================================================
+step d.http "registry API details via curl"
+LAYER_SMALL=$(jq -r '.blobs[-1]' "$(expect_file small)")
+LAYER_ARM=$(jq -r '.platforms | to_entries[] | select(.key | startswith("linux/arm64")) | .value.blobs[-1]' \
+  "$(expect_file multi)")
+ZERO=sha256:$(printf '0%.0s' {1..64})
+check "GET /v2/ -> 200" http_is 200 GET /v2/
+check "HEAD test/small:latest: digest, OCI manifest type, length" \
+  head_manifest_is small latest application/vnd.oci.image.manifest.v1+json
+check "HEAD test/small@digest" head_manifest_is small "$(expect_digest small)" application/vnd.oci.image.manifest.v1+json
+check "HEAD test/multi:latest: OCI index type" head_manifest_is multi latest application/vnd.oci.image.index.v1+json
+check "HEAD test/small-v2s2:latest: Docker schema2 type" \
+  head_manifest_is small-v2s2 latest application/vnd.docker.distribution.manifest.v2+json
+check "HEAD test/multi-v2s2:latest: Docker manifest list type" \
+  head_manifest_is multi-v2s2 latest application/vnd.docker.distribution.manifest.list.v2+json
+check "GET test/multi-v2s2@digest body hashes to digest" get_manifest_matches multi-v2s2 "$(expect_digest multi-v2s2)"
+check "GET test/small:latest?ns=registry.example.org (ns ignored)" get_manifest_matches small "latest?ns=registry.example.org"
+check "HEAD+GET blob of test/small" blob_matches small "$LAYER_SMALL"
+check "HEAD+GET arm64 blob of test/multi" blob_matches multi "$LAYER_ARM"
+check "GET test/small/tags/list contains latest" tags_list_ok
+check "GET manifest of unknown repo -> 404" http_is 404 GET /v2/test/does-not-exist/manifests/latest
+check "GET unknown tag of known repo -> 404" http_is 404 GET /v2/test/small/manifests/no-such-tag
+check "GET unknown blob -> 404" http_is 404 GET "/v2/test/small/blobs/$ZERO"
+check "HEAD unknown blob -> 404" http_is 404 HEAD "/v2/test/small/blobs/$ZERO"
+
+# === d.ttl ==============================================================================================
+step d.ttl "tag revalidation: a moved tag is seen after --tag-ttl (${TAG_TTL}s)"
+moved_tag_seen() {
+  local got reg
+  got=$(sk inspect --raw --tls-verify=false "docker://$F/test/moving:latest" | raw_digest)
+  echo "before: test/moving via ferry = $got (want $(expect_digest small))"
+  [[ $got == "$(expect_digest small)" ]]
+  for reg in "127.0.0.1:$P1" "127.0.0.1:$P2"; do
+    push --preserve-digests --all "oci:$T/layout:multi" "docker://$reg/test/moving:latest"
+  done
+  sleep $((TAG_TTL + 1))
+  got=$(sk inspect --raw --tls-verify=false "docker://$F/test/moving:latest" | raw_digest)
+  echo "after move + ttl: test/moving via ferry = $got (want $(expect_digest multi))"
+  [[ $got == "$(expect_digest multi)" ]]
+}
+check "test/moving: first pull after the tag moved returns the new digest" moved_tag_seen
+
+# === e ==================================================================================================
+step e "containerd (ctr) pulls through ferry as hosts.toml mirror; origin fallback is a dead port"
+mkdir -p "$T/certs.d/$ORIGIN" "$T/certs-nomirror.d/$ORIGIN"
+cat >"$T/certs.d/$ORIGIN/hosts.toml" <<EOT
+# images named $ORIGIN/...: ferry first; the origin fallback is a dead port, so only ferry can serve them
+server = "http://$DEAD"
+[host."http://$F"]
+  capabilities = ["pull", "resolve"]
+EOT
+echo "server = \"http://$DEAD\"" >"$T/certs-nomirror.d/$ORIGIN/hosts.toml"
+start_containerd
+check "containerd up" wait_containerd
+last_passed || abort "containerd did not start (log $LOGS/containerd.log)"
+# overlayfs where the kernel/filesystem allows it, else the native (copying) snapshotter
+SNAPSHOTTER=native
+[[ $(ctr -a "$CTR_SOCK" plugins ls | awk '$2 == "overlayfs" && $1 ~ /snapshotter/ { print $NF }') == ok ]] &&
+  SNAPSHOTTER=overlayfs
+echo "  snapshotter: $SNAPSHOTTER"
+ARM=$(jq -r '.platforms | keys[] | select(startswith("linux/arm64"))' "$(expect_file multi-v2s2)")
+fetch_big() {
+  ctrc -n interop content fetch --hosts-dir "$T/certs.d" "$ORIGIN/test/big:latest" | tail -n 2
+  content_complete interop big
+}
+check "ctr pull test/small" ctr_pull interop small ""
+check "ctr pull --all-platforms test/multi (OCI index)" ctr_pull interop multi "" --all-platforms
+check "ctr pull --platform linux/arm64 test/multi-v2s2 (Docker list)" \
+  ctr_pull interop multi-v2s2 "$ARM" --platform linux/arm64
+check "ctr content fetch test/big" fetch_big
+check_fails "control: same hosts.toml without the ferry mirror cannot pull" \
+  ctrc -n control images pull --hosts-dir "$T/certs-nomirror.d" "$ORIGIN/test/small:latest"
+ctr_forget interop || true
+ctr_forget control || true
+
+# === e.faults ===========================================================================================
+step e.faults "failover: first upstream misbehaves, second is the secondary (fresh ferry + cache each)"
+fault_case() { # fault_case MODE: ferry [bad upstream, secondary] serves test/small, and did try the bad one
+  [[ $1 == refused ]] || wait_port "$PB"
+  wait_http "http://127.0.0.1:$PX/v2/" "ferry-$1"
+  F=127.0.0.1:$PX pull_dir small :latest "$T/pull/fault-$1"
+  rm -rf "$T/pull/fault-$1"
+  [[ $1 == refused ]] && return 0
+  echo "requests seen by the faulty upstream: $(grep -c . "$LOGS/faulty-$1.log")"
+  grep -q . "$LOGS/faulty-$1.log"
+}
+for mode in refused 500 503 429 401 403 reset; do
+  bad=http://127.0.0.1:$PB
+  if [[ $mode == refused ]]; then bad=http://$DEAD; else
+    start_bg "faulty-$mode" python3 "$HERE/ocitool.py" faulty "$PB" "$mode"
+  fi
+  start_ferry "ferry-$mode" "$PX" "$T/cache-$mode" "$bad" "http://127.0.0.1:$P2"
+  what="answers $mode"; [[ $mode != refused ]] || what="refuses connections"
+  check "upstream #1 $what: test/small pulled from #2" fault_case "$mode"
+  stop_bg "ferry-$mode"
+  stop_bg "faulty-$mode"
+done
+
+# === f ==================================================================================================
+step f "outage: pulls by tag keep running while the primary loses the manifest, goes down, then both go down"
+pull_loop() { # background: pull test/small:latest via ferry with skopeo and ctr (fresh dir / namespace each time)
+  local i=0 phase t0 r
+  while [[ ! -e $T/loop.stop ]]; do
+    i=$((i + 1)); phase=$(<"$T/phase")
+    echo "### $(date +%T.%N) iteration $i, phase $phase"
+    t0=$(now)
+    if pull_dir small :latest "$T/loop/sk$i"; then r=ok; else r=FAIL; fi
+    rm -rf "$T/loop/sk$i"
+    echo "$phase skopeo $i $r $(elapsed "$t0")" >>"$T/loop.results"
+    t0=$(now)
+    if ctr_pull "loop$i" small ""; then r=ok; else r=FAIL; fi
+    ctr_forget "loop$i" || true
+    echo "$phase ctr $i $r $(elapsed "$t0")" >>"$T/loop.results"
+    sleep 0.2
+  done
+}
+loop_done() { # loop_done PHASE KIND: number of finished loop pulls of KIND that started in PHASE
+  awk -v p="$1" -v k="$2" '$1 == p && $2 == k' "$T/loop.results" 2>/dev/null | wc -l
+}
+run_phase() { # run_phase NAME: label the loop's pulls NAME:settle for TAG_TTL+1 s, then NAME until 2+2 finished
+  echo "$1:settle" >"$T/phase"
+  sleep $((TAG_TTL + 1))
+  echo "$1" >"$T/phase"
+  local deadline=$(($(date +%s) + CLIENT_TIMEOUT))
+  while (($(loop_done "$1" skopeo) < 2 || $(loop_done "$1" ctr) < 2)) && (($(date +%s) < deadline)); do
+    sleep 0.3
+  done
+}
+phase_clean() { # phase_clean NAME: all loop pulls started during NAME (incl. settle) succeeded, >= 2 per client
+  local rows ok_sk ok_ctr bad
+  rows=$(awk -v p="$1" '$1 == p || $1 == p ":settle"' "$T/loop.results")
+  echo "$rows"
+  ok_sk=$(awk '$2 == "skopeo" && $4 == "ok"' <<<"$rows" | wc -l)
+  ok_ctr=$(awk '$2 == "ctr" && $4 == "ok"' <<<"$rows" | wc -l)
+  bad=$(awk '$4 != "ok"' <<<"$rows" | wc -l)
+  echo "skopeo ok $ok_sk, ctr ok $ok_ctr, failed $bad"
+  ((bad == 0 && ok_sk >= 2 && ok_ctr >= 2))
+}
+delete_on_primary() {
+  local code
+  code=$(curl -sS -o /dev/null -w '%{http_code}' -X DELETE \
+    "http://127.0.0.1:$P1/v2/test/small/manifests/$(expect_digest small)")
+  echo "DELETE test/small@$(expect_digest small) on primary -> $code"
+  [[ $code == 202 ]]
+  code=$(curl -sS -o /dev/null -w '%{http_code}' -H "Accept: $ACCEPT" \
+    "http://127.0.0.1:$P1/v2/test/small/manifests/latest")
+  echo "primary: GET test/small:latest -> $code"
+  [[ $code == 404 ]]
+}
+is_down() { ! port_busy "$1"; }
+
+echo "all-up" >"$T/phase"
+: >"$T/loop.results"
+start_bg loop pull_loop
+PHASES=(all-up primary-deleted primary-down both-down)
+run_phase all-up
+
+check "primary: delete test/small's manifest (tag now 404 there)" delete_on_primary
+run_phase primary-deleted
+
+stop_bg primary
+check "primary stopped" is_down "$P1"
+check "test/late (never pulled before) via ferry while the primary is down" pull_dir late :latest "$T/pull/late"
+check "ctr pull test/late while the primary is down" ctr_pull late late ""
+run_phase primary-down
+
+stop_bg secondary
+check "secondary stopped (both upstreams down now)" is_down "$P2"
+run_phase both-down
+check "both down: skopeo copy test/small:latest (stale tag)" pull_dir small :latest "$T/pull/down-small"
+check "both down: skopeo copy --all test/multi:latest (stale tag)" pull_oci multi :latest "$T/pull/down-multi"
+check "both down: skopeo copy --all test/multi-v2s2:latest (stale tag)" \
+  pull_dir multi-v2s2 :latest "$T/pull/down-multi-v2s2" --all
+check "both down: skopeo copy test/small by digest" pull_dir small "@$(expect_digest small)" "$T/pull/down-small-d"
+check "both down: skopeo copy --all test/multi by digest" pull_oci multi "@$(expect_digest multi)" "$T/pull/down-multi-d"
+check "both down: ctr pull test/small (fresh namespace)" ctr_pull down-small small ""
+check "both down: ctr pull --all-platforms test/multi (fresh namespace)" ctr_pull down-multi multi "" --all-platforms
+check_fails "both down: skopeo copy test/never (never pulled) fails" pull_dir never :latest "$T/pull/down-never"
+check_fails "both down: ctr pull test/never (never pulled) fails" ctr_pull down-never never ""
+touch "$T/loop.stop"
+for _ in $(seq 1 $((CLIENT_TIMEOUT * 10))); do kill -0 "${PIDS[loop]}" 2>/dev/null || break; sleep 0.1; done
+stop_bg loop
+for ph in "${PHASES[@]}"; do check "pull loop during $ph: every pull succeeded" phase_clean "$ph"; done
+for ns in late down-small down-multi down-never; do ctr_forget "$ns" || true; done
+rm -rf "$T/pull"/*
+
+# === f.restart ==========================================================================================
+step f.restart "restart ferry with both upstreams down: content by digest comes from the on-disk cache"
+stop_bg ferry
+start_ferry ferry "$PF" "$T/cache" "http://127.0.0.1:$P1" "http://127.0.0.1:$P2"
+check "ferry restarted: GET /v2/ = 200" wait_http "http://$F/v2/" ferry
+check "after restart: skopeo copy test/small by digest" pull_dir small "@$(expect_digest small)" "$T/pull/r-small"
+check "after restart: skopeo copy --all test/multi by digest" pull_oci multi "@$(expect_digest multi)" "$T/pull/r-multi"
+info "after restart: test/small:latest by tag (tag mapping persisted?)" pull_dir small :latest "$T/pull/r-small-tag"
+
+# === g ==================================================================================================
+step g "summary ($(elapsed "$T_START") in total)"
+print_summary
+(($(failed_count) == 0))
