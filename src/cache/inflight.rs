@@ -49,7 +49,7 @@ pub enum JoinOutcome {
     Started {
         handle: Arc<FillHandle>,
         progress: watch::Sender<FillProgress>,
-        writer: BlobWriter,
+        writer: Box<BlobWriter>,
     },
 }
 
@@ -95,7 +95,7 @@ impl Inflight {
         Ok(JoinOutcome::Started {
             handle,
             progress,
-            writer,
+            writer: Box::new(writer),
         })
     }
 

@@ -224,7 +224,13 @@ impl PullThrough {
                     let response = client
                         .send(Method::HEAD, name, &suffix, None, HeaderMap::new())
                         .await?;
-                    Ok((response.content_length(), client.name().to_owned()))
+                    // A HEAD has no body, so read the announced length from the header.
+                    let size = response
+                        .headers()
+                        .get(http::header::CONTENT_LENGTH)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse::<u64>().ok());
+                    Ok((size, client.name().to_owned()))
                 }
             })
             .await
@@ -277,7 +283,7 @@ fn shared_error(error: &FerryError) -> FerryError {
 struct Fill {
     name: RepositoryName,
     digest: Digest,
-    writer: BlobWriter,
+    writer: Box<BlobWriter>,
     progress: watch::Sender<FillProgress>,
 }
 

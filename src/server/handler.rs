@@ -1,7 +1,7 @@
 //! One function per endpoint: turns a routed, validated request into a call on the
 //! pull-through flow and its answer into a response, logging one line per request.
 
-use super::response::{ResponseBody, builder, empty_body, error_response, full_body, or_500};
+use super::response::{ResponseBody, builder, error_response, full_body, head_body, or_500};
 use super::route::{self, Route};
 use crate::error::FerryError;
 use crate::oci::ErrorCode;
@@ -66,7 +66,7 @@ async fn dispatch<B>(
                 builder(StatusCode::OK)
                     .header(CONTENT_TYPE, "application/json")
                     .header(CONTENT_LENGTH, 2)
-                    .body(if head { empty_body() } else { full_body("{}") }),
+                    .body(if head { head_body() } else { full_body("{}") }),
             ),
             Source::Cache,
         )),
@@ -80,7 +80,7 @@ async fn dispatch<B>(
                 .header(ETAG, format!("\"{}\"", manifest.digest))
                 .header(CONTENT_LENGTH, manifest.body.len())
                 .body(if head {
-                    empty_body()
+                    head_body()
                 } else {
                     full_body(manifest.body)
                 });
@@ -117,7 +117,7 @@ async fn dispatch<B>(
                     use futures_util::TryStreamExt;
                     StreamBody::new(stream.map_ok(hyper::body::Frame::data)).boxed_unsync()
                 }
-                _ => empty_body(),
+                _ => head_body(),
             };
             Ok((or_500(response.body(body)), answer.source))
         }
@@ -130,7 +130,7 @@ async fn dispatch<B>(
                 response = response.header(LINK, link);
             }
             let body = if head {
-                empty_body()
+                head_body()
             } else {
                 full_body(answer.body)
             };

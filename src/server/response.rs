@@ -24,6 +24,15 @@ pub fn empty_body() -> ResponseBody {
     full_body(Bytes::new())
 }
 
+/// The body of a HEAD response. Its size is deliberately "unknown" so hyper keeps the
+/// `Content-Length` set by the handler (the length a GET would return) instead of
+/// replacing it with 0.
+pub fn head_body() -> ResponseBody {
+    let nothing =
+        futures_util::stream::empty::<Result<hyper::body::Frame<Bytes>, std::io::Error>>();
+    http_body_util::StreamBody::new(nothing).boxed_unsync()
+}
+
 /// A response with the registry API version header set.
 pub fn builder(status: StatusCode) -> http::response::Builder {
     Response::builder()
@@ -64,7 +73,7 @@ pub fn error_response(error: &FerryError, head: bool) -> Response<ResponseBody> 
     if code == ErrorCode::Unsupported && status == StatusCode::METHOD_NOT_ALLOWED {
         builder = builder.header(http::header::ALLOW, HeaderValue::from_static("GET, HEAD"));
     }
-    let body = if head { empty_body() } else { full_body(body) };
+    let body = if head { head_body() } else { full_body(body) };
     builder.body(body).unwrap_or_else(|_| fallback_500())
 }
 

@@ -67,14 +67,13 @@ impl Upstreams {
         let now = Instant::now();
         let mut bad = self.lock_bad_sources();
         bad.retain(|_, until| *until > now);
-        if bad.len() >= MAX_BAD_SOURCES {
-            if let Some(oldest) = bad
+        if bad.len() >= MAX_BAD_SOURCES
+            && let Some(oldest) = bad
                 .iter()
                 .min_by_key(|(_, until)| **until)
                 .map(|(k, _)| k.clone())
-            {
-                bad.remove(&oldest);
-            }
+        {
+            bad.remove(&oldest);
         }
         bad.insert(
             (upstream.to_owned(), digest.clone()),

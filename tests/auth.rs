@@ -1,0 +1,119 @@
+//! Upstream authentication and redirects: the Docker token flow (anonymous and with basic
+//! credentials), token caching, and redirects that never carry the registry's token away.
+
+use crate::support::{FakeRegistry, TestProxy, basic, client, put_image};
+use ferry::config::Credentials;
+use reqwest::StatusCode;
+
+#[tokio::test]
+async fn anonymous_token_flow_and_token_reuse() {
+    let upstream = FakeRegistry::start().await;
+    let (manifest, layer_digest, layer) = put_image(&[&upstream], "private/app", "v1", 30);
+    upstream.require_token("tok-anon", None);
+    let proxy = TestProxy::start(&[&upstream]).await;
+    let response = client()
+        .get(proxy.url("/v2/private/app/manifests/v1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(manifest.matches(&response.bytes().await.unwrap()));
+    let blob = client()
+        .get(proxy.url(&format!("/v2/private/app/blobs/{layer_digest}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(blob.bytes().await.unwrap(), layer);
+    assert_eq!(
+        upstream.hits("/token"),
+        1,
+        "the token is cached and reused for the same scope"
+    );
+    let token_request = upstream
+        .requests()
+        .into_iter()
+        .find(|r| r.path == "/token")
+        .unwrap();
+    let query = token_request.query.unwrap();
+    assert!(
+        query.contains("service=fake") && query.contains("scope=repository%3Aprivate%2Fapp%3Apull"),
+        "{query}"
+    );
+}
+
+#[tokio::test]
+async fn token_flow_with_basic_credentials() {
+    let upstream = FakeRegistry::start().await;
+    let (manifest, _, _) = put_image(&[&upstream], "private/app", "v1", 31);
+    upstream.require_token("tok-ci", Some(("ci", "s3cret")));
+
+    let anonymous = TestProxy::start(&[&upstream]).await;
+    let response = client()
+        .get(anonymous.url("/v2/private/app/manifests/v1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status(),
+        StatusCode::BAD_GATEWAY,
+        "without credentials the token is refused"
+    );
+
+    let proxy = TestProxy::start_with(&[&upstream], |c| {
+        c.upstreams[0].credentials = Some(Credentials {
+            username: "ci".into(),
+            password: "s3cret".into(),
+        })
+    })
+    .await;
+    let response = client()
+        .get(proxy.url("/v2/private/app/manifests/v1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(manifest.matches(&response.bytes().await.unwrap()));
+    let sent = upstream
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == "/token")
+        .last()
+        .unwrap();
+    assert_eq!(
+        sent.headers["authorization"],
+        basic("ci", "s3cret").as_str()
+    );
+}
+
+#[tokio::test]
+async fn redirects_are_followed_without_the_registry_token() {
+    let registry = FakeRegistry::start().await;
+    let object_store = FakeRegistry::start().await;
+    let (_, layer_digest, layer) = put_image(&[&registry], "r/x", "v1", 32);
+    object_store.put_blob(layer.clone());
+    registry.require_token("tok-secret", None);
+    registry.redirect_blobs_to(&object_store);
+    let proxy = TestProxy::start(&[&registry]).await;
+    let blob = client()
+        .get(proxy.url(&format!("/v2/r/x/blobs/{layer_digest}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(blob.status(), StatusCode::OK);
+    assert_eq!(blob.bytes().await.unwrap(), layer);
+    let at_store = object_store.requests();
+    assert_eq!(at_store.len(), 1);
+    assert!(at_store[0].path.starts_with("/objects/"));
+    assert!(
+        at_store[0].headers.get("authorization").is_none(),
+        "the registry token leaked to another host"
+    );
+    // And the registry itself did get the token.
+    let at_registry = registry
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.contains("/blobs/"))
+        .last()
+        .unwrap();
+    assert_eq!(at_registry.headers["authorization"], "Bearer tok-secret");
+}

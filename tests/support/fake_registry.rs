@@ -1,0 +1,529 @@
+//! An in-process fake OCI registry for tests: serves manifests and blobs from memory,
+//! injects faults per path (status codes, hangs, resets, truncation, corruption, wrong
+//! digest headers), optionally demands bearer tokens or redirects blobs, and counts hits.
+
+use bytes::Bytes;
+use ferry::oci::Digest;
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Notify;
+
+type Body = BoxBody<Bytes, std::io::Error>;
+
+/// A way for the fake to misbehave on matching requests.
+#[derive(Clone, Debug)]
+pub enum Fault {
+    /// Answer with this status and an OCI error body.
+    Status(u16),
+    /// Never send response headers.
+    HangBeforeHeaders,
+    /// Send headers after this delay.
+    DelayHeaders(Duration),
+    /// Send `after` bytes, then hang forever.
+    HangMidBody { after: usize },
+    /// Send `after` bytes, then break the connection.
+    ResetMidBody { after: usize },
+    /// Announce the full Content-Length, send `after` bytes, end the body.
+    Truncate { after: usize },
+    /// Flip one byte of the body (the last one).
+    Corrupt,
+    /// Send a Docker-Content-Digest that does not match the body.
+    WrongDigestHeader,
+    /// Send `after` bytes, then wait until `release` is notified before the rest.
+    PauseMidBody { after: usize, release: Arc<Notify> },
+    /// Send the body in chunks of `chunk` bytes with `delay` between them.
+    Drip { chunk: usize, delay: Duration },
+}
+
+#[derive(Clone, Debug)]
+pub struct RecordedRequest {
+    pub method: Method,
+    pub path: String,
+    pub query: Option<String>,
+    pub headers: HeaderMap,
+}
+
+#[derive(Default)]
+struct State {
+    /// (repository, tag or digest) -> (media type, body)
+    manifests: HashMap<(String, String), (String, Bytes)>,
+    blobs: HashMap<String, Bytes>,
+    tags: HashMap<String, Vec<String>>,
+    faults: Vec<(String, Fault)>,
+    requests: Vec<RecordedRequest>,
+    /// Bearer token required on /v2/ paths, and basic credentials required by /token.
+    required_token: Option<String>,
+    token_credentials: Option<String>,
+    /// Blob GETs are redirected to this base URL + /objects/<digest>.
+    redirect_blobs_to: Option<String>,
+}
+
+pub struct FakeRegistry {
+    pub addr: SocketAddr,
+    state: Arc<Mutex<State>>,
+    task: tokio::task::JoinHandle<()>,
+    connections: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl Drop for FakeRegistry {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl FakeRegistry {
+    pub async fn start() -> FakeRegistry {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(Mutex::new(State::default()));
+        let task_state = state.clone();
+        let connections: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
+        let task_connections = connections.clone();
+        let task = tokio::spawn(async move {
+            let connections = task_connections;
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let state = task_state.clone();
+                let service = hyper::service::service_fn(move |req| {
+                    let state = state.clone();
+                    async move { Ok::<_, Infallible>(handle(state, addr, req).await) }
+                });
+                connections.lock().unwrap().push(tokio::spawn(async move {
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                }));
+            }
+        });
+        FakeRegistry {
+            addr,
+            state,
+            task,
+            connections,
+        }
+    }
+
+    /// Stops listening and drops every open connection: the registry is down.
+    pub fn stop(&self) {
+        self.task.abort();
+        for connection in self.connections.lock().unwrap().drain(..) {
+            connection.abort();
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap()
+    }
+
+    pub fn put_blob(&self, body: impl Into<Bytes>) -> Digest {
+        let body = body.into();
+        let digest = Digest::sha256_of(&body);
+        self.state().blobs.insert(digest.to_string(), body);
+        digest
+    }
+
+    pub fn remove_blob(&self, digest: &Digest) {
+        self.state().blobs.remove(&digest.to_string());
+    }
+
+    /// Stores a manifest under its digest and, if given, a tag.
+    pub fn put_manifest(
+        &self,
+        repo: &str,
+        tag: Option<&str>,
+        media_type: &str,
+        body: impl Into<Bytes>,
+    ) -> Digest {
+        let body = body.into();
+        let digest = Digest::sha256_of(&body);
+        let mut state = self.state();
+        let entry = (media_type.to_owned(), body);
+        state
+            .manifests
+            .insert((repo.to_owned(), digest.to_string()), entry.clone());
+        if let Some(tag) = tag {
+            state
+                .manifests
+                .insert((repo.to_owned(), tag.to_owned()), entry);
+            let tags = state.tags.entry(repo.to_owned()).or_default();
+            if !tags.contains(&tag.to_owned()) {
+                tags.push(tag.to_owned());
+            }
+        }
+        digest
+    }
+
+    /// Deletes a tag and the manifest it points at (the seed's outage test).
+    pub fn delete_image(&self, repo: &str, tag: &str) {
+        let mut state = self.state();
+        if let Some((_, body)) = state.manifests.remove(&(repo.to_owned(), tag.to_owned())) {
+            let digest = Digest::sha256_of(&body).to_string();
+            state.manifests.remove(&(repo.to_owned(), digest));
+        }
+        if let Some(tags) = state.tags.get_mut(repo) {
+            tags.retain(|t| t != tag);
+        }
+    }
+
+    /// Injects `fault` on every request whose path contains `path_contains`.
+    pub fn fault(&self, path_contains: &str, fault: Fault) {
+        self.state().faults.push((path_contains.to_owned(), fault));
+    }
+
+    pub fn clear_faults(&self) {
+        self.state().faults.clear();
+    }
+
+    pub fn require_token(&self, token: &str, basic_credentials: Option<(&str, &str)>) {
+        let mut state = self.state();
+        state.required_token = Some(token.to_owned());
+        state.token_credentials = basic_credentials.map(|(u, p)| basic(u, p));
+    }
+
+    pub fn redirect_blobs_to(&self, other: &FakeRegistry) {
+        self.state().redirect_blobs_to = Some(other.url());
+    }
+
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        self.state().requests.clone()
+    }
+
+    /// Requests (any method) whose path contains `path_contains`.
+    pub fn hits(&self, path_contains: &str) -> usize {
+        self.state()
+            .requests
+            .iter()
+            .filter(|r| r.path.contains(path_contains))
+            .count()
+    }
+
+    /// Requests with `method` whose path contains `path_contains`.
+    pub fn hits_with(&self, method: Method, path_contains: &str) -> usize {
+        self.state()
+            .requests
+            .iter()
+            .filter(|r| r.method == method && r.path.contains(path_contains))
+            .count()
+    }
+}
+
+pub fn basic(user: &str, password: &str) -> String {
+    use base64::Engine as _;
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+    )
+}
+
+fn full(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    let body = body.into();
+    Response::builder()
+        .status(status)
+        .header("content-length", body.len())
+        .body(Full::new(body).map_err(|never| match never {}).boxed())
+        .unwrap()
+}
+
+fn oci_error(status: StatusCode, code: &str) -> Response<Body> {
+    let mut response = full(
+        status,
+        format!(r#"{{"errors":[{{"code":"{code}","message":"fake registry says {code}"}}]}}"#),
+    );
+    response
+        .headers_mut()
+        .insert("content-type", "application/json".parse().unwrap());
+    response
+}
+
+async fn handle(
+    state: Arc<Mutex<State>>,
+    addr: SocketAddr,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let query = req.uri().query().map(str::to_owned);
+    let headers = req.headers().clone();
+    let (fault, required_token, token_credentials, redirect) = {
+        let mut s = state.lock().unwrap();
+        s.requests.push(RecordedRequest {
+            method: method.clone(),
+            path: path.clone(),
+            query: query.clone(),
+            headers: headers.clone(),
+        });
+        let fault = s
+            .faults
+            .iter()
+            .find(|(p, _)| path.contains(p.as_str()))
+            .map(|(_, f)| f.clone());
+        (
+            fault,
+            s.required_token.clone(),
+            s.token_credentials.clone(),
+            s.redirect_blobs_to.clone(),
+        )
+    };
+
+    if path == "/token" {
+        if let Some(expected) = &token_credentials
+            && headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(expected.as_str())
+        {
+            return oci_error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED");
+        }
+        let token = required_token.unwrap_or_default();
+        return full(
+            StatusCode::OK,
+            format!(r#"{{"token":"{token}","expires_in":300}}"#),
+        );
+    }
+
+    match &fault {
+        Some(Fault::Status(code)) => {
+            let status = StatusCode::from_u16(*code).unwrap();
+            return oci_error(status, "FAULT");
+        }
+        Some(Fault::HangBeforeHeaders) => std::future::pending::<()>().await,
+        Some(Fault::DelayHeaders(delay)) => tokio::time::sleep(*delay).await,
+        _ => {}
+    }
+
+    if let Some(object) = path.strip_prefix("/objects/") {
+        // Redirect target: object storage that must never see the registry's token.
+        let blob = state.lock().unwrap().blobs.get(object).cloned();
+        return match blob {
+            Some(body) => body_response(body, None, fault.as_ref(), &headers),
+            None => oci_error(StatusCode::NOT_FOUND, "BLOB_UNKNOWN"),
+        };
+    }
+
+    if let Some(token) = &required_token
+        && path.starts_with("/v2/")
+    {
+        let expected = format!("Bearer {token}");
+        if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(expected.as_str()) {
+            let mut response = oci_error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED");
+            let repo = path
+                .strip_prefix("/v2/")
+                .and_then(|rest| {
+                    rest.rsplit_once("/manifests/")
+                        .or_else(|| rest.rsplit_once("/blobs/"))
+                        .map(|(n, _)| n.to_owned())
+                })
+                .unwrap_or_default();
+            response.headers_mut().insert(
+                "www-authenticate",
+                format!(r#"Bearer realm="http://{addr}/token",service="fake",scope="repository:{repo}:pull""#)
+                    .parse()
+                    .unwrap(),
+            );
+            return response;
+        }
+    }
+
+    if path == "/v2/" {
+        return full(StatusCode::OK, "{}");
+    }
+    let Some(rest) = path.strip_prefix("/v2/") else {
+        return oci_error(StatusCode::NOT_FOUND, "NOT_FOUND");
+    };
+    if let Some(repo) = rest.strip_suffix("/tags/list") {
+        let tags = state.lock().unwrap().tags.get(repo).cloned();
+        return match tags {
+            None => oci_error(StatusCode::NOT_FOUND, "NAME_UNKNOWN"),
+            Some(mut tags) => {
+                tags.sort();
+                let n: Option<usize> =
+                    query_param(query.as_deref(), "n").and_then(|n| n.parse().ok());
+                let last = query_param(query.as_deref(), "last");
+                let mut tags: Vec<String> = tags
+                    .into_iter()
+                    .filter(|t| last.as_ref().is_none_or(|l| t > l))
+                    .collect();
+                if let Some(n) = n {
+                    tags.truncate(n);
+                }
+                let body = serde_json::json!({"name": repo, "tags": tags}).to_string();
+                full(StatusCode::OK, body)
+            }
+        };
+    }
+    if let Some((repo, reference)) = rest.rsplit_once("/manifests/") {
+        let found = state
+            .lock()
+            .unwrap()
+            .manifests
+            .get(&(repo.to_owned(), reference.to_owned()))
+            .cloned();
+        let Some((media_type, body)) = found else {
+            return oci_error(StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN");
+        };
+        let mut response = body_response(body, Some(&media_type), fault.as_ref(), &headers);
+        if method == Method::HEAD {
+            *response.body_mut() = head_body();
+        }
+        return response;
+    }
+    if let Some((_, digest)) = rest.rsplit_once("/blobs/") {
+        let blob = state.lock().unwrap().blobs.get(digest).cloned();
+        let Some(body) = blob else {
+            return oci_error(StatusCode::NOT_FOUND, "BLOB_UNKNOWN");
+        };
+        if let Some(target) = redirect
+            && method == Method::GET
+        {
+            return Response::builder()
+                .status(StatusCode::TEMPORARY_REDIRECT)
+                .header("location", format!("{target}/objects/{digest}"))
+                .body(
+                    Full::new(Bytes::new())
+                        .map_err(|never| match never {})
+                        .boxed(),
+                )
+                .unwrap();
+        }
+        let mut response = body_response(body, None, fault.as_ref(), &headers);
+        if method == Method::HEAD {
+            *response.body_mut() = head_body();
+        }
+        return response;
+    }
+    oci_error(StatusCode::NOT_FOUND, "NOT_FOUND")
+}
+
+fn query_param(query: Option<&str>, key: &str) -> Option<String> {
+    query?
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == key)
+        .map(|(_, v)| v.to_owned())
+}
+
+/// A 200 (or 206 for a Range) carrying `body`, shaped by `fault`.
+fn body_response(
+    body: Bytes,
+    media_type: Option<&str>,
+    fault: Option<&Fault>,
+    headers: &HeaderMap,
+) -> Response<Body> {
+    let digest = Digest::sha256_of(&body);
+    let mut status = StatusCode::OK;
+    let mut body = body;
+    let mut content_range = None;
+    if let Some(range) = headers.get("range").and_then(|v| v.to_str().ok())
+        && let Some(start) = range
+            .strip_prefix("bytes=")
+            .and_then(|r| r.strip_suffix('-'))
+            .and_then(|s| s.parse::<usize>().ok())
+        && start < body.len()
+    {
+        content_range = Some(format!("bytes {start}-{}/{}", body.len() - 1, body.len()));
+        body = body.slice(start..);
+        status = StatusCode::PARTIAL_CONTENT;
+    }
+    let announced_digest = match fault {
+        Some(Fault::WrongDigestHeader) => Digest::sha256_of(b"something else"),
+        _ => digest,
+    };
+    let mut builder = Response::builder()
+        .status(status)
+        .header("content-length", body.len())
+        .header("docker-content-digest", announced_digest.to_string())
+        .header(
+            "content-type",
+            media_type.unwrap_or("application/octet-stream"),
+        );
+    if let Some(content_range) = content_range {
+        builder = builder.header("content-range", content_range);
+    }
+    let stream_body: Body = match fault.cloned() {
+        Some(Fault::Corrupt) => {
+            let mut bytes = body.to_vec();
+            if let Some(last) = bytes.last_mut() {
+                *last ^= 0xff;
+            }
+            Full::new(Bytes::from(bytes))
+                .map_err(|never| match never {})
+                .boxed()
+        }
+        Some(Fault::HangMidBody { after }) => staged(body, after, Stage::Hang),
+        Some(Fault::ResetMidBody { after }) => staged(body, after, Stage::Reset),
+        Some(Fault::Truncate { after }) => staged(body, after, Stage::End),
+        Some(Fault::PauseMidBody { after, release }) => {
+            staged(body, after, Stage::WaitFor(release))
+        }
+        Some(Fault::Drip { chunk, delay }) => {
+            let chunks: Vec<Bytes> = body
+                .chunks(chunk.max(1))
+                .map(Bytes::copy_from_slice)
+                .collect();
+            let stream =
+                futures_util::stream::unfold(chunks.into_iter(), move |mut rest| async move {
+                    let next = rest.next()?;
+                    tokio::time::sleep(delay).await;
+                    Some((Ok::<_, std::io::Error>(Frame::data(next)), rest))
+                });
+            BodyExt::boxed(StreamBody::new(stream))
+        }
+        _ => Full::new(body).map_err(|never| match never {}).boxed(),
+    };
+    builder.body(stream_body).unwrap()
+}
+
+enum Stage {
+    Hang,
+    Reset,
+    End,
+    WaitFor(Arc<Notify>),
+}
+
+/// Sends the first `after` bytes, then does what `stage` says with the rest.
+fn staged(body: Bytes, after: usize, stage: Stage) -> Body {
+    let first = body.slice(..after.min(body.len()));
+    let rest = body.slice(after.min(body.len())..);
+    let stream = futures_util::stream::unfold((0u8, Some(stage)), move |(step, stage)| {
+        let first = first.clone();
+        let rest = rest.clone();
+        async move {
+            match step {
+                0 => Some((Ok(Frame::data(first)), (1, stage))),
+                _ => match stage? {
+                    Stage::Hang => {
+                        std::future::pending::<()>().await;
+                        None
+                    }
+                    Stage::Reset => Some((
+                        Err(std::io::Error::other("fault: reset mid-body")),
+                        (2, None),
+                    )),
+                    Stage::End => None,
+                    Stage::WaitFor(release) => {
+                        release.notified().await;
+                        Some((Ok(Frame::data(rest)), (2, None)))
+                    }
+                },
+            }
+        }
+    });
+    BodyExt::boxed(StreamBody::new(stream))
+}
+
+/// An empty body of unknown size, so hyper keeps the Content-Length a GET would have.
+fn head_body() -> Body {
+    BodyExt::boxed(StreamBody::new(futures_util::stream::empty::<
+        Result<Frame<Bytes>, std::io::Error>,
+    >()))
+}

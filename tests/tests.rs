@@ -1,0 +1,10 @@
+//! ferry's integration tests: one binary, real sockets on 127.0.0.1, fake registries with
+//! fault injection, and a third-party client (oci-client) pulling through ferry.
+
+mod support;
+
+mod api;
+mod auth;
+mod cache_behaviour;
+mod failover;
+mod third_party_client;
