@@ -5,6 +5,7 @@ mod support;
 
 mod api;
 mod auth;
+mod cli;
 mod cache_behaviour;
 mod failover;
 mod third_party_client;

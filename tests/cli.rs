@@ -1,0 +1,115 @@
+//! The `ferry` binary itself: help and version, `check-config`, exit code 2 with every
+//! problem listed before anything binds, and a clean exit on SIGTERM.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn ferry() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_ferry"))
+}
+
+#[test]
+fn version_and_help_describe_the_contract() {
+    let out = ferry().arg("--version").output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
+    let out = ferry().args(["serve", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in ["--config", "--listen", "--upstream", "--cache-dir", "--tag-ttl", "127.0.0.1:5000", "registry-1.docker.io"] {
+        assert!(help.contains(flag), "serve --help lacks {flag}");
+    }
+}
+
+#[test]
+fn check_config_prints_the_effective_configuration_without_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ferry.toml");
+    std::fs::write(
+        &path,
+        "tag_ttl = \"5m\"\n[[upstream]]\nurl = \"https://a.example\"\nusername = \"u\"\npassword = \"topsecret\"\n",
+    )
+    .unwrap();
+    let out = ferry()
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .args(["--upstream", "http://127.0.0.1:9", "--upstream", "https://b.example"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(printed.contains("tag_ttl = \"5m\""), "{printed}");
+    // Flags replace the file's upstreams, in the order given.
+    let first = printed.find("127.0.0.1:9").expect("first upstream");
+    let second = printed.find("b.example").expect("second upstream");
+    assert!(first < second);
+    assert!(!printed.contains("a.example"));
+    assert!(!printed.contains("topsecret"));
+
+    let shipped = ferry()
+        .args(["check-config", "--config", concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/ferry.toml")])
+        .output()
+        .unwrap();
+    assert!(shipped.status.success(), "deploy/ferry.toml is invalid: {}", String::from_utf8_lossy(&shipped.stderr));
+}
+
+#[test]
+fn invalid_configuration_exits_2_listing_every_problem_before_binding() {
+    let port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().port()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, "tag_ttl = \"soon\"\n[[upstream]]\nurl = \"ftp://x\"\n").unwrap();
+    let out = ferry()
+        .args(["serve", "--config"])
+        .arg(&path)
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--cache-dir"])
+        .arg(dir.path().join("cache"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("tag_ttl = \"soon\""), "{stderr}");
+    assert!(stderr.contains("upstream[0].url = \"ftp://x\""), "{stderr}");
+    assert!(!dir.path().join("cache").exists(), "nothing may be created for an invalid config");
+
+    let out = ferry().args(["serve", "--listen", "not-an-address"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--listen = \"not-an-address\""));
+}
+
+#[test]
+fn serve_answers_and_exits_cleanly_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = ferry()
+        .args(["serve", "--listen", "127.0.0.1:0", "--upstream", "http://127.0.0.1:9", "--cache-dir"])
+        .arg(dir.path())
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let addr = loop {
+        assert!(Instant::now() < deadline, "ferry did not report its address");
+        let line = lines.next().expect("ferry exited early").unwrap();
+        if let Some(rest) = line.split("addr=").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_owned();
+        }
+    };
+    let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+    use std::io::{Read, Write};
+    stream.write_all(b"GET /v2/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.to_ascii_lowercase().contains("docker-distribution-api-version: registry/2.0"));
+
+    // SAFETY: sending a signal to our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+}
