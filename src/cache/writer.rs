@@ -3,13 +3,13 @@
 //! final name therefore always matches its digest; an unfinished fill leaves only `tmp/` litter.
 
 use super::layout::Layout;
-use crate::oci::{Digest, DigestVerifier};
+use crate::oci::{Digest, DigestAlgorithm, DigestVerifier};
 use bytes::Bytes;
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CommitError {
@@ -27,9 +27,20 @@ pub struct BlobWriter {
     file: Arc<File>,
     temporary_path: PathBuf,
     final_path: PathBuf,
-    verifier: Option<DigestVerifier>,
+    /// Shared with the one write in flight; hashing happens on the blocking pool with the write.
+    verifier: Arc<Mutex<DigestVerifier>>,
+    algorithm: DigestAlgorithm,
+    /// Bytes handed to `submit` so far.
+    submitted: u64,
+    /// Bytes known to be in the file (completed writes).
     written: u64,
     finished: bool,
+}
+
+/// One write (and its hashing) on the blocking pool; finish it with [`BlobWriter::complete`].
+pub struct PendingWrite {
+    hash: tokio::task::JoinHandle<()>,
+    write: tokio::task::JoinHandle<io::Result<u64>>,
 }
 
 impl BlobWriter {
@@ -44,7 +55,9 @@ impl BlobWriter {
             file: Arc::new(file),
             temporary_path,
             final_path: final_path.to_path_buf(),
-            verifier: Some(DigestVerifier::new(digest.algorithm())),
+            verifier: Arc::new(Mutex::new(DigestVerifier::new(digest.algorithm()))),
+            algorithm: digest.algorithm(),
+            submitted: 0,
             written: 0,
             finished: false,
         })
@@ -59,31 +72,56 @@ impl BlobWriter {
         self.written
     }
 
-    /// Hashes and writes `chunk` at the end of the file, off the async threads.
-    pub async fn append(&mut self, chunk: Bytes) -> io::Result<u64> {
+    /// Starts hashing and writing `chunks` (in order) at the end of the file on the blocking pool, so
+    /// the caller can read the next chunk from the network meanwhile. At most one write
+    /// may be in flight: `complete` it before the next `submit`.
+    pub fn submit(&mut self, chunks: Vec<Bytes>) -> PendingWrite {
+        let chunks = Arc::new(chunks);
+        let start = self.submitted;
+        self.submitted += chunks.iter().map(|c| c.len() as u64).sum::<u64>();
+        // Hashing and writing read the same chunks on two blocking threads at once.
+        let verifier = self.verifier.clone();
+        let to_hash = chunks.clone();
+        let hash = tokio::task::spawn_blocking(move || {
+            // A poisoned lock means an earlier hash panicked; the digest check at commit
+            // reveals any damage, so carry on.
+            let mut verifier = verifier.lock().unwrap_or_else(|p| p.into_inner());
+            for chunk in to_hash.iter() {
+                verifier.update(chunk);
+            }
+        });
         let file = self.file.clone();
-        let offset = self.written;
-        let mut verifier = self
-            .verifier
-            .take()
-            .ok_or_else(|| io::Error::other("writer used after a failed append"))?;
-        let (verifier, result) = tokio::task::spawn_blocking(move || {
-            verifier.update(&chunk);
-            let result = file
-                .write_all_at(&chunk, offset)
-                .map(|()| chunk.len() as u64);
-            (verifier, result)
-        })
-        .await
-        .map_err(|e| io::Error::other(format!("cache write task failed: {e}")))?;
-        let len = result?;
-        self.verifier = Some(verifier);
-        self.written += len;
-        Ok(self.written)
+        let write = tokio::task::spawn_blocking(move || {
+            let mut offset = start;
+            for chunk in chunks.iter() {
+                file.write_all_at(chunk, offset)?;
+                offset += chunk.len() as u64;
+            }
+            Ok(offset)
+        });
+        PendingWrite { hash, write }
     }
 
-    /// Verifies size and digest, then fsyncs and renames into place. On any failure the
-    /// temporary file is removed and nothing appears under the final name.
+    /// Waits for a submitted write; returns how many bytes the file now holds.
+    pub async fn complete(&mut self, pending: PendingWrite) -> io::Result<u64> {
+        let end = pending.wait().await?;
+        self.record_written(end);
+        Ok(end)
+    }
+
+    /// Records that a write waited on with [`PendingWrite::wait`] ended at `end`.
+    pub fn record_written(&mut self, end: u64) {
+        self.written = end;
+    }
+
+    /// Hashes and writes `chunk`, waiting for it.
+    pub async fn append(&mut self, chunk: Bytes) -> io::Result<u64> {
+        let pending = self.submit(vec![chunk]);
+        self.complete(pending).await
+    }
+
+    /// Verifies size and digest, then fsyncs and renames into place. On failure nothing
+    /// appears under the final name, and the writer may be `reset` and reused.
     pub async fn commit(
         &mut self,
         expected: &Digest,
@@ -92,10 +130,9 @@ impl BlobWriter {
         if self.finished {
             return Err(io::Error::other("writer already committed").into());
         }
-        let verifier = self
-            .verifier
-            .clone()
-            .ok_or_else(|| io::Error::other("writer used after a failed append"))?;
+        if self.submitted != self.written {
+            return Err(io::Error::other("commit with a write still in flight").into());
+        }
         if let Some(expected_size) = expected_size
             && expected_size != self.written
         {
@@ -104,7 +141,12 @@ impl BlobWriter {
                 actual: self.written,
             });
         }
-        let actual = verifier.finish();
+        let actual = self
+            .verifier
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .finish();
         if actual != *expected {
             return Err(CommitError::DigestMismatch {
                 expected: expected.clone(),
@@ -123,6 +165,21 @@ impl BlobWriter {
         self.finished = true;
         Ok(())
     }
+
+    /// Empties the temporary file and restarts the hash, keeping the same file (readers
+    /// holding it stay attached), so a fill can start over from another upstream.
+    /// No write may be in flight.
+    pub async fn reset(&mut self) -> io::Result<()> {
+        let file = self.file.clone();
+        tokio::task::spawn_blocking(move || file.set_len(0))
+            .await
+            .map_err(|e| io::Error::other(format!("cache truncate task failed: {e}")))??;
+        *self.verifier.lock().unwrap_or_else(|p| p.into_inner()) =
+            DigestVerifier::new(self.algorithm);
+        self.submitted = 0;
+        self.written = 0;
+        Ok(())
+    }
 }
 
 impl Drop for BlobWriter {
@@ -133,17 +190,14 @@ impl Drop for BlobWriter {
     }
 }
 
-impl BlobWriter {
-    /// Empties the temporary file and restarts the hash, keeping the same file (readers
-    /// holding it stay attached), so a fill can start over from another upstream.
-    pub async fn reset(&mut self, algorithm: crate::oci::DigestAlgorithm) -> io::Result<()> {
-        let file = self.file.clone();
-        tokio::task::spawn_blocking(move || file.set_len(0))
-            .await
-            .map_err(|e| io::Error::other(format!("cache truncate task failed: {e}")))??;
-        self.verifier = Some(DigestVerifier::new(algorithm));
-        self.written = 0;
-        Ok(())
+impl PendingWrite {
+    /// Waits for the write and its hashing; returns the file length after it.
+    pub async fn wait(self) -> io::Result<u64> {
+        let task_failed =
+            |e: tokio::task::JoinError| io::Error::other(format!("cache write task failed: {e}"));
+        let end = self.write.await.map_err(task_failed)??;
+        self.hash.await.map_err(task_failed)?;
+        Ok(end)
     }
 }
 
@@ -233,7 +287,7 @@ mod tests {
         assert!(!path.exists());
 
         // After a reset the same writer can take the right bytes and commit.
-        writer.reset(digest.algorithm()).await.unwrap();
+        writer.reset().await.unwrap();
         writer
             .append(Bytes::from_static(b"hello world"))
             .await

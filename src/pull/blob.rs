@@ -10,16 +10,17 @@ use crate::cache::{BlobWriter, CommitError, FillPhase, FillProgress, JoinOutcome
 use crate::error::FerryError;
 use crate::oci::{Digest, ErrorCode, RepositoryName};
 use crate::upstream::{FailureKind, UpstreamFailure, UpstreamsExhausted};
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::Stream;
 use http::{HeaderMap, Method, StatusCode};
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use tokio::sync::watch;
 
 /// Bytes gathered from the upstream before one write (and one hashing pass) on the blocking pool.
-const WRITE_BATCH: usize = 256 * 1024;
+const WRITE_BATCH: usize = 1024 * 1024;
 
 pub type BlobStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
 
@@ -358,7 +359,7 @@ impl Fill {
                     }
                     log_failover(&failure, true);
                     failures.push(failure);
-                    if let Err(e) = self.writer.reset(self.digest.algorithm()).await {
+                    if let Err(e) = self.writer.reset().await {
                         return Err(FerryError::cache("restarting a fill", e));
                     }
                 }
@@ -403,7 +404,6 @@ impl Fill {
                 }
             }),
         }
-        let mut batch = BytesMut::with_capacity(WRITE_BATCH);
         let fail = |published: u64, failure: UpstreamFailure| {
             if published == 0 {
                 AttemptEnd::FailedUnseen(failure)
@@ -411,38 +411,92 @@ impl Fill {
                 AttemptEnd::FailedSeen(failure)
             }
         };
-        loop {
-            let published = self.progress.borrow().written;
-            match body.next_chunk().await {
-                Ok(Some(chunk)) => {
-                    let received = self.writer.written() + (batch.len() + chunk.len()) as u64;
-                    if total.is_some_and(|total| received > total) {
-                        return fail(
-                            published,
-                            UpstreamFailure::new(
-                                upstream,
-                                FailureKind::BodyBroken,
-                                "body longer than its Content-Length",
-                            ),
-                        );
-                    }
-                    batch.extend_from_slice(&chunk);
-                    if batch.len() >= WRITE_BATCH {
-                        match self.writer.append(batch.split().freeze()).await {
-                            Ok(written) => self.progress.send_modify(|p| p.written = written),
-                            Err(e) => return AttemptEnd::Cache(format!("writing a fill: {e}")),
+        enum Stop {
+            Upstream(UpstreamFailure),
+            Cache(String),
+        }
+        // Network reads overlap with the hash+write of the previous batch: one write is
+        // in flight while the next batch fills.
+        // Chunks are kept as received (no copying into one buffer) until a batch is full;
+        // then it is hashed and written on the blocking pool while the next batch arrives,
+        // and published to readers as soon as it is in the file.
+        let mut batch: Vec<Bytes> = Vec::new();
+        let mut batch_len = 0usize;
+        let mut in_flight: Option<Pin<Box<dyn Future<Output = io::Result<u64>> + Send>>> = None;
+        let mut received: u64 = 0;
+        let outcome: Result<(), Stop> = loop {
+            let next = match in_flight.as_mut() {
+                Some(write) => tokio::select! {
+                    biased;
+                    written = write => {
+                        in_flight = None;
+                        match written {
+                            Ok(end) => {
+                                self.writer.record_written(end);
+                                self.progress.send_modify(|p| p.written = end);
+                                continue;
+                            }
+                            Err(e) => break Err(Stop::Cache(format!("writing a fill: {e}"))),
                         }
                     }
+                    next = body.next_chunk() => next,
+                },
+                None => body.next_chunk().await,
+            };
+            match next {
+                Ok(Some(chunk)) => {
+                    received += chunk.len() as u64;
+                    if total.is_some_and(|total| received > total) {
+                        break Err(Stop::Upstream(UpstreamFailure::new(
+                            upstream,
+                            FailureKind::BodyBroken,
+                            "body longer than its Content-Length",
+                        )));
+                    }
+                    batch_len += chunk.len();
+                    batch.push(chunk);
+                    if batch_len >= WRITE_BATCH {
+                        if let Some(write) = in_flight.take() {
+                            match write.await {
+                                Ok(end) => {
+                                    self.writer.record_written(end);
+                                    self.progress.send_modify(|p| p.written = end);
+                                }
+                                Err(e) => break Err(Stop::Cache(format!("writing a fill: {e}"))),
+                            }
+                        }
+                        in_flight = Some(Box::pin(
+                            self.writer.submit(std::mem::take(&mut batch)).wait(),
+                        ));
+                        batch_len = 0;
+                    }
                 }
-                Ok(None) => break,
-                Err(failure) => return fail(published, failure),
+                Ok(None) => break Ok(()),
+                Err(failure) => break Err(Stop::Upstream(failure)),
             }
+        };
+        // The write in flight must land before a reset or a commit, whatever happened.
+        if let Some(write) = in_flight.take() {
+            match write.await {
+                Ok(end) => {
+                    self.writer.record_written(end);
+                    if outcome.is_ok() {
+                        self.progress.send_modify(|p| p.written = end);
+                    }
+                }
+                Err(e) => return AttemptEnd::Cache(format!("writing a fill: {e}")),
+            }
+        }
+        let published = self.progress.borrow().written;
+        match outcome {
+            Ok(()) => {}
+            Err(Stop::Upstream(failure)) => return fail(published, failure),
+            Err(Stop::Cache(message)) => return AttemptEnd::Cache(message),
         }
         // The last batch is written but published only after the commit, so a small blob
         // that fails verification was never seen by any reader.
-        if !batch.is_empty()
-            && let Err(e) = self.writer.append(batch.freeze()).await
-        {
+        let last_write = self.writer.submit(batch);
+        if let Err(e) = self.writer.complete(last_write).await {
             return AttemptEnd::Cache(format!("writing a fill: {e}"));
         }
         let published = self.progress.borrow().written;
