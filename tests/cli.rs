@@ -16,7 +16,15 @@ fn version_and_help_describe_the_contract() {
     assert!(String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
     let out = ferry().args(["serve", "--help"]).output().unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
-    for flag in ["--config", "--listen", "--upstream", "--cache-dir", "--tag-ttl", "127.0.0.1:5000", "registry-1.docker.io"] {
+    for flag in [
+        "--config",
+        "--listen",
+        "--upstream",
+        "--cache-dir",
+        "--tag-ttl",
+        "127.0.0.1:5000",
+        "registry-1.docker.io",
+    ] {
         assert!(help.contains(flag), "serve --help lacks {flag}");
     }
 }
@@ -33,10 +41,19 @@ fn check_config_prints_the_effective_configuration_without_secrets() {
     let out = ferry()
         .args(["check-config", "--config"])
         .arg(&path)
-        .args(["--upstream", "http://127.0.0.1:9", "--upstream", "https://b.example"])
+        .args([
+            "--upstream",
+            "http://127.0.0.1:9",
+            "--upstream",
+            "https://b.example",
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let printed = String::from_utf8_lossy(&out.stdout);
     assert!(printed.contains("tag_ttl = \"5m\""), "{printed}");
     // Flags replace the file's upstreams, in the order given.
@@ -47,10 +64,18 @@ fn check_config_prints_the_effective_configuration_without_secrets() {
     assert!(!printed.contains("topsecret"));
 
     let shipped = ferry()
-        .args(["check-config", "--config", concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/ferry.toml")])
+        .args([
+            "check-config",
+            "--config",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/ferry.toml"),
+        ])
         .output()
         .unwrap();
-    assert!(shipped.status.success(), "deploy/ferry.toml is invalid: {}", String::from_utf8_lossy(&shipped.stderr));
+    assert!(
+        shipped.status.success(),
+        "deploy/ferry.toml is invalid: {}",
+        String::from_utf8_lossy(&shipped.stderr)
+    );
 }
 
 #[test]
@@ -61,7 +86,11 @@ fn invalid_configuration_exits_2_listing_every_problem_before_binding() {
     };
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.toml");
-    std::fs::write(&path, "tag_ttl = \"soon\"\n[[upstream]]\nurl = \"ftp://x\"\n").unwrap();
+    std::fs::write(
+        &path,
+        "tag_ttl = \"soon\"\n[[upstream]]\nurl = \"ftp://x\"\n",
+    )
+    .unwrap();
     let out = ferry()
         .args(["serve", "--config"])
         .arg(&path)
@@ -73,9 +102,15 @@ fn invalid_configuration_exits_2_listing_every_problem_before_binding() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("tag_ttl = \"soon\""), "{stderr}");
     assert!(stderr.contains("upstream[0].url = \"ftp://x\""), "{stderr}");
-    assert!(!dir.path().join("cache").exists(), "nothing may be created for an invalid config");
+    assert!(
+        !dir.path().join("cache").exists(),
+        "nothing may be created for an invalid config"
+    );
 
-    let out = ferry().args(["serve", "--listen", "not-an-address"]).output().unwrap();
+    let out = ferry()
+        .args(["serve", "--listen", "not-an-address"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--listen = \"not-an-address\""));
 }
@@ -84,7 +119,14 @@ fn invalid_configuration_exits_2_listing_every_problem_before_binding() {
 fn serve_answers_and_exits_cleanly_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let mut child = ferry()
-        .args(["serve", "--listen", "127.0.0.1:0", "--upstream", "http://127.0.0.1:9", "--cache-dir"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            "http://127.0.0.1:9",
+            "--cache-dir",
+        ])
         .arg(dir.path())
         .env("RUST_LOG", "info")
         .stderr(Stdio::piped())
@@ -94,7 +136,10 @@ fn serve_answers_and_exits_cleanly_on_sigterm() {
     let mut lines = BufReader::new(stderr).lines();
     let deadline = Instant::now() + Duration::from_secs(20);
     let addr = loop {
-        assert!(Instant::now() < deadline, "ferry did not report its address");
+        assert!(
+            Instant::now() < deadline,
+            "ferry did not report its address"
+        );
         let line = lines.next().expect("ferry exited early").unwrap();
         if let Some(rest) = line.split("addr=").nth(1) {
             break rest.split_whitespace().next().unwrap().to_owned();
@@ -102,11 +147,17 @@ fn serve_answers_and_exits_cleanly_on_sigterm() {
     };
     let mut stream = std::net::TcpStream::connect(&addr).unwrap();
     use std::io::{Read, Write};
-    stream.write_all(b"GET /v2/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    stream
+        .write_all(b"GET /v2/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).unwrap();
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    assert!(response.to_ascii_lowercase().contains("docker-distribution-api-version: registry/2.0"));
+    assert!(
+        response
+            .to_ascii_lowercase()
+            .contains("docker-distribution-api-version: registry/2.0")
+    );
 
     // SAFETY: sending a signal to our own child process.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };

@@ -5,7 +5,7 @@ mod support;
 
 mod api;
 mod auth;
-mod cli;
 mod cache_behaviour;
+mod cli;
 mod failover;
 mod third_party_client;
