@@ -1,18 +1,16 @@
 //! Wires a validated `Config` into a running server: opens the cache, builds the upstream
-//! clients, binds the listener, and returns a handle with the bound address and a shutdown.
+//! clients, binds the registry and admin listeners, starts the optional health probe, and
+//! returns a handle with the bound addresses and a shutdown.
 
 use crate::cache::Cache;
 use crate::config::Config;
-use crate::pull::PullThrough;
+use crate::pull::{PullSettings, PullThrough};
 use crate::upstream::Upstreams;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::oneshot;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
-
-/// How long in-flight responses may run after shutdown is requested.
-pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -33,28 +31,39 @@ pub enum StartError {
 /// A running ferry. Dropping it does not stop the server; call `shutdown`.
 pub struct RunningServer {
     pub addr: SocketAddr,
+    pub admin_addr: Option<SocketAddr>,
     pub pull: Arc<PullThrough>,
-    shutdown: Option<oneshot::Sender<()>>,
-    task: JoinHandle<()>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
 }
 
 impl RunningServer {
     /// Stops accepting, lets in-flight responses finish (up to the grace period), and waits.
-    pub async fn shutdown(mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        let _ = (&mut self.task).await;
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        self.wait().await;
     }
 
-    /// Waits until the server stops (after `shutdown` from another handle or a signal).
+    /// Waits until the server stops (after `shutdown` or the external shutdown signal).
     pub async fn wait(self) {
-        let _ = self.task.await;
+        for task in self.tasks {
+            let _ = task.await;
+        }
     }
 }
 
 pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     start_with_shutdown(config, std::future::pending()).await
+}
+
+async fn bind(addr: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAddr), StartError> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| StartError::Bind { addr, source })?;
+    Ok((listener, bound))
 }
 
 /// Starts the server; it also stops when `external_shutdown` resolves (e.g. on SIGTERM).
@@ -66,51 +75,103 @@ pub async fn start_with_shutdown(
         path: config.cache_dir.display().to_string(),
         source,
     })?;
-    let upstreams = Upstreams::new(
-        &config.upstreams,
-        config.failover_on_not_found,
-        config.bad_source_skip,
-    )
-    .map_err(StartError::Upstreams)?;
-    let pull = Arc::new(PullThrough::new(
-        cache,
-        upstreams,
-        config.registry.clone(),
-        config.tag_ttl,
-    ));
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| StartError::Bind {
-            addr: config.listen,
-            source,
-        })?;
-    let addr = listener.local_addr().map_err(|source| StartError::Bind {
-        addr: config.listen,
-        source,
-    })?;
-    let (tx, rx) = oneshot::channel::<()>();
-    let shutdown = async move {
-        tokio::select! {
-            _ = rx => {}
-            () = external_shutdown => {}
-        }
+    let upstreams =
+        Upstreams::new(&config.upstreams, config.pool.clone()).map_err(StartError::Upstreams)?;
+    let settings = PullSettings {
+        registry: config.registry.clone(),
+        tag_ttl: config.tag_ttl,
+        max_stale: config.max_stale,
+        offline: config.offline,
     };
-    let task = tokio::spawn(crate::server::serve(
+    let pull = Arc::new(PullThrough::new(cache, upstreams, settings));
+    let (listener, addr) = bind(config.listen).await?;
+    let admin = match config.admin_listen {
+        Some(admin_addr) => Some(bind(admin_addr).await?),
+        None => None,
+    };
+
+    let (stop, stopped) = watch::channel(false);
+    let stop_on_signal = stop.clone();
+    tokio::spawn(async move {
+        external_shutdown.await;
+        let _ = stop_on_signal.send(true);
+    });
+    let until_stopped = |mut stopped: watch::Receiver<bool>| async move {
+        let _ = stopped.wait_for(|s| *s).await;
+    };
+
+    let mut tasks = Vec::new();
+    let registry_pull = pull.clone();
+    let registry_handler = move |request| {
+        let pull = registry_pull.clone();
+        async move { crate::server::handler::handle(pull, request).await }
+    };
+    tasks.push(tokio::spawn(crate::server::serve(
         listener,
-        pull.clone(),
-        shutdown,
-        DEFAULT_SHUTDOWN_GRACE,
-    ));
+        registry_handler,
+        until_stopped(stopped.clone()),
+        config.shutdown_grace,
+    )));
+    let admin_addr = admin.as_ref().map(|(_, bound)| *bound);
+    if let Some((admin_listener, _)) = admin {
+        let admin_pull = pull.clone();
+        let admin_handler = move |request| {
+            let pull = admin_pull.clone();
+            async move { crate::admin::handle(pull, request).await }
+        };
+        tasks.push(tokio::spawn(crate::server::serve(
+            admin_listener,
+            admin_handler,
+            until_stopped(stopped.clone()),
+            Duration::from_secs(1),
+        )));
+    }
+    if let Some(interval) = config.health_probe_interval.filter(|_| !config.offline) {
+        tokio::spawn(probe_upstreams(
+            pull.clone(),
+            interval,
+            until_stopped(stopped.clone()),
+        ));
+    }
     tracing::info!(
         %addr,
+        admin = ?admin_addr,
         cache_dir = %config.cache_dir.display(),
+        offline = config.offline,
         upstreams = ?config.upstreams.iter().map(|u| u.name.as_str()).collect::<Vec<_>>(),
         "ferry listening"
     );
     Ok(RunningServer {
         addr,
+        admin_addr,
         pull,
-        shutdown: Some(tx),
-        task,
+        stop,
+        tasks,
     })
+}
+
+/// The optional background health probe: `GET /v2/` on every upstream each interval,
+/// feeding the same circuit breakers as real requests.
+async fn probe_upstreams(
+    pull: Arc<PullThrough>,
+    interval: Duration,
+    stopped: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(stopped);
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = &mut stopped => return,
+            _ = ticker.tick() => {}
+        }
+        for client in pull.upstreams.clients() {
+            if client.health().is_drained() {
+                continue;
+            }
+            let started = std::time::Instant::now();
+            let outcome = client.probe().await;
+            pull.upstreams.record(client, &outcome, started.elapsed());
+        }
+    }
 }

@@ -30,6 +30,8 @@ pub struct Cache {
     pub layout: Layout,
     pub tags: TagStore,
     pub inflight: Inflight,
+    /// Fills abandoned because the cache could not take the bytes (disk full, I/O errors).
+    write_failures: std::sync::atomic::AtomicU64,
     /// Held open for the server's lifetime: its `flock` keeps a second server off this directory.
     _server_lock: std::fs::File,
 }
@@ -52,8 +54,19 @@ impl Cache {
             layout,
             tags,
             inflight: Inflight::default(),
+            write_failures: Default::default(),
             _server_lock: server_lock,
         })
+    }
+
+    pub fn note_write_failure(&self) {
+        self.write_failures
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn write_failures(&self) -> u64 {
+        self.write_failures
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Reads a committed manifest, if present.

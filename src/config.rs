@@ -3,6 +3,8 @@
 
 pub mod file;
 
+use crate::upstream::PoolSettings;
+use crate::upstream::breaker::BreakerConfig;
 use file::{ConfigFile, UpstreamFile};
 use std::fmt;
 use std::net::SocketAddr;
@@ -17,6 +19,11 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_BAD_SOURCE_SKIP: Duration = Duration::from_secs(300);
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:5005";
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+pub const DEFAULT_MIN_TRANSFER_RATE: u64 = 256 * 1024;
+pub const DEFAULT_RATE_WINDOW: Duration = Duration::from_secs(10);
+pub const DEFAULT_RETRY_BUDGET: usize = 2;
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -24,8 +31,13 @@ pub struct Config {
     pub cache_dir: PathBuf,
     pub registry: String,
     pub tag_ttl: Duration,
-    pub failover_on_not_found: bool,
-    pub bad_source_skip: Duration,
+    /// Oldest tag mapping served when no upstream can confirm it; `None` = unlimited.
+    pub max_stale: Option<Duration>,
+    pub offline: bool,
+    pub admin_listen: Option<SocketAddr>,
+    pub shutdown_grace: Duration,
+    pub health_probe_interval: Option<Duration>,
+    pub pool: PoolSettings,
     pub upstreams: Vec<UpstreamConfig>,
 }
 
@@ -38,6 +50,9 @@ pub struct UpstreamConfig {
     pub connect_timeout: Duration,
     pub header_timeout: Duration,
     pub body_idle_timeout: Duration,
+    /// Minimum average body rate in bytes/s over `rate_window`; 0 disables.
+    pub min_transfer_rate: u64,
+    pub rate_window: Duration,
     pub credentials: Option<Credentials>,
 }
 
@@ -66,6 +81,8 @@ impl fmt::Debug for UpstreamConfig {
             .field("connect_timeout", &self.connect_timeout)
             .field("header_timeout", &self.header_timeout)
             .field("body_idle_timeout", &self.body_idle_timeout)
+            .field("min_transfer_rate", &self.min_transfer_rate)
+            .field("rate_window", &self.rate_window)
             .field("credentials", &self.credentials)
             .finish()
     }
@@ -78,6 +95,8 @@ pub struct Overrides {
     pub cache_dir: Option<PathBuf>,
     pub upstreams: Vec<String>,
     pub tag_ttl: Option<String>,
+    pub offline: bool,
+    pub admin_listen: Option<String>,
 }
 
 /// One invalid setting: where it came from, the offending value, and why.
@@ -226,6 +245,93 @@ impl Config {
             DEFAULT_BODY_IDLE_TIMEOUT,
         );
 
+        let bad_source_skip_value = bad_source_skip;
+        let shutdown_grace = duration(
+            "shutdown_grace",
+            file.shutdown_grace.as_ref(),
+            DEFAULT_SHUTDOWN_GRACE,
+        );
+        let rate_window = duration(
+            "rate_window",
+            file.rate_window.as_ref(),
+            DEFAULT_RATE_WINDOW,
+        );
+        let breaker_defaults = BreakerConfig::default();
+        let breaker_cooldown = duration(
+            "breaker_cooldown",
+            file.breaker_cooldown.as_ref(),
+            breaker_defaults.cooldown,
+        );
+        let breaker_max_cooldown = duration(
+            "breaker_max_cooldown",
+            file.breaker_max_cooldown.as_ref(),
+            breaker_defaults.max_cooldown,
+        );
+        let mut optional_duration =
+            |key: &str, value: Option<&String>, off_word: &str| -> Option<Duration> {
+                let text = value?;
+                if text == off_word {
+                    return None;
+                }
+                match humantime::parse_duration(text) {
+                    Ok(d) if !d.is_zero() => Some(d),
+                    Ok(_) => {
+                        problem(
+                            key,
+                            text,
+                            format!("must be greater than zero, or \"{off_word}\""),
+                        );
+                        None
+                    }
+                    Err(e) => {
+                        problem(
+                            key,
+                            text,
+                            format!("expected a duration such as 30s, or \"{off_word}\" ({e})"),
+                        );
+                        None
+                    }
+                }
+            };
+        let max_stale = optional_duration("max_stale", file.max_stale.as_ref(), "unlimited");
+        let hedge_delay = optional_duration("hedge_delay", file.hedge_delay.as_ref(), "off");
+        let health_probe_interval = optional_duration(
+            "health_probe_interval",
+            file.health_probe_interval.as_ref(),
+            "off",
+        );
+        let min_rate_default = match &file.min_transfer_rate {
+            None => DEFAULT_MIN_TRANSFER_RATE,
+            Some(text) => parse_size(text).unwrap_or_else(|reason| {
+                problem("min_transfer_rate", text, reason);
+                DEFAULT_MIN_TRANSFER_RATE
+            }),
+        };
+        let (admin_key, admin_value) = match (&overrides.admin_listen, &file.admin_listen) {
+            (Some(v), _) => ("--admin-listen", v.clone()),
+            (None, Some(v)) => ("admin_listen", v.clone()),
+            (None, None) => ("admin_listen", DEFAULT_ADMIN_LISTEN.to_owned()),
+        };
+        let admin_listen = if admin_value == "off" {
+            None
+        } else {
+            match admin_value.parse::<SocketAddr>() {
+                Ok(addr) => Some(addr),
+                Err(_) => {
+                    problem(
+                        admin_key,
+                        &admin_value,
+                        "expected IP:PORT or \"off\"".into(),
+                    );
+                    None
+                }
+            }
+        };
+        let breaker_threshold = file.breaker_threshold.unwrap_or(breaker_defaults.threshold);
+        if breaker_threshold == 0 {
+            problem("breaker_threshold", "0", "must be at least 1".into());
+        }
+
         let upstream_files: Vec<(String, UpstreamFile)> = if !overrides.upstreams.is_empty() {
             overrides
                 .upstreams
@@ -320,6 +426,13 @@ impl Config {
                 upstream.body_idle_timeout.as_ref(),
                 idle_default,
             );
+            let min_transfer_rate = match &upstream.min_transfer_rate {
+                None => min_rate_default,
+                Some(text) => parse_size(text).unwrap_or_else(|reason| {
+                    field_problem("min_transfer_rate", text, reason);
+                    min_rate_default
+                }),
+            };
             let credentials = match resolve_password(upstream) {
                 Ok(None) => None,
                 Ok(Some(password)) => match &upstream.username {
@@ -362,6 +475,8 @@ impl Config {
                     connect_timeout,
                     header_timeout,
                     body_idle_timeout,
+                    min_transfer_rate,
+                    rate_window,
                     credentials,
                 });
             }
@@ -383,8 +498,25 @@ impl Config {
                 cache_dir,
                 registry,
                 tag_ttl,
-                failover_on_not_found: file.failover_on_not_found.unwrap_or(true),
-                bad_source_skip,
+                max_stale,
+                offline: overrides.offline || file.offline.unwrap_or(false),
+                admin_listen,
+                shutdown_grace,
+                health_probe_interval,
+                pool: PoolSettings {
+                    failover_on_not_found: file.failover_on_not_found.unwrap_or(true),
+                    bad_source_skip: bad_source_skip_value,
+                    retry_budget: file
+                        .retry_budget
+                        .map_or(DEFAULT_RETRY_BUDGET, |b| b as usize),
+                    hedge_delay,
+                    breaker: BreakerConfig {
+                        threshold: breaker_threshold,
+                        cooldown: breaker_cooldown,
+                        max_cooldown: breaker_max_cooldown,
+                        probe_timeout: breaker_defaults.probe_timeout,
+                    },
+                },
                 upstreams,
             }),
             _ => Err(ConfigErrors(problems)),
@@ -404,6 +536,7 @@ impl Config {
                 body_idle_timeout: Some(
                     humantime::format_duration(u.body_idle_timeout).to_string(),
                 ),
+                min_transfer_rate: Some(u.min_transfer_rate.to_string()),
                 username: u.credentials.as_ref().map(|c| c.username.clone()),
                 password: u.credentials.as_ref().map(|_| "<redacted>".to_owned()),
                 password_env: None,
@@ -415,15 +548,77 @@ impl Config {
             cache_dir: Some(self.cache_dir.display().to_string()),
             registry: Some(self.registry.clone()),
             tag_ttl: Some(humantime::format_duration(self.tag_ttl).to_string()),
-            failover_on_not_found: Some(self.failover_on_not_found),
-            bad_source_skip: Some(humantime::format_duration(self.bad_source_skip).to_string()),
+            failover_on_not_found: Some(self.pool.failover_on_not_found),
+            bad_source_skip: Some(
+                humantime::format_duration(self.pool.bad_source_skip).to_string(),
+            ),
             connect_timeout: None,
             header_timeout: None,
             body_idle_timeout: None,
+            min_transfer_rate: None,
+            rate_window: self
+                .upstreams
+                .first()
+                .map(|u| humantime::format_duration(u.rate_window).to_string()),
+            offline: Some(self.offline),
+            max_stale: Some(self.max_stale.map_or("unlimited".to_owned(), |d| {
+                humantime::format_duration(d).to_string()
+            })),
+            admin_listen: Some(
+                self.admin_listen
+                    .map_or("off".to_owned(), |a| a.to_string()),
+            ),
+            shutdown_grace: Some(humantime::format_duration(self.shutdown_grace).to_string()),
+            retry_budget: Some(self.pool.retry_budget as u32),
+            hedge_delay: Some(self.pool.hedge_delay.map_or("off".to_owned(), |d| {
+                humantime::format_duration(d).to_string()
+            })),
+            breaker_threshold: Some(self.pool.breaker.threshold),
+            breaker_cooldown: Some(
+                humantime::format_duration(self.pool.breaker.cooldown).to_string(),
+            ),
+            breaker_max_cooldown: Some(
+                humantime::format_duration(self.pool.breaker.max_cooldown).to_string(),
+            ),
+            health_probe_interval: Some(self.health_probe_interval.map_or("off".to_owned(), |d| {
+                humantime::format_duration(d).to_string()
+            })),
             upstreams,
         };
         toml::to_string_pretty(&file).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
     }
+}
+
+/// Parses a byte size such as `256KiB`, `50GiB`, `300MB` or `1024` (bytes).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let trimmed = text.trim();
+    let split = trimmed
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(trimmed.len());
+    let (number, unit) = trimmed.split_at(split);
+    let number: f64 = number
+        .parse()
+        .map_err(|_| "expected a size such as 256KiB, 300MiB or 50GiB".to_owned())?;
+    let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1_000,
+        "kib" => 1 << 10,
+        "m" | "mb" => 1_000_000,
+        "mib" => 1 << 20,
+        "g" | "gb" => 1_000_000_000,
+        "gib" => 1 << 30,
+        "t" | "tb" => 1_000_000_000_000,
+        "tib" => 1 << 40,
+        _ => {
+            return Err(format!(
+                "unknown size unit {unit:?} (use B, KB, KiB, MB, MiB, GB, GiB, TB, TiB)"
+            ));
+        }
+    };
+    if !number.is_finite() || number < 0.0 {
+        return Err("size must be a positive number".into());
+    }
+    Ok((number * multiplier as f64).round() as u64)
 }
 
 fn resolve_password(
@@ -504,7 +699,14 @@ mod tests {
         );
         assert_eq!(config.registry, "docker.io");
         assert_eq!(config.tag_ttl, DEFAULT_TAG_TTL);
-        assert!(config.failover_on_not_found);
+        assert!(config.pool.failover_on_not_found);
+        assert!(!config.offline);
+        assert_eq!(config.max_stale, None);
+        assert_eq!(config.pool.hedge_delay, None);
+        assert_eq!(
+            config.admin_listen.map(|a| a.to_string()).as_deref(),
+            Some(DEFAULT_ADMIN_LISTEN)
+        );
     }
 
     #[test]
@@ -552,6 +754,32 @@ mod tests {
             "{keys:?}"
         );
         assert_eq!(err.0.len(), 4, "{err}");
+    }
+
+    #[test]
+    fn sizes_and_outage_settings_parse() {
+        assert_eq!(parse_size("256KiB"), Ok(256 * 1024));
+        assert_eq!(parse_size("1.5GiB"), Ok(3 << 29));
+        assert_eq!(parse_size("300MB"), Ok(300_000_000));
+        assert_eq!(parse_size("0"), Ok(0));
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("5 parsecs").is_err());
+        let config = parse(
+            "max_stale = \"7d\"\nhedge_delay = \"200ms\"\nadmin_listen = \"off\"\noffline = true\nmin_transfer_rate = \"1MiB\"",
+            Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(config.max_stale, Some(Duration::from_secs(7 * 86400)));
+        assert_eq!(config.pool.hedge_delay, Some(Duration::from_millis(200)));
+        assert_eq!(config.admin_listen, None);
+        assert!(config.offline);
+        assert_eq!(config.upstreams[0].min_transfer_rate, 1 << 20);
+        let err = parse(
+            "hedge_delay = \"0s\"\nmax_stale = \"forever\"",
+            Overrides::default(),
+        )
+        .unwrap_err();
+        assert_eq!(err.0.len(), 2, "{err}");
     }
 
     #[test]

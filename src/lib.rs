@@ -17,6 +17,7 @@
 //! - [`oci`]: digests, names, media types and error codes, with no I/O.
 //! - [`config`] and [`app`]: validated settings, and wiring them into a running server.
 
+pub mod admin;
 pub mod app;
 pub mod cache;
 pub mod config;

@@ -43,6 +43,13 @@ struct ServeArgs {
     /// [default: 60s].
     #[arg(long, value_name = "DURATION")]
     tag_ttl: Option<String>,
+    /// Never contact an upstream: serve only what the cache holds (tags regardless of TTL).
+    #[arg(long)]
+    offline: bool,
+    /// Admin API address (upstream status, drain/undrain, /healthz), or "off"
+    /// [default: 127.0.0.1:5005].
+    #[arg(long, value_name = "ADDR")]
+    admin_listen: Option<String>,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Human)]
     log_format: LogFormat,
@@ -65,6 +72,8 @@ fn main() -> ExitCode {
         cache_dir: args.cache_dir.clone(),
         upstreams: args.upstreams.clone(),
         tag_ttl: args.tag_ttl.clone(),
+        offline: args.offline,
+        admin_listen: args.admin_listen.clone(),
     };
     let config = match Config::load(args.config.as_deref(), &overrides) {
         Ok(config) => config,

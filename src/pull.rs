@@ -38,23 +38,47 @@ impl std::fmt::Display for Source {
     }
 }
 
-pub struct PullThrough {
-    pub cache: Cache,
-    pub upstreams: Upstreams,
+/// How the pull-through flow treats tags and upstreams.
+#[derive(Debug, Clone)]
+pub struct PullSettings {
     /// The registry these upstreams serve; part of every tag's cache key.
     pub registry: String,
     pub tag_ttl: Duration,
+    /// Oldest tag mapping served without an upstream confirming it; `None` = unlimited.
+    pub max_stale: Option<Duration>,
+    /// Never contact an upstream.
+    pub offline: bool,
+}
+
+pub struct PullThrough {
+    pub cache: Cache,
+    pub upstreams: Upstreams,
+    pub settings: PullSettings,
     manifest_fetches: KeyedLocks,
 }
 
 impl PullThrough {
-    pub fn new(cache: Cache, upstreams: Upstreams, registry: String, tag_ttl: Duration) -> Self {
+    pub fn new(cache: Cache, upstreams: Upstreams, settings: PullSettings) -> Self {
         PullThrough {
             cache,
             upstreams,
-            registry,
-            tag_ttl,
+            settings,
             manifest_fetches: KeyedLocks::default(),
         }
+    }
+
+    /// The error for content ferry cannot have while offline.
+    fn offline_miss(code: crate::oci::ErrorCode, what: &str) -> crate::error::FerryError {
+        crate::error::FerryError::client(
+            code,
+            format!(
+                "{what} is not in the cache and ferry is offline (--offline): no upstream is contacted"
+            ),
+        )
+    }
+
+    /// Whether a tag mapping of this age may still be served without confirmation.
+    fn within_max_stale(&self, age: Duration) -> bool {
+        self.settings.max_stale.is_none_or(|max| age <= max)
     }
 }

@@ -1,26 +1,29 @@
 //! The HTTP front: accepts connections (HTTP/1.1 and h2c via hyper-util's auto builder),
-//! hands each request to `handler`, and drains in-flight connections on shutdown.
+//! hands each request to a handler (the registry API in `handler`, or the admin API), and
+//! drains in-flight connections on shutdown.
 
 pub mod handler;
 pub mod response;
 pub mod route;
 
-use crate::pull::PullThrough;
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::graceful::GracefulShutdown;
 use std::future::Future;
-use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 
-/// Serves on `listener` until `shutdown` resolves, then waits up to `grace` for open
-/// connections to finish their responses.
-pub async fn serve(
+/// Serves `handler` on `listener` until `shutdown` resolves, then waits up to `grace` for
+/// open connections to finish their responses.
+pub async fn serve<H, Fut>(
     listener: TcpListener,
-    pull: Arc<PullThrough>,
+    handler: H,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
-) {
+) where
+    H: Fn(http::Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = http::Response<response::ResponseBody>> + Send + 'static,
+{
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
@@ -37,10 +40,10 @@ pub async fn serve(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let pull = pull.clone();
+                let handler = handler.clone();
                 let service = hyper::service::service_fn(move |request| {
-                    let pull = pull.clone();
-                    async move { Ok::<_, std::convert::Infallible>(handler::handle(pull, request).await) }
+                    let response = handler(request);
+                    async move { Ok::<_, std::convert::Infallible>(response.await) }
                 });
                 let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
                 let connection = graceful.watch(connection);

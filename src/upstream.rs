@@ -1,12 +1,15 @@
 //! Talking to upstream registries: one HTTP client per upstream with its own timeouts and
-//! token cache (`client`, `auth`), how failures are classified (`failure`), and the ordered
-//! list with failover and per-digest quarantine of bad sources (`pool`).
+//! token cache (`client`, `auth`), how failures are classified (`failure`), each upstream's
+//! health and circuit breaker (`health`, `breaker`), and the ordered list with failover,
+//! hedging and per-digest quarantine of bad sources (`pool`).
 
 pub mod auth;
+pub mod breaker;
 pub mod client;
 pub mod failure;
+pub mod health;
 pub mod pool;
 
 pub use client::{BodyChunks, UpstreamClient};
 pub use failure::{FailureKind, UpstreamFailure, UpstreamsExhausted};
-pub use pool::Upstreams;
+pub use pool::{AttemptPlan, PoolSettings, Upstreams};

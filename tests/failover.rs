@@ -260,8 +260,10 @@ async fn not_found_failover_can_be_disabled() {
     let primary = FakeRegistry::start().await;
     let secondary = FakeRegistry::start().await;
     put_image(&[&secondary], "only/secondary", "v1", 11);
-    let proxy =
-        TestProxy::start_with(&[&primary, &secondary], |c| c.failover_on_not_found = false).await;
+    let proxy = TestProxy::start_with(&[&primary, &secondary], |c| {
+        c.pool.failover_on_not_found = false
+    })
+    .await;
     // `failover_on_not_found` is read when the upstream pool is built, via the config.
     let response = client()
         .get(proxy.url("/v2/only/secondary/manifests/v1"))

@@ -20,6 +20,28 @@ pub struct ConfigFile {
     pub connect_timeout: Option<String>,
     pub header_timeout: Option<String>,
     pub body_idle_timeout: Option<String>,
+    /// Minimum average body rate, e.g. "256KiB" (per second); "0" disables.
+    pub min_transfer_rate: Option<String>,
+    /// Window over which the body rate is averaged, e.g. "10s".
+    pub rate_window: Option<String>,
+    /// Never contact an upstream; serve only what the cache holds.
+    pub offline: Option<bool>,
+    /// Oldest tag mapping served when upstreams fail (or offline), e.g. "7d"; "unlimited".
+    pub max_stale: Option<String>,
+    /// Admin API address ("off" disables).
+    pub admin_listen: Option<String>,
+    /// How long in-flight responses may run after SIGTERM.
+    pub shutdown_grace: Option<String>,
+    /// Upstream attempts allowed per request beyond one per upstream.
+    pub retry_budget: Option<u32>,
+    /// Start the next upstream alongside one silent for this long ("off" disables).
+    pub hedge_delay: Option<String>,
+    /// Consecutive failures that open an upstream's circuit breaker.
+    pub breaker_threshold: Option<u32>,
+    pub breaker_cooldown: Option<String>,
+    pub breaker_max_cooldown: Option<String>,
+    /// Background `GET /v2/` per upstream on this interval ("off" disables).
+    pub health_probe_interval: Option<String>,
     #[serde(default, rename = "upstream")]
     pub upstreams: Vec<UpstreamFile>,
 }
@@ -32,6 +54,7 @@ pub struct UpstreamFile {
     pub connect_timeout: Option<String>,
     pub header_timeout: Option<String>,
     pub body_idle_timeout: Option<String>,
+    pub min_transfer_rate: Option<String>,
     pub username: Option<String>,
     pub password: Option<String>,
     pub password_env: Option<String>,

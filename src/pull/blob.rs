@@ -9,7 +9,7 @@ use crate::cache::reader::read_range;
 use crate::cache::{BlobWriter, CommitError, FillPhase, FillProgress, JoinOutcome};
 use crate::error::FerryError;
 use crate::oci::{Digest, ErrorCode, RepositoryName};
-use crate::upstream::{FailureKind, UpstreamFailure, UpstreamsExhausted};
+use crate::upstream::{AttemptPlan, FailureKind, UpstreamFailure, UpstreamsExhausted};
 use bytes::Bytes;
 use futures_util::Stream;
 use http::{HeaderMap, Method, StatusCode};
@@ -17,6 +17,7 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Instant;
 use tokio::sync::watch;
 
 /// Bytes gathered from the upstream before one write (and one hashing pass) on the blocking pool.
@@ -100,6 +101,12 @@ impl PullThrough {
         if let Some(answer) = self.cached_blob(digest, range, head)? {
             return Ok(answer);
         }
+        if self.settings.offline {
+            return Err(Self::offline_miss(
+                ErrorCode::BlobUnknown,
+                &format!("blob {digest}"),
+            ));
+        }
         if head {
             return self.head_blob_upstream(name, digest).await;
         }
@@ -130,6 +137,8 @@ impl PullThrough {
                     digest: digest.clone(),
                     writer,
                     progress,
+                    total: None,
+                    contributors: Vec::new(),
                 };
                 // The fill runs on its own task: it finishes (and commits) even if the
                 // client that started it goes away, and every follower reads its file.
@@ -286,16 +295,31 @@ struct Fill {
     digest: Digest,
     writer: Box<BlobWriter>,
     progress: watch::Sender<FillProgress>,
+    /// The blob's length as first announced (every later source must agree).
+    total: Option<u64>,
+    /// Upstreams whose bytes are in the file; all are suspects if the digest fails.
+    contributors: Vec<String>,
 }
 
 /// How one upstream's attempt at the body ended.
 enum AttemptEnd {
     Committed,
-    /// Failed before any byte was published to readers: the next upstream may take over.
-    FailedUnseen(UpstreamFailure),
-    /// Failed after readers got bytes: the fill is over.
-    FailedSeen(UpstreamFailure),
+    /// The bytes received so far are kept; the next source continues with a Range request.
+    Broken(UpstreamFailure),
+    /// The content is wrong (digest or size) and nothing was published to readers: start over.
+    WrongUnseen(UpstreamFailure),
+    /// The content is wrong and readers already have bytes: the fill is over.
+    WrongSeen(UpstreamFailure),
+    /// The cache could not take the bytes (disk full, I/O error).
     Cache(String),
+}
+
+/// What a successful header phase hands to the body phase.
+struct OpenedSource {
+    client: Arc<crate::upstream::UpstreamClient>,
+    response: reqwest::Response,
+    /// Leading body bytes to discard: the upstream ignored `Range` and sent everything.
+    skip: u64,
 }
 
 impl Fill {
@@ -315,115 +339,162 @@ impl Fill {
                 });
             }
             Err(error) => {
-                tracing::warn!(digest = %self.digest, error = %error, "blob fill failed; nothing committed");
+                if matches!(error, FerryError::Cache(_)) {
+                    pull.cache.note_write_failure();
+                    tracing::error!(digest = %self.digest, error = %error, "cache failure during a fill; readers continue straight from upstream, nothing is cached");
+                } else {
+                    tracing::warn!(digest = %self.digest, error = %error, "blob fill failed; nothing committed");
+                }
                 self.progress
                     .send_modify(|p| p.phase = FillPhase::Failed(Arc::new(error)));
             }
         }
     }
 
-    async fn fetch_and_commit(&mut self, pull: &PullThrough) -> Result<String, FerryError> {
-        let mut failures = Vec::new();
-        for client in pull.upstreams.candidates(Some(&self.digest)) {
-            let suffix = format!("blobs/{}", self.digest);
-            let response = match client
-                .send(Method::GET, &self.name, &suffix, None, HeaderMap::new())
-                .await
-            {
-                Ok(response) => response,
-                Err(failure) => {
-                    let may_try_next = failure.may_try_next(pull.upstreams.failover_on_not_found());
-                    log_failover(&failure, may_try_next);
-                    failures.push(failure);
-                    if may_try_next {
-                        continue;
-                    }
-                    break;
+    /// Asks the plan's upstreams, in order, for the blob from byte `offset` on.
+    async fn open_source(
+        &self,
+        pull: &PullThrough,
+        plan: &mut AttemptPlan,
+        failures: &mut Vec<UpstreamFailure>,
+        offset: u64,
+    ) -> Option<OpenedSource> {
+        let suffix = format!("blobs/{}", self.digest);
+        let total = self.total;
+        let name = &self.name;
+        pull.upstreams
+            .first_success_in(plan, failures, |client| {
+                let suffix = suffix.clone();
+                async move {
+                    let (response, skip) = open_at(&client, name, &suffix, offset, total).await?;
+                    Ok(OpenedSource {
+                        client,
+                        response,
+                        skip,
+                    })
                 }
+            })
+            .await
+    }
+
+    async fn fetch_and_commit(&mut self, pull: &PullThrough) -> Result<String, FerryError> {
+        let mut plan = pull.upstreams.plan(Some(&self.digest));
+        let mut failures = Vec::new();
+        loop {
+            let offset = self.writer.written();
+            let Some(source) = self
+                .open_source(pull, &mut plan, &mut failures, offset)
+                .await
+            else {
+                break;
             };
-            if response.status() != StatusCode::OK {
-                let failure = UpstreamFailure::new(
-                    client.name(),
-                    FailureKind::BadResponse,
-                    format!("answered {} to a plain GET", response.status()),
-                );
-                log_failover(&failure, true);
-                failures.push(failure);
-                continue;
+            let client = source.client.clone();
+            if offset > 0 {
+                tracing::warn!(digest = %self.digest, upstream = client.name(), offset, "resuming the blob mid-stream from another source");
             }
-            match self.stream_body(client.name(), client.body(response)).await {
+            let started = Instant::now();
+            match self.stream_body(&client, source).await {
                 AttemptEnd::Committed => return Ok(client.name().to_owned()),
-                AttemptEnd::FailedUnseen(failure) => {
-                    if failure.kind == FailureKind::DigestMismatch {
-                        pull.upstreams.mark_bad_source(client.name(), &self.digest);
-                    }
-                    log_failover(&failure, true);
+                AttemptEnd::Broken(failure) => {
+                    pull.upstreams.record(
+                        &client,
+                        &Err::<(), _>(failure.clone()),
+                        started.elapsed(),
+                    );
+                    failures.push(failure);
+                    // Another source continues from here; the same one may try once more.
+                    plan.requeue_once(&client);
+                }
+                AttemptEnd::WrongUnseen(failure) => {
+                    self.blame_contributors(pull, &client, &failure, started.elapsed());
                     failures.push(failure);
                     if let Err(e) = self.writer.reset().await {
                         return Err(FerryError::cache("restarting a fill", e));
                     }
+                    self.total = None;
+                    self.progress.send_modify(|p| p.written = 0);
                 }
-                AttemptEnd::FailedSeen(failure) => {
-                    pull.upstreams.mark_bad_source(client.name(), &self.digest);
+                AttemptEnd::WrongSeen(failure) => {
+                    self.blame_contributors(pull, &client, &failure, started.elapsed());
                     return Err(FerryError::MidStream(failure.to_string()));
                 }
                 AttemptEnd::Cache(message) => return Err(FerryError::Cache(message)),
             }
         }
+        if self.progress.borrow().written > 0 {
+            return Err(FerryError::MidStream(
+                UpstreamsExhausted { failures }.to_string(),
+            ));
+        }
         Err(blob_error(UpstreamsExhausted { failures }, &self.digest))
     }
 
-    /// Streams one upstream's body into the writer, publishing progress to readers
-    /// after each batch, then verifies and commits.
+    /// Wrong content: every upstream whose bytes are in the file is skipped for this digest
+    /// for a while, and the failure counts heavily toward the breaker of the last one.
+    fn blame_contributors(
+        &mut self,
+        pull: &PullThrough,
+        client: &crate::upstream::UpstreamClient,
+        failure: &UpstreamFailure,
+        latency: std::time::Duration,
+    ) {
+        pull.upstreams
+            .record(client, &Err::<(), _>(failure.clone()), latency);
+        for name in self.contributors.drain(..) {
+            pull.upstreams.mark_bad_source(&name, &self.digest);
+        }
+        pull.upstreams.mark_bad_source(client.name(), &self.digest);
+    }
+
+    /// Streams one source's body into the writer, publishing progress to readers as
+    /// batches land in the file; at the end, verifies and commits.
     async fn stream_body(
         &mut self,
-        upstream: &str,
-        mut body: crate::upstream::BodyChunks,
+        client: &crate::upstream::UpstreamClient,
+        source: OpenedSource,
     ) -> AttemptEnd {
-        let total = body.content_length();
-        let announced = match &self.progress.borrow().phase {
-            FillPhase::Streaming { total, .. } => Some(*total),
-            _ => None,
+        let upstream = client.name();
+        let mut body = client.body(source.response);
+        let mut skip = source.skip;
+        let offset = self.writer.written();
+        let announced_total = match body.content_length() {
+            Some(len) if skip > 0 => Some(len),
+            Some(len) => Some(offset + len),
+            None => None,
         };
-        match announced {
-            // Readers already hold a length from an earlier attempt; this one must agree.
-            Some(previous) if previous != total => {
-                return AttemptEnd::FailedUnseen(UpstreamFailure::new(
+        match (self.total, announced_total) {
+            (Some(total), Some(announced)) if total != announced => {
+                return AttemptEnd::Broken(UpstreamFailure::new(
                     upstream,
                     FailureKind::BadResponse,
-                    format!(
-                        "announces {total:?} bytes, an earlier upstream announced {previous:?}"
-                    ),
+                    format!("announces {announced} bytes, an earlier upstream announced {total}"),
                 ));
             }
-            Some(_) => {}
-            None => self.progress.send_modify(|p| {
-                p.phase = FillPhase::Streaming {
-                    total,
-                    upstream: upstream.to_owned(),
-                }
-            }),
-        }
-        let fail = |published: u64, failure: UpstreamFailure| {
-            if published == 0 {
-                AttemptEnd::FailedUnseen(failure)
-            } else {
-                AttemptEnd::FailedSeen(failure)
+            (None, announced) if offset == 0 => {
+                self.total = announced;
+                self.progress.send_modify(|p| {
+                    p.phase = FillPhase::Streaming {
+                        total: announced,
+                        upstream: upstream.to_owned(),
+                    }
+                });
             }
-        };
+            _ => {}
+        }
+        let total = self.total;
+        self.contributors.push(upstream.to_owned());
+
         enum Stop {
             Upstream(UpstreamFailure),
             Cache(String),
         }
-        // Network reads overlap with the hash+write of the previous batch: one write is
-        // in flight while the next batch fills.
         // Chunks are kept as received (no copying into one buffer) until a batch is full;
         // then it is hashed and written on the blocking pool while the next batch arrives,
         // and published to readers as soon as it is in the file.
         let mut batch: Vec<Bytes> = Vec::new();
         let mut batch_len = 0usize;
         let mut in_flight: Option<Pin<Box<dyn Future<Output = io::Result<u64>> + Send>>> = None;
-        let mut received: u64 = 0;
+        let mut received: u64 = offset;
         let outcome: Result<(), Stop> = loop {
             let next = match in_flight.as_mut() {
                 Some(write) => tokio::select! {
@@ -444,7 +515,15 @@ impl Fill {
                 None => body.next_chunk().await,
             };
             match next {
-                Ok(Some(chunk)) => {
+                Ok(Some(mut chunk)) => {
+                    if skip > 0 {
+                        let dropped = skip.min(chunk.len() as u64);
+                        skip -= dropped;
+                        chunk = chunk.slice(dropped as usize..);
+                        if chunk.is_empty() {
+                            continue;
+                        }
+                    }
                     received += chunk.len() as u64;
                     if total.is_some_and(|total| received > total) {
                         break Err(Stop::Upstream(UpstreamFailure::new(
@@ -471,11 +550,21 @@ impl Fill {
                         batch_len = 0;
                     }
                 }
-                Ok(None) => break Ok(()),
+                Ok(None) => {
+                    if total.is_some_and(|total| received < total) {
+                        break Err(Stop::Upstream(UpstreamFailure::new(
+                            upstream,
+                            FailureKind::BodyBroken,
+                            format!("body ended at {received} of {} bytes", total.unwrap_or(0)),
+                        )));
+                    }
+                    break Ok(());
+                }
                 Err(failure) => break Err(Stop::Upstream(failure)),
             }
         };
-        // The write in flight must land before a reset or a commit, whatever happened.
+        // Everything received goes into the file (a resume continues after it); the write
+        // in flight must land before the next one, a reset, or a commit.
         if let Some(write) = in_flight.take() {
             match write.await {
                 Ok(end) => {
@@ -487,42 +576,90 @@ impl Fill {
                 Err(e) => return AttemptEnd::Cache(format!("writing a fill: {e}")),
             }
         }
-        let published = self.progress.borrow().written;
-        match outcome {
-            Ok(()) => {}
-            Err(Stop::Upstream(failure)) => return fail(published, failure),
-            Err(Stop::Cache(message)) => return AttemptEnd::Cache(message),
-        }
         // The last batch is written but published only after the commit, so a small blob
         // that fails verification was never seen by any reader.
         let last_write = self.writer.submit(batch);
         if let Err(e) = self.writer.complete(last_write).await {
             return AttemptEnd::Cache(format!("writing a fill: {e}"));
         }
+        match outcome {
+            Ok(()) => {}
+            Err(Stop::Upstream(failure)) => return AttemptEnd::Broken(failure),
+            Err(Stop::Cache(message)) => return AttemptEnd::Cache(message),
+        }
         let published = self.progress.borrow().written;
+        let wrong = |failure: UpstreamFailure| {
+            if published == 0 {
+                AttemptEnd::WrongUnseen(failure)
+            } else {
+                AttemptEnd::WrongSeen(failure)
+            }
+        };
         match self.writer.commit(&self.digest, total).await {
             Ok(()) => AttemptEnd::Committed,
             Err(CommitError::Io(e)) => AttemptEnd::Cache(format!("committing a fill: {e}")),
-            Err(mismatch @ CommitError::SizeMismatch { .. }) => fail(
-                published,
-                UpstreamFailure::new(upstream, FailureKind::BodyBroken, mismatch.to_string()),
-            ),
-            Err(mismatch @ CommitError::DigestMismatch { .. }) => fail(
-                published,
-                UpstreamFailure::new(upstream, FailureKind::DigestMismatch, mismatch.to_string()),
-            ),
+            Err(mismatch @ CommitError::SizeMismatch { .. }) => wrong(UpstreamFailure::new(
+                upstream,
+                FailureKind::BodyBroken,
+                mismatch.to_string(),
+            )),
+            Err(mismatch @ CommitError::DigestMismatch { .. }) => wrong(UpstreamFailure::new(
+                upstream,
+                FailureKind::DigestMismatch,
+                mismatch.to_string(),
+            )),
         }
     }
 }
 
-fn log_failover(failure: &UpstreamFailure, may_try_next: bool) {
-    tracing::warn!(
-        upstream = %failure.upstream,
-        reason = failure.reason(),
-        detail = %failure.detail,
-        may_try_next,
-        "upstream attempt failed"
-    );
+/// Sends `GET blobs/<digest>` to `client`, with `Range: bytes=<offset>-` when resuming,
+/// and checks the answer: 200 for a fresh start; 206 with a matching `Content-Range` for a
+/// resume, or 200 (the upstream ignored Range), in which case `offset` bytes are skipped.
+async fn open_at(
+    client: &crate::upstream::UpstreamClient,
+    name: &RepositoryName,
+    suffix: &str,
+    offset: u64,
+    total: Option<u64>,
+) -> Result<(reqwest::Response, u64), UpstreamFailure> {
+    let mut headers = HeaderMap::new();
+    if offset > 0
+        && let Ok(value) = http::HeaderValue::from_str(&format!("bytes={offset}-"))
+    {
+        headers.insert(http::header::RANGE, value);
+    }
+    let response = client
+        .send(Method::GET, name, suffix, None, headers)
+        .await?;
+    let bad =
+        |detail: String| UpstreamFailure::new(client.name(), FailureKind::BadResponse, detail);
+    match (offset, response.status()) {
+        (0, StatusCode::OK) => Ok((response, 0)),
+        (0, status) => Err(bad(format!("answered {status} to a plain GET"))),
+        (_, StatusCode::OK) => Ok((response, offset)),
+        (_, StatusCode::PARTIAL_CONTENT) => {
+            let content_range = response
+                .headers()
+                .get(http::header::CONTENT_RANGE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned();
+            let expected_start = format!("bytes {offset}-");
+            let ok = content_range.starts_with(&expected_start)
+                && match total {
+                    Some(total) => content_range.ends_with(&format!("-{}/{total}", total - 1)),
+                    None => true,
+                };
+            if ok {
+                Ok((response, 0))
+            } else {
+                Err(bad(format!(
+                    "answered 206 with Content-Range {content_range:?} to bytes={offset}-"
+                )))
+            }
+        }
+        (_, status) => Err(bad(format!("answered {status} to a Range request"))),
+    }
 }
 
 #[cfg(test)]

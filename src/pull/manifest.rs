@@ -94,7 +94,7 @@ impl PullThrough {
 
     fn tag_key(&self, name: &RepositoryName, tag: &Tag) -> TagKey {
         TagKey {
-            registry: self.registry.clone(),
+            registry: self.settings.registry.clone(),
             repository: name.as_str().to_owned(),
             tag: tag.as_str().to_owned(),
         }
@@ -120,8 +120,24 @@ impl PullThrough {
         accept: &AcceptList,
     ) -> Result<ManifestAnswer, FerryError> {
         let key = self.tag_key(name, tag);
+        if self.settings.offline {
+            // Offline: the last known mapping, whatever its age (within max_stale).
+            if let Some(record) = self.cache.tags.get(&key).await
+                && self.within_max_stale(record.age())
+                && let Some(manifest) = self.usable_tagged_manifest(&record, accept).await?
+            {
+                return Ok(ManifestAnswer {
+                    manifest,
+                    source: Source::Cache,
+                });
+            }
+            return Err(Self::offline_miss(
+                ErrorCode::ManifestUnknown,
+                &format!("manifest {name}:{tag}"),
+            ));
+        }
         if let Some(record) = self.cache.tags.get(&key).await
-            && record.age() < self.tag_ttl
+            && record.age() < self.settings.tag_ttl
             && let Some(manifest) = self.usable_tagged_manifest(&record, accept).await?
         {
             return Ok(ManifestAnswer {
@@ -140,7 +156,7 @@ impl PullThrough {
             None => None,
         };
         if let (Some(record), Some(manifest)) = (&record, &cached) {
-            if record.age() < self.tag_ttl {
+            if record.age() < self.settings.tag_ttl {
                 // Revalidated by another request while this one waited.
                 return Ok(ManifestAnswer {
                     manifest: manifest.clone(),
@@ -179,14 +195,18 @@ impl PullThrough {
                 })
             }
             Err(exhausted) => match cached {
-                Some(manifest) => {
+                Some(manifest)
+                    if record
+                        .as_ref()
+                        .is_some_and(|r| self.within_max_stale(r.age())) =>
+                {
                     tracing::warn!(tag = %format!("{name}:{tag}"), error = %exhausted, "serving a stale tag: every upstream failed");
                     Ok(ManifestAnswer {
                         manifest,
                         source: Source::StaleCache,
                     })
                 }
-                None => Err(manifest_error(exhausted, &format!("manifest {name}:{tag}"))),
+                _ => Err(manifest_error(exhausted, &format!("manifest {name}:{tag}"))),
             },
         }
     }
@@ -299,6 +319,13 @@ impl PullThrough {
         name: &RepositoryName,
         query: Option<&str>,
     ) -> Result<TagListAnswer, FerryError> {
+        if self.settings.offline {
+            return Err(FerryError::Client {
+                code: ErrorCode::Unavailable,
+                status: http::StatusCode::SERVICE_UNAVAILABLE,
+                message: format!("ferry is offline (--offline) and cannot list the tags of {name}"),
+            });
+        }
         let query = pagination_query(query);
         self.upstreams
             .first_success(None, |client| {

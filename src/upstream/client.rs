@@ -2,7 +2,9 @@
 //! timeouts, the registry token flow, and classification of every failure it meets.
 
 use super::auth::{Challenge, TokenCache};
+use super::breaker::BreakerConfig;
 use super::failure::{FailureKind, UpstreamFailure};
+use super::health::UpstreamHealth;
 use crate::config::UpstreamConfig;
 use crate::oci::RepositoryName;
 use bytes::{Bytes, BytesMut};
@@ -19,10 +21,11 @@ pub struct UpstreamClient {
     http: reqwest::Client,
     tokens: TokenCache,
     docker_hub: bool,
+    health: UpstreamHealth,
 }
 
 impl UpstreamClient {
-    pub fn new(config: UpstreamConfig) -> Result<Self, String> {
+    pub fn new(config: UpstreamConfig, breaker: BreakerConfig) -> Result<Self, String> {
         // reqwest strips Authorization (and cookies) when a redirect leaves the original
         // host, so a registry's token is never sent to object storage.
         let http = reqwest::Client::builder()
@@ -37,6 +40,7 @@ impl UpstreamClient {
             .host_str()
             .is_some_and(|host| DOCKER_HUB_HOSTS.contains(&host));
         Ok(UpstreamClient {
+            health: UpstreamHealth::new(&config.name, breaker),
             config,
             http,
             tokens: TokenCache::default(),
@@ -50,6 +54,27 @@ impl UpstreamClient {
 
     pub fn config(&self) -> &UpstreamConfig {
         &self.config
+    }
+
+    pub fn health(&self) -> &UpstreamHealth {
+        &self.health
+    }
+
+    /// `GET /v2/` for the background health probe: any answer below 500 (401 included)
+    /// shows the registry is alive.
+    pub async fn probe(&self) -> Result<(), UpstreamFailure> {
+        let mut url = self.config.url.clone();
+        let base = url.path().trim_end_matches('/').to_owned();
+        url.set_path(&format!("{base}/v2/"));
+        let request = self.http.get(url).send();
+        match tokio::time::timeout(self.config.header_timeout, request).await {
+            Err(_) => Err(self.failure(FailureKind::HeaderTimeout, "health probe: no answer")),
+            Ok(Err(e)) => Err(self.classify_transport_error(&e)),
+            Ok(Ok(response)) if response.status().is_server_error() => {
+                Err(UpstreamFailure::from_status(self.name(), response.status()))
+            }
+            Ok(Ok(_)) => Ok(()),
+        }
     }
 
     /// The repository as this upstream names it (Docker Hub puts official images under `library/`).
@@ -198,6 +223,10 @@ impl UpstreamClient {
             response,
             idle_timeout: self.config.body_idle_timeout,
             upstream: self.config.name.clone(),
+            min_rate: self.config.min_transfer_rate,
+            rate_window: self.config.rate_window,
+            window_started: tokio::time::Instant::now(),
+            window_bytes: 0,
         }
     }
 }
@@ -228,6 +257,12 @@ pub struct BodyChunks {
     response: reqwest::Response,
     idle_timeout: Duration,
     upstream: String,
+    /// Minimum average bytes/s over `rate_window` (0 = no minimum): catches an upstream
+    /// that drips bytes just often enough to dodge the idle timeout.
+    min_rate: u64,
+    rate_window: Duration,
+    window_started: tokio::time::Instant,
+    window_bytes: u64,
 }
 
 impl BodyChunks {
@@ -240,6 +275,32 @@ impl BodyChunks {
     }
 
     pub async fn next_chunk(&mut self) -> Result<Option<Bytes>, UpstreamFailure> {
+        let chunk = self.next_chunk_within_idle_timeout().await?;
+        if let Some(chunk) = &chunk {
+            self.window_bytes += chunk.len() as u64;
+        }
+        if self.min_rate > 0 {
+            let elapsed = self.window_started.elapsed();
+            if elapsed >= self.rate_window {
+                let rate = self.window_bytes as f64 / elapsed.as_secs_f64();
+                if rate < self.min_rate as f64 {
+                    return Err(UpstreamFailure::new(
+                        &self.upstream,
+                        FailureKind::TooSlow,
+                        format!(
+                            "body averaged {:.0} B/s over {elapsed:?}, below the minimum {} B/s",
+                            rate, self.min_rate
+                        ),
+                    ));
+                }
+                self.window_started = tokio::time::Instant::now();
+                self.window_bytes = 0;
+            }
+        }
+        Ok(chunk)
+    }
+
+    async fn next_chunk_within_idle_timeout(&mut self) -> Result<Option<Bytes>, UpstreamFailure> {
         match tokio::time::timeout(self.idle_timeout, self.response.chunk()).await {
             Err(_) => Err(UpstreamFailure::new(
                 &self.upstream,

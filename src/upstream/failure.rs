@@ -15,6 +15,8 @@ pub enum FailureKind {
     BodyIdleTimeout,
     /// The body broke: reset, truncated, or longer than announced.
     BodyBroken,
+    /// The body arrived slower than the configured minimum rate.
+    TooSlow,
     NotFound,
     Unauthorized,
     Forbidden,
@@ -72,6 +74,7 @@ impl UpstreamFailure {
             FailureKind::HeaderTimeout => "header_timeout",
             FailureKind::BodyIdleTimeout => "body_idle_timeout",
             FailureKind::BodyBroken => "body_broken",
+            FailureKind::TooSlow => "too_slow",
             FailureKind::NotFound => "not_found",
             FailureKind::Unauthorized => "unauthorized",
             FailureKind::Forbidden => "forbidden",
@@ -126,10 +129,12 @@ impl UpstreamsExhausted {
             .iter()
             .filter(|f| f.kind != NotFound)
             .collect();
-        if relevant
-            .iter()
-            .all(|f| matches!(f.kind, ConnectTimeout | HeaderTimeout | BodyIdleTimeout))
-        {
+        if relevant.iter().all(|f| {
+            matches!(
+                f.kind,
+                ConnectTimeout | HeaderTimeout | BodyIdleTimeout | TooSlow
+            )
+        }) {
             return StatusCode::GATEWAY_TIMEOUT;
         }
         if relevant

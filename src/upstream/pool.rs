@@ -1,11 +1,15 @@
-//! The ordered list of upstreams: walks it per request in priority order, moves on after a
-//! failure that allows it, and remembers which upstream sent bad bytes for which digest so
-//! a client's retry goes elsewhere.
+//! The ordered list of upstreams. Each request gets an [`AttemptPlan`]: upstreams in
+//! priority order, drained ones left out, open breakers skipped (unless every breaker is
+//! open), recent bad sources for the digest last, and a bounded number of attempts. Attempts
+//! can be hedged: if one has no answer within the hedge delay, the next starts alongside it.
 
+use super::breaker::{Admission, BreakerConfig};
 use super::client::UpstreamClient;
 use super::failure::{UpstreamFailure, UpstreamsExhausted};
 use crate::config::UpstreamConfig;
 use crate::oci::Digest;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -14,52 +18,146 @@ use std::time::{Duration, Instant};
 /// Bound on remembered (upstream, digest) bad sources; the oldest are forgotten first.
 const MAX_BAD_SOURCES: usize = 10_000;
 
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    pub failover_on_not_found: bool,
+    pub bad_source_skip: Duration,
+    /// Attempts allowed beyond one per upstream (resuming from the same upstream, etc.).
+    pub retry_budget: usize,
+    /// Start the next upstream alongside one that has not answered within this delay.
+    pub hedge_delay: Option<Duration>,
+    pub breaker: BreakerConfig,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        PoolSettings {
+            failover_on_not_found: true,
+            bad_source_skip: Duration::from_secs(300),
+            retry_budget: 2,
+            hedge_delay: None,
+            breaker: BreakerConfig::default(),
+        }
+    }
+}
+
 pub struct Upstreams {
     clients: Vec<Arc<UpstreamClient>>,
-    failover_on_not_found: bool,
-    bad_source_skip: Duration,
+    settings: PoolSettings,
     /// (upstream name, digest) -> when the upstream stops being skipped for that digest.
     bad_sources: Mutex<HashMap<(String, Digest), Instant>>,
 }
 
+/// The upstreams one request may still try, in order.
+pub struct AttemptPlan {
+    order: Vec<Arc<UpstreamClient>>,
+    position: usize,
+    /// Upstreams skipped because their breaker was open.
+    deferred: Vec<Arc<UpstreamClient>>,
+    in_fallback: bool,
+    attempted: usize,
+    budget: usize,
+    requeued: Vec<String>,
+}
+
+impl AttemptPlan {
+    /// The next upstream to try, or `None` when the plan is spent.
+    pub fn next_upstream(&mut self) -> Option<Arc<UpstreamClient>> {
+        while self.attempted < self.budget {
+            if self.position >= self.order.len() {
+                if self.attempted == 0 && !self.in_fallback && !self.deferred.is_empty() {
+                    // Every breaker is open: try them anyway, in order, rather than fail untried.
+                    self.in_fallback = true;
+                    self.order = std::mem::take(&mut self.deferred);
+                    self.position = 0;
+                    continue;
+                }
+                return None;
+            }
+            let client = self.order[self.position].clone();
+            self.position += 1;
+            if !self.in_fallback && client.health().admit() == Admission::Rejected {
+                self.deferred.push(client);
+                continue;
+            }
+            self.attempted += 1;
+            return Some(client);
+        }
+        None
+    }
+
+    /// Lets `client` be tried once more at the end of the plan (a resume from the same
+    /// upstream); returns false if it already had its second chance.
+    pub fn requeue_once(&mut self, client: &Arc<UpstreamClient>) -> bool {
+        if self.requeued.iter().any(|n| n == client.name()) {
+            return false;
+        }
+        self.requeued.push(client.name().to_owned());
+        self.order.push(client.clone());
+        true
+    }
+
+    pub fn attempted(&self) -> usize {
+        self.attempted
+    }
+}
+
 impl Upstreams {
-    pub fn new(
-        configs: &[UpstreamConfig],
-        failover_on_not_found: bool,
-        bad_source_skip: Duration,
-    ) -> Result<Self, String> {
+    pub fn new(configs: &[UpstreamConfig], settings: PoolSettings) -> Result<Self, String> {
         let clients = configs
             .iter()
-            .map(|c| UpstreamClient::new(c.clone()).map(Arc::new))
+            .map(|c| UpstreamClient::new(c.clone(), settings.breaker).map(Arc::new))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Upstreams {
             clients,
-            failover_on_not_found,
-            bad_source_skip,
+            settings,
             bad_sources: Mutex::new(HashMap::new()),
         })
     }
 
     pub fn failover_on_not_found(&self) -> bool {
-        self.failover_on_not_found
+        self.settings.failover_on_not_found
     }
 
-    /// The upstreams to try, in priority order, with any that recently sent bad bytes for
-    /// `digest` moved to the end: they are tried only when every other one failed.
-    pub fn candidates(&self, digest: Option<&Digest>) -> Vec<Arc<UpstreamClient>> {
-        let Some(digest) = digest else {
-            return self.clients.clone();
-        };
+    pub fn clients(&self) -> &[Arc<UpstreamClient>] {
+        &self.clients
+    }
+
+    pub fn find(&self, name: &str) -> Option<&Arc<UpstreamClient>> {
+        self.clients.iter().find(|c| c.name() == name)
+    }
+
+    /// A fresh plan for one request: drained upstreams left out, upstreams that recently
+    /// sent bad bytes for `digest` moved to the end.
+    pub fn plan(&self, digest: Option<&Digest>) -> AttemptPlan {
         let now = Instant::now();
-        let bad = self.lock_bad_sources();
-        let is_bad = |client: &UpstreamClient| {
-            bad.get(&(client.name().to_owned(), digest.clone()))
-                .is_some_and(|until| *until > now)
+        let in_rotation = self
+            .clients
+            .iter()
+            .filter(|c| !c.health().is_drained())
+            .cloned();
+        let order: Vec<_> = match digest {
+            None => in_rotation.collect(),
+            Some(digest) => {
+                let bad = self.lock_bad_sources();
+                let is_bad = |client: &UpstreamClient| {
+                    bad.get(&(client.name().to_owned(), digest.clone()))
+                        .is_some_and(|until| *until > now)
+                };
+                let (mut good, skipped): (Vec<_>, Vec<_>) = in_rotation.partition(|c| !is_bad(c));
+                good.extend(skipped);
+                good
+            }
         };
-        let (mut good, skipped): (Vec<_>, Vec<_>) =
-            self.clients.iter().cloned().partition(|c| !is_bad(c));
-        good.extend(skipped);
-        good
+        AttemptPlan {
+            budget: order.len() + self.settings.retry_budget,
+            order,
+            position: 0,
+            deferred: Vec::new(),
+            in_fallback: false,
+            attempted: 0,
+            requeued: Vec::new(),
+        }
     }
 
     /// Remembers that `upstream` served wrong or broken bytes for `digest`.
@@ -77,7 +175,7 @@ impl Upstreams {
         }
         bad.insert(
             (upstream.to_owned(), digest.clone()),
-            now + self.bad_source_skip,
+            now + self.settings.bad_source_skip,
         );
     }
 
@@ -89,36 +187,112 @@ impl Upstreams {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Runs `attempt` on each candidate in order until one succeeds.
+    /// Records an attempt's outcome in the upstream's health and logs failures.
+    pub fn record<T>(
+        &self,
+        client: &UpstreamClient,
+        outcome: &Result<T, UpstreamFailure>,
+        latency: Duration,
+    ) {
+        match outcome {
+            Ok(_) => client.health().record_success(Some(latency)),
+            Err(failure) => {
+                client.health().record_failure(failure);
+                tracing::warn!(
+                    upstream = %failure.upstream,
+                    reason = failure.reason(),
+                    detail = %failure.detail,
+                    may_try_next = failure.may_try_next(self.settings.failover_on_not_found),
+                    "upstream attempt failed"
+                );
+            }
+        }
+    }
+
+    /// Runs `attempt` on each upstream of a fresh plan until one succeeds.
     pub async fn first_success<T, F, Fut>(
         &self,
         digest: Option<&Digest>,
-        mut attempt: F,
+        attempt: F,
     ) -> Result<T, UpstreamsExhausted>
     where
         F: FnMut(Arc<UpstreamClient>) -> Fut,
         Fut: Future<Output = Result<T, UpstreamFailure>>,
     {
+        let mut plan = self.plan(digest);
         let mut failures = Vec::new();
-        for client in self.candidates(digest) {
-            match attempt(client).await {
-                Ok(value) => return Ok(value),
+        match self
+            .first_success_in(&mut plan, &mut failures, attempt)
+            .await
+        {
+            Some(value) => Ok(value),
+            None => Err(UpstreamsExhausted { failures }),
+        }
+    }
+
+    /// Runs `attempt` on the upstreams `plan` still allows until one succeeds, hedging if
+    /// configured; failures are appended to `failures`. `None` when the plan is spent or a
+    /// failure forbids trying further.
+    pub async fn first_success_in<T, F, Fut>(
+        &self,
+        plan: &mut AttemptPlan,
+        failures: &mut Vec<UpstreamFailure>,
+        mut attempt: F,
+    ) -> Option<T>
+    where
+        F: FnMut(Arc<UpstreamClient>) -> Fut,
+        Fut: Future<Output = Result<T, UpstreamFailure>>,
+    {
+        let mut running = FuturesUnordered::new();
+        let mut launch = |client: Arc<UpstreamClient>| {
+            let attempt = attempt(client.clone());
+            async move {
+                let started = Instant::now();
+                let outcome = attempt.await;
+                (client, outcome, started.elapsed())
+            }
+        };
+        let mut exhausted = false;
+        loop {
+            if running.is_empty() {
+                match plan.next_upstream() {
+                    Some(client) => running.push(launch(client)),
+                    None => return None,
+                }
+            }
+            let hedge = self.settings.hedge_delay.filter(|_| !exhausted);
+            let finished = match hedge {
+                None => running.next().await,
+                Some(delay) => {
+                    tokio::select! {
+                        finished = running.next() => finished,
+                        () = tokio::time::sleep(delay) => {
+                            match plan.next_upstream() {
+                                Some(client) => {
+                                    tracing::info!(upstream = client.name(), ?delay, "hedging: starting the next upstream alongside a slow one");
+                                    running.push(launch(client));
+                                }
+                                None => exhausted = true,
+                            }
+                            continue;
+                        }
+                    }
+                }
+            };
+            let Some((client, outcome, latency)) = finished else {
+                continue;
+            };
+            self.record(&client, &outcome, latency);
+            match outcome {
+                Ok(value) => return Some(value),
                 Err(failure) => {
-                    let may_try_next = failure.may_try_next(self.failover_on_not_found);
-                    tracing::warn!(
-                        upstream = %failure.upstream,
-                        reason = failure.reason(),
-                        detail = %failure.detail,
-                        may_try_next,
-                        "upstream attempt failed"
-                    );
+                    let may_try_next = failure.may_try_next(self.settings.failover_on_not_found);
                     failures.push(failure);
                     if !may_try_next {
-                        break;
+                        return None;
                     }
                 }
             }
         }
-        Err(UpstreamsExhausted { failures })
     }
 }

@@ -63,6 +63,7 @@ print_summary() {
   printf 'step times:'; for r in "${STEP_TIMES[@]}"; do printf ' %s' "${r/$'\t'/=}"; done; echo
   if ((nfail > 0)) || ((total == 0)); then
     echo "RESULT: FAIL"
+    echo "logs in $LOGS: $(cd "$LOGS" && echo *.log) and checks/NNN.log (one per check, numbered as run)"
     if [[ -f $LOGS/ferry.log ]]; then
       echo "ferry log: $LOGS/ferry.log (last 40 lines):"
       tail -n 40 "$LOGS/ferry.log" | sed 's/^/  | /'
@@ -111,7 +112,7 @@ wait_http() { # wait_http URL NAME [seconds]: until GET URL answers 200
   local deadline=$(( $(date +%s) + ${3:-20} ))
   while (( $(date +%s) < deadline )); do
     [[ -n ${PIDS[$2]:-} ]] && ! kill -0 "${PIDS[$2]}" 2>/dev/null && { echo "$2 exited; log:"; tail -n 20 "$LOGS/$2.log"; return 1; }
-    [[ $(curl -s -o /dev/null -w '%{http_code}' "$1" 2>/dev/null) == 200 ]] && return 0
+    [[ $(curl -s --max-time 2 -o /dev/null -w '%{http_code}' "$1" 2>/dev/null) == 200 ]] && return 0
     sleep 0.1
   done
   echo "$2: $1 not 200 after ${3:-20}s"; tail -n 20 "$LOGS/$2.log"; return 1
@@ -143,8 +144,9 @@ start_ferry() { # start_ferry NAME PORT CACHE_DIR UPSTREAM_URL...
   for u in "$@"; do ups+=(--upstream "$u"); done
   mkdir -p "$cache"
   echo "--- $(date -Is) starting: $FERRY_BIN serve --listen 127.0.0.1:$port --cache-dir $cache ${ups[*]} --tag-ttl ${TAG_TTL}s" >>"$LOGS/$name.log"
+  # admin API on port+1000, so several ferries can run side by side
   start_bg "$name" env RUST_LOG="${RUST_LOG:-ferry=debug}" "$FERRY_BIN" serve --listen "127.0.0.1:$port" \
-    --cache-dir "$cache" "${ups[@]}" --tag-ttl "${TAG_TTL}s"
+    --admin-listen "127.0.0.1:$((port + 1000))" --cache-dir "$cache" "${ups[@]}" --tag-ttl "${TAG_TTL}s"
 }
 
 start_containerd() { # throwaway containerd, all state under $T/ctrd, CRI disabled
@@ -167,6 +169,7 @@ wait_containerd() {
 
 # --- clients -------------------------------------------------------------------------------------------
 sk() { timeout "$CLIENT_TIMEOUT" skopeo --insecure-policy "$@"; }
+cu() { curl -sS --max-time "$CLIENT_TIMEOUT" "$@"; }
 ctrc() { timeout "$CLIENT_TIMEOUT" ctr -a "$CTR_SOCK" "$@"; }
 expect_file() { echo "$T/expect/$1.json"; }
 expect_digest() { jq -r .digest "$(expect_file "$1")"; }

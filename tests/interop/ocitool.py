@@ -5,8 +5,9 @@
   ocitool.py digests EXPECT.json [PLATFORM]      -> every digest a client must fetch (all, or one os/arch[/variant])
   ocitool.py verify-dir DIR EXPECT.json          -> check a `skopeo copy ... dir:DIR` result (use --all for lists)
   ocitool.py verify-oci DIR EXPECT.json          -> check a `skopeo copy ... oci:DIR:tag` result
-  ocitool.py faulty PORT MODE                    -> upstream that answers every request with HTTP MODE, or
-                                                    MODE=reset: accepts and resets the connection (no response)
+  ocitool.py faulty PORT MODE                    -> upstream that answers every request with HTTP status MODE,
+                                                    or MODE=reset: resets each connection without answering,
+                                                    or MODE=hang: reads the request and never answers
 """
 import hashlib
 import http.server
@@ -17,6 +18,7 @@ import socket
 import socketserver
 import struct
 import sys
+import time
 import urllib.request
 
 ACCEPT = ", ".join([
@@ -127,11 +129,22 @@ def verify_oci(d, expect):
 
 
 def faulty(port, mode):
-    if mode == "reset":
-        class Reset(socketserver.BaseRequestHandler):
-            def handle(self):  # SO_LINGER 0 => close() sends RST
+    if mode in ("reset", "hang"):
+        class Silent(socketserver.BaseRequestHandler):
+            def handle(self):
+                first = self.request.recv(65536).split(b"\r\n", 1)[0].decode(errors="replace")
+                if not first:  # a bare connect (readiness probe), not a request
+                    return
+                sys.stderr.write(f"faulty {mode}: {first}\n")
+                if mode == "hang":
+                    time.sleep(3600)
+                # SO_LINGER 0 => close() sends RST
                 self.request.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        server = socketserver.ThreadingTCPServer(("127.0.0.1", port), Reset)
+
+        class Server(socketserver.ThreadingTCPServer):
+            allow_reuse_address = True  # the previous fault case's connections may linger in TIME_WAIT
+
+        server = Server(("127.0.0.1", port), Silent)
     else:
         status = int(mode)
 

@@ -17,10 +17,12 @@ P1=${PRIMARY_PORT:-15000}      # primary upstream
 P2=${SECONDARY_PORT:-15010}    # secondary upstream
 PF=${FERRY_PORT:-15050}        # ferry under test
 PX=${FAULT_FERRY_PORT:-15051}  # extra ferry instances for the fault matrix
-PB=${FAULTY_PORT:-15060}       # misbehaving upstream (ocitool.py faulty)
+PB=${FAULTY_PORT:-15060}       # misbehaving upstreams (ocitool.py faulty), one port per mode: PB..PB+7
 DEAD=127.0.0.1:1               # nothing listens here
 F=127.0.0.1:$PF
-ORIGIN=127.0.0.1:$P1           # registry part of the image names containerd is asked for
+# Registry part of the image names containerd pulls. It is dead on purpose: containerd falls back to the origin
+# (and, for loopback names without a usable hosts.toml, even to plain HTTP), which must not hide a ferry failure.
+ORIGIN=$DEAD
 
 # --- prerequisites -------------------------------------------------------------------------------------
 [[ $EUID == 0 ]] || { echo "run as root (containerd needs it)" >&2; exit 2; }
@@ -32,11 +34,18 @@ done
 if ((${#missing[@]})); then
   mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
   echo "installing: ${missing[*]}"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  ( # keep apt from starting the packages' own services (a registry on :5000, containerd, ...)
+    if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+      printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+      chmod +x /usr/sbin/policy-rc.d
+      trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+    fi
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  )
 fi
 [[ -x $FERRY_BIN ]] || { echo "ferry binary not found: $FERRY_BIN (build it: cargo build --release)" >&2; exit 2; }
-for p in "$P1" "$P2" "$PF" "$PX" "$PB"; do
+for p in "$P1" "$P2" "$PF" "$PX" $(seq "$PB" $((PB + 7))); do
   port_busy "$p" && { echo "port 127.0.0.1:$p is in use; set PRIMARY_PORT/SECONDARY_PORT/FERRY_PORT/..." >&2; exit 2; }
 done
 
@@ -44,6 +53,9 @@ T=$(mktemp -d /tmp/ferry-interop.XXXXXX)
 LOGS=$T/logs
 mkdir -p "$LOGS/checks" "$T/expect" "$T/pull" "$T/loop"
 CTR_SOCK=$T/ctrd/containerd.sock
+cp "$FERRY_BIN" "$T/ferry" # a rebuild during the run must not swap the binary under test
+FERRY_SRC=$FERRY_BIN
+FERRY_BIN=$T/ferry
 
 cleanup() {
   local rc=$?
@@ -51,7 +63,10 @@ cleanup() {
   touch "$T/loop.stop"
   stop_all
   awk -v t="$T" 'index($2, t) == 1 { print $2 }' /proc/mounts | sort -r | xargs -r -n1 umount -l
-  [[ -n $SUMMARY_PRINTED ]] || print_summary
+  if [[ -z $SUMMARY_PRINTED ]]; then
+    ((rc == 0)) || (($(failed_count) > 0)) || record FAIL "suite stopped early (exit $rc) during step $STEP"
+    print_summary
+  fi
   if [[ -n ${INTEROP_KEEP:-} ]]; then
     echo "state kept: $T"
   elif (($(failed_count) > 0)) || ((rc != 0)); then
@@ -63,7 +78,7 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-echo "ferry interop: state $T, ferry $FERRY_BIN, tag ttl ${TAG_TTL}s, big layer ${BIG_MB} MiB"
+echo "ferry interop: state $T, ferry $FERRY_SRC ($(stat -c '%y' "$FERRY_SRC" | cut -c1-19)), tag ttl ${TAG_TTL}s, big layer ${BIG_MB} MiB"
 T_START=$(now)
 
 # --- helpers used by the checks (written to work both under set -e and in `if` conditions) -------------
@@ -85,15 +100,16 @@ inspect_matches() { # inspect_matches IMAGE: raw manifest via ferry hashes to th
   [[ $got == "$want" ]]
 }
 content_complete() { # content_complete NS IMAGE [PLATFORM]: everything a pull needs is in containerd's store
-  local have d rc=0
+  local have want d rc=0
   have=$(ctrc -n "$1" content ls -q) || return 1
-  for d in $(python3 "$HERE/ocitool.py" digests "$(expect_file "$2")" ${3:+"$3"}); do
+  want=$(python3 "$HERE/ocitool.py" digests "$(expect_file "$2")" ${3:+"$3"}) && [[ -n $want ]] || return 1
+  for d in $want; do
     grep -qxF "$d" <<<"$have" || { echo "not in containerd content store: $d"; rc=1; }
   done
   return $rc
 }
 ctr_pull() { # ctr_pull NS IMAGE [PLATFORM] [ctr pull args]: pull via hosts.toml mirror = ferry, check digest + content
-  local ns=$1 img=$2 plat=${3:-}; shift 3 || shift $#
+  local ns=$1 img=$2 plat=$3; shift 3
   local ref=$ORIGIN/test/$img:latest got want; want=$(expect_digest "$img")
   ctrc -n "$ns" images pull --snapshotter "$SNAPSHOTTER" --hosts-dir "$T/certs.d" "$@" "$ref" | tail -n 2 &&
     got=$(ctrc -n "$ns" images ls | awk -v r="$ref" '$1 == r { print $3 }') &&
@@ -108,7 +124,8 @@ ctr_forget() { # drop a namespace's images and garbage-collect, so the next pull
   ctrc namespaces rm "$1" >/dev/null 2>&1 || true
 }
 http_is() { # http_is CODE METHOD PATH: ferry answers PATH with CODE
-  local got; got=$(curl -sS -o /dev/null -w '%{http_code}' -X "$2" -H "Accept: $ACCEPT" "http://$F$3") || return 1
+  local got method=(-X "$2"); [[ $2 != HEAD ]] || method=(-I) # curl -X HEAD would wait for a body
+  got=$(cu -o /dev/null -w '%{http_code}' "${method[@]}" -H "Accept: $ACCEPT" "http://$F$3") || return 1
   echo "$2 $3 -> $got (want $1)"
   [[ $got == "$1" ]]
 }
@@ -117,26 +134,26 @@ application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docke
 head_manifest_is() { # head_manifest_is IMAGE REF MEDIATYPE: HEAD via ferry has the source's digest, type, length
   local want got
   want="200|$3|$(expect_digest "$1")|$(jq -r .size "$(expect_file "$1")")"
-  got=$(curl -sS -I -o /dev/null -H "Accept: $ACCEPT" \
+  got=$(cu -I -o /dev/null -H "Accept: $ACCEPT" \
     -w '%{http_code}|%header{content-type}|%header{docker-content-digest}|%header{content-length}' \
     "http://$F/v2/test/$1/manifests/$2") || return 1
   echo "HEAD /v2/test/$1/manifests/$2: got  $got"; echo "  want $want"
   [[ $got == "$want" ]]
 }
 get_manifest_matches() { # get_manifest_matches IMAGE REF[?query]: GET body hashes to the source digest
-  local got; got=$(curl -fsS -H "Accept: $ACCEPT" "http://$F/v2/test/$1/manifests/$2" | raw_digest) || return 1
+  local got; got=$(cu -f -H "Accept: $ACCEPT" "http://$F/v2/test/$1/manifests/$2" | raw_digest) || return 1
   echo "GET /v2/test/$1/manifests/$2 body: $got"
   [[ $got == "$(expect_digest "$1")" ]]
 }
 blob_matches() { # blob_matches IMAGE DIGEST: HEAD length and GET content match the layout's blob
   local file=$T/layout/blobs/sha256/${2#sha256:} h got
-  h=$(curl -sS -I -o /dev/null -w '%{http_code}|%header{content-length}' "http://$F/v2/test/$1/blobs/$2") || return 1
-  got=$(curl -fsS "http://$F/v2/test/$1/blobs/$2" | raw_digest) || return 1
+  h=$(cu -I -o /dev/null -w '%{http_code}|%header{content-length}' "http://$F/v2/test/$1/blobs/$2") || return 1
+  got=$(cu -f "http://$F/v2/test/$1/blobs/$2" | raw_digest) || return 1
   echo "HEAD $2: $h (file size $(stat -c %s "$file")); GET body $got"
   [[ $h == "200|$(stat -c %s "$file")" && $got == "$2" ]]
 }
 tags_list_ok() {
-  local body; body=$(curl -fsS "http://$F/v2/test/small/tags/list") || return 1
+  local body; body=$(cu -f "http://$F/v2/test/small/tags/list") || return 1
   echo "$body"
   jq -e '.name == "test/small" and (.tags | index("latest") != null)' <<<"$body" >/dev/null
 }
@@ -211,7 +228,15 @@ pull_big_concurrently() { # two cold pulls of the big image at the same time
   rm -rf "$T/pull/big-a" "$T/pull/big-b"
   ((ra == 0 && rb == 0))
 }
+upstream_gets_once() { # upstream_gets_once IMAGE DIGEST: primary+secondary served GET of that blob exactly once
+  local n
+  n=$(cat "$LOGS/primary.log" "$LOGS/secondary.log" | grep -cF "\"GET /v2/test/$1/blobs/$2 HTTP/1.1\" 200") || true
+  echo "upstream GETs of $2: $n"
+  ((n == 1))
+}
 check "2 concurrent cold skopeo copies of test/big (${BIG_MB} MiB layer) -> dir:" pull_big_concurrently
+info "the 2 concurrent cold pulls cost a single upstream GET of the big layer" \
+  upstream_gets_once big "$(jq -r '.blobs[-1]' "$(expect_file big)")"
 for img in small small-v2s2 multi multi-v2s2; do
   check "skopeo inspect --raw test/$img: digest via ferry == source" inspect_matches "$img"
 done
@@ -269,15 +294,16 @@ moved_tag_seen() {
 check "test/moving: first pull after the tag moved returns the new digest" moved_tag_seen
 
 # === e ==================================================================================================
-step e "containerd (ctr) pulls through ferry as hosts.toml mirror; origin fallback is a dead port"
+step e "containerd (ctr) pulls $ORIGIN/test/... with ferry as hosts.toml mirror; origin and fallback are dead"
 mkdir -p "$T/certs.d/$ORIGIN" "$T/certs-nomirror.d/$ORIGIN"
 cat >"$T/certs.d/$ORIGIN/hosts.toml" <<EOT
-# images named $ORIGIN/...: ferry first; the origin fallback is a dead port, so only ferry can serve them
+# images named $ORIGIN/...: ferry first; the fallback server is a dead port, so only ferry can serve them
 server = "http://$DEAD"
 [host."http://$F"]
   capabilities = ["pull", "resolve"]
 EOT
-echo "server = \"http://$DEAD\"" >"$T/certs-nomirror.d/$ORIGIN/hosts.toml"
+# control: the same without ferry (a host table is needed: containerd 1.6 rejects a hosts.toml with only server=)
+sed "s|http://$F|http://$DEAD|" "$T/certs.d/$ORIGIN/hosts.toml" >"$T/certs-nomirror.d/$ORIGIN/hosts.toml"
 start_containerd
 check "containerd up" wait_containerd
 last_passed || abort "containerd did not start (log $LOGS/containerd.log)"
@@ -286,7 +312,7 @@ SNAPSHOTTER=native
 [[ $(ctr -a "$CTR_SOCK" plugins ls | awk '$2 == "overlayfs" && $1 ~ /snapshotter/ { print $NF }') == ok ]] &&
   SNAPSHOTTER=overlayfs
 echo "  snapshotter: $SNAPSHOTTER"
-ARM=$(jq -r '.platforms | keys[] | select(startswith("linux/arm64"))' "$(expect_file multi-v2s2)")
+ARM=$(jq -r '.platforms | keys[] | select(startswith("linux/arm64"))' "$(expect_file multi-v2s2)") # linux/arm64/v8
 fetch_big() {
   ctrc -n interop content fetch --hosts-dir "$T/certs.d" "$ORIGIN/test/big:latest" | tail -n 2
   content_complete interop big
@@ -296,15 +322,17 @@ check "ctr pull --all-platforms test/multi (OCI index)" ctr_pull interop multi "
 check "ctr pull --platform linux/arm64 test/multi-v2s2 (Docker list)" \
   ctr_pull interop multi-v2s2 "$ARM" --platform linux/arm64
 check "ctr content fetch test/big" fetch_big
-check_fails "control: same hosts.toml without the ferry mirror cannot pull" \
+check_fails "control: ctr pull with ferry replaced by a dead port in hosts.toml fails" \
   ctrc -n control images pull --hosts-dir "$T/certs-nomirror.d" "$ORIGIN/test/small:latest"
 ctr_forget interop || true
 ctr_forget control || true
 
 # === e.faults ===========================================================================================
 step e.faults "failover: first upstream misbehaves, second is the secondary (fresh ferry + cache each)"
-fault_case() { # fault_case MODE: ferry [bad upstream, secondary] serves test/small, and did try the bad one
-  [[ $1 == refused ]] || wait_port "$PB"
+# hang: each request that tries the hung upstream waits for ferry's header timeout (30 s by default)
+FAULT_MODES=(refused 500 503 429 401 403 reset hang)
+fault_case() { # fault_case MODE PORT: ferry [bad upstream, secondary] serves test/small and did try the bad one
+  [[ $1 == refused ]] || wait_port "$2"
   wait_http "http://127.0.0.1:$PX/v2/" "ferry-$1"
   F=127.0.0.1:$PX pull_dir small :latest "$T/pull/fault-$1"
   rm -rf "$T/pull/fault-$1"
@@ -312,14 +340,15 @@ fault_case() { # fault_case MODE: ferry [bad upstream, secondary] serves test/sm
   echo "requests seen by the faulty upstream: $(grep -c . "$LOGS/faulty-$1.log")"
   grep -q . "$LOGS/faulty-$1.log"
 }
-for mode in refused 500 503 429 401 403 reset; do
-  bad=http://127.0.0.1:$PB
-  if [[ $mode == refused ]]; then bad=http://$DEAD; else
-    start_bg "faulty-$mode" python3 "$HERE/ocitool.py" faulty "$PB" "$mode"
+for i in "${!FAULT_MODES[@]}"; do
+  mode=${FAULT_MODES[$i]}
+  port=$((PB + i)) # one port per mode: connections to the previous fake may still be closing
+  bad=http://127.0.0.1:$port what="answers $mode"
+  if [[ $mode == refused ]]; then bad=http://$DEAD what="refuses connections"; else
+    start_bg "faulty-$mode" python3 "$HERE/ocitool.py" faulty "$port" "$mode"
   fi
   start_ferry "ferry-$mode" "$PX" "$T/cache-$mode" "$bad" "http://127.0.0.1:$P2"
-  what="answers $mode"; [[ $mode != refused ]] || what="refuses connections"
-  check "upstream #1 $what: test/small pulled from #2" fault_case "$mode"
+  check "upstream #1 $what: test/small pulled from #2" fault_case "$mode" "$port"
   stop_bg "ferry-$mode"
   stop_bg "faulty-$mode"
 done
@@ -350,7 +379,8 @@ run_phase() { # run_phase NAME: label the loop's pulls NAME:settle for TAG_TTL+1
   sleep $((TAG_TTL + 1))
   echo "$1" >"$T/phase"
   local deadline=$(($(date +%s) + CLIENT_TIMEOUT))
-  while (($(loop_done "$1" skopeo) < 2 || $(loop_done "$1" ctr) < 2)) && (($(date +%s) < deadline)); do
+  while (($(loop_done "$1" skopeo) < 2 || $(loop_done "$1" ctr) < 2)) && (($(date +%s) < deadline)) &&
+    kill -0 "${PIDS[loop]}" 2>/dev/null; do
     sleep 0.3
   done
 }
@@ -366,16 +396,24 @@ phase_clean() { # phase_clean NAME: all loop pulls started during NAME (incl. se
 }
 delete_on_primary() {
   local code
-  code=$(curl -sS -o /dev/null -w '%{http_code}' -X DELETE \
+  code=$(cu -o /dev/null -w '%{http_code}' -X DELETE \
     "http://127.0.0.1:$P1/v2/test/small/manifests/$(expect_digest small)")
   echo "DELETE test/small@$(expect_digest small) on primary -> $code"
   [[ $code == 202 ]]
-  code=$(curl -sS -o /dev/null -w '%{http_code}' -H "Accept: $ACCEPT" \
+  code=$(cu -o /dev/null -w '%{http_code}' -H "Accept: $ACCEPT" \
     "http://127.0.0.1:$P1/v2/test/small/manifests/latest")
   echo "primary: GET test/small:latest -> $code"
   [[ $code == 404 ]]
 }
 is_down() { ! port_busy "$1"; }
+log_mark() { wc -l <"$LOGS/$1.log"; } # log_mark NAME: current length of a server's log
+secondary_served_tag() { # secondary_served_tag MARK: the secondary answered test/small:latest 200 since MARK
+  local hits
+  hits=$(tail -n +$(($1 + 1)) "$LOGS/secondary.log" |
+    grep -cE '"(GET|HEAD) /v2/test/small/manifests/latest[^"]*" 200 ') || true
+  echo "secondary access log: $hits x 200 for test/small/manifests/latest"
+  ((hits > 0))
+}
 
 echo "all-up" >"$T/phase"
 : >"$T/loop.results"
@@ -384,13 +422,17 @@ PHASES=(all-up primary-deleted primary-down both-down)
 run_phase all-up
 
 check "primary: delete test/small's manifest (tag now 404 there)" delete_on_primary
+mark=$(log_mark secondary)
 run_phase primary-deleted
+check "primary-deleted: the secondary answered ferry's revalidations of the tag" secondary_served_tag "$mark"
 
 stop_bg primary
 check "primary stopped" is_down "$P1"
+mark=$(log_mark secondary)
 check "test/late (never pulled before) via ferry while the primary is down" pull_dir late :latest "$T/pull/late"
 check "ctr pull test/late while the primary is down" ctr_pull late late ""
 run_phase primary-down
+check "primary-down: the secondary answered ferry's revalidations of the tag" secondary_served_tag "$mark"
 
 stop_bg secondary
 check "secondary stopped (both upstreams down now)" is_down "$P2"

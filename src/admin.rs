@@ -1,0 +1,122 @@
+//! The admin API, on its own listener (loopback by default): upstream status with breaker
+//! state, recent failures and latency; drain and undrain for game days; and `/healthz`.
+
+use crate::oci::ErrorCode;
+use crate::pull::PullThrough;
+use crate::server::response::{ResponseBody, builder, full_body, or_500};
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use http::{Method, Request, Response, StatusCode};
+use std::sync::Arc;
+
+pub async fn handle<B>(pull: Arc<PullThrough>, request: Request<B>) -> Response<ResponseBody> {
+    let method = request.method().clone();
+    let path = request.uri().path().trim_end_matches('/').to_owned();
+    let response = route(&pull, &method, &path);
+    tracing::info!(%method, %path, status = response.status().as_u16(), "admin request");
+    response
+}
+
+fn route(pull: &PullThrough, method: &Method, path: &str) -> Response<ResponseBody> {
+    match (method, path) {
+        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
+        (&Method::GET, "/admin/upstreams") => json(StatusCode::OK, &status(pull)),
+        (_, p) if p.starts_with("/admin/upstreams/") => {
+            let rest = &p["/admin/upstreams/".len()..];
+            let Some((name, action)) = rest.rsplit_once('/') else {
+                return error(
+                    StatusCode::NOT_FOUND,
+                    ErrorCode::Unsupported,
+                    "no such admin endpoint",
+                );
+            };
+            let drain = match action {
+                "drain" => true,
+                "undrain" => false,
+                _ => {
+                    return error(
+                        StatusCode::NOT_FOUND,
+                        ErrorCode::Unsupported,
+                        "no such admin endpoint",
+                    );
+                }
+            };
+            if method != Method::POST {
+                return error(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    ErrorCode::Unsupported,
+                    "use POST",
+                );
+            }
+            let Some(client) = pull.upstreams.find(name) else {
+                return error(
+                    StatusCode::NOT_FOUND,
+                    ErrorCode::NameUnknown,
+                    &format!("no upstream named {name:?}"),
+                );
+            };
+            let changed = client.health().set_drained(drain);
+            json(
+                StatusCode::OK,
+                &serde_json::json!({"name": name, "drained": drain, "changed": changed}),
+            )
+        }
+        _ => error(
+            StatusCode::NOT_FOUND,
+            ErrorCode::Unsupported,
+            "no such admin endpoint",
+        ),
+    }
+}
+
+/// Every upstream in priority order with its health, plus cache counters.
+pub fn status(pull: &PullThrough) -> serde_json::Value {
+    let upstreams: Vec<serde_json::Value> = pull
+        .upstreams
+        .clients()
+        .iter()
+        .map(|client| {
+            let mut entry = client.health().status();
+            entry["name"] = client.name().into();
+            entry["url"] = client.config().url.as_str().into();
+            entry
+        })
+        .collect();
+    serde_json::json!({
+        "offline": pull.settings.offline,
+        "registry": pull.settings.registry,
+        "cache": {
+            "write_failures": pull.cache.write_failures(),
+            "fills_in_progress": pull.cache.inflight.len(),
+        },
+        "upstreams": upstreams,
+    })
+}
+
+fn json(status: StatusCode, value: &serde_json::Value) -> Response<ResponseBody> {
+    let body = serde_json::to_vec_pretty(value).unwrap_or_default();
+    or_500(
+        builder(status)
+            .header(CONTENT_TYPE, "application/json")
+            .header(CONTENT_LENGTH, body.len())
+            .body(full_body(body)),
+    )
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<ResponseBody> {
+    or_500(
+        builder(status)
+            .header(CONTENT_TYPE, "text/plain")
+            .header(CONTENT_LENGTH, body.len())
+            .body(full_body(body)),
+    )
+}
+
+fn error(status: StatusCode, code: ErrorCode, message: &str) -> Response<ResponseBody> {
+    let body = code.body(message);
+    or_500(
+        builder(status)
+            .header(CONTENT_TYPE, "application/json")
+            .header(CONTENT_LENGTH, body.len())
+            .body(full_body(body)),
+    )
+}

@@ -1,0 +1,144 @@
+//! What ferry knows about one upstream's health: its circuit breaker, whether an operator
+//! drained it, recent failures, request counts and header latency. Shown by the admin API.
+
+use super::breaker::{Admission, Breaker, BreakerConfig, BreakerSnapshot, Transition};
+use super::failure::{FailureKind, UpstreamFailure};
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+/// How many recent failures are kept per upstream for the status page.
+const RECENT_FAILURES: usize = 16;
+/// Breaker weight of an upstream that sent wrong bytes: it counts heavily.
+pub const BAD_BYTES_WEIGHT: u32 = 3;
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RecordedFailure {
+    pub at_unix_ms: u64,
+    pub reason: &'static str,
+    pub detail: String,
+}
+
+#[derive(Debug)]
+pub struct UpstreamHealth {
+    name: String,
+    breaker: Breaker,
+    drained: AtomicBool,
+    attempts: AtomicU64,
+    failures: AtomicU64,
+    /// Exponentially weighted mean of the time to response headers, in microseconds.
+    latency_ewma_us: AtomicU64,
+    last_latency_us: AtomicU64,
+    recent: Mutex<VecDeque<RecordedFailure>>,
+}
+
+impl UpstreamHealth {
+    pub fn new(name: &str, breaker: BreakerConfig) -> Self {
+        UpstreamHealth {
+            name: name.to_owned(),
+            breaker: Breaker::new(breaker),
+            drained: AtomicBool::new(false),
+            attempts: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            latency_ewma_us: AtomicU64::new(0),
+            last_latency_us: AtomicU64::new(0),
+            recent: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    pub fn is_drained(&self) -> bool {
+        self.drained.load(Ordering::Relaxed)
+    }
+
+    /// Takes the upstream out of rotation (or back in). Returns whether it changed.
+    pub fn set_drained(&self, drained: bool) -> bool {
+        let before = self.drained.swap(drained, Ordering::Relaxed);
+        if before != drained {
+            tracing::warn!(upstream = %self.name, drained, "upstream drain state changed by operator");
+        }
+        before != drained
+    }
+
+    pub fn admit(&self) -> Admission {
+        let (admission, transition) = self.breaker.admit();
+        self.log_transition(transition);
+        admission
+    }
+
+    pub fn breaker(&self) -> BreakerSnapshot {
+        self.breaker.snapshot()
+    }
+
+    /// The upstream answered (any status that shows it is alive) after `latency`.
+    pub fn record_success(&self, latency: Option<Duration>) {
+        self.attempts.fetch_add(1, Ordering::Relaxed);
+        if let Some(latency) = latency {
+            let us = latency.as_micros().min(u64::MAX as u128) as u64;
+            self.last_latency_us.store(us, Ordering::Relaxed);
+            let old = self.latency_ewma_us.load(Ordering::Relaxed);
+            let new = if old == 0 { us } else { (old * 7 + us) / 8 };
+            self.latency_ewma_us.store(new, Ordering::Relaxed);
+        }
+        let transition = self.breaker.record_success();
+        self.log_transition(transition);
+    }
+
+    pub fn record_failure(&self, failure: &UpstreamFailure) {
+        self.attempts.fetch_add(1, Ordering::Relaxed);
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+            if recent.len() == RECENT_FAILURES {
+                recent.pop_front();
+            }
+            recent.push_back(RecordedFailure {
+                at_unix_ms: crate::cache::tags::unix_ms(SystemTime::now()),
+                reason: failure.reason(),
+                detail: failure.detail.clone(),
+            });
+        }
+        let transition = match failure.kind {
+            // The upstream is alive and answering; these say nothing about its health.
+            FailureKind::NotFound | FailureKind::Unauthorized | FailureKind::Forbidden => {
+                self.breaker.record_success()
+            }
+            FailureKind::DigestMismatch => self.breaker.record_failure(BAD_BYTES_WEIGHT),
+            _ => self.breaker.record_failure(1),
+        };
+        self.log_transition(transition);
+    }
+
+    fn log_transition(&self, transition: Option<Transition>) {
+        if let Some(t) = transition {
+            tracing::warn!(upstream = %self.name, from = t.from.as_str(), to = t.to.as_str(), "circuit breaker changed state");
+        }
+    }
+
+    pub fn status(&self) -> serde_json::Value {
+        let breaker = self.breaker.snapshot();
+        let recent: Vec<RecordedFailure> = self
+            .recent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .rev()
+            .cloned()
+            .collect();
+        serde_json::json!({
+            "drained": self.is_drained(),
+            "breaker": {
+                "state": breaker.state.as_str(),
+                "consecutive_failures": breaker.consecutive_failures,
+                "retry_in_ms": breaker.retry_in.map(|d| d.as_millis() as u64),
+            },
+            "attempts": self.attempts.load(Ordering::Relaxed),
+            "failures": self.failures.load(Ordering::Relaxed),
+            "latency_ms": {
+                "last": self.last_latency_us.load(Ordering::Relaxed) as f64 / 1000.0,
+                "mean": self.latency_ewma_us.load(Ordering::Relaxed) as f64 / 1000.0,
+            },
+            "recent_failures": recent,
+        })
+    }
+}
