@@ -4,6 +4,7 @@
 
 pub mod blob;
 pub mod manifest;
+pub mod passthrough;
 pub mod singleflight;
 
 pub use blob::{BlobAnswer, RangeSpec};

@@ -6,6 +6,7 @@ mod support;
 mod api;
 mod auth;
 mod cache_behaviour;
+mod chaos;
 mod cli;
 mod failover;
 mod third_party_client;

@@ -13,6 +13,15 @@ use std::sync::Arc;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+/// Why a reader of a growing file stopped: the fill failed. `cache_failure` tells a
+/// cache-side failure (the reader may continue from upstream) from bad upstream bytes.
+#[derive(Debug, thiserror::Error)]
+#[error("blob fill failed: {message}")]
+pub struct FillFailed {
+    pub cache_failure: bool,
+    pub message: String,
+}
+
 /// Bytes read per trip to the blocking pool.
 pub const READ_CHUNK: usize = 256 * 1024;
 
@@ -93,7 +102,10 @@ impl ReadState {
             .map_err(|_| io::Error::other("blob fill ended without a result"))?
             .clone();
         match snapshot.phase {
-            FillPhase::Failed(error) => Err(io::Error::other(format!("blob fill failed: {error}"))),
+            FillPhase::Failed(error) => Err(io::Error::other(FillFailed {
+                cache_failure: matches!(*error, crate::error::FerryError::Cache(_)),
+                message: error.to_string(),
+            })),
             FillPhase::Complete if snapshot.written <= offset => {
                 if self.end.is_some_and(|end| end > snapshot.written) {
                     return Err(io::Error::other(

@@ -4,11 +4,14 @@
 //! failing upstream is replaced by the next; after that, a broken or wrong body fails the
 //! fill, cuts the clients, and the upstream is skipped for that digest for a while.
 
+use super::passthrough::{
+    FallbackContext, continue_from_upstream_on_cache_failure, open_tail, stream_tail,
+};
 use super::{PullThrough, Source};
 use crate::cache::reader::read_range;
 use crate::cache::{BlobWriter, CommitError, FillPhase, FillProgress, JoinOutcome};
 use crate::error::FerryError;
-use crate::oci::{Digest, ErrorCode, RepositoryName};
+use crate::oci::{Digest, DigestVerifier, ErrorCode, RepositoryName};
 use crate::upstream::{AttemptPlan, FailureKind, UpstreamFailure, UpstreamsExhausted};
 use bytes::Bytes;
 use futures_util::Stream;
@@ -111,15 +114,18 @@ impl PullThrough {
             return self.head_blob_upstream(name, digest).await;
         }
         let blob_path = self.cache.layout.blob_path(digest);
-        let outcome = self
-            .cache
-            .inflight
-            .join_or_start(
-                digest,
-                || blob_path.exists(),
-                || BlobWriter::create(&self.cache.layout, digest, &blob_path),
-            )
-            .map_err(|e| FerryError::cache("creating a temporary file for a fill", e))?;
+        let outcome = match self.cache.inflight.join_or_start(
+            digest,
+            || blob_path.exists(),
+            || BlobWriter::create(&self.cache.layout, digest, &blob_path),
+        ) {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                self.cache.note_write_failure();
+                tracing::error!(%digest, error = %e, "cache failure: cannot start a fill; serving straight from upstream");
+                return self.uncached_blob(name, digest, range).await;
+            }
+        };
         let handle = match outcome {
             JoinOutcome::AlreadyCached => {
                 return self.cached_blob(digest, range, head)?.ok_or_else(|| {
@@ -155,6 +161,9 @@ impl PullThrough {
         let (size, source) = match snapshot.phase {
             FillPhase::Streaming { total, upstream } => (total, Source::Upstream(upstream)),
             FillPhase::Complete => (Some(snapshot.written), Source::Cache),
+            FillPhase::Failed(error) if matches!(*error, FerryError::Cache(_)) => {
+                return self.uncached_blob(name, digest, range).await;
+            }
             FillPhase::Failed(error) => return Err(shared_error(&error)),
             FillPhase::Connecting => {
                 return Err(FerryError::MidStream("fill never started".into()));
@@ -171,16 +180,61 @@ impl PullThrough {
             Some((first, last)) => (first, Some(last + 1)),
             None => (0, size),
         };
+        let reader: BlobStream =
+            Box::pin(read_range(handle.file.clone(), start, end, Some(progress)));
+        let fallback = FallbackContext {
+            pull: self.clone(),
+            name: name.clone(),
+            digest: digest.clone(),
+            start,
+            end,
+            total: size,
+            file: handle.file.clone(),
+        };
         Ok(BlobAnswer {
             digest: digest.clone(),
             size,
             range: span,
-            body: Some(Box::pin(read_range(
-                handle.file.clone(),
-                start,
-                end,
-                Some(progress),
-            ))),
+            body: Some(continue_from_upstream_on_cache_failure(reader, fallback)),
+            source,
+        })
+    }
+
+    /// Serves a blob straight from upstream without caching (the cache failed).
+    async fn uncached_blob(
+        &self,
+        name: &RepositoryName,
+        digest: &Digest,
+        range: Option<RangeSpec>,
+    ) -> Result<BlobAnswer, FerryError> {
+        let probe = open_tail(self, name, digest, 0, None).await?;
+        let size = probe.total;
+        let span = match (range, size) {
+            (Some(spec), Some(size)) => Some(
+                spec.resolve(size)
+                    .ok_or_else(|| range_not_satisfiable(size))?,
+            ),
+            _ => None,
+        };
+        let source = Source::Upstream(probe.upstream.clone());
+        let body = match span {
+            None => stream_tail(
+                probe,
+                0,
+                size,
+                Some((DigestVerifier::new(digest.algorithm()), digest.clone())),
+            ),
+            Some((first, last)) => {
+                drop(probe);
+                let tail = open_tail(self, name, digest, first, size).await?;
+                stream_tail(tail, first, Some(last + 1), None)
+            }
+        };
+        Ok(BlobAnswer {
+            digest: digest.clone(),
+            size,
+            range: span,
+            body: Some(body),
             source,
         })
     }
@@ -615,7 +669,7 @@ impl Fill {
 /// Sends `GET blobs/<digest>` to `client`, with `Range: bytes=<offset>-` when resuming,
 /// and checks the answer: 200 for a fresh start; 206 with a matching `Content-Range` for a
 /// resume, or 200 (the upstream ignored Range), in which case `offset` bytes are skipped.
-async fn open_at(
+pub(crate) async fn open_at(
     client: &crate::upstream::UpstreamClient,
     name: &RepositoryName,
     suffix: &str,

@@ -466,16 +466,18 @@ fn body_response(
             staged(body, after, Stage::WaitFor(release))
         }
         Some(Fault::Drip { chunk, delay }) => {
-            let chunks: Vec<Bytes> = body
-                .chunks(chunk.max(1))
-                .map(Bytes::copy_from_slice)
-                .collect();
-            let stream =
-                futures_util::stream::unfold(chunks.into_iter(), move |mut rest| async move {
-                    let next = rest.next()?;
+            let chunk = chunk.max(1);
+            let stream = futures_util::stream::unfold(0usize, move |sent| {
+                let body = body.clone();
+                async move {
+                    if sent >= body.len() {
+                        return None;
+                    }
                     tokio::time::sleep(delay).await;
-                    Some((Ok::<_, std::io::Error>(Frame::data(next)), rest))
-                });
+                    let next = body.slice(sent..(sent + chunk).min(body.len()));
+                    Some((Ok::<_, std::io::Error>(Frame::data(next)), sent + chunk))
+                }
+            });
             BodyExt::boxed(StreamBody::new(stream))
         }
         _ => Full::new(body).map_err(|never| match never {}).boxed(),

@@ -1,0 +1,268 @@
+//! When the cache cannot take a blob (disk full, I/O errors), clients are served straight
+//! from upstream without caching: from the start, or from wherever a failed fill left them.
+//! A reader of the whole blob still gets verified bytes: the hash covers what it already
+//! sent (re-read from the fill's file) plus the rest, and the last chunk is held back until
+//! the digest matches, so a wrong body is cut, never completed.
+
+use super::PullThrough;
+use super::blob::{BlobStream, open_at};
+use crate::cache::reader::FillFailed;
+use crate::error::FerryError;
+use crate::oci::{Digest, DigestVerifier, ErrorCode, RepositoryName};
+use crate::upstream::{BodyChunks, UpstreamsExhausted};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+/// An upstream body positioned at `offset` of the blob.
+pub struct UpstreamTail {
+    pub body: BodyChunks,
+    pub skip: u64,
+    /// The blob's full size, when the upstream said.
+    pub total: Option<u64>,
+    pub upstream: String,
+}
+
+/// Opens the blob at `offset` on the first upstream that serves it.
+pub async fn open_tail(
+    pull: &PullThrough,
+    name: &RepositoryName,
+    digest: &Digest,
+    offset: u64,
+    total: Option<u64>,
+) -> Result<UpstreamTail, FerryError> {
+    let suffix = format!("blobs/{digest}");
+    let mut plan = pull.upstreams.plan(Some(digest));
+    let mut failures = Vec::new();
+    let opened = pull
+        .upstreams
+        .first_success_in(&mut plan, &mut failures, |client| {
+            let suffix = suffix.clone();
+            async move {
+                let (response, skip) = open_at(&client, name, &suffix, offset, total).await?;
+                let announced = response
+                    .content_length()
+                    .map(|len| if skip > 0 { len } else { offset + len });
+                Ok(UpstreamTail {
+                    upstream: client.name().to_owned(),
+                    total: total.or(announced),
+                    skip,
+                    body: client.body(response),
+                })
+            }
+        })
+        .await;
+    opened.ok_or_else(|| {
+        let exhausted = UpstreamsExhausted { failures };
+        if exhausted.all_not_found() {
+            FerryError::client(
+                ErrorCode::BlobUnknown,
+                format!("blob {digest} is not known to any upstream"),
+            )
+        } else {
+            FerryError::Upstreams(exhausted)
+        }
+    })
+}
+
+/// Streams `tail` up to `end` (exclusive). With `verify`, the running hash must equal the
+/// digest when the blob ends, or the stream fails before its last chunk.
+pub fn stream_tail(
+    tail: UpstreamTail,
+    offset: u64,
+    end: Option<u64>,
+    verify: Option<(DigestVerifier, Digest)>,
+) -> BlobStream {
+    struct State {
+        body: BodyChunks,
+        skip: u64,
+        offset: u64,
+        end: Option<u64>,
+        verify: Option<(DigestVerifier, Digest)>,
+        held: Option<Bytes>,
+        done: bool,
+    }
+    let state = State {
+        body: tail.body,
+        skip: tail.skip,
+        offset,
+        end: end.or(tail.total),
+        verify,
+        held: None,
+        done: false,
+    };
+    Box::pin(futures_util::stream::try_unfold(
+        state,
+        |mut state| async move {
+            loop {
+                if state.done {
+                    return Ok(None);
+                }
+                let finished = state.end.is_some_and(|end| state.offset >= end);
+                let next = if finished {
+                    None
+                } else {
+                    state
+                        .body
+                        .next_chunk()
+                        .await
+                        .map_err(|f| io::Error::other(f.to_string()))?
+                };
+                let Some(mut chunk) = next else {
+                    if state.end.is_some_and(|end| state.offset < end) {
+                        return Err(io::Error::other("upstream body ended early"));
+                    }
+                    state.done = true;
+                    if let Some((verifier, digest)) = state.verify.take() {
+                        let actual = verifier.finish();
+                        if actual != digest {
+                            return Err(io::Error::other(format!(
+                                "upstream bytes hash to {actual}, expected {digest}"
+                            )));
+                        }
+                    }
+                    return Ok(state.held.take().map(|held| (held, state)));
+                };
+                if state.skip > 0 {
+                    let dropped = state.skip.min(chunk.len() as u64);
+                    state.skip -= dropped;
+                    chunk = chunk.slice(dropped as usize..);
+                }
+                if let Some(end) = state.end {
+                    let room = end.saturating_sub(state.offset);
+                    if (chunk.len() as u64) > room {
+                        chunk = chunk.slice(..room as usize);
+                    }
+                }
+                if chunk.is_empty() {
+                    continue;
+                }
+                state.offset += chunk.len() as u64;
+                if let Some((verifier, _)) = &mut state.verify {
+                    verifier.update(&chunk);
+                    // Hold one chunk back: the last one goes out only after the digest matched.
+                    if let Some(previous) = state.held.replace(chunk) {
+                        return Ok(Some((previous, state)));
+                    }
+                    continue;
+                }
+                return Ok(Some((chunk, state)));
+            }
+        },
+    ))
+}
+
+/// What a reader of a fill needs to carry on from upstream if the fill fails in the cache.
+pub struct FallbackContext {
+    pub pull: Arc<PullThrough>,
+    pub name: RepositoryName,
+    pub digest: Digest,
+    /// Where this reader started, where it stops (exclusive), and the blob's size.
+    pub start: u64,
+    pub end: Option<u64>,
+    pub total: Option<u64>,
+    /// The fill's file, for re-hashing what the reader already sent.
+    pub file: Arc<File>,
+}
+
+/// Wraps a fill reader: if the fill fails because of the cache, the reader continues from
+/// upstream at the byte it reached. Other failures (bad upstream bytes) still cut it.
+pub fn continue_from_upstream_on_cache_failure(
+    inner: BlobStream,
+    context: FallbackContext,
+) -> BlobStream {
+    enum Phase {
+        Cache(BlobStream),
+        Upstream(BlobStream),
+    }
+    let sent = context.start;
+    Box::pin(futures_util::stream::try_unfold(
+        (Phase::Cache(inner), sent, Some(context)),
+        |(phase, mut sent, mut context)| async move {
+            match phase {
+                Phase::Upstream(mut stream) => match stream.next().await {
+                    None => Ok(None),
+                    Some(chunk) => {
+                        let chunk = chunk?;
+                        Ok(Some((chunk, (Phase::Upstream(stream), sent, context))))
+                    }
+                },
+                Phase::Cache(mut stream) => match stream.next().await {
+                    None => Ok(None),
+                    Some(Ok(chunk)) => {
+                        sent += chunk.len() as u64;
+                        Ok(Some((chunk, (Phase::Cache(stream), sent, context))))
+                    }
+                    Some(Err(error)) => {
+                        let cache_failure = error
+                            .get_ref()
+                            .and_then(|e| e.downcast_ref::<FillFailed>())
+                            .is_some_and(|f| f.cache_failure);
+                        let Some(context) = context.take().filter(|_| cache_failure) else {
+                            return Err(error);
+                        };
+                        tracing::warn!(digest = %context.digest, offset = sent, "cache failed under a reader; continuing straight from upstream");
+                        let mut upstream = continue_at(&context, sent).await?;
+                        match upstream.next().await {
+                            None => Ok(None),
+                            Some(chunk) => {
+                                Ok(Some((chunk?, (Phase::Upstream(upstream), sent, None))))
+                            }
+                        }
+                    }
+                },
+            }
+        },
+    ))
+}
+
+async fn continue_at(context: &FallbackContext, offset: u64) -> io::Result<BlobStream> {
+    let whole_blob = context.start == 0 && context.end.is_none_or(|end| context.total == Some(end));
+    let verify = if whole_blob {
+        let file = context.file.clone();
+        let algorithm = context.digest.algorithm();
+        let verifier = tokio::task::spawn_blocking(move || hash_prefix(&file, offset, algorithm))
+            .await
+            .map_err(|e| io::Error::other(format!("hashing task failed: {e}")))??;
+        Some((verifier, context.digest.clone()))
+    } else {
+        None
+    };
+    let tail = open_tail(
+        &context.pull,
+        &context.name,
+        &context.digest,
+        offset,
+        context.total,
+    )
+    .await
+    .map_err(|e| io::Error::other(e.to_string()))?;
+    Ok(stream_tail(tail, offset, context.end, verify))
+}
+
+/// Hashes the first `len` bytes of `file`.
+fn hash_prefix(
+    file: &File,
+    len: u64,
+    algorithm: crate::oci::DigestAlgorithm,
+) -> io::Result<DigestVerifier> {
+    let mut verifier = DigestVerifier::new(algorithm);
+    let mut buffer = vec![0u8; 1 << 20];
+    let mut offset = 0u64;
+    while offset < len {
+        let want = (len - offset).min(buffer.len() as u64) as usize;
+        let n = file.read_at(&mut buffer[..want], offset)?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "fill file shorter than what was sent",
+            ));
+        }
+        verifier.update(&buffer[..n]);
+        offset += n as u64;
+    }
+    Ok(verifier)
+}
