@@ -8,5 +8,7 @@ mod auth;
 mod cache_behaviour;
 mod chaos;
 mod cli;
+mod crash;
+mod disk_full;
 mod failover;
 mod third_party_client;

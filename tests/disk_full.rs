@@ -1,0 +1,113 @@
+//! Disk full: with the cache on a small tmpfs that fills up mid-fill, the client's pull
+//! still succeeds straight from upstream, nothing half-written stays, the failure is
+//! counted, and caching resumes by itself once space returns. Needs root (mount); without
+//! it the test says so and does nothing.
+
+use crate::support::{FakeRegistry, TestProxy, client, pseudo_random_bytes, rehash_cache_dir};
+use std::process::Command;
+
+struct Mount(std::path::PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_full_disk_never_fails_a_pull() {
+    if !is_root() {
+        eprintln!("disk_full: skipped, mounting a tmpfs needs root (CI runs as root)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mount_point = dir.path().join("cache");
+    std::fs::create_dir(&mount_point).unwrap();
+    let status = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=24m", "tmpfs"])
+        .arg(&mount_point)
+        .status()
+        .unwrap();
+    assert!(status.success(), "mount tmpfs failed");
+    let _mount = Mount(mount_point.clone());
+
+    let upstream = FakeRegistry::start().await;
+    let big = pseudo_random_bytes(20 * 1024 * 1024, 77);
+    let big_digest = upstream.put_blob(big.clone());
+    let small = pseudo_random_bytes(2 * 1024 * 1024, 78);
+    let small_digest = upstream.put_blob(small.clone());
+
+    // Leave ~8 MiB free: the 20 MiB blob cannot fit.
+    let filler = mount_point.join("filler");
+    std::fs::write(&filler, vec![0u8; 16 * 1024 * 1024]).unwrap();
+
+    let cache = tempfile::TempDir::new_in(&mount_point).unwrap();
+    let cache_path = cache.path().to_path_buf();
+    let proxy = TestProxy::start_urls(&[upstream.url()], cache, |_| {}).await;
+    let url = proxy.url(&format!("/v2/full/disk/blobs/{big_digest}"));
+    for attempt in 0..2 {
+        let response = client().get(&url).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(
+            response.bytes().await.unwrap(),
+            big,
+            "attempt {attempt}: the pull must succeed with a full disk"
+        );
+    }
+    assert_eq!(
+        std::fs::read_dir(cache_path.join("tmp")).unwrap().count(),
+        0,
+        "half-written files stayed"
+    );
+    assert!(
+        rehash_cache_dir(&cache_path).is_empty(),
+        "nothing can have been committed"
+    );
+    let admin = proxy.server.as_ref().unwrap().admin_addr.unwrap();
+    let status: serde_json::Value = client()
+        .get(format!("http://{admin}/admin/upstreams"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        status["cache"]["write_failures"].as_u64().unwrap() >= 1,
+        "{status}"
+    );
+
+    // Space returns: caching resumes without a restart.
+    std::fs::remove_file(&filler).unwrap();
+    let response = client().get(&url).send().await.unwrap();
+    assert_eq!(response.bytes().await.unwrap(), big);
+    let response = client()
+        .get(proxy.url(&format!("/v2/full/disk/blobs/{small_digest}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.bytes().await.unwrap(), small);
+    let cached = rehash_cache_dir(&cache_path);
+    assert_eq!(cached.len(), 2, "{cached:?}");
+    assert!(cached.iter().all(|(_, ok)| *ok));
+    let before = upstream.hits(&format!("/blobs/{big_digest}"));
+    client()
+        .get(&url)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(
+        upstream.hits(&format!("/blobs/{big_digest}")),
+        before,
+        "now served from the cache"
+    );
+    drop(proxy);
+}
