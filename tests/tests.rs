@@ -11,4 +11,5 @@ mod cli;
 mod crash;
 mod disk_full;
 mod failover;
+mod outage_modes;
 mod third_party_client;

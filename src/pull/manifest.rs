@@ -172,12 +172,16 @@ impl PullThrough {
                     });
                 }
                 Ok(_) => {} // moved (or no digest header): fetch it below
-                Err(exhausted) => {
+                Err(exhausted) if self.within_max_stale(record.age()) => {
                     tracing::warn!(tag = %format!("{name}:{tag}"), error = %exhausted, "serving a stale tag: every upstream failed to revalidate it");
                     return Ok(ManifestAnswer {
                         manifest: manifest.clone(),
                         source: Source::StaleCache,
                     });
+                }
+                Err(exhausted) => {
+                    tracing::warn!(tag = %format!("{name}:{tag}"), age = ?record.age(), "not serving a stale tag older than max_stale");
+                    return Err(FerryError::Upstreams(exhausted));
                 }
             }
         }

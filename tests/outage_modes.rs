@@ -1,0 +1,471 @@
+//! Upstream health and outage modes: circuit breakers make a dead primary cost nothing,
+//! operators drain and undrain upstreams through the admin API, hedging hides a slow
+//! primary, attempts are bounded, `--offline` and `max_stale` behave, and shutdown lets
+//! in-flight downloads finish.
+
+use crate::support::{FakeRegistry, Fault, TestProxy, client, pseudo_random_bytes, put_image};
+use ferry::upstream::breaker::BreakerConfig;
+use reqwest::{Method, StatusCode};
+use std::time::{Duration, Instant};
+
+async fn admin_status(proxy: &TestProxy) -> serde_json::Value {
+    let admin = proxy.server.as_ref().unwrap().admin_addr.unwrap();
+    client()
+        .get(format!("http://{admin}/admin/upstreams"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+async fn admin_post(proxy: &TestProxy, path: &str) -> StatusCode {
+    let admin = proxy.server.as_ref().unwrap().admin_addr.unwrap();
+    client()
+        .post(format!("http://{admin}{path}"))
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
+#[tokio::test]
+async fn an_open_breaker_skips_a_dead_primary_until_its_probe_succeeds() {
+    let primary = FakeRegistry::start().await;
+    let secondary = FakeRegistry::start().await;
+    for i in 0..10 {
+        put_image(&[&primary, &secondary], "b/r", &format!("t{i}"), 60 + i);
+    }
+    primary.fault("/v2/", Fault::HangBeforeHeaders);
+    let proxy = TestProxy::start_with(&[&primary, &secondary], |c| {
+        c.upstreams[0].header_timeout = Duration::from_millis(300);
+        c.pool.breaker = BreakerConfig {
+            threshold: 3,
+            cooldown: Duration::from_secs(1),
+            max_cooldown: Duration::from_secs(4),
+            probe_timeout: Duration::from_secs(10),
+        };
+    })
+    .await;
+    for i in 0..3 {
+        let response = client()
+            .get(proxy.url(&format!("/v2/b/r/manifests/t{i}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    let status = admin_status(&proxy).await;
+    assert_eq!(
+        status["upstreams"][0]["breaker"]["state"], "open",
+        "{status}"
+    );
+    assert_eq!(
+        status["upstreams"][0]["recent_failures"][0]["reason"],
+        "header_timeout"
+    );
+    // Open: the primary is not contacted and costs nothing.
+    let hits_before = primary.hits("/manifests/");
+    let started = Instant::now();
+    for i in 3..6 {
+        let response = client()
+            .get(proxy.url(&format!("/v2/b/r/manifests/t{i}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    assert!(
+        started.elapsed() < Duration::from_millis(250),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(primary.hits("/manifests/"), hits_before);
+    // After the cooldown one probe goes to the primary; it is healthy again, so it closes.
+    primary.clear_faults();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let response = client()
+        .get(proxy.url("/v2/b/r/manifests/t6"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(primary.hits("/manifests/t6"), 1);
+    assert_eq!(
+        admin_status(&proxy).await["upstreams"][0]["breaker"]["state"],
+        "closed"
+    );
+}
+
+#[tokio::test]
+async fn when_every_breaker_is_open_ferry_still_tries_in_order() {
+    let only = FakeRegistry::start().await;
+    put_image(&[&only], "o/r", "v1", 70);
+    only.fault("/v2/", Fault::Status(503));
+    let proxy = TestProxy::start_with(&[&only], |c| c.pool.breaker.threshold = 1).await;
+    let response = client()
+        .get(proxy.url("/v2/o/r/manifests/v1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        admin_status(&proxy).await["upstreams"][0]["breaker"]["state"],
+        "open"
+    );
+    only.clear_faults();
+    let response = client()
+        .get(proxy.url("/v2/o/r/manifests/v1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status(),
+        StatusCode::OK,
+        "an all-open pool is tried anyway"
+    );
+}
+
+#[tokio::test]
+async fn drain_and_undrain_through_the_admin_api() {
+    let primary = FakeRegistry::start().await;
+    let secondary = FakeRegistry::start().await;
+    put_image(&[&primary, &secondary], "d/r", "a", 71);
+    put_image(&[&primary, &secondary], "d/r", "b", 72);
+    let proxy = TestProxy::start(&[&primary, &secondary]).await;
+    let name = primary.addr.to_string();
+    assert_eq!(
+        admin_post(&proxy, &format!("/admin/upstreams/{name}/drain")).await,
+        StatusCode::OK
+    );
+    assert_eq!(admin_status(&proxy).await["upstreams"][0]["drained"], true);
+    let response = client()
+        .get(proxy.url("/v2/d/r/manifests/a"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        primary.hits("/manifests/"),
+        0,
+        "a drained upstream gets no traffic"
+    );
+    assert_eq!(
+        admin_post(&proxy, &format!("/admin/upstreams/{name}/undrain")).await,
+        StatusCode::OK
+    );
+    client()
+        .get(proxy.url("/v2/d/r/manifests/b"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(primary.hits("/manifests/b"), 1);
+    assert_eq!(
+        admin_post(&proxy, "/admin/upstreams/nope/drain").await,
+        StatusCode::NOT_FOUND
+    );
+    let admin = proxy.server.as_ref().unwrap().admin_addr.unwrap();
+    let get_drain = client()
+        .get(format!("http://{admin}/admin/upstreams/{name}/drain"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(get_drain.status(), StatusCode::METHOD_NOT_ALLOWED);
+}
+
+#[tokio::test]
+async fn hedging_starts_the_next_upstream_alongside_a_slow_one() {
+    let primary = FakeRegistry::start().await;
+    let secondary = FakeRegistry::start().await;
+    let (_, layer_digest, layer) = put_image(&[&primary, &secondary], "h/r", "v1", 73);
+    primary.fault("/v2/", Fault::DelayHeaders(Duration::from_secs(3)));
+    let proxy = TestProxy::start_with(&[&primary, &secondary], |c| {
+        c.upstreams[0].header_timeout = Duration::from_secs(10);
+        c.pool.hedge_delay = Some(Duration::from_millis(100));
+    })
+    .await;
+    let started = Instant::now();
+    let response = client()
+        .get(proxy.url("/v2/h/r/manifests/v1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let blob = client()
+        .get(proxy.url(&format!("/v2/h/r/blobs/{layer_digest}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(blob.bytes().await.unwrap(), layer);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "hedge did not kick in: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        primary.hits("/manifests/v1"),
+        1,
+        "the primary was asked first"
+    );
+    assert_eq!(secondary.hits("/manifests/v1"), 1);
+    assert_eq!(
+        secondary.hits_with(Method::GET, &format!("/blobs/{layer_digest}")),
+        1
+    );
+}
+
+#[tokio::test]
+async fn attempts_are_bounded_when_every_upstream_keeps_breaking() {
+    let a = FakeRegistry::start().await;
+    let b = FakeRegistry::start().await;
+    // Each source breaks after ~1 MiB, so four attempts cannot finish 8 MiB.
+    let blob = pseudo_random_bytes(8 * 1024 * 1024, 74);
+    let digest = a.put_blob(blob.clone());
+    b.put_blob(blob);
+    a.fault(
+        "/blobs/",
+        Fault::ResetMidBody {
+            after: 1024 * 1024 + 10,
+        },
+    );
+    b.fault(
+        "/blobs/",
+        Fault::ResetMidBody {
+            after: 1024 * 1024 + 10,
+        },
+    );
+    let proxy = TestProxy::start_with(&[&a, &b], |c| c.pool.retry_budget = 2).await;
+    let response = client()
+        .get(proxy.url(&format!("/v2/x/y/blobs/{digest}")))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        response.bytes().await.is_err(),
+        "every source breaks: the client is cut"
+    );
+    let attempts = a.hits("/blobs/") + b.hits("/blobs/");
+    assert!(
+        attempts <= 2 + 2,
+        "{attempts} attempts for 2 upstreams and a budget of 2"
+    );
+    assert!(attempts >= 3, "resumes were tried ({attempts} attempts)");
+    assert!(proxy.rehash_cache().is_empty());
+}
+
+#[tokio::test]
+async fn resume_continues_with_range_and_accepts_an_upstream_that_ignores_it() {
+    let primary = FakeRegistry::start().await;
+    let secondary = FakeRegistry::start().await;
+    let blob = pseudo_random_bytes(5 * 1024 * 1024, 75);
+    let digest = primary.put_blob(blob.clone());
+    secondary.put_blob(blob.clone());
+    primary.fault(
+        "/blobs/",
+        Fault::ResetMidBody {
+            after: 3 * 1024 * 1024,
+        },
+    );
+    let proxy = TestProxy::start(&[&primary, &secondary]).await;
+    let body = client()
+        .get(proxy.url(&format!("/v2/r/s/blobs/{digest}")))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(body, blob, "one uninterrupted, correct body");
+    let resume = secondary
+        .requests()
+        .into_iter()
+        .find(|r| r.path.contains("/blobs/"))
+        .unwrap();
+    let range = resume
+        .headers
+        .get("range")
+        .expect("the secondary was asked for the rest only");
+    assert!(range.to_str().unwrap().starts_with("bytes="), "{range:?}");
+    assert_ne!(range.to_str().unwrap(), "bytes=0-");
+}
+
+#[tokio::test]
+async fn offline_serves_the_cache_and_never_contacts_upstreams() {
+    let upstream = FakeRegistry::start().await;
+    let (manifest, layer_digest, layer) = put_image(&[&upstream], "off/line", "v1", 76);
+    let online = TestProxy::start(&[&upstream]).await;
+    client()
+        .get(online.url("/v2/off/line/manifests/v1"))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    client()
+        .get(online.url(&format!("/v2/off/line/blobs/{layer_digest}")))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let cache = online.stop().await;
+    let hits = upstream.requests().len();
+
+    let offline = TestProxy::start_urls(&[upstream.url()], cache, |c| {
+        c.offline = true;
+        c.tag_ttl = Duration::ZERO;
+    })
+    .await;
+    let response = client()
+        .get(offline.url("/v2/off/line/manifests/v1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status(),
+        StatusCode::OK,
+        "tags are served regardless of TTL"
+    );
+    assert_eq!(
+        response.headers()["docker-content-digest"],
+        manifest.to_string().as_str()
+    );
+    let blob = client()
+        .get(offline.url(&format!("/v2/off/line/blobs/{layer_digest}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(blob.bytes().await.unwrap(), layer);
+    let missing = client()
+        .get(offline.url("/v2/off/line/manifests/v2"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+    let body = missing.text().await.unwrap();
+    assert!(
+        body.contains("MANIFEST_UNKNOWN") && body.contains("offline"),
+        "{body}"
+    );
+    assert_eq!(
+        upstream.requests().len(),
+        hits,
+        "offline never contacts an upstream"
+    );
+}
+
+#[tokio::test]
+async fn max_stale_bounds_how_old_a_stale_tag_may_be() {
+    let upstream = FakeRegistry::start().await;
+    put_image(&[&upstream], "m/s", "v1", 77);
+    let proxy = TestProxy::start_with(&[&upstream], |c| {
+        c.tag_ttl = Duration::ZERO;
+        c.max_stale = Some(Duration::from_millis(500));
+    })
+    .await;
+    assert_eq!(
+        client()
+            .get(proxy.url("/v2/m/s/manifests/v1"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    upstream.fault("/v2/", Fault::Status(503));
+    assert_eq!(
+        client()
+            .get(proxy.url("/v2/m/s/manifests/v1"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK,
+        "young enough: served stale"
+    );
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        client()
+            .get(proxy.url("/v2/m/s/manifests/v1"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::SERVICE_UNAVAILABLE,
+        "older than max_stale: not served"
+    );
+}
+
+#[tokio::test]
+async fn a_drip_feeding_upstream_is_abandoned_for_a_faster_one() {
+    let primary = FakeRegistry::start().await;
+    let secondary = FakeRegistry::start().await;
+    let blob = pseudo_random_bytes(3 * 1024 * 1024, 78);
+    let digest = primary.put_blob(blob.clone());
+    secondary.put_blob(blob.clone());
+    // 4 KiB every 100 ms never trips the idle timeout, but is far below 256 KiB/s.
+    primary.fault(
+        "/blobs/",
+        Fault::Drip {
+            chunk: 4096,
+            delay: Duration::from_millis(100),
+        },
+    );
+    let proxy = TestProxy::start_with(&[&primary, &secondary], |c| {
+        c.upstreams[0].rate_window = Duration::from_secs(1);
+    })
+    .await;
+    let started = Instant::now();
+    let body = client()
+        .get(proxy.url(&format!("/v2/d/r/blobs/{digest}")))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(body, blob);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    let status = admin_status(&proxy).await;
+    assert_eq!(
+        status["upstreams"][0]["recent_failures"][0]["reason"], "too_slow",
+        "{status}"
+    );
+}
+
+#[tokio::test]
+async fn shutdown_lets_in_flight_downloads_finish() {
+    let upstream = FakeRegistry::start().await;
+    let blob = pseudo_random_bytes(2 * 1024 * 1024, 79);
+    let digest = upstream.put_blob(blob.clone());
+    upstream.fault(
+        "/blobs/",
+        Fault::Drip {
+            chunk: 256 * 1024,
+            delay: Duration::from_millis(100),
+        },
+    );
+    let mut proxy = TestProxy::start(&[&upstream]).await;
+    let url = proxy.url(&format!("/v2/g/r/blobs/{digest}"));
+    let download =
+        tokio::spawn(async move { client().get(url).send().await.unwrap().bytes().await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let addr = proxy.server.as_ref().unwrap().addr;
+    proxy.server.take().unwrap().shutdown().await;
+    let body = download
+        .await
+        .unwrap()
+        .expect("the in-flight download completed");
+    assert_eq!(body, blob);
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "no longer accepting"
+    );
+}
