@@ -396,3 +396,38 @@ async fn manifest_by_digest_with_wrong_bytes_is_never_served() {
         .unwrap();
     assert_eq!(response.text().await.unwrap(), body);
 }
+
+#[tokio::test]
+async fn the_fault_proxy_works_in_front_of_a_registry() {
+    let registry = FakeRegistry::start().await;
+    let (manifest, layer_digest, layer) = put_image(&[&registry], "proxied/app", "v1", 14);
+    let faulty = FakeRegistry::start_proxy("127.0.0.1:0", &registry.url()).await;
+    faulty.fault("/blobs/", Fault::Corrupt);
+    // Directly: the proxy serves the registry's manifest and corrupts its blobs.
+    let direct = client()
+        .get(format!("{}/v2/proxied/app/manifests/v1", faulty.url()))
+        .send()
+        .await
+        .unwrap();
+    assert!(manifest.matches(&direct.bytes().await.unwrap()));
+    let blob = client()
+        .get(format!(
+            "{}/v2/proxied/app/blobs/{layer_digest}",
+            faulty.url()
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(blob.bytes().await.unwrap(), layer);
+    // Through ferry with the faulty proxy as primary: verified bytes from the registry.
+    let urls = vec![faulty.url(), registry.url()];
+    let proxy = TestProxy::start_urls(&urls, tempfile::tempdir().unwrap(), |_| {}).await;
+    pull_ok(
+        &proxy,
+        "proxied/app",
+        "v1",
+        &manifest,
+        (&layer_digest, &layer),
+    )
+    .await;
+}

@@ -63,6 +63,8 @@ struct State {
     token_credentials: Option<String>,
     /// Blob GETs are redirected to this base URL + /objects/<digest>.
     redirect_blobs_to: Option<String>,
+    /// Proxy mode: content comes from this real registry, faults are applied on the way.
+    backend: Option<String>,
 }
 
 pub struct FakeRegistry {
@@ -80,7 +82,11 @@ impl Drop for FakeRegistry {
 
 impl FakeRegistry {
     pub async fn start() -> FakeRegistry {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_on("127.0.0.1:0").await
+    }
+
+    async fn start_on(listen: &str) -> FakeRegistry {
+        let listener = tokio::net::TcpListener::bind(listen).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(Mutex::new(State::default()));
         let task_state = state.clone();
@@ -118,6 +124,14 @@ impl FakeRegistry {
         for connection in self.connections.lock().unwrap().drain(..) {
             connection.abort();
         }
+    }
+
+    /// A fault-injecting proxy in front of a real registry at `backend` (e.g.
+    /// `http://127.0.0.1:5000`), listening on `listen` ("127.0.0.1:0" for any port).
+    pub async fn start_proxy(listen: &str, backend: &str) -> FakeRegistry {
+        let registry = FakeRegistry::start_on(listen).await;
+        registry.state().backend = Some(backend.trim_end_matches('/').to_owned());
+        registry
     }
 
     pub fn url(&self) -> String {
@@ -257,6 +271,7 @@ async fn handle(
     let path = req.uri().path().to_owned();
     let query = req.uri().query().map(str::to_owned);
     let headers = req.headers().clone();
+    let backend = state.lock().unwrap().backend.clone();
     let (fault, required_token, token_credentials, redirect) = {
         let mut s = state.lock().unwrap();
         s.requests.push(RecordedRequest {
@@ -334,6 +349,17 @@ async fn handle(
         }
     }
 
+    if let Some(backend) = backend {
+        return proxy_to(
+            &backend,
+            &method,
+            &path,
+            query.as_deref(),
+            &headers,
+            fault.as_ref(),
+        )
+        .await;
+    }
     if path == "/v2/" {
         return full(StatusCode::OK, "{}");
     }
@@ -528,4 +554,58 @@ fn head_body() -> Body {
     BodyExt::boxed(StreamBody::new(futures_util::stream::empty::<
         Result<Frame<Bytes>, std::io::Error>,
     >()))
+}
+
+/// Proxy mode: fetches the request from a real registry (whole body, no Range), then
+/// answers it here so the fault applies to real content.
+async fn proxy_to(
+    backend: &str,
+    method: &Method,
+    path: &str,
+    query: Option<&str>,
+    headers: &HeaderMap,
+    fault: Option<&Fault>,
+) -> Response<Body> {
+    let mut url = format!("{backend}{path}");
+    if let Some(query) = query {
+        url.push('?');
+        url.push_str(query);
+    }
+    let mut request = reqwest::Client::new().request(method.clone(), &url);
+    for name in ["accept", "authorization"] {
+        for value in headers.get_all(name) {
+            request = request.header(name, value.clone());
+        }
+    }
+    let upstream = match request.send().await {
+        Ok(upstream) => upstream,
+        Err(e) => return oci_error(StatusCode::BAD_GATEWAY, &format!("BACKEND_DOWN: {e}")),
+    };
+    let status = upstream.status();
+    let passed_headers = upstream.headers().clone();
+    let media_type = passed_headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let body = upstream.bytes().await.unwrap_or_default();
+    if status != StatusCode::OK || method == Method::HEAD {
+        let mut response = full(status, body);
+        for (name, value) in passed_headers.iter() {
+            let length_of_empty_body = name == "content-length" && method != Method::HEAD;
+            if !length_of_empty_body && name != "transfer-encoding" {
+                response.headers_mut().insert(name.clone(), value.clone());
+            }
+        }
+        if method == Method::HEAD {
+            *response.body_mut() = head_body();
+        }
+        return response;
+    }
+    let mut response = body_response(body, media_type.as_deref(), fault, headers);
+    for (name, value) in passed_headers.iter() {
+        if name.as_str().starts_with("www-authenticate") {
+            response.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    response
 }
