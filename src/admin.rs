@@ -85,6 +85,7 @@ pub fn status(pull: &PullThrough) -> serde_json::Value {
         "offline": pull.settings.offline,
         "registry": pull.settings.registry,
         "cache": {
+            "usage": pull.cache.index.usage(),
             "write_failures": pull.cache.write_failures(),
             "fills_in_progress": pull.cache.inflight.len(),
         },

@@ -71,10 +71,11 @@ pub async fn start_with_shutdown(
     config: Config,
     external_shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<RunningServer, StartError> {
-    let cache = Cache::open(&config.cache_dir).map_err(|source| StartError::Cache {
-        path: config.cache_dir.display().to_string(),
-        source,
-    })?;
+    let cache =
+        Cache::open(&config.cache_dir, config.cache_size).map_err(|source| StartError::Cache {
+            path: config.cache_dir.display().to_string(),
+            source,
+        })?;
     let upstreams =
         Upstreams::new(&config.upstreams, config.pool.clone()).map_err(StartError::Upstreams)?;
     let settings = PullSettings {
@@ -126,6 +127,7 @@ pub async fn start_with_shutdown(
             Duration::from_secs(1),
         )));
     }
+    tokio::spawn(maintain_cache(pull.clone(), until_stopped(stopped.clone())));
     if let Some(interval) = config.health_probe_interval.filter(|_| !config.offline) {
         tokio::spawn(probe_upstreams(
             pull.clone(),
@@ -148,6 +150,45 @@ pub async fn start_with_shutdown(
         stop,
         tasks,
     })
+}
+
+/// How often pins are re-read and the size bound re-checked.
+const CACHE_MAINTENANCE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Indexes what is already on disk (in the background: requests are served meanwhile),
+/// then keeps pins current and the size bound enforced.
+async fn maintain_cache(pull: Arc<PullThrough>, stopped: impl std::future::Future<Output = ()>) {
+    tokio::pin!(stopped);
+    let started = std::time::Instant::now();
+    let scan_pull = pull.clone();
+    match tokio::task::spawn_blocking(move || scan_pull.cache.scan_blobs()).await {
+        Ok(Ok(count)) => tracing::info!(
+            blobs = count,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "cache index rebuilt"
+        ),
+        Ok(Err(e)) => tracing::error!(error = %e, "cache failure: cannot scan the cache directory"),
+        Err(e) => tracing::error!(error = %e, "cache scan task failed"),
+    }
+    let mut pins_modified = None;
+    loop {
+        let pins_path = pull.cache.layout.root().join(crate::cache::pins::PINS_FILE);
+        let modified = std::fs::metadata(&pins_path)
+            .and_then(|m| m.modified())
+            .ok();
+        if modified != pins_modified {
+            pins_modified = modified;
+            match crate::cache::pins::Pins::load(pull.cache.layout.root()) {
+                Ok(pins) => pull.cache.index.set_pins(pins.digests()),
+                Err(e) => tracing::error!(error = %e, "cannot read pins.json"),
+            }
+        }
+        pull.cache.index.enforce();
+        tokio::select! {
+            () = &mut stopped => return,
+            () = tokio::time::sleep(CACHE_MAINTENANCE_INTERVAL) => {}
+        }
+    }
 }
 
 /// The optional background health probe: `GET /v2/` on every upstream each interval,

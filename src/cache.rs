@@ -2,12 +2,15 @@
 //! committed file (`writer`), how concurrent misses share one fill (`inflight`), how bytes
 //! are read back, from a finished file or one still growing (`reader`), and tags (`tags`).
 
+pub mod index;
 pub mod inflight;
 pub mod layout;
+pub mod pins;
 pub mod reader;
 pub mod tags;
 pub mod writer;
 
+pub use index::{LruIndex, Reservation, Usage};
 pub use inflight::{FillHandle, FillPhase, FillProgress, Inflight, JoinOutcome};
 pub use layout::Layout;
 pub use tags::{TagKey, TagRecord, TagStore};
@@ -16,6 +19,9 @@ pub use writer::{BlobWriter, CommitError};
 use crate::oci::Digest;
 use std::io;
 use std::path::Path;
+
+/// How stale a blob file's mtime may get before a hit refreshes it (recency for restarts).
+const RECENCY_PERSIST_INTERVAL: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// A committed manifest: its bytes and its media type.
 #[derive(Debug, Clone)]
@@ -30,6 +36,8 @@ pub struct Cache {
     pub layout: Layout,
     pub tags: TagStore,
     pub inflight: Inflight,
+    /// Sizes and recency of committed blobs; enforces `cache_size`.
+    pub index: std::sync::Arc<LruIndex>,
     /// Fills abandoned because the cache could not take the bytes (disk full, I/O errors).
     write_failures: std::sync::atomic::AtomicU64,
     /// Held open for the server's lifetime: its `flock` keeps a second server off this directory.
@@ -39,7 +47,7 @@ pub struct Cache {
 impl Cache {
     /// Opens (creating if needed) the cache at `root`, removes leftover temporary files
     /// from an earlier run, and takes the directory's lock so no second server shares it.
-    pub fn open(root: &Path) -> io::Result<Cache> {
+    pub fn open(root: &Path, size_limit: Option<u64>) -> io::Result<Cache> {
         let layout = Layout::create(root)?;
         let server_lock = lock_exclusively(&root.join("server.lock"))?;
         let removed = layout.sweep_temporary_files()?;
@@ -50,13 +58,59 @@ impl Cache {
             );
         }
         let tags = TagStore::new(layout.tags_dir());
+        let blobs_root = layout.root().to_path_buf();
+        let index = std::sync::Arc::new(LruIndex::new(size_limit, move |digest| {
+            Layout::blob_path_under(&blobs_root, digest)
+        }));
         Ok(Cache {
             layout,
             tags,
             inflight: Inflight::default(),
+            index,
             write_failures: Default::default(),
             _server_lock: server_lock,
         })
+    }
+
+    /// Indexes the blobs already on disk (oldest mtime first, so recency survives restarts),
+    /// then enforces the size limit. Runs in the background at startup; requests are served
+    /// meanwhile, since a hit never needs the index.
+    pub fn scan_blobs(&self) -> io::Result<usize> {
+        let mut found = Vec::new();
+        for algorithm in [
+            crate::oci::DigestAlgorithm::Sha256,
+            crate::oci::DigestAlgorithm::Sha512,
+        ] {
+            let dir = self.layout.root().join("blobs").join(algorithm.as_str());
+            let Ok(prefixes) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for prefix in prefixes.flatten() {
+                let Ok(files) = std::fs::read_dir(prefix.path()) else {
+                    continue;
+                };
+                for file in files.flatten() {
+                    let name = file.file_name();
+                    let Some(name) = name.to_str() else { continue };
+                    let Ok(digest) = format!("{}:{name}", algorithm.as_str()).parse::<Digest>()
+                    else {
+                        continue;
+                    };
+                    let Ok(metadata) = file.metadata() else {
+                        continue;
+                    };
+                    let modified = metadata.modified().unwrap_or(std::time::UNIX_EPOCH);
+                    found.push((modified, digest, metadata.len()));
+                }
+            }
+        }
+        found.sort_by_key(|(modified, _, _)| *modified);
+        let count = found.len();
+        for (_, digest, size) in found {
+            self.index.add_scanned(&digest, size);
+        }
+        self.index.enforce();
+        Ok(count)
     }
 
     pub fn note_write_failure(&self) {
@@ -113,11 +167,23 @@ impl Cache {
         }
     }
 
-    /// Opens a committed blob for reading, with its size.
+    /// Opens a committed blob for reading, with its size, and records the use (its file's
+    /// mtime is refreshed at most hourly, so recency survives a restart).
     pub fn open_blob(&self, digest: &Digest) -> io::Result<Option<(std::fs::File, u64)>> {
         match std::fs::File::open(self.layout.blob_path(digest)) {
             Ok(file) => {
-                let size = file.metadata()?.len();
+                let metadata = file.metadata()?;
+                let size = metadata.len();
+                self.index.touch(digest, size);
+                let now = std::time::SystemTime::now();
+                let stale = metadata
+                    .modified()
+                    .ok()
+                    .and_then(|m| now.duration_since(m).ok())
+                    .is_none_or(|age| age > RECENCY_PERSIST_INTERVAL);
+                if stale {
+                    let _ = file.set_modified(now);
+                }
                 Ok(Some((file, size)))
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),

@@ -29,6 +29,8 @@ pub const DEFAULT_RETRY_BUDGET: usize = 2;
 pub struct Config {
     pub listen: SocketAddr,
     pub cache_dir: PathBuf,
+    /// Bound on cached blob bytes; `None` = unbounded.
+    pub cache_size: Option<u64>,
     pub registry: String,
     pub tag_ttl: Duration,
     /// Oldest tag mapping served when no upstream can confirm it; `None` = unlimited.
@@ -97,6 +99,7 @@ pub struct Overrides {
     pub tag_ttl: Option<String>,
     pub offline: bool,
     pub admin_listen: Option<String>,
+    pub cache_size: Option<String>,
 }
 
 /// One invalid setting: where it came from, the offending value, and why.
@@ -190,6 +193,29 @@ impl Config {
         if cache_dir.as_os_str().is_empty() {
             problem("cache_dir", "", "must not be empty".into());
         }
+
+        let (size_key, size_value) = match (&overrides.cache_size, &file.cache_size) {
+            (Some(v), _) => ("--cache-size", Some(v.clone())),
+            (None, v) => ("cache_size", v.clone()),
+        };
+        let cache_size = match size_value.as_deref() {
+            None | Some("unlimited") => None,
+            Some(text) => match parse_size(text) {
+                Ok(0) => {
+                    problem(
+                        size_key,
+                        text,
+                        "must be greater than zero, or \"unlimited\"".into(),
+                    );
+                    None
+                }
+                Ok(bytes) => Some(bytes),
+                Err(reason) => {
+                    problem(size_key, text, reason);
+                    None
+                }
+            },
+        };
 
         let registry = file
             .registry
@@ -496,6 +522,7 @@ impl Config {
             (true, Some(listen)) => Ok(Config {
                 listen,
                 cache_dir,
+                cache_size,
                 registry,
                 tag_ttl,
                 max_stale,
@@ -546,6 +573,10 @@ impl Config {
         let file = ConfigFile {
             listen: Some(self.listen.to_string()),
             cache_dir: Some(self.cache_dir.display().to_string()),
+            cache_size: Some(
+                self.cache_size
+                    .map_or("unlimited".to_owned(), |b| format!("{b}B")),
+            ),
             registry: Some(self.registry.clone()),
             tag_ttl: Some(humantime::format_duration(self.tag_ttl).to_string()),
             failover_on_not_found: Some(self.pool.failover_on_not_found),

@@ -43,6 +43,10 @@ struct ServeArgs {
     /// [default: 60s].
     #[arg(long, value_name = "DURATION")]
     tag_ttl: Option<String>,
+    /// Bound on cached blob bytes, e.g. 50GiB or 300MiB; least recently used blobs are
+    /// evicted [default: unlimited].
+    #[arg(long, value_name = "SIZE")]
+    cache_size: Option<String>,
     /// Never contact an upstream: serve only what the cache holds (tags regardless of TTL).
     #[arg(long)]
     offline: bool,
@@ -74,6 +78,7 @@ fn main() -> ExitCode {
         tag_ttl: args.tag_ttl.clone(),
         offline: args.offline,
         admin_listen: args.admin_listen.clone(),
+        cache_size: args.cache_size.clone(),
     };
     let config = match Config::load(args.config.as_deref(), &overrides) {
         Ok(config) => config,

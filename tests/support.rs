@@ -40,8 +40,8 @@ impl TestProxy {
             cache_dir: Some(cache_dir.path().to_path_buf()),
             upstreams: urls.to_vec(),
             tag_ttl: None,
-            offline: false,
             admin_listen: Some("127.0.0.1:0".into()),
+            ..Default::default()
         };
         let mut config = Config::from_file(Default::default(), &overrides).unwrap();
         for upstream in &mut config.upstreams {

@@ -6,6 +6,7 @@ mod support;
 mod api;
 mod auth;
 mod cache_behaviour;
+mod cache_lifecycle;
 mod chaos;
 mod cli;
 mod crash;

@@ -16,7 +16,7 @@ pub struct Layout {
 
 impl Layout {
     pub fn create(root: &Path) -> io::Result<Layout> {
-        for sub in ["blobs", "manifests", "tags", "tmp"] {
+        for sub in ["blobs", "manifests", "tags", "tmp", "quarantine"] {
             std::fs::create_dir_all(root.join(sub))?;
         }
         Ok(Layout {
@@ -27,6 +27,14 @@ impl Layout {
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// The blob path under `root`, for code that holds only the root (eviction).
+    pub fn blob_path_under(root: &Path, digest: &Digest) -> PathBuf {
+        root.join("blobs")
+            .join(digest.algorithm().as_str())
+            .join(&digest.hex()[..2])
+            .join(digest.hex())
     }
 
     fn content_path(&self, kind: &str, digest: &Digest) -> PathBuf {

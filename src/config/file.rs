@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize};
 pub struct ConfigFile {
     pub listen: Option<String>,
     pub cache_dir: Option<String>,
+    /// Bound on cached blob bytes, e.g. "50GiB" (default: unbounded).
+    pub cache_size: Option<String>,
     /// Name of the registry the upstreams serve (cache keys include it). Default `docker.io`.
     pub registry: Option<String>,
     /// How long a tag's digest is trusted before a HEAD revalidates it, e.g. "60s".

@@ -145,6 +145,8 @@ impl PullThrough {
                     progress,
                     total: None,
                     contributors: Vec::new(),
+                    reservation: None,
+                    index: self.cache.index.clone(),
                 };
                 // The fill runs on its own task: it finishes (and commits) even if the
                 // client that started it goes away, and every follower reads its file.
@@ -353,6 +355,9 @@ struct Fill {
     total: Option<u64>,
     /// Upstreams whose bytes are in the file; all are suspects if the digest fails.
     contributors: Vec<String>,
+    /// Space held against the cache size for the announced length.
+    reservation: Option<crate::cache::Reservation>,
+    index: Arc<crate::cache::LruIndex>,
 }
 
 /// How one upstream's attempt at the body ended.
@@ -387,6 +392,9 @@ impl Fill {
             Ok(upstream) => {
                 tracing::info!(digest = %self.digest, bytes = self.writer.written(), %upstream, elapsed_ms = started.elapsed().as_millis() as u64, "blob fill committed");
                 let written = self.writer.written();
+                // The reservation becomes the committed entry.
+                self.reservation = None;
+                self.index.touch(&self.digest, written);
                 self.progress.send_modify(|p| {
                     p.written = written;
                     p.phase = FillPhase::Complete;
@@ -525,6 +533,16 @@ impl Fill {
                 ));
             }
             (None, announced) if offset == 0 => {
+                if let Some(bytes) = announced {
+                    match self.index.try_reserve(bytes) {
+                        Some(reservation) => self.reservation = Some(reservation),
+                        None => {
+                            return AttemptEnd::Cache(format!(
+                                "no room for {bytes} bytes within the cache size (fills in progress and pins hold it)"
+                            ));
+                        }
+                    }
+                }
                 self.total = announced;
                 self.progress.send_modify(|p| {
                     p.phase = FillPhase::Streaming {

@@ -1,0 +1,340 @@
+//! The size bound: which committed blobs the cache holds, their sizes and least-recent use,
+//! plus bytes reserved by fills in progress. When committed + reserved bytes exceed the
+//! limit, the least recently used unpinned blobs are evicted (their files deleted; a reader
+//! that has one open keeps reading it). Fills in progress are not in the index, so they are
+//! never evicted; pinned blobs count toward the size but are never evicted.
+//!
+//! A hand-rolled LRU rather than moka: eviction here must be synchronous and must account
+//! for reservations, so the bound holds at every instant rather than eventually.
+
+use crate::oci::Digest;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    size: u64,
+    /// Position in the LRU order; `None` for pinned blobs (never evicted).
+    sequence: Option<u64>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    entries: HashMap<Digest, Entry>,
+    order: BTreeMap<u64, Digest>,
+    next_sequence: u64,
+    /// Bytes of committed blobs in the index (pinned included).
+    committed: u64,
+    pinned_bytes: u64,
+    /// Bytes announced by fills in progress.
+    reserved: u64,
+    pinned: HashSet<Digest>,
+    evictions: u64,
+    evicted_bytes: u64,
+}
+
+/// Cache usage, for `/admin/upstreams`, `ferry cache du` and tests.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct Usage {
+    pub limit: Option<u64>,
+    pub committed: u64,
+    pub pinned: u64,
+    pub reserved: u64,
+    pub blobs: usize,
+    pub evictions: u64,
+    pub evicted_bytes: u64,
+}
+
+pub struct LruIndex {
+    limit: Option<u64>,
+    state: Mutex<State>,
+    /// Where a digest's committed file lives (to delete it on eviction).
+    blob_path: Box<dyn Fn(&Digest) -> PathBuf + Send + Sync>,
+}
+
+/// Bytes held for a fill in progress; released when dropped.
+pub struct Reservation {
+    index: Arc<LruIndex>,
+    bytes: u64,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        let mut state = self.index.lock();
+        state.reserved = state.reserved.saturating_sub(self.bytes);
+    }
+}
+
+impl LruIndex {
+    pub fn new(
+        limit: Option<u64>,
+        blob_path: impl Fn(&Digest) -> PathBuf + Send + Sync + 'static,
+    ) -> Self {
+        LruIndex {
+            limit,
+            state: Mutex::new(State::default()),
+            blob_path: Box::new(blob_path),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // Poisoning only means a panic mid-update of plain maps; they stay usable.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn limit(&self) -> Option<u64> {
+        self.limit
+    }
+
+    /// Records a use of `digest` (of `size` bytes): it becomes the most recently used.
+    /// Unknown digests (committed before a restart, not yet scanned) are added.
+    pub fn touch(&self, digest: &Digest, size: u64) {
+        let victims = {
+            let mut state = self.lock();
+            Self::touch_locked(&mut state, digest, size);
+            self.victims_locked(&mut state)
+        };
+        self.delete(victims);
+    }
+
+    /// Adds a blob found on disk at startup, ordered by `recency` (older first) unless it
+    /// was already touched by a request.
+    pub fn add_scanned(&self, digest: &Digest, size: u64) {
+        let mut state = self.lock();
+        if !state.entries.contains_key(digest) {
+            Self::touch_locked(&mut state, digest, size);
+        }
+    }
+
+    /// Evicts down to the limit; returns the number of blobs evicted.
+    pub fn enforce(&self) -> usize {
+        let victims = {
+            let mut state = self.lock();
+            self.victims_locked(&mut state)
+        };
+        let n = victims.len();
+        self.delete(victims);
+        n
+    }
+
+    fn touch_locked(state: &mut State, digest: &Digest, size: u64) {
+        let pinned = state.pinned.contains(digest);
+        if let Some(entry) = state.entries.get(digest).copied() {
+            if let Some(sequence) = entry.sequence {
+                state.order.remove(&sequence);
+            }
+        } else {
+            state.committed += size;
+            if pinned {
+                state.pinned_bytes += size;
+            }
+        }
+        let sequence = if pinned {
+            None
+        } else {
+            let sequence = state.next_sequence;
+            state.next_sequence += 1;
+            state.order.insert(sequence, digest.clone());
+            Some(sequence)
+        };
+        let size = state.entries.get(digest).map_or(size, |e| e.size);
+        state
+            .entries
+            .insert(digest.clone(), Entry { size, sequence });
+    }
+
+    /// Removes least recently used unpinned entries until committed + reserved fits.
+    fn victims_locked(&self, state: &mut State) -> Vec<Digest> {
+        let Some(limit) = self.limit else {
+            return Vec::new();
+        };
+        let mut victims = Vec::new();
+        while state.committed + state.reserved > limit {
+            let Some((_, digest)) = state.order.pop_first() else {
+                break;
+            };
+            if let Some(entry) = state.entries.remove(&digest) {
+                state.committed -= entry.size;
+                state.evictions += 1;
+                state.evicted_bytes += entry.size;
+            }
+            victims.push(digest);
+        }
+        victims
+    }
+
+    fn delete(&self, victims: Vec<Digest>) {
+        for digest in victims {
+            let path = (self.blob_path)(&digest);
+            match std::fs::remove_file(&path) {
+                Ok(()) => tracing::debug!(%digest, "evicted"),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => tracing::warn!(%digest, error = %e, "cannot delete an evicted blob"),
+            }
+        }
+    }
+
+    /// Holds `bytes` for a fill in progress, evicting to make room now. `None` when even
+    /// evicting everything evictable leaves no room (in-flight fills and pinned content
+    /// fill the bound): the caller must not cache this blob.
+    pub fn try_reserve(self: &Arc<Self>, bytes: u64) -> Option<Reservation> {
+        let victims = {
+            let mut state = self.lock();
+            if let Some(limit) = self.limit {
+                let unevictable = state.pinned_bytes + state.reserved;
+                if unevictable + bytes > limit {
+                    return None;
+                }
+            }
+            state.reserved += bytes;
+            self.victims_locked(&mut state)
+        };
+        self.delete(victims);
+        Some(Reservation {
+            index: self.clone(),
+            bytes,
+        })
+    }
+
+    /// Forgets a blob removed by someone else (`ferry cache rm`, quarantine).
+    pub fn forget(&self, digest: &Digest) {
+        let mut state = self.lock();
+        if let Some(entry) = state.entries.remove(digest) {
+            state.committed -= entry.size;
+            if let Some(sequence) = entry.sequence {
+                state.order.remove(&sequence);
+            } else {
+                state.pinned_bytes -= entry.size;
+            }
+        }
+    }
+
+    /// Replaces the set of pinned digests.
+    pub fn set_pins(&self, pinned: HashSet<Digest>) {
+        let victims = {
+            let mut state = self.lock();
+            state.pinned = pinned;
+            let digests: Vec<(Digest, Entry)> =
+                state.entries.iter().map(|(d, e)| (d.clone(), *e)).collect();
+            state.pinned_bytes = 0;
+            for (digest, entry) in digests {
+                let pinned = state.pinned.contains(&digest);
+                match (pinned, entry.sequence) {
+                    (true, Some(sequence)) => {
+                        state.order.remove(&sequence);
+                        state.entries.insert(
+                            digest,
+                            Entry {
+                                sequence: None,
+                                ..entry
+                            },
+                        );
+                    }
+                    (false, None) => {
+                        let sequence = state.next_sequence;
+                        state.next_sequence += 1;
+                        state.order.insert(sequence, digest.clone());
+                        state.entries.insert(
+                            digest,
+                            Entry {
+                                sequence: Some(sequence),
+                                ..entry
+                            },
+                        );
+                    }
+                    _ => {}
+                }
+                if pinned {
+                    state.pinned_bytes += entry.size;
+                }
+            }
+            if let Some(limit) = self.limit
+                && state.pinned_bytes > limit
+            {
+                tracing::warn!(
+                    pinned_bytes = state.pinned_bytes,
+                    limit,
+                    "pinned content alone exceeds the cache size"
+                );
+            }
+            self.victims_locked(&mut state)
+        };
+        self.delete(victims);
+    }
+
+    pub fn usage(&self) -> Usage {
+        let state = self.lock();
+        Usage {
+            limit: self.limit,
+            committed: state.committed,
+            pinned: state.pinned_bytes,
+            reserved: state.reserved,
+            blobs: state.entries.len(),
+            evictions: state.evictions,
+            evicted_bytes: state.evicted_bytes,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn digest(n: u8) -> Digest {
+        Digest::sha256_of(&[n])
+    }
+
+    fn index(limit: u64, dir: &std::path::Path) -> Arc<LruIndex> {
+        let dir = dir.to_path_buf();
+        Arc::new(LruIndex::new(Some(limit), move |d| dir.join(d.hex())))
+    }
+
+    #[test]
+    fn evicts_least_recently_used_and_deletes_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = index(300, dir.path());
+        for n in 0..3 {
+            std::fs::write(dir.path().join(digest(n).hex()), b"x").unwrap();
+            index.touch(&digest(n), 100);
+        }
+        index.touch(&digest(0), 100); // 0 is now the most recent; 1 is the oldest
+        std::fs::write(dir.path().join(digest(3).hex()), b"x").unwrap();
+        index.touch(&digest(3), 100);
+        assert!(!dir.path().join(digest(1).hex()).exists());
+        assert!(dir.path().join(digest(0).hex()).exists());
+        let usage = index.usage();
+        assert_eq!((usage.committed, usage.blobs, usage.evictions), (300, 3, 1));
+    }
+
+    #[test]
+    fn reservations_make_room_and_pins_are_never_evicted() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = index(300, dir.path());
+        index.set_pins([digest(0)].into_iter().collect());
+        for n in 0..3 {
+            index.touch(&digest(n), 100);
+        }
+        let reservation = index.try_reserve(150).unwrap();
+        let usage = index.usage();
+        assert!(usage.committed + usage.reserved <= 300, "{usage:?}");
+        assert_eq!(usage.pinned, 100);
+        assert_eq!(
+            usage.blobs, 1,
+            "both unpinned blobs made room; the pinned one stayed"
+        );
+        assert!(
+            index.try_reserve(100).is_none(),
+            "pinned 100 + reserved 150 + 100 > 300"
+        );
+        drop(reservation);
+        assert_eq!(index.usage().reserved, 0);
+        index.set_pins(HashSet::new());
+        index.touch(&digest(5), 250);
+        assert_eq!(
+            index.usage().blobs,
+            1,
+            "unpinned, the old pin is evictable again"
+        );
+    }
+}
