@@ -12,6 +12,9 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+/// Longest a stopping server waits for fills still running (they hold the cache).
+const FILL_DRAIN_LIMIT: Duration = Duration::from_secs(10);
+
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("cannot open the cache at {path}: {source}")]
@@ -44,10 +47,15 @@ impl RunningServer {
         self.wait().await;
     }
 
-    /// Waits until the server stops (after `shutdown` or the external shutdown signal).
+    /// Waits until the server stops (after `shutdown` or the external shutdown signal),
+    /// including fills still running, so the cache directory is released on return.
     pub async fn wait(self) {
         for task in self.tasks {
             let _ = task.await;
+        }
+        let deadline = tokio::time::Instant::now() + FILL_DRAIN_LIMIT;
+        while Arc::strong_count(&self.pull) > 1 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 }

@@ -1,5 +1,5 @@
-//! The `ferry` command line: `serve`, `check-config`; logging setup and exit codes
-//! (2 for invalid configuration, 1 for a failure to start).
+//! The `ferry` command line: `serve`, `check-config`, `warm`, `cache ...`; logging setup
+//! and exit codes (2 for invalid configuration or arguments, 1 for a failure).
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -22,6 +22,64 @@ enum Command {
     Serve(ServeArgs),
     /// Validate a configuration (file plus flags) and print the effective settings.
     CheckConfig(ServeArgs),
+    /// Pull images into the cache ahead of need (every platform of an index, all blobs),
+    /// through a running ferry (--server) or standalone on the cache directory.
+    Warm(WarmArgs),
+    /// Inspect and maintain a cache directory (safe while a server runs on it).
+    Cache {
+        #[command(subcommand)]
+        command: CacheCommand,
+        #[command(flatten)]
+        location: CacheLocation,
+    },
+}
+
+#[derive(Args)]
+struct WarmArgs {
+    /// Images: [registry/]repository[:tag], e.g. alpine:3.20 or ghcr.io/org/app:v1.
+    #[arg(required = true, value_name = "IMAGE")]
+    images: Vec<String>,
+    /// Mark the images' content as never evicted.
+    #[arg(long)]
+    pin: bool,
+    /// Only these platforms of a multi-platform image (os/arch[/variant]); repeatable.
+    #[arg(long = "platform", value_name = "OS/ARCH")]
+    platforms: Vec<String>,
+    /// A running ferry's registry address to pull through, e.g. http://127.0.0.1:5000.
+    /// Without it, a ferry is started in-process on the cache directory.
+    #[arg(long, value_name = "URL")]
+    server: Option<String>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Args)]
+struct CacheLocation {
+    /// Cache directory [default: $XDG_CACHE_HOME/ferry or ~/.cache/ferry].
+    #[arg(long, value_name = "DIR", global = true)]
+    cache_dir: Option<PathBuf>,
+    /// Print JSON instead of text (ls, du).
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum CacheCommand {
+    /// Cached images: repository, tag, digest, size, last access, pinned.
+    Ls,
+    /// Bytes used: total, blobs, manifests, pinned, per registry.
+    Du,
+    /// Rehash every file; move mismatches to quarantine/; exit 1 if any was wrong.
+    Verify,
+    /// Delete least recently used unpinned blobs down to a size now.
+    Gc {
+        #[arg(long, value_name = "SIZE")]
+        to: String,
+    },
+    /// Remove an image's tag and the content no other cached image needs.
+    Rm { image: String },
+    /// Let a pinned image's content be evicted again.
+    Unpin { image: String },
 }
 
 #[derive(Args)]
@@ -70,22 +128,12 @@ fn main() -> ExitCode {
     let (args, check_only) = match cli.command {
         Command::Serve(args) => (args, false),
         Command::CheckConfig(args) => (args, true),
+        Command::Warm(args) => return warm(args),
+        Command::Cache { command, location } => return cache_command(command, location),
     };
-    let overrides = Overrides {
-        listen: args.listen.clone(),
-        cache_dir: args.cache_dir.clone(),
-        upstreams: args.upstreams.clone(),
-        tag_ttl: args.tag_ttl.clone(),
-        offline: args.offline,
-        admin_listen: args.admin_listen.clone(),
-        cache_size: args.cache_size.clone(),
-    };
-    let config = match Config::load(args.config.as_deref(), &overrides) {
+    let config = match load_config(&args) {
         Ok(config) => config,
-        Err(errors) => {
-            eprint!("ferry: {errors}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     if check_only {
         print!("{}", config.to_redacted_toml());
@@ -98,6 +146,232 @@ fn main() -> ExitCode {
             eprintln!("ferry: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The validated configuration from `--config` and flags, or exit code 2 with every problem.
+fn load_config(args: &ServeArgs) -> Result<Config, ExitCode> {
+    let overrides = Overrides {
+        listen: args.listen.clone(),
+        cache_dir: args.cache_dir.clone(),
+        upstreams: args.upstreams.clone(),
+        tag_ttl: args.tag_ttl.clone(),
+        offline: args.offline,
+        admin_listen: args.admin_listen.clone(),
+        cache_size: args.cache_size.clone(),
+    };
+    Config::load(args.config.as_deref(), &overrides).map_err(|errors| {
+        eprint!("ferry: {errors}");
+        ExitCode::from(2)
+    })
+}
+
+fn warm(args: WarmArgs) -> ExitCode {
+    let mut config = match load_config(&args.serve) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    let mut images = Vec::new();
+    for image in &args.images {
+        match ferry::maintenance::ImageRef::parse(image, &config.registry) {
+            Ok(parsed) => images.push(parsed),
+            Err(e) => {
+                eprintln!("ferry warm: {image:?}: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    init_logging(args.serve.log_format);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("ferry warm: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let options = ferry::warm::WarmOptions {
+        platforms: args.platforms.clone(),
+    };
+    runtime.block_on(async {
+        let (endpoint, server) = match &args.server {
+            Some(url) => (url.clone(), None),
+            None => {
+                config.listen = ([127, 0, 0, 1], 0).into();
+                config.admin_listen = None;
+                match ferry::app::start(config.clone()).await {
+                    Ok(server) => (format!("http://{}", server.addr), Some(server)),
+                    Err(e) => {
+                        eprintln!("ferry warm: {e} (if a server is running on this cache, use --server URL)");
+                        return ExitCode::FAILURE;
+                    }
+                }
+            }
+        };
+        let mut warmed = Vec::new();
+        let mut failed = 0;
+        for image in &images {
+            match ferry::warm::warm_image(&endpoint, image, &options).await {
+                Ok(done) => warmed.push(done),
+                Err(e) => {
+                    eprintln!("ferry warm: {image}: {e}");
+                    failed += 1;
+                }
+            }
+        }
+        if args.pin && !warmed.is_empty() {
+            if let Err(e) = ferry::warm::pin(&config.cache_dir, &warmed) {
+                eprintln!("ferry warm: cannot record pins in {}: {e}", config.cache_dir.display());
+                failed += 1;
+            } else {
+                eprintln!("pinned {} image(s)", warmed.len());
+            }
+        }
+        if let Some(server) = server {
+            server.shutdown().await;
+        }
+        if failed > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+    })
+}
+
+fn cache_command(command: CacheCommand, location: CacheLocation) -> ExitCode {
+    use ferry::maintenance;
+    let root = location
+        .cache_dir
+        .unwrap_or_else(ferry::config::default_cache_dir);
+    if !root.join("blobs").is_dir() {
+        eprintln!(
+            "ferry cache: {} is not a ferry cache directory",
+            root.display()
+        );
+        return ExitCode::from(2);
+    }
+    let result: std::io::Result<ExitCode> = (|| match command {
+        CacheCommand::Ls => {
+            let images = maintenance::list(&root)?;
+            if location.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&images).unwrap_or_default()
+                );
+            } else {
+                println!(
+                    "{:<14} {:<40} {:<16} {:<19} {:>10} {:>7} {:<6} LAST ACCESS",
+                    "REGISTRY", "REPOSITORY", "TAG", "DIGEST", "SIZE", "MISSING", "PINNED"
+                );
+                for i in images {
+                    println!(
+                        "{:<14} {:<40} {:<16} {:<19} {:>10} {:>7} {:<6} {}",
+                        i.registry,
+                        i.repository,
+                        i.tag,
+                        &i.digest[..i.digest.len().min(19)],
+                        human(i.cached_bytes),
+                        i.missing,
+                        if i.pinned { "yes" } else { "no" },
+                        humantime::format_rfc3339_seconds(
+                            std::time::UNIX_EPOCH
+                                + std::time::Duration::from_secs(i.last_access_unix)
+                        )
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        CacheCommand::Du => {
+            let usage = maintenance::disk_usage(&root)?;
+            if location.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&usage).unwrap_or_default()
+                );
+            } else {
+                println!("total      {}", human(usage.total));
+                println!("blobs      {}", human(usage.blobs));
+                println!("manifests  {}", human(usage.manifests));
+                println!("pinned     {}", human(usage.pinned));
+                for (registry, bytes) in &usage.per_registry {
+                    println!("registry   {registry}: {}", human(*bytes));
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        CacheCommand::Verify => {
+            let report = maintenance::verify(&root)?;
+            println!("checked {} files, {}", report.checked, human(report.bytes));
+            for (path, why) in &report.quarantined {
+                println!("QUARANTINED {}: {why}", path.display());
+            }
+            Ok(if report.quarantined.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        CacheCommand::Gc { to } => {
+            let target = match ferry::config::parse_size(&to) {
+                Ok(target) => target,
+                Err(e) => {
+                    eprintln!("ferry cache gc: --to {to:?}: {e}");
+                    return Ok(ExitCode::from(2));
+                }
+            };
+            let (removed, freed) = maintenance::gc(&root, target)?;
+            println!("removed {removed} blobs, freed {}", human(freed));
+            Ok(ExitCode::SUCCESS)
+        }
+        CacheCommand::Rm { image } => {
+            let parsed = match maintenance::ImageRef::parse(&image, ferry::config::DEFAULT_REGISTRY)
+            {
+                Ok(parsed) => parsed,
+                Err(e) => {
+                    eprintln!("ferry cache rm: {image:?}: {e}");
+                    return Ok(ExitCode::from(2));
+                }
+            };
+            let removed = maintenance::remove_image(&root, &parsed)?;
+            println!("removed {parsed}: {removed} files");
+            Ok(ExitCode::SUCCESS)
+        }
+        CacheCommand::Unpin { image } => {
+            let parsed = match maintenance::ImageRef::parse(&image, ferry::config::DEFAULT_REGISTRY)
+            {
+                Ok(parsed) => parsed,
+                Err(e) => {
+                    eprintln!("ferry cache unpin: {image:?}: {e}");
+                    return Ok(ExitCode::from(2));
+                }
+            };
+            if maintenance::unpin(&root, &parsed)? {
+                println!("unpinned {parsed}");
+                Ok(ExitCode::SUCCESS)
+            } else {
+                eprintln!("{parsed} was not pinned");
+                Ok(ExitCode::FAILURE)
+            }
+        }
+    })();
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("ferry cache: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Bytes as KiB/MiB/GiB for people.
+fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
     }
 }
 

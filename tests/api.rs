@@ -231,7 +231,15 @@ async fn invalid_requests_get_oci_errors_and_never_reach_upstream() {
         .collect();
     for entry in entries {
         assert!(
-            ["blobs", "manifests", "tags", "tmp", "quarantine", "server.lock"].contains(&entry.as_str()),
+            [
+                "blobs",
+                "manifests",
+                "tags",
+                "tmp",
+                "quarantine",
+                "server.lock"
+            ]
+            .contains(&entry.as_str()),
             "{entry}"
         );
     }

@@ -7,6 +7,7 @@ mod api;
 mod auth;
 mod cache_behaviour;
 mod cache_lifecycle;
+mod cache_tools;
 mod chaos;
 mod cli;
 mod crash;

@@ -77,6 +77,11 @@ impl TagStore {
         }
     }
 
+    /// Where the record for `key` is stored.
+    pub fn path_of(&self, key: &TagKey) -> PathBuf {
+        self.path(key)
+    }
+
     fn path(&self, key: &TagKey) -> PathBuf {
         let stem = key.file_stem();
         self.dir.join(&stem[..2]).join(format!("{stem}.json"))
