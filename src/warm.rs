@@ -191,7 +191,7 @@ pub async fn warm_image(
         }
         progress.layers += 1;
         digests.push(digest.clone());
-        progress.report(image, &format!("{}", short(digest)), Some(expected));
+        progress.report(image, &short(digest), Some(expected));
     }
     if progress.terminal {
         eprintln!();
