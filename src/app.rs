@@ -172,6 +172,8 @@ async fn maintain_cache(pull: Arc<PullThrough>, stopped: impl std::future::Futur
     match tokio::task::spawn_blocking(move || scan_pull.cache.scan_blobs()).await {
         Ok(Ok(count)) => tracing::info!(
             blobs = count,
+            evicted = pull.cache.index.usage().evictions,
+            indexed_bytes = pull.cache.index.usage().committed,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "cache index rebuilt"
         ),
