@@ -308,3 +308,72 @@ async fn rm_removes_an_image_but_keeps_shared_blobs() {
     let out = ferry(&["cache", "rm", "a/one:v1"], cache.path());
     assert!(!out.status.success(), "removing it twice is an error");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn warm_through_a_running_server_pins_for_that_server() {
+    let upstream = FakeRegistry::start().await;
+    let digests = put_multi_arch(&upstream, "team/app", 1400);
+    let proxy = TestProxy::start(&[&upstream]).await;
+    let server = format!("http://{}", proxy.server.as_ref().unwrap().addr);
+    let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args([
+            "warm",
+            "--pin",
+            "--platform",
+            "linux/arm64",
+            "--server",
+            &server,
+            "--cache-dir",
+        ])
+        .arg(proxy.cache_dir.path())
+        .arg("team/app:v1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Only the arm64 half was fetched (index + arm64 manifest, config, layer).
+    assert_eq!(
+        upstream.hits(&format!("/manifests/{}", digests[1])),
+        0,
+        "amd64 manifest skipped"
+    );
+    assert_eq!(
+        upstream.hits(&format!("/manifests/{}", digests[4])),
+        1,
+        "arm64 manifest fetched"
+    );
+    let admin = proxy.server.as_ref().unwrap().admin_addr.unwrap();
+    let mut pinned = 0;
+    for _ in 0..80 {
+        let status: serde_json::Value = client()
+            .get(format!("http://{admin}/admin/upstreams"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        pinned = status["cache"]["usage"]["pinned"].as_u64().unwrap_or(0);
+        if pinned > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        pinned >= 400_000,
+        "the running server picked up the pins ({pinned} bytes)"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["warm", "--server", &server, "--cache-dir"])
+        .arg(proxy.cache_dir.path())
+        .arg("team/missing:v1")
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "an image that cannot be cached fails the command"
+    );
+}
