@@ -1,5 +1,6 @@
 //! The admin API, on its own listener (loopback by default): upstream status with breaker
-//! state, recent failures and latency; drain and undrain for game days; and `/healthz`.
+//! state, recent failures and latency (`/admin/upstreams`, also `/status`); drain and
+//! undrain for game days; `/healthz` (process alive) and `/readyz` (able to serve).
 
 use crate::oci::ErrorCode;
 use crate::pull::PullThrough;
@@ -19,7 +20,18 @@ pub async fn handle<B>(pull: Arc<PullThrough>, request: Request<B>) -> Response<
 fn route(pull: &PullThrough, method: &Method, path: &str) -> Response<ResponseBody> {
     match (method, path) {
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
-        (&Method::GET, "/admin/upstreams") => json(StatusCode::OK, &status(pull)),
+        (&Method::GET, "/readyz") => {
+            let (ready, why) = readiness(pull);
+            let code = if ready {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            json(code, &serde_json::json!({"ready": ready, "reason": why}))
+        }
+        (&Method::GET, "/admin/upstreams") | (&Method::GET, "/status") => {
+            json(StatusCode::OK, &status(pull))
+        }
         (_, p) if p.starts_with("/admin/upstreams/") => {
             let rest = &p["/admin/upstreams/".len()..];
             let Some((name, action)) = rest.rsplit_once('/') else {
@@ -65,6 +77,35 @@ fn route(pull: &PullThrough, method: &Method, path: &str) -> Response<ResponseBo
             ErrorCode::Unsupported,
             "no such admin endpoint",
         ),
+    }
+}
+
+/// Ready when the cache directory takes writes and (unless offline) at least one upstream
+/// is in rotation with its breaker not open.
+pub fn readiness(pull: &PullThrough) -> (bool, String) {
+    let probe = pull
+        .cache
+        .layout
+        .tmp_dir()
+        .join(format!("readyz-{}", std::process::id()));
+    if let Err(e) = std::fs::write(&probe, b"ok") {
+        return (false, format!("cache directory not writable: {e}"));
+    }
+    let _ = std::fs::remove_file(&probe);
+    if pull.settings.offline {
+        return (true, "offline: serving the cache".into());
+    }
+    let usable = pull.upstreams.clients().iter().any(|c| {
+        !c.health().is_drained()
+            && c.health().breaker().state != crate::upstream::breaker::BreakerState::Open
+    });
+    if usable {
+        (true, "cache writable, an upstream is available".into())
+    } else {
+        (
+            false,
+            "every upstream is drained or has its circuit breaker open".into(),
+        )
     }
 }
 
