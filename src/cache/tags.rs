@@ -67,13 +67,21 @@ pub fn unix_ms(time: SystemTime) -> u64 {
 pub struct TagStore {
     dir: PathBuf,
     memory: Mutex<HashMap<TagKey, TagRecord>>,
+    /// `fetched_at_unix_ms` of each record as last written to disk.
+    persisted_at: Mutex<HashMap<TagKey, u64>>,
 }
+
+/// An unchanged mapping confirmed by an upstream is written to disk at most this often
+/// (milliseconds): revalidations stay off the disk, and the age on disk stays close enough
+/// for `max_stale` after a restart.
+const CONFIRMATION_PERSIST_INTERVAL_MS: u64 = 60_000;
 
 impl TagStore {
     pub fn new(dir: PathBuf) -> TagStore {
         TagStore {
             dir,
             memory: Mutex::new(HashMap::new()),
+            persisted_at: Mutex::new(HashMap::new()),
         }
     }
 
@@ -110,15 +118,43 @@ impl TagStore {
         if record.key() != *key {
             return None;
         }
+        self.persisted_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.clone(), record.fetched_at_unix_ms);
         self.memory().insert(key.clone(), record.clone());
         Some(record)
     }
 
-    /// Persists `record` (atomically) and remembers it.
+    /// Remembers `record` and persists it (atomically). A confirmation of an unchanged
+    /// mapping is only remembered, unless the copy on disk is over a minute old.
     pub async fn put(&self, layout: &Layout, record: TagRecord) -> io::Result<()> {
         let key = record.key();
+        let unchanged = self.memory().get(&key).is_some_and(|old| {
+            old.digest == record.digest
+                && old.media_type == record.media_type
+                && old.upstream == record.upstream
+        });
+        let persisted_at = self
+            .persisted_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            .copied();
+        if unchanged
+            && persisted_at.is_some_and(|at| {
+                record.fetched_at_unix_ms.saturating_sub(at) < CONFIRMATION_PERSIST_INTERVAL_MS
+            })
+        {
+            self.memory().insert(key, record);
+            return Ok(());
+        }
         let json = serde_json::to_vec_pretty(&record).map_err(io::Error::other)?;
         write_file_atomically(layout, &self.path(&key), json.into()).await?;
+        self.persisted_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.clone(), record.fetched_at_unix_ms);
         self.memory().insert(key, record);
         Ok(())
     }
@@ -152,5 +188,42 @@ mod tests {
             ..record.key()
         };
         assert_eq!(fresh.get(&other).await, None);
+    }
+
+    #[tokio::test]
+    async fn unchanged_confirmations_stay_off_the_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::create(dir.path()).unwrap();
+        let store = TagStore::new(layout.tags_dir());
+        let mut record = TagRecord {
+            registry: "r".into(),
+            repository: "a/b".into(),
+            tag: "t".into(),
+            digest: "sha256:00".into(),
+            media_type: "x".into(),
+            fetched_at_unix_ms: 1_000_000,
+            upstream: "u".into(),
+        };
+        store.put(&layout, record.clone()).await.unwrap();
+        let path = store.path(&record.key());
+        let on_disk = || std::fs::read_to_string(&path).unwrap();
+        let first = on_disk();
+        record.fetched_at_unix_ms += 5_000;
+        store.put(&layout, record.clone()).await.unwrap();
+        assert_eq!(on_disk(), first, "a confirmation 5 s later is not written");
+        assert_eq!(
+            store.get(&record.key()).await.unwrap().fetched_at_unix_ms,
+            1_005_000
+        );
+        record.fetched_at_unix_ms += 60_000;
+        store.put(&layout, record.clone()).await.unwrap();
+        assert_ne!(on_disk(), first, "a minute later it is");
+        record.digest = "sha256:11".into();
+        record.fetched_at_unix_ms += 1;
+        store.put(&layout, record.clone()).await.unwrap();
+        assert!(
+            on_disk().contains("sha256:11"),
+            "a moved tag is always written"
+        );
     }
 }
