@@ -291,6 +291,80 @@ async fn resume_continues_with_range_and_accepts_an_upstream_that_ignores_it() {
 }
 
 #[tokio::test]
+async fn resume_skips_the_prefix_when_the_next_upstream_ignores_range() {
+    let primary = FakeRegistry::start().await;
+    let secondary = FakeRegistry::start().await;
+    let blob = pseudo_random_bytes(5 * 1024 * 1024, 80);
+    let digest = primary.put_blob(blob.clone());
+    secondary.put_blob(blob.clone());
+    primary.fault(
+        "/blobs/",
+        Fault::ResetMidBody {
+            after: 3 * 1024 * 1024,
+        },
+    );
+    secondary.fault("/blobs/", Fault::IgnoreRange);
+    let proxy = TestProxy::start(&[&primary, &secondary]).await;
+    let body = client()
+        .get(proxy.url(&format!("/v2/r/s/blobs/{digest}")))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(body, blob, "the first N bytes of the 200 were skipped");
+    let resume = secondary
+        .requests()
+        .into_iter()
+        .find(|r| r.path.contains("/blobs/"))
+        .unwrap();
+    assert!(
+        resume.headers.get("range").is_some(),
+        "a Range was asked for"
+    );
+    assert_eq!(proxy.rehash_cache().len(), 1);
+}
+
+#[tokio::test]
+async fn the_background_probe_opens_a_breaker_without_client_traffic() {
+    let primary = FakeRegistry::start().await;
+    let secondary = FakeRegistry::start().await;
+    put_image(&[&primary, &secondary], "p/r", "v1", 81);
+    primary.fault("/v2/", Fault::Status(503));
+    let proxy = TestProxy::start_with(&[&primary, &secondary], |c| {
+        c.health_probe_interval = Some(Duration::from_millis(50));
+        c.pool.breaker.threshold = 3;
+    })
+    .await;
+    let mut state = serde_json::Value::Null;
+    for _ in 0..100 {
+        state = admin_status(&proxy).await["upstreams"][0]["breaker"]["state"].clone();
+        if state == "open" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(state, "open", "probes alone opened the primary's breaker");
+    assert_eq!(
+        admin_status(&proxy).await["upstreams"][1]["breaker"]["state"],
+        "closed"
+    );
+    assert!(primary.hits_with(Method::GET, "/v2/") >= 3);
+    let response = client()
+        .get(proxy.url("/v2/p/r/manifests/v1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        primary.hits("/manifests/"),
+        0,
+        "the open primary was skipped"
+    );
+}
+
+#[tokio::test]
 async fn offline_serves_the_cache_and_never_contacts_upstreams() {
     let upstream = FakeRegistry::start().await;
     let (manifest, layer_digest, layer) = put_image(&[&upstream], "off/line", "v1", 76);

@@ -40,6 +40,8 @@ pub enum Fault {
     PauseMidBody { after: usize, release: Arc<Notify> },
     /// Send the body in chunks of `chunk` bytes with `delay` between them.
     Drip { chunk: usize, delay: Duration },
+    /// Ignore `Range` and always send the whole body with 200.
+    IgnoreRange,
 }
 
 #[derive(Clone, Debug)]
@@ -449,7 +451,8 @@ fn body_response(
     let mut status = StatusCode::OK;
     let mut body = body;
     let mut content_range = None;
-    if let Some(range) = headers.get("range").and_then(|v| v.to_str().ok())
+    if !matches!(fault, Some(Fault::IgnoreRange))
+        && let Some(range) = headers.get("range").and_then(|v| v.to_str().ok())
         && let Some(start) = range
             .strip_prefix("bytes=")
             .and_then(|r| r.strip_suffix('-'))
