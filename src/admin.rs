@@ -59,7 +59,7 @@ fn route(pull: &PullThrough, method: &Method, path: &str) -> Response<ResponseBo
                     "use POST",
                 );
             }
-            let Some(client) = pull.upstreams.find(name) else {
+            let Some(client) = pull.registries.find(name) else {
                 return error(
                     StatusCode::NOT_FOUND,
                     ErrorCode::NameUnknown,
@@ -95,36 +95,52 @@ pub fn readiness(pull: &PullThrough) -> (bool, String) {
     if pull.settings.offline {
         return (true, "offline: serving the cache".into());
     }
-    let usable = pull.upstreams.clients().iter().any(|c| {
-        !c.health().is_drained()
-            && c.health().breaker().state != crate::upstream::breaker::BreakerState::Open
-    });
-    if usable {
-        (true, "cache writable, an upstream is available".into())
+    let down: Vec<&str> = pull
+        .registries
+        .iter()
+        .filter(|(_, upstreams)| {
+            !upstreams.clients().iter().any(|c| {
+                !c.health().is_drained()
+                    && c.health().breaker().state != crate::upstream::breaker::BreakerState::Open
+            })
+        })
+        .map(|(registry, _)| registry)
+        .collect();
+    if down.is_empty() {
+        (
+            true,
+            "cache writable, every registry has an upstream available".into(),
+        )
     } else {
         (
             false,
-            "every upstream is drained or has its circuit breaker open".into(),
+            format!(
+                "every upstream is drained or has its circuit breaker open for: {}",
+                down.join(", ")
+            ),
         )
     }
 }
 
-/// Every upstream in priority order with its health, plus cache counters.
+/// Every upstream (by registry, then priority) with its health, plus cache counters.
 pub fn status(pull: &PullThrough) -> serde_json::Value {
     let upstreams: Vec<serde_json::Value> = pull
-        .upstreams
-        .clients()
+        .registries
         .iter()
-        .map(|client| {
-            let mut entry = client.health().status();
-            entry["name"] = client.name().into();
-            entry["url"] = client.config().url.as_str().into();
-            entry
+        .flat_map(|(registry, upstreams)| {
+            upstreams.clients().iter().map(move |client| {
+                let mut entry = client.health().status();
+                entry["name"] = client.name().into();
+                entry["registry"] = registry.into();
+                entry["url"] = client.config().url.as_str().into();
+                entry
+            })
         })
         .collect();
     serde_json::json!({
         "offline": pull.settings.offline,
-        "registry": pull.settings.registry,
+        "default_registry": pull.registries.default_registry(),
+        "registries": pull.registries.names().collect::<Vec<_>>(),
         "cache": {
             "usage": pull.cache.index.usage(),
             "write_failures": pull.cache.write_failures(),

@@ -5,7 +5,7 @@
 use crate::cache::Cache;
 use crate::config::Config;
 use crate::pull::{PullSettings, PullThrough};
-use crate::upstream::Upstreams;
+use crate::upstream::Registries;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -84,15 +84,14 @@ pub async fn start_with_shutdown(
             path: config.cache_dir.display().to_string(),
             source,
         })?;
-    let upstreams =
-        Upstreams::new(&config.upstreams, config.pool.clone()).map_err(StartError::Upstreams)?;
+    let registries = Registries::new(&config.upstreams, &config.registry, &config.pool)
+        .map_err(StartError::Upstreams)?;
     let settings = PullSettings {
-        registry: config.registry.clone(),
         tag_ttl: config.tag_ttl,
         max_stale: config.max_stale,
         offline: config.offline,
     };
-    let pull = Arc::new(PullThrough::new(cache, upstreams, settings));
+    let pull = Arc::new(PullThrough::new(cache, registries, settings));
     let (listener, addr) = bind(config.listen).await?;
     let admin = match config.admin_listen {
         Some(admin_addr) => Some(bind(admin_addr).await?),
@@ -216,13 +215,15 @@ async fn probe_upstreams(
             () = &mut stopped => return,
             _ = ticker.tick() => {}
         }
-        for client in pull.upstreams.clients() {
-            if client.health().is_drained() {
-                continue;
+        for (_, upstreams) in pull.registries.iter() {
+            for client in upstreams.clients() {
+                if client.health().is_drained() {
+                    continue;
+                }
+                let started = std::time::Instant::now();
+                let outcome = client.probe().await;
+                upstreams.record(client, &outcome, started.elapsed());
             }
-            let started = std::time::Instant::now();
-            let outcome = client.probe().await;
-            pull.upstreams.record(client, &outcome, started.elapsed());
         }
     }
 }

@@ -49,6 +49,8 @@ pub struct UpstreamConfig {
     pub name: String,
     /// Base URL without a trailing slash, e.g. `https://registry-1.docker.io`.
     pub url: reqwest::Url,
+    /// The registry it serves (`docker.io`, `ghcr.io`, ...), canonical form.
+    pub registry: String,
     pub connect_timeout: Duration,
     pub header_timeout: Duration,
     pub body_idle_timeout: Duration,
@@ -80,6 +82,7 @@ impl fmt::Debug for UpstreamConfig {
         f.debug_struct("UpstreamConfig")
             .field("name", &self.name)
             .field("url", &self.url.as_str())
+            .field("registry", &self.registry)
             .field("connect_timeout", &self.connect_timeout)
             .field("header_timeout", &self.header_timeout)
             .field("body_idle_timeout", &self.body_idle_timeout)
@@ -363,11 +366,19 @@ impl Config {
                 .upstreams
                 .iter()
                 .enumerate()
-                .map(|(i, url)| {
+                .map(|(i, given)| {
+                    // `REGISTRY=URL` names the registry; a bare URL serves the default one.
+                    let (registry, url) = match given.split_once('=') {
+                        Some((registry, url)) if !registry.contains("://") => {
+                            (Some(registry.to_owned()), url)
+                        }
+                        _ => (None, given.as_str()),
+                    };
                     (
                         format!("--upstream[{i}]"),
                         UpstreamFile {
-                            url: Some(url.clone()),
+                            url: Some(url.to_owned()),
+                            registry,
                             ..Default::default()
                         },
                     )
@@ -495,9 +506,20 @@ impl Config {
                     .name
                     .clone()
                     .unwrap_or_else(|| default_upstream_name(&url));
+                let upstream_registry = crate::upstream::canonical_registry(
+                    upstream.registry.as_deref().unwrap_or(&registry),
+                );
+                if upstream_registry.is_empty() || upstream_registry.contains(['/', ' ']) {
+                    field_problem(
+                        "registry",
+                        &upstream_registry,
+                        "expected a registry host name such as ghcr.io".into(),
+                    );
+                }
                 upstreams.push(UpstreamConfig {
                     name,
                     url,
+                    registry: upstream_registry,
                     connect_timeout,
                     header_timeout,
                     body_idle_timeout,
@@ -557,6 +579,7 @@ impl Config {
             .iter()
             .map(|u| UpstreamFile {
                 url: Some(u.url.to_string()),
+                registry: Some(u.registry.clone()),
                 name: Some(u.name.clone()),
                 connect_timeout: Some(humantime::format_duration(u.connect_timeout).to_string()),
                 header_timeout: Some(humantime::format_duration(u.header_timeout).to_string()),

@@ -11,7 +11,7 @@ pub use blob::{BlobAnswer, RangeSpec};
 pub use manifest::ManifestAnswer;
 
 use crate::cache::Cache;
-use crate::upstream::Upstreams;
+use crate::upstream::{Registries, Upstreams};
 use singleflight::KeyedLocks;
 use std::time::Duration;
 
@@ -42,8 +42,6 @@ impl std::fmt::Display for Source {
 /// How the pull-through flow treats tags and upstreams.
 #[derive(Debug, Clone)]
 pub struct PullSettings {
-    /// The registry these upstreams serve; part of every tag's cache key.
-    pub registry: String,
     pub tag_ttl: Duration,
     /// Oldest tag mapping served without an upstream confirming it; `None` = unlimited.
     pub max_stale: Option<Duration>,
@@ -53,16 +51,17 @@ pub struct PullSettings {
 
 pub struct PullThrough {
     pub cache: Cache,
-    pub upstreams: Upstreams,
+    /// Each registry's ordered upstreams.
+    pub registries: Registries,
     pub settings: PullSettings,
     manifest_fetches: KeyedLocks,
 }
 
 impl PullThrough {
-    pub fn new(cache: Cache, upstreams: Upstreams, settings: PullSettings) -> Self {
+    pub fn new(cache: Cache, registries: Registries, settings: PullSettings) -> Self {
         PullThrough {
             cache,
-            upstreams,
+            registries,
             settings,
             manifest_fetches: KeyedLocks::default(),
         }
@@ -76,6 +75,20 @@ impl PullThrough {
                 "{what} is not in the cache and ferry is offline (--offline): no upstream is contacted"
             ),
         )
+    }
+
+    /// The upstreams of `registry`, or a client error naming the registries ferry mirrors.
+    pub fn upstreams_for(&self, registry: &str) -> Result<&Upstreams, crate::error::FerryError> {
+        self.registries.get(registry).ok_or_else(|| {
+            let known: Vec<&str> = self.registries.names().collect();
+            crate::error::FerryError::client(
+                crate::oci::ErrorCode::NameUnknown,
+                format!(
+                    "ferry has no upstreams for registry {registry:?} (it mirrors {})",
+                    known.join(", ")
+                ),
+            )
+        })
     }
 
     /// Whether a tag mapping of this age may still be served without confirmation.

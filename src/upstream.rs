@@ -9,7 +9,9 @@ pub mod client;
 pub mod failure;
 pub mod health;
 pub mod pool;
+pub mod registries;
 
 pub use client::{BodyChunks, UpstreamClient};
 pub use failure::{FailureKind, UpstreamFailure, UpstreamsExhausted};
 pub use pool::{AttemptPlan, PoolSettings, Upstreams};
+pub use registries::{Registries, canonical_registry};

@@ -283,13 +283,13 @@ async fn when_every_upstream_fails_the_client_gets_the_most_meaningful_status() 
     let get = |path: &str| http.get(proxy.url(path)).send();
 
     // Both: not found.
-    let response = get("/v2/x/manifests/v1").await.unwrap();
+    let response = get("/v2/t/x/manifests/v1").await.unwrap();
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
 
     // Both 503 / refused-style: 503.
-    a.fault("/v2/y/", Fault::Status(503));
-    b.fault("/v2/y/", Fault::Status(503));
-    let response = get("/v2/y/manifests/v1").await.unwrap();
+    a.fault("/v2/t/y/", Fault::Status(503));
+    b.fault("/v2/t/y/", Fault::Status(503));
+    let response = get("/v2/t/y/manifests/v1").await.unwrap();
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     let body: serde_json::Value = response.json().await.unwrap();
     let message = body["errors"][0]["message"].as_str().unwrap();
@@ -299,14 +299,14 @@ async fn when_every_upstream_fails_the_client_gets_the_most_meaningful_status() 
     );
 
     // One 404, one timing out: the outage, not the 404, is what the client hears.
-    b.fault("/v2/z/", Fault::HangBeforeHeaders);
-    let response = get("/v2/z/manifests/v1").await.unwrap();
+    b.fault("/v2/t/z/", Fault::HangBeforeHeaders);
+    let response = get("/v2/t/z/manifests/v1").await.unwrap();
     assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
 
     // 500 and a timeout: 502.
-    a.fault("/v2/w/", Fault::Status(500));
-    b.fault("/v2/w/", Fault::HangBeforeHeaders);
-    let response = get("/v2/w/manifests/v1").await.unwrap();
+    a.fault("/v2/t/w/", Fault::Status(500));
+    b.fault("/v2/t/w/", Fault::HangBeforeHeaders);
+    let response = get("/v2/t/w/manifests/v1").await.unwrap();
     assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
 }
 

@@ -14,4 +14,5 @@ mod crash;
 mod disk_full;
 mod failover;
 mod outage_modes;
+mod registries;
 mod third_party_client;

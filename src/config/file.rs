@@ -52,6 +52,8 @@ pub struct ConfigFile {
 #[serde(deny_unknown_fields)]
 pub struct UpstreamFile {
     pub url: Option<String>,
+    /// The registry this upstream serves (default: the top-level `registry`).
+    pub registry: Option<String>,
     pub name: Option<String>,
     pub connect_timeout: Option<String>,
     pub header_timeout: Option<String>,

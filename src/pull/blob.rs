@@ -12,7 +12,7 @@ use crate::cache::reader::read_range;
 use crate::cache::{BlobWriter, CommitError, FillPhase, FillProgress, JoinOutcome};
 use crate::error::FerryError;
 use crate::oci::{Digest, DigestVerifier, ErrorCode, RepositoryName};
-use crate::upstream::{AttemptPlan, FailureKind, UpstreamFailure, UpstreamsExhausted};
+use crate::upstream::{AttemptPlan, FailureKind, UpstreamFailure, Upstreams, UpstreamsExhausted};
 use bytes::Bytes;
 use futures_util::Stream;
 use http::{HeaderMap, Method, StatusCode};
@@ -96,6 +96,7 @@ pub struct BlobAnswer {
 impl PullThrough {
     pub async fn blob(
         self: &Arc<Self>,
+        registry: &str,
         name: &RepositoryName,
         digest: &Digest,
         range: Option<RangeSpec>,
@@ -111,7 +112,7 @@ impl PullThrough {
             ));
         }
         if head {
-            return self.head_blob_upstream(name, digest).await;
+            return self.head_blob_upstream(registry, name, digest).await;
         }
         let blob_path = self.cache.layout.blob_path(digest);
         let outcome = match self.cache.inflight.join_or_start(
@@ -123,7 +124,7 @@ impl PullThrough {
             Err(e) => {
                 self.cache.note_write_failure();
                 tracing::error!(%digest, error = %e, "cache failure: cannot start a fill; serving straight from upstream");
-                return self.uncached_blob(name, digest, range).await;
+                return self.uncached_blob(registry, name, digest, range).await;
             }
         };
         let handle = match outcome {
@@ -139,6 +140,7 @@ impl PullThrough {
                 writer,
             } => {
                 let fill = Fill {
+                    registry: registry.to_owned(),
                     name: name.clone(),
                     digest: digest.clone(),
                     writer,
@@ -164,7 +166,7 @@ impl PullThrough {
             FillPhase::Streaming { total, upstream } => (total, Source::Upstream(upstream)),
             FillPhase::Complete => (Some(snapshot.written), Source::Cache),
             FillPhase::Failed(error) if matches!(*error, FerryError::Cache(_)) => {
-                return self.uncached_blob(name, digest, range).await;
+                return self.uncached_blob(registry, name, digest, range).await;
             }
             FillPhase::Failed(error) => return Err(shared_error(&error)),
             FillPhase::Connecting => {
@@ -186,6 +188,7 @@ impl PullThrough {
             Box::pin(read_range(handle.file.clone(), start, end, Some(progress)));
         let fallback = FallbackContext {
             pull: self.clone(),
+            registry: registry.to_owned(),
             name: name.clone(),
             digest: digest.clone(),
             start,
@@ -205,11 +208,13 @@ impl PullThrough {
     /// Serves a blob straight from upstream without caching (the cache failed).
     async fn uncached_blob(
         &self,
+        registry: &str,
         name: &RepositoryName,
         digest: &Digest,
         range: Option<RangeSpec>,
     ) -> Result<BlobAnswer, FerryError> {
-        let probe = open_tail(self, name, digest, 0, None).await?;
+        let upstreams = self.upstreams_for(registry)?;
+        let probe = open_tail(upstreams, name, digest, 0, None).await?;
         let size = probe.total;
         let span = match (range, size) {
             (Some(spec), Some(size)) => Some(
@@ -228,7 +233,7 @@ impl PullThrough {
             ),
             Some((first, last)) => {
                 drop(probe);
-                let tail = open_tail(self, name, digest, first, size).await?;
+                let tail = open_tail(upstreams, name, digest, first, size).await?;
                 stream_tail(tail, first, Some(last + 1), None)
             }
         };
@@ -278,12 +283,13 @@ impl PullThrough {
 
     async fn head_blob_upstream(
         &self,
+        registry: &str,
         name: &RepositoryName,
         digest: &Digest,
     ) -> Result<BlobAnswer, FerryError> {
         let suffix = format!("blobs/{digest}");
         let (size, upstream) = self
-            .upstreams
+            .upstreams_for(registry)?
             .first_success(Some(digest), |client| {
                 let suffix = suffix.clone();
                 async move {
@@ -347,6 +353,7 @@ fn shared_error(error: &FerryError) -> FerryError {
 
 /// One fill of one digest, run on its own task.
 struct Fill {
+    registry: String,
     name: RepositoryName,
     digest: Digest,
     writer: Box<BlobWriter>,
@@ -384,7 +391,10 @@ struct OpenedSource {
 impl Fill {
     async fn run(mut self, pull: Arc<PullThrough>) {
         let started = std::time::Instant::now();
-        let result = self.fetch_and_commit(&pull).await;
+        let result = match pull.upstreams_for(&self.registry) {
+            Ok(upstreams) => self.fetch_and_commit(upstreams).await,
+            Err(e) => Err(e),
+        };
         // Forget the fill before announcing the end: from here on, requests find the
         // committed file (or start a fresh fill after a failure).
         pull.cache.inflight.finish(&self.digest);
@@ -416,7 +426,7 @@ impl Fill {
     /// Asks the plan's upstreams, in order, for the blob from byte `offset` on.
     async fn open_source(
         &self,
-        pull: &PullThrough,
+        upstreams: &Upstreams,
         plan: &mut AttemptPlan,
         failures: &mut Vec<UpstreamFailure>,
         offset: u64,
@@ -424,7 +434,7 @@ impl Fill {
         let suffix = format!("blobs/{}", self.digest);
         let total = self.total;
         let name = &self.name;
-        pull.upstreams
+        upstreams
             .first_success_in(plan, failures, |client| {
                 let suffix = suffix.clone();
                 async move {
@@ -439,13 +449,13 @@ impl Fill {
             .await
     }
 
-    async fn fetch_and_commit(&mut self, pull: &PullThrough) -> Result<String, FerryError> {
-        let mut plan = pull.upstreams.plan(Some(&self.digest));
+    async fn fetch_and_commit(&mut self, upstreams: &Upstreams) -> Result<String, FerryError> {
+        let mut plan = upstreams.plan(Some(&self.digest));
         let mut failures = Vec::new();
         loop {
             let offset = self.writer.written();
             let Some(source) = self
-                .open_source(pull, &mut plan, &mut failures, offset)
+                .open_source(upstreams, &mut plan, &mut failures, offset)
                 .await
             else {
                 break;
@@ -458,17 +468,13 @@ impl Fill {
             match self.stream_body(&client, source).await {
                 AttemptEnd::Committed => return Ok(client.name().to_owned()),
                 AttemptEnd::Broken(failure) => {
-                    pull.upstreams.record(
-                        &client,
-                        &Err::<(), _>(failure.clone()),
-                        started.elapsed(),
-                    );
+                    upstreams.record(&client, &Err::<(), _>(failure.clone()), started.elapsed());
                     failures.push(failure);
                     // Another source continues from here; the same one may try once more.
                     plan.requeue_once(&client);
                 }
                 AttemptEnd::WrongUnseen(failure) => {
-                    self.blame_contributors(pull, &client, &failure, started.elapsed());
+                    self.blame_contributors(upstreams, &client, &failure, started.elapsed());
                     failures.push(failure);
                     if let Err(e) = self.writer.reset().await {
                         return Err(FerryError::cache("restarting a fill", e));
@@ -477,7 +483,7 @@ impl Fill {
                     self.progress.send_modify(|p| p.written = 0);
                 }
                 AttemptEnd::WrongSeen(failure) => {
-                    self.blame_contributors(pull, &client, &failure, started.elapsed());
+                    self.blame_contributors(upstreams, &client, &failure, started.elapsed());
                     return Err(FerryError::MidStream(failure.to_string()));
                 }
                 AttemptEnd::Cache(message) => return Err(FerryError::Cache(message)),
@@ -495,17 +501,16 @@ impl Fill {
     /// for a while, and the failure counts heavily toward the breaker of the last one.
     fn blame_contributors(
         &mut self,
-        pull: &PullThrough,
+        upstreams: &Upstreams,
         client: &crate::upstream::UpstreamClient,
         failure: &UpstreamFailure,
         latency: std::time::Duration,
     ) {
-        pull.upstreams
-            .record(client, &Err::<(), _>(failure.clone()), latency);
+        upstreams.record(client, &Err::<(), _>(failure.clone()), latency);
         for name in self.contributors.drain(..) {
-            pull.upstreams.mark_bad_source(&name, &self.digest);
+            upstreams.mark_bad_source(&name, &self.digest);
         }
-        pull.upstreams.mark_bad_source(client.name(), &self.digest);
+        upstreams.mark_bad_source(client.name(), &self.digest);
     }
 
     /// Streams one source's body into the writer, publishing progress to readers as

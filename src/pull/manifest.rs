@@ -11,7 +11,7 @@ use crate::oci::media_type::{AcceptList, detect_manifest_media_type};
 use crate::oci::{
     Digest, DigestAlgorithm, DigestVerifier, ErrorCode, Reference, RepositoryName, Tag,
 };
-use crate::upstream::{FailureKind, UpstreamFailure, UpstreamsExhausted};
+use crate::upstream::{FailureKind, UpstreamFailure, Upstreams, UpstreamsExhausted};
 use bytes::Bytes;
 use http::header::{ACCEPT, CONTENT_TYPE, LINK};
 use http::{HeaderMap, HeaderValue, Method};
@@ -34,13 +34,21 @@ pub struct TagListAnswer {
 impl PullThrough {
     pub async fn manifest(
         &self,
+        registry: &str,
         name: &RepositoryName,
         reference: &Reference,
         accept: &AcceptList,
     ) -> Result<ManifestAnswer, FerryError> {
+        let upstreams = self.upstreams_for(registry)?;
         match reference {
-            Reference::Digest(digest) => self.manifest_by_digest(name, digest, accept).await,
-            Reference::Tag(tag) => self.manifest_by_tag(name, tag, accept).await,
+            Reference::Digest(digest) => {
+                self.manifest_by_digest(upstreams, name, digest, accept)
+                    .await
+            }
+            Reference::Tag(tag) => {
+                self.manifest_by_tag(upstreams, registry, name, tag, accept)
+                    .await
+            }
         }
     }
 
@@ -53,6 +61,7 @@ impl PullThrough {
 
     async fn manifest_by_digest(
         &self,
+        upstreams: &Upstreams,
         name: &RepositoryName,
         digest: &Digest,
         accept: &AcceptList,
@@ -74,7 +83,7 @@ impl PullThrough {
             });
         }
         let (manifest, upstream) = self
-            .fetch_manifest(name, &Reference::Digest(digest.clone()), accept)
+            .fetch_manifest(upstreams, name, &Reference::Digest(digest.clone()), accept)
             .await
             .map_err(|e| manifest_error(e, &format!("manifest {digest} of {name}")))?;
         self.store_manifest(&manifest).await;
@@ -92,9 +101,9 @@ impl PullThrough {
         }
     }
 
-    fn tag_key(&self, name: &RepositoryName, tag: &Tag) -> TagKey {
+    fn tag_key(&self, registry: &str, name: &RepositoryName, tag: &Tag) -> TagKey {
         TagKey {
-            registry: self.settings.registry.clone(),
+            registry: registry.to_owned(),
             repository: name.as_str().to_owned(),
             tag: tag.as_str().to_owned(),
         }
@@ -115,11 +124,13 @@ impl PullThrough {
 
     async fn manifest_by_tag(
         &self,
+        upstreams: &Upstreams,
+        registry: &str,
         name: &RepositoryName,
         tag: &Tag,
         accept: &AcceptList,
     ) -> Result<ManifestAnswer, FerryError> {
-        let key = self.tag_key(name, tag);
+        let key = self.tag_key(registry, name, tag);
         if self.settings.offline {
             // Offline: the last known mapping, whatever its age (within max_stale).
             if let Some(record) = self.cache.tags.get(&key).await
@@ -163,7 +174,7 @@ impl PullThrough {
                     source: Source::Cache,
                 });
             }
-            match self.head_tag(name, tag, accept).await {
+            match self.head_tag(upstreams, name, tag, accept).await {
                 Ok((Some(digest), upstream)) if digest == manifest.digest => {
                     self.record_tag(&key, manifest, &upstream).await;
                     return Ok(ManifestAnswer {
@@ -187,7 +198,7 @@ impl PullThrough {
         }
 
         match self
-            .fetch_manifest(name, &Reference::Tag(tag.clone()), accept)
+            .fetch_manifest(upstreams, name, &Reference::Tag(tag.clone()), accept)
             .await
         {
             Ok((manifest, upstream)) => {
@@ -235,12 +246,13 @@ impl PullThrough {
     /// HEADs the tag on each upstream in order; returns the digest it now points at.
     async fn head_tag(
         &self,
+        upstreams: &Upstreams,
         name: &RepositoryName,
         tag: &Tag,
         accept: &AcceptList,
     ) -> Result<(Option<Digest>, String), UpstreamsExhausted> {
         let suffix = format!("manifests/{tag}");
-        self.upstreams
+        upstreams
             .first_success(None, |client| {
                 let suffix = suffix.clone();
                 async move {
@@ -261,6 +273,7 @@ impl PullThrough {
     /// GETs a manifest from the first upstream that returns verified bytes.
     async fn fetch_manifest(
         &self,
+        upstreams: &Upstreams,
         name: &RepositoryName,
         reference: &Reference,
         accept: &AcceptList,
@@ -270,7 +283,7 @@ impl PullThrough {
             Reference::Tag(_) => None,
         };
         let suffix = format!("manifests/{reference}");
-        self.upstreams
+        upstreams
             .first_success(requested_digest, |client| {
                 let suffix = suffix.clone();
                 async move {
@@ -320,6 +333,7 @@ impl PullThrough {
     /// Forwards `tags/list` (with `n`/`last`) to the first upstream that answers.
     pub async fn tag_list(
         &self,
+        registry: &str,
         name: &RepositoryName,
         query: Option<&str>,
     ) -> Result<TagListAnswer, FerryError> {
@@ -330,8 +344,9 @@ impl PullThrough {
                 message: format!("ferry is offline (--offline) and cannot list the tags of {name}"),
             });
         }
+        let upstreams = self.upstreams_for(registry)?;
         let query = pagination_query(query);
-        self.upstreams
+        upstreams
             .first_success(None, |client| {
                 let query = query.clone();
                 async move {

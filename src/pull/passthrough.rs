@@ -9,7 +9,7 @@ use super::blob::{BlobStream, open_at};
 use crate::cache::reader::FillFailed;
 use crate::error::FerryError;
 use crate::oci::{Digest, DigestVerifier, ErrorCode, RepositoryName};
-use crate::upstream::{BodyChunks, UpstreamsExhausted};
+use crate::upstream::{BodyChunks, Upstreams, UpstreamsExhausted};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use std::fs::File;
@@ -28,17 +28,16 @@ pub struct UpstreamTail {
 
 /// Opens the blob at `offset` on the first upstream that serves it.
 pub async fn open_tail(
-    pull: &PullThrough,
+    upstreams: &Upstreams,
     name: &RepositoryName,
     digest: &Digest,
     offset: u64,
     total: Option<u64>,
 ) -> Result<UpstreamTail, FerryError> {
     let suffix = format!("blobs/{digest}");
-    let mut plan = pull.upstreams.plan(Some(digest));
+    let mut plan = upstreams.plan(Some(digest));
     let mut failures = Vec::new();
-    let opened = pull
-        .upstreams
+    let opened = upstreams
         .first_success_in(&mut plan, &mut failures, |client| {
             let suffix = suffix.clone();
             async move {
@@ -158,6 +157,7 @@ pub fn stream_tail(
 /// What a reader of a fill needs to carry on from upstream if the fill fails in the cache.
 pub struct FallbackContext {
     pub pull: Arc<PullThrough>,
+    pub registry: String,
     pub name: RepositoryName,
     pub digest: Digest,
     /// Where this reader started, where it stops (exclusive), and the blob's size.
@@ -231,8 +231,12 @@ async fn continue_at(context: &FallbackContext, offset: u64) -> io::Result<BlobS
     } else {
         None
     };
+    let upstreams = context
+        .pull
+        .upstreams_for(&context.registry)
+        .map_err(|e| io::Error::other(e.to_string()))?;
     let tail = open_tail(
-        &context.pull,
+        upstreams,
         &context.name,
         &context.digest,
         offset,

@@ -4,10 +4,11 @@
 use super::response::{ResponseBody, builder, error_response, full_body, head_body, or_500};
 use super::route::{self, Route};
 use crate::error::FerryError;
-use crate::oci::ErrorCode;
 use crate::oci::media_type::AcceptList;
+use crate::oci::{ErrorCode, RepositoryName};
 use crate::pull::manifest::DOCKER_CONTENT_DIGEST;
 use crate::pull::{PullThrough, RangeSpec, Source};
+use crate::upstream::canonical_registry;
 use http::header::{ACCEPT_RANGES, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, ETAG, LINK, RANGE};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
@@ -72,7 +73,8 @@ async fn dispatch<B>(
         )),
         Route::Manifest { name, reference } => {
             let accept = AcceptList::from_headers(request.headers());
-            let answer = pull.manifest(&name, &reference, &accept).await?;
+            let (registry, name) = origin(pull, name, request.uri().query())?;
+            let answer = pull.manifest(&registry, &name, &reference, &accept).await?;
             let manifest = answer.manifest;
             let response = builder(StatusCode::OK)
                 .header(CONTENT_TYPE, manifest.media_type.as_str())
@@ -92,7 +94,8 @@ async fn dispatch<B>(
                 .get(RANGE)
                 .and_then(|v| v.to_str().ok())
                 .and_then(RangeSpec::parse);
-            let answer = pull.blob(&name, &digest, range, head).await?;
+            let (registry, name) = origin(pull, name, request.uri().query())?;
+            let answer = pull.blob(&registry, &name, &digest, range, head).await?;
             let status = if answer.range.is_some() {
                 StatusCode::PARTIAL_CONTENT
             } else {
@@ -122,7 +125,10 @@ async fn dispatch<B>(
             Ok((or_500(response.body(body)), answer.source))
         }
         Route::TagList { name } => {
-            let answer = pull.tag_list(&name, request.uri().query()).await?;
+            let (registry, name) = origin(pull, name, request.uri().query())?;
+            let answer = pull
+                .tag_list(&registry, &name, request.uri().query())
+                .await?;
             let mut response = builder(StatusCode::OK)
                 .header(CONTENT_TYPE, "application/json")
                 .header(CONTENT_LENGTH, answer.body.len());
@@ -138,6 +144,46 @@ async fn dispatch<B>(
         }
         Route::Upload => unreachable_upload(),
     }
+}
+
+/// Which registry a request is for, and the repository name within it: a leading
+/// `<registry-host>/` path component naming a configured registry, else containerd's
+/// `?ns=<registry>`, else the default registry. Docker Hub's single-component names are
+/// `library/<name>`.
+fn origin(
+    pull: &PullThrough,
+    name: RepositoryName,
+    query: Option<&str>,
+) -> Result<(String, RepositoryName), FerryError> {
+    let (registry, name) = match name.as_str().split_once('/') {
+        Some((first, rest))
+            if first.contains('.') && pull.registries.get(&canonical_registry(first)).is_some() =>
+        {
+            let rest = RepositoryName::parse(rest)
+                .map_err(|e| FerryError::client(ErrorCode::NameInvalid, e.to_string()))?;
+            (canonical_registry(first), rest)
+        }
+        _ => {
+            let ns = query.and_then(|q| {
+                q.split('&')
+                    .filter_map(|pair| pair.split_once('='))
+                    .find(|(key, _)| *key == "ns")
+                    .map(|(_, value)| value.to_owned())
+            });
+            let registry = ns
+                .map(|ns| canonical_registry(&ns))
+                .unwrap_or_else(|| pull.registries.default_registry().to_owned());
+            (registry, name)
+        }
+    };
+    // Validate before any cache or upstream work, so an unknown registry is a clear 404.
+    pull.upstreams_for(&registry)?;
+    let name = if registry == crate::upstream::registries::DOCKER_HUB {
+        name.with_docker_hub_library_prefix()
+    } else {
+        name
+    };
+    Ok((registry, name))
 }
 
 /// Uploads are rejected before the match; kept as a function so the match stays exhaustive

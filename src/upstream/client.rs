@@ -21,6 +21,9 @@ pub struct UpstreamClient {
     http: reqwest::Client,
     tokens: TokenCache,
     docker_hub: bool,
+    /// Whether requests carry `?ns=<registry>`: yes unless the upstream is the registry
+    /// itself, so a ferry (or containerd-style mirror) upstream knows which registry is meant.
+    forwards_namespace: bool,
     health: UpstreamHealth,
 }
 
@@ -39,7 +42,12 @@ impl UpstreamClient {
             .url
             .host_str()
             .is_some_and(|host| DOCKER_HUB_HOSTS.contains(&host));
+        let host = config.url.host_str().unwrap_or("").to_ascii_lowercase();
+        let forwards_namespace = !docker_hub
+            && host != config.registry
+            && !config.registry.starts_with(&format!("{host}:"));
         Ok(UpstreamClient {
+            forwards_namespace,
             health: UpstreamHealth::new(&config.name, breaker),
             config,
             http,
@@ -94,6 +102,10 @@ impl UpstreamClient {
             self.upstream_repository(name)
         ));
         url.set_query(query);
+        if self.forwards_namespace {
+            url.query_pairs_mut()
+                .append_pair("ns", &self.config.registry);
+        }
         url
     }
 

@@ -1,0 +1,201 @@
+//! Many registries in one ferry: routing by containerd's `?ns=` and by a registry path
+//! prefix, cache keys that never mix registries, unknown registries refused, and a two-tier
+//! (host ferry → AZ ferry → registry) pull that fetches each blob from the registry once.
+
+use crate::support::{
+    FakeRegistry, TestProxy, client, image_manifest, pseudo_random_bytes, put_image,
+};
+use ferry::oci::media_type::{OCI_INDEX, OCI_MANIFEST};
+use reqwest::{Method, StatusCode};
+
+fn digest_header(response: &reqwest::Response) -> String {
+    response.headers()["docker-content-digest"]
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn ns_and_path_prefix_route_to_each_registry_and_caches_never_mix() {
+    let hub = FakeRegistry::start().await;
+    let ghcr = FakeRegistry::start().await;
+    let (hub_manifest, hub_layer, hub_bytes) = put_image(&[&hub], "org/app", "v1", 2000);
+    let (ghcr_manifest, ghcr_layer, ghcr_bytes) = put_image(&[&ghcr], "org/app", "v1", 2001);
+    assert_ne!(hub_manifest, ghcr_manifest);
+    let urls = vec![hub.url(), format!("ghcr.io={}", ghcr.url())];
+    let proxy = TestProxy::start_urls(&urls, tempfile::tempdir().unwrap(), |_| {}).await;
+    let get = |path: &str| client().get(proxy.url(path)).send();
+
+    assert_eq!(
+        digest_header(&get("/v2/org/app/manifests/v1?ns=docker.io").await.unwrap()),
+        hub_manifest.to_string()
+    );
+    assert_eq!(
+        digest_header(&get("/v2/org/app/manifests/v1?ns=ghcr.io").await.unwrap()),
+        ghcr_manifest.to_string()
+    );
+    assert_eq!(
+        digest_header(&get("/v2/org/app/manifests/v1").await.unwrap()),
+        hub_manifest.to_string(),
+        "default registry"
+    );
+    assert_eq!(
+        digest_header(&get("/v2/ghcr.io/org/app/manifests/v1").await.unwrap()),
+        ghcr_manifest.to_string(),
+        "path prefix"
+    );
+    assert_eq!(
+        digest_header(
+            &get("/v2/org/app/manifests/v1?ns=index.docker.io")
+                .await
+                .unwrap()
+        ),
+        hub_manifest.to_string(),
+        "alias"
+    );
+    let body = get(&format!("/v2/org/app/blobs/{ghcr_layer}?ns=ghcr.io"))
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(body, ghcr_bytes);
+    let body = get(&format!("/v2/org/app/blobs/{hub_layer}?ns=docker.io"))
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(body, hub_bytes);
+    assert_eq!(
+        ghcr.hits(&format!("/blobs/{hub_layer}")),
+        0,
+        "each registry only asked for its own content"
+    );
+
+    // With both registries down, each tag still resolves to its own registry's digest.
+    hub.stop();
+    ghcr.stop();
+    let mut config = proxy.config.clone();
+    config.tag_ttl = std::time::Duration::ZERO;
+    let cache = proxy.stop().await;
+    let proxy =
+        TestProxy::start_urls(&urls, cache, |c| c.tag_ttl = std::time::Duration::ZERO).await;
+    let hub_tag = client()
+        .get(proxy.url("/v2/org/app/manifests/v1?ns=docker.io"))
+        .send()
+        .await
+        .unwrap();
+    let ghcr_tag = client()
+        .get(proxy.url("/v2/org/app/manifests/v1?ns=ghcr.io"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(digest_header(&hub_tag), hub_manifest.to_string());
+    assert_eq!(digest_header(&ghcr_tag), ghcr_manifest.to_string());
+}
+
+#[tokio::test]
+async fn an_unknown_registry_gets_a_clear_error() {
+    let hub = FakeRegistry::start().await;
+    let proxy = TestProxy::start(&[&hub]).await;
+    let response = client()
+        .get(proxy.url("/v2/org/app/manifests/v1?ns=quay.io"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    let body = response.text().await.unwrap();
+    assert!(
+        body.contains("NAME_UNKNOWN") && body.contains("quay.io"),
+        "{body}"
+    );
+    assert_eq!(hub.requests().len(), 0);
+}
+
+#[tokio::test]
+async fn a_two_tier_pull_fetches_each_blob_from_the_registry_once() {
+    let registry = FakeRegistry::start().await;
+    // A multi-arch image on "ghcr.io".
+    let mut children = Vec::new();
+    let mut blobs = Vec::new();
+    for (i, arch) in ["amd64", "arm64"].iter().enumerate() {
+        let config = format!(r#"{{"architecture":"{arch}"}}"#).into_bytes();
+        let layer = pseudo_random_bytes(700_000, 2100 + i as u64);
+        let config_digest = registry.put_blob(config.clone());
+        let layer_digest = registry.put_blob(layer.clone());
+        let manifest = image_manifest(
+            &(config_digest.clone(), config.len()),
+            &[(layer_digest.clone(), layer.len())],
+        );
+        let digest = registry.put_manifest("org/tool", None, OCI_MANIFEST, manifest.clone());
+        children.push(serde_json::json!({"mediaType": OCI_MANIFEST, "digest": digest.to_string(), "size": manifest.len(), "platform": {"os": "linux", "architecture": arch}}));
+        blobs.push((digest, config_digest, layer_digest));
+    }
+    let index =
+        serde_json::json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": children})
+            .to_string();
+    registry.put_manifest("org/tool", Some("v2"), OCI_INDEX, index);
+
+    let az = TestProxy::start_urls(
+        &[format!("ghcr.io={}", registry.url())],
+        tempfile::tempdir().unwrap(),
+        |_| {},
+    )
+    .await;
+    let az_url = format!("http://{}", az.server.as_ref().unwrap().addr);
+    let host_a = TestProxy::start_urls(
+        &[format!("ghcr.io={az_url}")],
+        tempfile::tempdir().unwrap(),
+        |_| {},
+    )
+    .await;
+    let host_b = TestProxy::start_urls(
+        &[format!("ghcr.io={az_url}")],
+        tempfile::tempdir().unwrap(),
+        |_| {},
+    )
+    .await;
+    for host in [&host_a, &host_b] {
+        let index = client()
+            .get(host.url("/v2/org/tool/manifests/v2?ns=ghcr.io"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(index.status(), StatusCode::OK);
+        for (manifest, config, layer) in &blobs {
+            let response = client()
+                .get(host.url(&format!("/v2/org/tool/manifests/{manifest}?ns=ghcr.io")))
+                .send()
+                .await
+                .unwrap();
+            assert!(manifest.matches(&response.bytes().await.unwrap()));
+            for blob in [config, layer] {
+                let body = client()
+                    .get(host.url(&format!("/v2/org/tool/blobs/{blob}?ns=ghcr.io")))
+                    .send()
+                    .await
+                    .unwrap()
+                    .bytes()
+                    .await
+                    .unwrap();
+                assert!(blob.matches(&body));
+            }
+        }
+    }
+    for (manifest, config, layer) in &blobs {
+        for blob in [config, layer] {
+            assert_eq!(
+                registry.hits_with(Method::GET, &format!("/blobs/{blob}")),
+                1,
+                "blob {blob} fetched once at the registry"
+            );
+        }
+        assert_eq!(
+            registry.hits_with(Method::GET, &format!("/manifests/{manifest}")),
+            1
+        );
+    }
+    // The lower tier told the upper which registry it meant.
+    assert!(az.rehash_cache().iter().all(|(_, ok)| *ok));
+}
