@@ -20,6 +20,7 @@ pub async fn handle<B>(pull: Arc<PullThrough>, request: Request<B>) -> Response<
 fn route(pull: &PullThrough, method: &Method, path: &str) -> Response<ResponseBody> {
     match (method, path) {
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
+        (&Method::GET, "/metrics") => metrics(pull),
         (&Method::GET, "/readyz") => {
             let (ready, why) = readiness(pull);
             let code = if ready {
@@ -148,6 +149,41 @@ pub fn status(pull: &PullThrough) -> serde_json::Value {
         },
         "upstreams": upstreams,
     })
+}
+
+/// Refreshes the gauges that mirror live state, then encodes every metric.
+fn metrics(pull: &PullThrough) -> Response<ResponseBody> {
+    let metrics = &pull.metrics;
+    for (registry, upstreams) in pull.registries.iter() {
+        for client in upstreams.clients() {
+            let open =
+                client.health().breaker().state != crate::upstream::breaker::BreakerState::Closed;
+            metrics
+                .breaker_open
+                .get_or_create(&crate::metrics::UpstreamLabels {
+                    registry: registry.to_owned(),
+                    upstream: client.name().to_owned(),
+                })
+                .set(i64::from(open));
+        }
+    }
+    let usage = pull.cache.index.usage();
+    metrics.cache_bytes.set(usage.committed as i64);
+    metrics
+        .cache_limit_bytes
+        .set(usage.limit.unwrap_or(0) as i64);
+    crate::metrics::catch_up(&metrics.cache_evictions, usage.evictions);
+    crate::metrics::catch_up(&metrics.cache_write_failures, pull.cache.write_failures());
+    let body = metrics.encode();
+    or_500(
+        builder(StatusCode::OK)
+            .header(
+                CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )
+            .header(CONTENT_LENGTH, body.len())
+            .body(full_body(body)),
+    )
 }
 
 fn json(status: StatusCode, value: &serde_json::Value) -> Response<ResponseBody> {

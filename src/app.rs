@@ -84,14 +84,20 @@ pub async fn start_with_shutdown(
             path: config.cache_dir.display().to_string(),
             source,
         })?;
-    let registries = Registries::new(&config.upstreams, &config.registry, &config.pool)
-        .map_err(StartError::Upstreams)?;
+    let metrics = Arc::new(crate::metrics::Metrics::default());
+    let registries = Registries::new(
+        &config.upstreams,
+        &config.registry,
+        &config.pool,
+        metrics.clone(),
+    )
+    .map_err(StartError::Upstreams)?;
     let settings = PullSettings {
         tag_ttl: config.tag_ttl,
         max_stale: config.max_stale,
         offline: config.offline,
     };
-    let pull = Arc::new(PullThrough::new(cache, registries, settings));
+    let pull = Arc::new(PullThrough::new(cache, registries, settings, metrics));
     let (listener, addr) = bind(config.listen).await?;
     let admin = match config.admin_listen {
         Some(admin_addr) => Some(bind(admin_addr).await?),

@@ -23,6 +23,7 @@ pub mod cache;
 pub mod config;
 pub mod error;
 pub mod maintenance;
+pub mod metrics;
 pub mod oci;
 pub mod pull;
 pub mod server;

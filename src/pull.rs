@@ -54,14 +54,21 @@ pub struct PullThrough {
     /// Each registry's ordered upstreams.
     pub registries: Registries,
     pub settings: PullSettings,
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
     manifest_fetches: KeyedLocks,
 }
 
 impl PullThrough {
-    pub fn new(cache: Cache, registries: Registries, settings: PullSettings) -> Self {
+    pub fn new(
+        cache: Cache,
+        registries: Registries,
+        settings: PullSettings,
+        metrics: std::sync::Arc<crate::metrics::Metrics>,
+    ) -> Self {
         PullThrough {
             cache,
             registries,
+            metrics,
             settings,
             manifest_fetches: KeyedLocks::default(),
         }

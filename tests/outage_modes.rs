@@ -543,3 +543,84 @@ async fn shutdown_lets_in_flight_downloads_finish() {
         "no longer accepting"
     );
 }
+
+#[tokio::test]
+async fn metrics_show_failovers_per_upstream_counts_and_cache_hits() {
+    let primary = FakeRegistry::start().await;
+    let secondary = FakeRegistry::start().await;
+    let (_, layer_digest, layer) = put_image(&[&primary, &secondary], "m/x", "v1", 82);
+    primary.fault("/v2/", Fault::Status(503));
+    let proxy = TestProxy::start(&[&primary, &secondary]).await;
+    client()
+        .get(proxy.url("/v2/m/x/manifests/v1"))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        let body = client()
+            .get(proxy.url(&format!("/v2/m/x/blobs/{layer_digest}")))
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        assert_eq!(body, layer);
+    }
+    let admin = proxy.server.as_ref().unwrap().admin_addr.unwrap();
+    let text = client()
+        .get(format!("http://{admin}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |needle: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(needle))
+            .unwrap_or_else(|| panic!("no metric line starting with {needle:?} in:\n{text}"))
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let p = primary.addr.to_string();
+    let s = secondary.addr.to_string();
+    assert_eq!(
+        value(&format!(
+            "ferry_failovers_total{{registry=\"docker.io\",upstream=\"{p}\",reason=\"server_error\"}}"
+        )),
+        2.0
+    );
+    assert_eq!(
+        value(&format!(
+            "ferry_upstream_requests_total{{registry=\"docker.io\",upstream=\"{p}\",outcome=\"server_error\"}}"
+        )),
+        2.0
+    );
+    assert_eq!(
+        value(&format!(
+            "ferry_upstream_requests_total{{registry=\"docker.io\",upstream=\"{s}\",outcome=\"ok\"}}"
+        )),
+        2.0
+    );
+    assert_eq!(value("ferry_cache_hits_total{kind=\"blob\"}"), 1.0);
+    assert_eq!(value("ferry_cache_misses_total{kind=\"blob\"}"), 1.0);
+    assert_eq!(
+        value("ferry_served_bytes_total{source=\"cache\"}"),
+        layer.len() as f64
+    );
+    assert_eq!(value("ferry_fill_duration_seconds_count"), 1.0);
+    assert_eq!(
+        value(&format!(
+            "ferry_upstream_breaker_open{{registry=\"docker.io\",upstream=\"{s}\"}}"
+        )),
+        0.0
+    );
+    assert!(value("ferry_requests_total{route=\"blob\",method=\"GET\",status=\"200\"}") >= 2.0);
+}

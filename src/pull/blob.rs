@@ -405,6 +405,10 @@ impl Fill {
                 // The reservation becomes the committed entry.
                 self.reservation = None;
                 self.index.touch(&self.digest, written);
+                pull.metrics
+                    .fill_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                pull.metrics.fill_bytes.observe(written as f64);
                 self.progress.send_modify(|p| {
                     p.written = written;
                     p.phase = FillPhase::Complete;

@@ -36,6 +36,14 @@ pub async fn handle<B>(pull: Arc<PullThrough>, request: Request<B>) -> Response<
             (error_response(&error, head), "-".to_owned())
         }
     };
+    pull.metrics
+        .requests
+        .get_or_create(&crate::metrics::RequestLabels {
+            route: route_label.to_owned(),
+            method: method.as_str().to_owned(),
+            status: response.status().as_u16(),
+        })
+        .inc();
     tracing::info!(
         %method,
         %path,
@@ -76,6 +84,10 @@ async fn dispatch<B>(
             let (registry, name) = origin(pull, name, request.uri().query())?;
             let answer = pull.manifest(&registry, &name, &reference, &accept).await?;
             let manifest = answer.manifest;
+            count_cache_use(pull, "manifest", &answer.source);
+            if !head {
+                served_bytes(pull, &answer.source).inc_by(manifest.body.len() as u64);
+            }
             let response = builder(StatusCode::OK)
                 .header(CONTENT_TYPE, manifest.media_type.as_str())
                 .header(DOCKER_CONTENT_DIGEST, manifest.digest.to_string())
@@ -115,10 +127,15 @@ async fn dispatch<B>(
                 (None, Some(size)) => response = response.header(CONTENT_LENGTH, size),
                 _ => {}
             }
+            count_cache_use(pull, "blob", &answer.source);
             let body = match answer.body {
                 Some(stream) if !head => {
                     use futures_util::TryStreamExt;
-                    StreamBody::new(stream.map_ok(hyper::body::Frame::data)).boxed_unsync()
+                    let counter = served_bytes(pull, &answer.source);
+                    let counted = stream.inspect_ok(move |chunk| {
+                        counter.inc_by(chunk.len() as u64);
+                    });
+                    StreamBody::new(counted.map_ok(hyper::body::Frame::data)).boxed_unsync()
                 }
                 _ => head_body(),
             };
@@ -144,6 +161,33 @@ async fn dispatch<B>(
         }
         Route::Upload => unreachable_upload(),
     }
+}
+
+fn count_cache_use(pull: &PullThrough, kind: &str, source: &Source) {
+    let labels = crate::metrics::CacheLabels {
+        kind: kind.to_owned(),
+    };
+    match source {
+        Source::Cache | Source::StaleCache => pull.metrics.cache_hits.get_or_create(&labels).inc(),
+        Source::Upstream(_) => pull.metrics.cache_misses.get_or_create(&labels).inc(),
+    };
+}
+
+/// The bytes-served counter for where an answer came from.
+fn served_bytes(
+    pull: &PullThrough,
+    source: &Source,
+) -> prometheus_client::metrics::counter::Counter {
+    let source = match source {
+        Source::Cache | Source::StaleCache => "cache",
+        Source::Upstream(_) => "upstream",
+    };
+    pull.metrics
+        .served_bytes
+        .get_or_create(&crate::metrics::SourceLabels {
+            source: source.to_owned(),
+        })
+        .clone()
 }
 
 /// Which registry a request is for, and the repository name within it: a leading

@@ -44,6 +44,9 @@ impl Default for PoolSettings {
 pub struct Upstreams {
     clients: Vec<Arc<UpstreamClient>>,
     settings: PoolSettings,
+    /// The registry these upstreams serve (a metrics label).
+    registry: String,
+    metrics: Arc<crate::metrics::Metrics>,
     /// (upstream name, digest) -> when the upstream stops being skipped for that digest.
     bad_sources: Mutex<HashMap<(String, Digest), Instant>>,
 }
@@ -103,7 +106,12 @@ impl AttemptPlan {
 }
 
 impl Upstreams {
-    pub fn new(configs: &[UpstreamConfig], settings: PoolSettings) -> Result<Self, String> {
+    pub fn new(
+        configs: &[UpstreamConfig],
+        settings: PoolSettings,
+        registry: &str,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Result<Self, String> {
         let clients = configs
             .iter()
             .map(|c| UpstreamClient::new(c.clone(), settings.breaker).map(Arc::new))
@@ -111,6 +119,8 @@ impl Upstreams {
         Ok(Upstreams {
             clients,
             settings,
+            registry: registry.to_owned(),
+            metrics,
             bad_sources: Mutex::new(HashMap::new()),
         })
     }
@@ -194,10 +204,32 @@ impl Upstreams {
         outcome: &Result<T, UpstreamFailure>,
         latency: Duration,
     ) {
+        let outcome_label = match outcome {
+            Ok(_) => "ok",
+            Err(failure) => failure.reason(),
+        };
+        self.metrics
+            .upstream_requests
+            .get_or_create(&crate::metrics::UpstreamOutcomeLabels {
+                registry: self.registry.clone(),
+                upstream: client.name().to_owned(),
+                outcome: outcome_label.to_owned(),
+            })
+            .inc();
         match outcome {
             Ok(_) => client.health().record_success(Some(latency)),
             Err(failure) => {
                 client.health().record_failure(failure);
+                if failure.may_try_next(self.settings.failover_on_not_found) {
+                    self.metrics
+                        .failovers
+                        .get_or_create(&crate::metrics::FailoverLabels {
+                            registry: self.registry.clone(),
+                            upstream: client.name().to_owned(),
+                            reason: failure.reason().to_owned(),
+                        })
+                        .inc();
+                }
                 tracing::warn!(
                     upstream = %failure.upstream,
                     reason = failure.reason(),

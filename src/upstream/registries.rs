@@ -30,6 +30,7 @@ impl Registries {
         configs: &[UpstreamConfig],
         default_registry: &str,
         settings: &PoolSettings,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Result<Self, String> {
         let mut grouped: BTreeMap<String, Vec<UpstreamConfig>> = BTreeMap::new();
         for config in configs {
@@ -40,7 +41,8 @@ impl Registries {
         }
         let mut by_name = BTreeMap::new();
         for (registry, configs) in grouped {
-            by_name.insert(registry, Upstreams::new(&configs, settings.clone())?);
+            let upstreams = Upstreams::new(&configs, settings.clone(), &registry, metrics.clone())?;
+            by_name.insert(registry, upstreams);
         }
         Ok(Registries {
             by_name,

@@ -1,0 +1,177 @@
+//! Prometheus metrics, served as text on the admin listener's `/metrics`: requests, cache
+//! hits and misses and bytes served from each, upstream attempts by outcome, failovers by
+//! reason, fill duration and size, breaker state, cache size and evictions.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub route: String,
+    pub method: String,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CacheLabels {
+    /// `manifest` or `blob`.
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabels {
+    /// `cache` or `upstream`.
+    pub source: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamOutcomeLabels {
+    pub registry: String,
+    pub upstream: String,
+    /// `ok`, or the failure reason (`server_error`, `header_timeout`, ...).
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FailoverLabels {
+    pub registry: String,
+    pub upstream: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamLabels {
+    pub registry: String,
+    pub upstream: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub cache_hits: Family<CacheLabels, Counter>,
+    pub cache_misses: Family<CacheLabels, Counter>,
+    pub served_bytes: Family<SourceLabels, Counter>,
+    pub upstream_requests: Family<UpstreamOutcomeLabels, Counter>,
+    pub failovers: Family<FailoverLabels, Counter>,
+    pub fill_seconds: Histogram,
+    pub fill_bytes: Histogram,
+    pub breaker_open: Family<UpstreamLabels, Gauge>,
+    pub cache_bytes: Gauge,
+    pub cache_limit_bytes: Gauge,
+    pub cache_evictions: Counter,
+    pub cache_write_failures: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let metrics = Metrics {
+            requests: Family::default(),
+            cache_hits: Family::default(),
+            cache_misses: Family::default(),
+            served_bytes: Family::default(),
+            upstream_requests: Family::default(),
+            failovers: Family::default(),
+            fill_seconds: Histogram::new(exponential_buckets(0.01, 4.0, 9)),
+            fill_bytes: Histogram::new(exponential_buckets(4096.0, 8.0, 9)),
+            breaker_open: Family::default(),
+            cache_bytes: Gauge::default(),
+            cache_limit_bytes: Gauge::default(),
+            cache_evictions: Counter::default(),
+            cache_write_failures: Counter::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "ferry_requests",
+            "Requests by route, method and status",
+            metrics.requests.clone(),
+        );
+        registry.register(
+            "ferry_cache_hits",
+            "Requests answered from the cache",
+            metrics.cache_hits.clone(),
+        );
+        registry.register(
+            "ferry_cache_misses",
+            "Requests that went upstream",
+            metrics.cache_misses.clone(),
+        );
+        registry.register(
+            "ferry_served_bytes",
+            "Body bytes sent to clients, by source",
+            metrics.served_bytes.clone(),
+        );
+        registry.register(
+            "ferry_upstream_requests",
+            "Upstream attempts by registry, upstream and outcome",
+            metrics.upstream_requests.clone(),
+        );
+        registry.register(
+            "ferry_failovers",
+            "Moves to the next upstream, by reason",
+            metrics.failovers.clone(),
+        );
+        registry.register(
+            "ferry_fill_duration_seconds",
+            "Time to fill a blob into the cache",
+            metrics.fill_seconds.clone(),
+        );
+        registry.register(
+            "ferry_fill_size_bytes",
+            "Size of blobs filled into the cache",
+            metrics.fill_bytes.clone(),
+        );
+        registry.register(
+            "ferry_upstream_breaker_open",
+            "1 while an upstream's circuit breaker is open (or half-open)",
+            metrics.breaker_open.clone(),
+        );
+        registry.register(
+            "ferry_cache_bytes",
+            "Bytes of cached blobs",
+            metrics.cache_bytes.clone(),
+        );
+        registry.register(
+            "ferry_cache_limit_bytes",
+            "The cache size bound (0 = unbounded)",
+            metrics.cache_limit_bytes.clone(),
+        );
+        registry.register(
+            "ferry_cache_evictions",
+            "Blobs evicted to stay under the bound",
+            metrics.cache_evictions.clone(),
+        );
+        registry.register(
+            "ferry_cache_write_failures",
+            "Fills abandoned because the cache could not take the bytes",
+            metrics.cache_write_failures.clone(),
+        );
+        Metrics {
+            registry,
+            ..metrics
+        }
+    }
+}
+
+impl Metrics {
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::error!(error = %e, "cannot encode metrics");
+        }
+        out
+    }
+}
+
+/// Brings a counter that mirrors an absolute count up to `total`.
+pub fn catch_up(counter: &Counter, total: u64) {
+    let current = counter.get();
+    if total > current {
+        counter.inc_by(total - current);
+    }
+}
