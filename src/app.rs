@@ -116,9 +116,11 @@ pub async fn start_with_shutdown(
 
     let mut tasks = Vec::new();
     let registry_pull = pull.clone();
+    let client_auth = config.client_auth.clone();
     let registry_handler = move |request| {
         let pull = registry_pull.clone();
-        async move { crate::server::handler::handle(pull, request).await }
+        let client_auth = client_auth.clone();
+        async move { crate::server::handler::handle(pull, client_auth, request).await }
     };
     tasks.push(tokio::spawn(crate::server::serve(
         listener,

@@ -37,6 +37,8 @@ pub struct Config {
     pub max_stale: Option<Duration>,
     pub offline: bool,
     pub admin_listen: Option<SocketAddr>,
+    /// Client authentication for the registry listener; `None` = open.
+    pub client_auth: Option<std::sync::Arc<crate::server::client_auth::ClientAuth>>,
     pub shutdown_grace: Duration,
     pub health_probe_interval: Option<Duration>,
     pub pool: PoolSettings,
@@ -356,6 +358,25 @@ impl Config {
                 }
             }
         };
+        let client_auth = if file.auth_tokens_file.is_some() || file.auth_users_file.is_some() {
+            match crate::server::client_auth::ClientAuth::load(
+                file.auth_tokens_file.as_deref().map(Path::new),
+                file.auth_users_file.as_deref().map(Path::new),
+            ) {
+                Ok(auth) => Some(std::sync::Arc::new(auth)),
+                Err(reason) => {
+                    let value = file
+                        .auth_users_file
+                        .clone()
+                        .or(file.auth_tokens_file.clone())
+                        .unwrap_or_default();
+                    problem("auth_users_file / auth_tokens_file", &value, reason);
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let breaker_threshold = file.breaker_threshold.unwrap_or(breaker_defaults.threshold);
         if breaker_threshold == 0 {
             problem("breaker_threshold", "0", "must be at least 1".into());
@@ -550,6 +571,7 @@ impl Config {
                 max_stale,
                 offline: overrides.offline || file.offline.unwrap_or(false),
                 admin_listen,
+                client_auth,
                 shutdown_grace,
                 health_probe_interval,
                 pool: PoolSettings {
@@ -622,6 +644,11 @@ impl Config {
                 self.admin_listen
                     .map_or("off".to_owned(), |a| a.to_string()),
             ),
+            auth_tokens_file: self
+                .client_auth
+                .as_ref()
+                .map(|_| "<configured, not shown>".to_owned()),
+            auth_users_file: None,
             shutdown_grace: Some(humantime::format_duration(self.shutdown_grace).to_string()),
             retry_budget: Some(self.pool.retry_budget as u32),
             hedge_delay: Some(self.pool.hedge_delay.map_or("off".to_owned(), |d| {

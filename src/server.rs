@@ -2,6 +2,7 @@
 //! hands each request to a handler (the registry API in `handler`, or the admin API), and
 //! drains in-flight connections on shutdown.
 
+pub mod client_auth;
 pub mod handler;
 pub mod response;
 pub mod route;

@@ -199,3 +199,56 @@ async fn a_two_tier_pull_fetches_each_blob_from_the_registry_once() {
     // The lower tier told the upper which registry it meant.
     assert!(az.rehash_cache().iter().all(|(_, ok)| *ok));
 }
+
+#[tokio::test]
+async fn client_authentication_for_a_shared_cache() {
+    let upstream = FakeRegistry::start().await;
+    let (manifest, _, _) = put_image(&[&upstream], "shared/app", "v1", 2200);
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("users");
+    std::fs::write(&users, "ci:s3cret\n").unwrap();
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, "robot-token\n").unwrap();
+    let auth = ferry::server::client_auth::ClientAuth::load(Some(&tokens), Some(&users)).unwrap();
+    let proxy = TestProxy::start_with(&[&upstream], |c| {
+        c.client_auth = Some(std::sync::Arc::new(auth))
+    })
+    .await;
+    let url = proxy.url("/v2/shared/app/manifests/v1");
+
+    let refused = client().get(proxy.url("/v2/")).send().await.unwrap();
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        refused.headers()["www-authenticate"],
+        "Basic realm=\"ferry\""
+    );
+    assert!(refused.text().await.unwrap().contains("UNAUTHORIZED"));
+    let wrong = client()
+        .get(&url)
+        .basic_auth("ci", Some("nope"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        upstream.requests().len(),
+        0,
+        "refused requests never reach an upstream"
+    );
+
+    let user = client()
+        .get(&url)
+        .basic_auth("ci", Some("s3cret"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(user.status(), StatusCode::OK);
+    assert_eq!(digest_header(&user), manifest.to_string());
+    let robot = client()
+        .get(&url)
+        .bearer_auth("robot-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(robot.status(), StatusCode::OK);
+}

@@ -30,6 +30,10 @@ pub struct ConfigFile {
     pub offline: Option<bool>,
     /// Oldest tag mapping served when upstreams fail (or offline), e.g. "7d"; "unlimited".
     pub max_stale: Option<String>,
+    /// Client authentication: a file of bearer tokens (one per line) and/or of basic users
+    /// (`user:password` or `user:sha256:<hex>` per line). Without either, anyone may pull.
+    pub auth_tokens_file: Option<String>,
+    pub auth_users_file: Option<String>,
     /// Admin API address ("off" disables).
     pub admin_listen: Option<String>,
     /// How long in-flight responses may run after SIGTERM.

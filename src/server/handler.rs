@@ -1,6 +1,7 @@
 //! One function per endpoint: turns a routed, validated request into a call on the
 //! pull-through flow and its answer into a response, logging one line per request.
 
+use super::client_auth::ClientAuth;
 use super::response::{ResponseBody, builder, error_response, full_body, head_body, or_500};
 use super::route::{self, Route};
 use crate::error::FerryError;
@@ -15,10 +16,20 @@ use http_body_util::{BodyExt, StreamBody};
 use std::sync::Arc;
 use std::time::Instant;
 
-pub async fn handle<B>(pull: Arc<PullThrough>, request: Request<B>) -> Response<ResponseBody> {
+pub async fn handle<B>(
+    pull: Arc<PullThrough>,
+    client_auth: Option<Arc<ClientAuth>>,
+    request: Request<B>,
+) -> Response<ResponseBody> {
     let started = Instant::now();
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
+    if let Some(auth) = &client_auth
+        && !auth.allows(request.headers())
+    {
+        tracing::info!(%method, %path, status = 401, "request refused: no valid client credentials");
+        return unauthorized();
+    }
     let (route_label, outcome) = match route::parse(&path) {
         Ok(route) => (route.label(), dispatch(&pull, route, &request).await),
         Err(error) => ("invalid", Err(error)),
@@ -161,6 +172,22 @@ async fn dispatch<B>(
         }
         Route::Upload => unreachable_upload(),
     }
+}
+
+/// 401 with a Basic challenge, so clients send their configured credentials.
+fn unauthorized() -> Response<ResponseBody> {
+    let body = ErrorCode::Unauthorized
+        .body("authentication required: this ferry only serves known clients");
+    or_500(
+        builder(StatusCode::UNAUTHORIZED)
+            .header(CONTENT_TYPE, "application/json")
+            .header(CONTENT_LENGTH, body.len())
+            .header(
+                http::header::WWW_AUTHENTICATE,
+                format!("Basic realm=\"{}\"", super::client_auth::REALM),
+            )
+            .body(full_body(body)),
+    )
 }
 
 fn count_cache_use(pull: &PullThrough, kind: &str, source: &Source) {
