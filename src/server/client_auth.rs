@@ -66,15 +66,12 @@ impl ClientAuth {
                     format!("{} line {}: expected user:password", path.display(), n + 1)
                 })?;
                 let hashed = match secret.strip_prefix("sha256:") {
-                    Some(hex_hash) => {
-                        let bytes = hex::decode(hex_hash)
-                            .ok()
-                            .and_then(|b| <[u8; 32]>::try_from(b).ok())
-                            .ok_or_else(|| {
-                                format!("{} line {}: bad sha256 hash", path.display(), n + 1)
-                            })?;
-                        bytes
-                    }
+                    Some(hex_hash) => hex::decode(hex_hash)
+                        .ok()
+                        .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                        .ok_or_else(|| {
+                            format!("{} line {}: bad sha256 hash", path.display(), n + 1)
+                        })?,
                     None => hash(secret),
                 };
                 auth.users.insert(user.to_owned(), hashed);
