@@ -24,6 +24,8 @@ pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 pub const DEFAULT_MIN_TRANSFER_RATE: u64 = 256 * 1024;
 pub const DEFAULT_RATE_WINDOW: Duration = Duration::from_secs(10);
 pub const DEFAULT_RETRY_BUDGET: usize = 2;
+/// How long a credential helper's output is reused (ECR tokens live 12 h).
+pub const DEFAULT_PASSWORD_COMMAND_TTL: Duration = Duration::from_secs(600);
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -66,7 +68,104 @@ pub struct UpstreamConfig {
 #[derive(Clone)]
 pub struct Credentials {
     pub username: String,
+    /// A fixed password (from the file, an environment variable or a file); empty when a
+    /// command supplies it.
     pub password: String,
+    /// A credential-helper command whose output is the password (e.g. `aws ecr
+    /// get-login-password`), re-run when its output is older than its TTL or refused.
+    pub command: Option<std::sync::Arc<PasswordCommand>>,
+}
+
+/// Runs a credential helper and caches its output.
+pub struct PasswordCommand {
+    pub command: String,
+    pub ttl: Duration,
+    cached: std::sync::Mutex<Option<(String, std::time::Instant)>>,
+}
+
+/// Longest a credential helper may run.
+const PASSWORD_COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl PasswordCommand {
+    pub fn new(command: &str, ttl: Duration) -> Self {
+        PasswordCommand {
+            command: command.to_owned(),
+            ttl,
+            cached: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// The cached output, or a fresh run of the command (`sh -c`, 30 s at most).
+    pub async fn password(&self) -> Result<String, String> {
+        if let Some((password, at)) = self
+            .cached
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            && at.elapsed() < self.ttl
+        {
+            return Ok(password.clone());
+        }
+        let run = tokio::process::Command::new("sh")
+            .arg("-c")
+            .arg(&self.command)
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .output();
+        let output = tokio::time::timeout(PASSWORD_COMMAND_TIMEOUT, run)
+            .await
+            .map_err(|_| {
+                format!("credential helper did not finish within {PASSWORD_COMMAND_TIMEOUT:?}")
+            })?
+            .map_err(|e| format!("cannot run the credential helper: {e}"))?;
+        if !output.status.success() {
+            return Err(format!("credential helper failed ({})", output.status));
+        }
+        let password = String::from_utf8_lossy(&output.stdout)
+            .trim_end_matches(['\n', '\r'])
+            .to_owned();
+        if password.is_empty() {
+            return Err("credential helper printed nothing".into());
+        }
+        *self.cached.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((password.clone(), std::time::Instant::now()));
+        Ok(password)
+    }
+
+    /// Forgets the cached output (after the registry refused it).
+    pub fn invalidate(&self) {
+        *self.cached.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+}
+
+impl Credentials {
+    pub fn fixed(username: &str, password: &str) -> Self {
+        Credentials {
+            username: username.to_owned(),
+            password: password.to_owned(),
+            command: None,
+        }
+    }
+
+    /// The password to send now.
+    pub async fn current_password(&self) -> Result<String, String> {
+        match &self.command {
+            None => Ok(self.password.clone()),
+            Some(command) => command.password().await,
+        }
+    }
+
+    /// After a refusal: a helper's cached output is dropped so the next use re-runs it.
+    /// Returns whether there was anything to refresh.
+    pub fn refresh(&self) -> bool {
+        match &self.command {
+            None => false,
+            Some(command) => {
+                command.invalidate();
+                true
+            }
+        }
+    }
 }
 
 impl fmt::Debug for Credentials {
@@ -491,12 +590,29 @@ impl Config {
                     min_rate_default
                 }),
             };
+            let password_command_ttl = match &upstream.password_command_ttl {
+                None => DEFAULT_PASSWORD_COMMAND_TTL,
+                Some(text) => match humantime::parse_duration(text) {
+                    Ok(d) => d,
+                    Err(e) => {
+                        field_problem(
+                            "password_command_ttl",
+                            text,
+                            format!("expected a duration ({e})"),
+                        );
+                        DEFAULT_PASSWORD_COMMAND_TTL
+                    }
+                },
+            };
             let credentials = match resolve_password(upstream) {
                 Ok(None) => None,
                 Ok(Some(password)) => match &upstream.username {
                     Some(username) => Some(Credentials {
                         username: username.clone(),
                         password,
+                        command: upstream.password_command.as_ref().map(|command| {
+                            std::sync::Arc::new(PasswordCommand::new(command, password_command_ttl))
+                        }),
                     }),
                     None => {
                         field_problem("username", "", "a password source needs a username".into());
@@ -513,6 +629,7 @@ impl Config {
                     &upstream.password,
                     &upstream.password_env,
                     &upstream.password_file,
+                    &upstream.password_command,
                 ];
                 if sources.iter().all(|s| s.is_none()) {
                     field_problem(
@@ -611,6 +728,12 @@ impl Config {
                 min_transfer_rate: Some(u.min_transfer_rate.to_string()),
                 username: u.credentials.as_ref().map(|c| c.username.clone()),
                 password: u.credentials.as_ref().map(|_| "<redacted>".to_owned()),
+                password_command: u
+                    .credentials
+                    .as_ref()
+                    .and_then(|c| c.command.as_ref())
+                    .map(|c| c.command.clone()),
+                password_command_ttl: None,
                 password_env: None,
                 password_file: None,
             })
@@ -717,11 +840,15 @@ fn resolve_password(
         return Err((
             "password",
             "<redacted>".into(),
-            "set only one of password, password_env, password_file".into(),
+            "set only one of password, password_env, password_file, password_command".into(),
         ));
     }
     if let Some(password) = &upstream.password {
         return Ok(Some(password.clone()));
+    }
+    if upstream.password_command.is_some() {
+        // Run lazily, at first use; the empty password marks "from the command".
+        return Ok(Some(String::new()));
     }
     if let Some(var) = &upstream.password_env {
         return match std::env::var(var) {

@@ -60,10 +60,7 @@ async fn token_flow_with_basic_credentials() {
     );
 
     let proxy = TestProxy::start_with(&[&upstream], |c| {
-        c.upstreams[0].credentials = Some(Credentials {
-            username: "ci".into(),
-            password: "s3cret".into(),
-        })
+        c.upstreams[0].credentials = Some(Credentials::fixed("ci", "s3cret"))
     })
     .await;
     let response = client()
@@ -116,4 +113,47 @@ async fn redirects_are_followed_without_the_registry_token() {
         .last()
         .unwrap();
     assert_eq!(at_registry.headers["authorization"], "Bearer tok-secret");
+}
+
+#[tokio::test]
+async fn a_credential_helper_supplies_the_password_and_reruns_when_refused() {
+    let upstream = FakeRegistry::start().await;
+    let (manifest, layer_digest, layer) = put_image(&[&upstream], "private/ecr", "v1", 33);
+    upstream.require_token("tok-ecr", Some(("AWS", "first-password")));
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "first-password\n").unwrap();
+    let command = format!("cat {}", secret.display());
+    let proxy = TestProxy::start_with(&[&upstream], |c| {
+        c.upstreams[0].credentials = Some(Credentials {
+            username: "AWS".into(),
+            password: String::new(),
+            command: Some(std::sync::Arc::new(ferry::config::PasswordCommand::new(
+                &command,
+                std::time::Duration::from_secs(3600),
+            ))),
+        })
+    })
+    .await;
+    let response = client()
+        .get(proxy.url("/v2/private/ecr/manifests/v1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(manifest.matches(&response.bytes().await.unwrap()));
+    // The password rotates; the cached helper output is refused once, then the helper runs again.
+    upstream.require_token("tok-ecr-2", Some(("AWS", "second-password")));
+    std::fs::write(&secret, "second-password\n").unwrap();
+    let response = client()
+        .get(proxy.url(&format!("/v2/private/ecr/blobs/{layer_digest}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status(),
+        StatusCode::OK,
+        "re-ran the helper after the refusal"
+    );
+    assert_eq!(response.bytes().await.unwrap(), layer);
 }

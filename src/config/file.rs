@@ -67,4 +67,8 @@ pub struct UpstreamFile {
     pub password: Option<String>,
     pub password_env: Option<String>,
     pub password_file: Option<String>,
+    /// A credential helper whose output is the password, e.g. "aws ecr get-login-password".
+    pub password_command: Option<String>,
+    /// How long its output is reused before running it again (default 10m).
+    pub password_command_ttl: Option<String>,
 }

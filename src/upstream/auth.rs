@@ -160,7 +160,8 @@ impl TokenCache {
         }
         let mut request = http.get(url);
         if let Some(credentials) = credentials {
-            request = request.basic_auth(&credentials.username, Some(&credentials.password));
+            let password = credentials.current_password().await?;
+            request = request.basic_auth(&credentials.username, Some(password));
         }
         let fetch = async {
             let response = request

@@ -185,27 +185,39 @@ impl UpstreamClient {
             .find_map(Challenge::parse);
         match challenge {
             Some(Challenge::Bearer { params }) => {
-                let token = self
-                    .tokens
-                    .fetch(
+                let credentials = self.config.credentials.as_ref();
+                let fetch = || {
+                    self.tokens.fetch(
                         &self.http,
                         &params,
                         scope,
-                        self.config.credentials.as_ref(),
+                        credentials,
                         self.config.header_timeout,
                     )
-                    .await?;
+                };
+                let token = match fetch().await {
+                    Ok(token) => token,
+                    // A credential helper's output may have expired: run it again, once.
+                    Err(_) if credentials.is_some_and(|c| c.refresh()) => fetch().await?,
+                    Err(e) => return Err(e),
+                };
                 HeaderValue::from_str(&format!("Bearer {token}"))
                     .map(Some)
                     .map_err(|_| {
                         "token server returned a token that is not a valid header value".to_owned()
                     })
             }
-            Some(Challenge::Basic) => Ok(self
-                .config
-                .credentials
-                .as_ref()
-                .and_then(|c| HeaderValue::from_str(&basic_authorization(c)).ok())),
+            Some(Challenge::Basic) => match &self.config.credentials {
+                None => Ok(None),
+                Some(credentials) => {
+                    let password = credentials.current_password().await?;
+                    Ok(HeaderValue::from_str(&basic_authorization(
+                        &credentials.username,
+                        &password,
+                    ))
+                    .ok())
+                }
+            },
             None => Ok(None),
         }
     }
@@ -244,9 +256,9 @@ impl UpstreamClient {
 }
 
 /// The `Authorization` value for HTTP basic authentication.
-fn basic_authorization(credentials: &crate::config::Credentials) -> String {
+fn basic_authorization(username: &str, password: &str) -> String {
     use base64::Engine as _;
-    let pair = format!("{}:{}", credentials.username, credentials.password);
+    let pair = format!("{username}:{password}");
     format!(
         "Basic {}",
         base64::engine::general_purpose::STANDARD.encode(pair)
