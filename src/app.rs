@@ -29,6 +29,8 @@ pub enum StartError {
     },
     #[error("cannot set up upstreams: {0}")]
     Upstreams(String),
+    #[error("cannot set up TLS: {0}")]
+    Tls(String),
 }
 
 /// A running ferry. Dropping it does not stop the server; call `shutdown`.
@@ -122,9 +124,19 @@ pub async fn start_with_shutdown(
         let client_auth = client_auth.clone();
         async move { crate::server::handler::handle(pull, client_auth, request).await }
     };
+    let tls = match &config.tls {
+        None => None,
+        Some((cert, key)) => Some(Arc::new(
+            crate::server::tls::ReloadingTls::load(cert, key).map_err(StartError::Tls)?,
+        )),
+    };
+    if let Some(tls) = &tls {
+        tokio::spawn(reload_tls(tls.clone(), until_stopped(stopped.clone())));
+    }
     tasks.push(tokio::spawn(crate::server::serve(
         listener,
         registry_handler,
+        tls,
         until_stopped(stopped.clone()),
         config.shutdown_grace,
     )));
@@ -138,6 +150,7 @@ pub async fn start_with_shutdown(
         tasks.push(tokio::spawn(crate::server::serve(
             admin_listener,
             admin_handler,
+            None,
             until_stopped(stopped.clone()),
             Duration::from_secs(1),
         )));
@@ -165,6 +178,36 @@ pub async fn start_with_shutdown(
         stop,
         tasks,
     })
+}
+
+/// How often the TLS files are checked for changes.
+const TLS_RELOAD_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Reloads the TLS certificate when its files change, or on SIGHUP.
+async fn reload_tls(
+    tls: Arc<crate::server::tls::ReloadingTls>,
+    stopped: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(stopped);
+    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    loop {
+        let hangup = async {
+            match hangups.as_mut() {
+                Some(signal) => {
+                    signal.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            () = &mut stopped => return,
+            () = hangup => {
+                tracing::info!("SIGHUP: reloading the TLS certificate");
+                tls.reload();
+            }
+            () = tokio::time::sleep(TLS_RELOAD_INTERVAL) => tls.reload_if_changed(),
+        }
+    }
 }
 
 /// How often pins are re-read and the size bound re-checked.

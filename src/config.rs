@@ -39,6 +39,8 @@ pub struct Config {
     pub max_stale: Option<Duration>,
     pub offline: bool,
     pub admin_listen: Option<SocketAddr>,
+    /// TLS certificate chain and key (PEM) for the registry listener; `None` = plain HTTP.
+    pub tls: Option<(PathBuf, PathBuf)>,
     /// Client authentication for the registry listener; `None` = open.
     pub client_auth: Option<std::sync::Arc<crate::server::client_auth::ClientAuth>>,
     pub shutdown_grace: Duration,
@@ -476,6 +478,34 @@ impl Config {
         } else {
             None
         };
+        let tls = match (&file.tls_cert_file, &file.tls_key_file) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => {
+                match crate::server::tls::ReloadingTls::load(Path::new(cert), Path::new(key)) {
+                    Ok(_) => Some((PathBuf::from(cert), PathBuf::from(key))),
+                    Err(reason) => {
+                        problem("tls_cert_file / tls_key_file", cert, reason);
+                        None
+                    }
+                }
+            }
+            (Some(cert), None) => {
+                problem(
+                    "tls_key_file",
+                    "",
+                    format!("tls_cert_file = {cert:?} needs a key"),
+                );
+                None
+            }
+            (None, Some(key)) => {
+                problem(
+                    "tls_cert_file",
+                    "",
+                    format!("tls_key_file = {key:?} needs a certificate"),
+                );
+                None
+            }
+        };
         let breaker_threshold = file.breaker_threshold.unwrap_or(breaker_defaults.threshold);
         if breaker_threshold == 0 {
             problem("breaker_threshold", "0", "must be at least 1".into());
@@ -688,6 +718,7 @@ impl Config {
                 max_stale,
                 offline: overrides.offline || file.offline.unwrap_or(false),
                 admin_listen,
+                tls,
                 client_auth,
                 shutdown_grace,
                 health_probe_interval,
@@ -767,6 +798,11 @@ impl Config {
                 self.admin_listen
                     .map_or("off".to_owned(), |a| a.to_string()),
             ),
+            tls_cert_file: self
+                .tls
+                .as_ref()
+                .map(|(cert, _)| cert.display().to_string()),
+            tls_key_file: self.tls.as_ref().map(|(_, key)| key.display().to_string()),
             auth_tokens_file: self
                 .client_auth
                 .as_ref()

@@ -252,3 +252,87 @@ async fn client_authentication_for_a_shared_cache() {
         .unwrap();
     assert_eq!(robot.status(), StatusCode::OK);
 }
+
+fn self_signed(
+    dir: &std::path::Path,
+    label: &str,
+) -> (std::path::PathBuf, std::path::PathBuf, reqwest::Certificate) {
+    let rcgen::CertifiedKey { cert, signing_key } = rcgen::generate_simple_self_signed(vec![
+        "127.0.0.1".to_owned(),
+        format!("{label}.ferry.test"),
+    ])
+    .unwrap();
+    let cert_path = dir.join(format!("{label}.crt"));
+    let key_path = dir.join(format!("{label}.key"));
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, signing_key.serialize_pem()).unwrap();
+    (
+        cert_path,
+        key_path,
+        reqwest::Certificate::from_pem(cert.pem().as_bytes()).unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn tls_with_http2_and_reload_without_restart() {
+    let upstream = FakeRegistry::start().await;
+    let (manifest, _, _) = put_image(&[&upstream], "tls/app", "v1", 2300);
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, first_ca) = self_signed(dir.path(), "first");
+    let served_cert = dir.path().join("served.crt");
+    let served_key = dir.path().join("served.key");
+    std::fs::copy(&cert, &served_cert).unwrap();
+    std::fs::copy(&key, &served_key).unwrap();
+    let proxy = TestProxy::start_with(&[&upstream], |c| {
+        c.tls = Some((served_cert.clone(), served_key.clone()))
+    })
+    .await;
+    let url = format!(
+        "https://{}/v2/tls/app/manifests/v1",
+        proxy.server.as_ref().unwrap().addr
+    );
+    let trusting = |ca: reqwest::Certificate| {
+        reqwest::Client::builder()
+            .tls_certs_only([ca])
+            .build()
+            .unwrap()
+    };
+
+    let response = trusting(first_ca.clone()).get(&url).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.version(),
+        reqwest::Version::HTTP_2,
+        "HTTP/2 by ALPN"
+    );
+    assert_eq!(digest_header(&response), manifest.to_string());
+    // Plain HTTP on the TLS port is refused.
+    let plain = client()
+        .get(url.replace("https://", "http://"))
+        .send()
+        .await;
+    assert!(
+        !plain.is_ok_and(|r| r.status().is_success()),
+        "plain HTTP is not served on the TLS port"
+    );
+
+    // Replace the certificate files: the new certificate is served without a restart.
+    let (cert2, key2, second_ca) = self_signed(dir.path(), "second");
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    std::fs::copy(&cert2, &served_cert).unwrap();
+    std::fs::copy(&key2, &served_key).unwrap();
+    let mut reloaded = false;
+    for _ in 0..80 {
+        if let Ok(response) = trusting(second_ca.clone()).get(&url).send().await {
+            assert_eq!(response.status(), StatusCode::OK);
+            reloaded = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(reloaded, "the new certificate was not picked up");
+    assert!(
+        trusting(first_ca).get(&url).send().await.is_err(),
+        "the old certificate is gone"
+    );
+}

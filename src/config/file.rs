@@ -34,6 +34,10 @@ pub struct ConfigFile {
     /// (`user:password` or `user:sha256:<hex>` per line). Without either, anyone may pull.
     pub auth_tokens_file: Option<String>,
     pub auth_users_file: Option<String>,
+    /// Serve the registry API over TLS with this certificate chain and key (PEM); both or
+    /// neither. Reloaded when the files change, or on SIGHUP.
+    pub tls_cert_file: Option<String>,
+    pub tls_key_file: Option<String>,
     /// Admin API address ("off" disables).
     pub admin_listen: Option<String>,
     /// How long in-flight responses may run after SIGTERM.
