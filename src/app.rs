@@ -130,8 +130,22 @@ pub async fn start_with_shutdown(
             crate::server::tls::ReloadingTls::load(cert, key).map_err(StartError::Tls)?,
         )),
     };
-    if let Some(tls) = &tls {
-        tokio::spawn(reload_tls(tls.clone(), until_stopped(stopped.clone())));
+    match &tls {
+        Some(tls) => {
+            tokio::spawn(reload_tls(tls.clone(), until_stopped(stopped.clone())));
+        }
+        // SIGHUP must never kill ferry (`systemctl reload`): without TLS there is nothing to reload.
+        None => {
+            if let Ok(mut hangups) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            {
+                tokio::spawn(async move {
+                    while hangups.recv().await.is_some() {
+                        tracing::info!("SIGHUP: nothing to reload (no TLS configured)");
+                    }
+                });
+            }
+        }
     }
     tasks.push(tokio::spawn(crate::server::serve(
         listener,

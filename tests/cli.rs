@@ -159,6 +159,18 @@ fn serve_answers_and_exits_cleanly_on_sigterm() {
             .contains("docker-distribution-api-version: registry/2.0")
     );
 
+    // SIGHUP (systemctl reload) must not stop it.
+    // SAFETY: sending a signal to our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let mut stream = std::net::TcpStream::connect(&addr).expect("still serving after SIGHUP");
+    stream
+        .write_all(b"GET /v2/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+
     // SAFETY: sending a signal to our own child process.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let status = child.wait().unwrap();
