@@ -98,7 +98,21 @@ async fn ns_and_path_prefix_route_to_each_registry_and_caches_never_mix() {
 #[tokio::test]
 async fn an_unknown_registry_gets_a_clear_error() {
     let hub = FakeRegistry::start().await;
-    let proxy = TestProxy::start(&[&hub]).await;
+    let ghcr = FakeRegistry::start().await;
+    let (manifest, _, _) = put_image(&[&hub], "org/app", "v1", 2002);
+    // A single-registry ferry serves whatever ns the client names (its hosts.toml host).
+    let single = TestProxy::start(&[&hub]).await;
+    let response = client()
+        .get(single.url("/v2/org/app/manifests/v1?ns=registry.internal:5000"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(digest_header(&response), manifest.to_string());
+    // With several registries, an unknown one is refused.
+    let urls = vec![hub.url(), format!("ghcr.io={}", ghcr.url())];
+    let proxy = TestProxy::start_urls(&urls, tempfile::tempdir().unwrap(), |_| {}).await;
+    let hub_requests = hub.requests().len();
     let response = client()
         .get(proxy.url("/v2/org/app/manifests/v1?ns=quay.io"))
         .send()
@@ -110,7 +124,12 @@ async fn an_unknown_registry_gets_a_clear_error() {
         body.contains("NAME_UNKNOWN") && body.contains("quay.io"),
         "{body}"
     );
-    assert_eq!(hub.requests().len(), 0);
+    assert_eq!(
+        hub.requests().len(),
+        hub_requests,
+        "an unknown registry reaches no upstream"
+    );
+    assert_eq!(ghcr.requests().len(), 0);
 }
 
 #[tokio::test]

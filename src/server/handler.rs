@@ -247,8 +247,14 @@ fn origin(
             (registry, name)
         }
     };
-    // Validate before any cache or upstream work, so an unknown registry is a clear 404.
-    pull.upstreams_for(&registry)?;
+    // Resolve before any cache or upstream work, so an unknown registry is a clear 404.
+    let registry = match pull.registries.resolve(&registry) {
+        Some(resolved) => resolved.to_owned(),
+        None => {
+            pull.upstreams_for(&registry)?;
+            registry
+        }
+    };
     let name = if registry == crate::upstream::registries::DOCKER_HUB {
         name.with_docker_hub_library_prefix()
     } else {

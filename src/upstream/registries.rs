@@ -69,6 +69,19 @@ impl Registries {
             .map(|(name, upstreams)| (name.as_str(), upstreams))
     }
 
+    /// With several registries configured (or none for the default one), a request for a
+    /// registry ferry has no upstreams for is refused. With just the default registry,
+    /// every request goes to it whatever `ns` says, so a single-registry ferry works behind
+    /// any client-side registry name (e.g. a containerd hosts.toml for a private host).
+    pub fn resolve(&self, requested: &str) -> Option<&str> {
+        if let Some((name, _)) = self.by_name.get_key_value(requested) {
+            return Some(name.as_str());
+        }
+        let single_default =
+            self.by_name.len() == 1 && self.by_name.contains_key(&self.default_registry);
+        single_default.then_some(self.default_registry.as_str())
+    }
+
     /// The upstream called `name`, whatever its registry.
     pub fn find(&self, name: &str) -> Option<&Arc<UpstreamClient>> {
         self.by_name.values().find_map(|u| u.find(name))
