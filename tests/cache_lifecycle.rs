@@ -91,15 +91,7 @@ async fn the_size_bound_holds_during_concurrent_fills_and_reads() {
         peak <= LIMIT + LIMIT / 20,
         "peak {peak} exceeds the bound {LIMIT} by more than 5%"
     );
-    let admin = proxy.server.as_ref().unwrap().admin_addr.unwrap();
-    let status: serde_json::Value = client()
-        .get(format!("http://{admin}/admin/upstreams"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status = proxy.admin_status().await;
     assert!(
         status["cache"]["usage"]["evictions"].as_u64().unwrap() > 0,
         "{status}"
@@ -182,17 +174,9 @@ async fn the_index_is_rebuilt_after_a_restart_and_keeps_the_bound() {
     // Restart with a bound that fits two blobs: the two least recently used go.
     let proxy =
         TestProxy::start_urls(&[upstream.url()], cache, |c| c.cache_size = Some(250_000)).await;
-    let admin = proxy.server.as_ref().unwrap().admin_addr.unwrap();
     let mut usage = serde_json::Value::Null;
     for _ in 0..100 {
-        let status: serde_json::Value = client()
-            .get(format!("http://{admin}/admin/upstreams"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let status = proxy.admin_status().await;
         usage = status["cache"]["usage"].clone();
         if usage["blobs"] == 2 {
             break;

@@ -345,17 +345,9 @@ async fn warm_through_a_running_server_pins_for_that_server() {
         1,
         "arm64 manifest fetched"
     );
-    let admin = proxy.server.as_ref().unwrap().admin_addr.unwrap();
     let mut pinned = 0;
     for _ in 0..80 {
-        let status: serde_json::Value = client()
-            .get(format!("http://{admin}/admin/upstreams"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let status = proxy.admin_status().await;
         pinned = status["cache"]["usage"]["pinned"].as_u64().unwrap_or(0);
         if pinned > 0 {
             break;

@@ -68,15 +68,7 @@ async fn a_full_disk_never_fails_a_pull() {
         rehash_cache_dir(&cache_path).is_empty(),
         "nothing can have been committed"
     );
-    let admin = proxy.server.as_ref().unwrap().admin_addr.unwrap();
-    let status: serde_json::Value = client()
-        .get(format!("http://{admin}/admin/upstreams"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status = proxy.admin_status().await;
     assert!(
         status["cache"]["write_failures"].as_u64().unwrap() >= 1,
         "{status}"

@@ -9,15 +9,7 @@ use reqwest::{Method, StatusCode};
 use std::time::{Duration, Instant};
 
 async fn admin_status(proxy: &TestProxy) -> serde_json::Value {
-    let admin = proxy.server.as_ref().unwrap().admin_addr.unwrap();
-    client()
-        .get(format!("http://{admin}/admin/upstreams"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    proxy.admin_status().await
 }
 
 async fn admin_post(proxy: &TestProxy, path: &str) -> StatusCode {

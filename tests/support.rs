@@ -70,6 +70,19 @@ impl TestProxy {
         self.cache_dir
     }
 
+    /// The admin API's `/admin/upstreams` JSON (upstream health and cache usage).
+    pub async fn admin_status(&self) -> serde_json::Value {
+        let admin = self.server.as_ref().unwrap().admin_addr.unwrap();
+        client()
+            .get(format!("http://{admin}/admin/upstreams"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     /// Every committed blob and manifest file, rehashed: (path, matches its name).
     pub fn rehash_cache(&self) -> Vec<(std::path::PathBuf, bool)> {
         rehash_cache_dir(self.cache_dir.path())
