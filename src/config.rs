@@ -377,7 +377,6 @@ impl Config {
             DEFAULT_BODY_IDLE_TIMEOUT,
         );
 
-        let bad_source_skip_value = bad_source_skip;
         let shutdown_grace = duration(
             "shutdown_grace",
             file.shutdown_grace.as_ref(),
@@ -724,7 +723,7 @@ impl Config {
                 health_probe_interval,
                 pool: PoolSettings {
                     failover_on_not_found: file.failover_on_not_found.unwrap_or(true),
-                    bad_source_skip: bad_source_skip_value,
+                    bad_source_skip,
                     retry_budget: file
                         .retry_budget
                         .map_or(DEFAULT_RETRY_BUDGET, |b| b as usize),
