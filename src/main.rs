@@ -90,9 +90,10 @@ struct ServeArgs {
     /// Address to listen on [default: 127.0.0.1:5000].
     #[arg(long, value_name = "ADDR")]
     listen: Option<String>,
-    /// Upstream registry base URL. Repeat for failover; the order is the priority (first =
-    /// primary). Replaces the file's upstreams. [default: https://registry-1.docker.io]
-    #[arg(long = "upstream", value_name = "URL")]
+    /// Upstream base URL, as URL (for the default registry) or REGISTRY=URL (e.g.
+    /// ghcr.io=https://ghcr.io). Repeat for failover; per registry, the order is the priority
+    /// (first = primary). Replaces the file's upstreams. [default: https://registry-1.docker.io]
+    #[arg(long = "upstream", value_name = "[REGISTRY=]URL")]
     upstreams: Vec<String>,
     /// Cache directory [default: $XDG_CACHE_HOME/ferry or ~/.cache/ferry].
     #[arg(long, value_name = "DIR")]

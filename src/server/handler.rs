@@ -24,10 +24,12 @@ pub async fn handle<B>(
     let started = Instant::now();
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
+    // Logged with the query, so a line shows the registry containerd named with `?ns=`.
+    let uri = request.uri().to_string();
     if let Some(auth) = &client_auth
         && !auth.allows(request.headers())
     {
-        tracing::info!(%method, %path, status = 401, "request refused: no valid client credentials");
+        tracing::info!(%method, path = %uri, status = 401, "request refused: no valid client credentials");
         return unauthorized();
     }
     let (route_label, outcome) = match route::parse(&path) {
@@ -42,7 +44,7 @@ pub async fn handle<B>(
                 error,
                 FerryError::Upstreams(_) | FerryError::Cache(_) | FerryError::MidStream(_)
             ) {
-                tracing::warn!(%method, %path, error = %error, "request failed");
+                tracing::warn!(%method, path = %uri, error = %error, "request failed");
             }
             (error_response(&error, head), "-".to_owned())
         }
@@ -57,7 +59,7 @@ pub async fn handle<B>(
         .inc();
     tracing::info!(
         %method,
-        %path,
+        path = %uri,
         route = route_label,
         status = response.status().as_u16(),
         source = %source,

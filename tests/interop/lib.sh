@@ -138,10 +138,11 @@ EOT
   start_bg "$name" docker-registry serve "$T/$name.yml"
 }
 
-start_ferry() { # start_ferry NAME PORT CACHE_DIR UPSTREAM_URL...
+start_ferry() { # start_ferry NAME PORT CACHE_DIR [REGISTRY=]UPSTREAM_URL... [--flag value...]
   local name="$1" port="$2" cache="$3"; shift 3
-  local ups=() u
-  for u in "$@"; do ups+=(--upstream "$u"); done
+  local ups=()
+  while (($#)) && [[ $1 != -* ]]; do ups+=(--upstream "$1"); shift; done
+  ups+=("$@") # the remaining arguments are flags for ferry serve
   mkdir -p "$cache"
   echo "--- $(date -Is) starting: $FERRY_BIN serve --listen 127.0.0.1:$port --cache-dir $cache ${ups[*]} --tag-ttl ${TAG_TTL}s" >>"$LOGS/$name.log"
   # admin API on port+1000, so several ferries can run side by side
@@ -165,6 +166,13 @@ wait_containerd() {
   local i
   for i in $(seq 1 100); do ctr -a "$CTR_SOCK" version >/dev/null 2>&1 && return 0; sleep 0.2; done
   tail -n 20 "$LOGS/containerd.log"; return 1
+}
+
+metric_sum() { # metric_sum ADMIN_PORT NAME [SUBSTRING...]: sum of NAME's samples whose line holds every SUBSTRING
+  local port=$1 name=$2 lines s; shift 2
+  lines=$(curl -sS --max-time 10 "http://127.0.0.1:$port/metrics" | grep -E "^${name}[{ ]") || true
+  for s in "$@"; do lines=$(grep -F -- "$s" <<<"$lines") || true; done
+  awk '{ sum += $NF } END { print sum + 0 }' <<<"$lines"
 }
 
 # --- clients -------------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # ferry interop suite: two CNCF distribution registries (primary, secondary) as upstreams, ferry in front,
-# real clients (skopeo, containerd's ctr) pulling through it, upstream failures and a full outage.
+# real clients (skopeo, containerd's ctr, podman) pulling through it: failover with /metrics, two registries
+# routed by ns and by path prefix, TLS with a test CA and client auth, upstream failures and a full outage.
 # Usage (Debian 12, as root, from anywhere): tests/interop/run.sh
 #   env: FERRY_BIN (default <repo>/target/release/ferry), BIG_MB (120), TAG_TTL (seconds, 1), INTEROP_KEEP=1 keeps all state
 set -euo pipefail
@@ -16,7 +17,8 @@ CLIENT_TIMEOUT=${CLIENT_TIMEOUT:-300}
 P1=${PRIMARY_PORT:-15000}      # primary upstream
 P2=${SECONDARY_PORT:-15010}    # secondary upstream
 PF=${FERRY_PORT:-15050}        # ferry under test
-PX=${FAULT_FERRY_PORT:-15051}  # extra ferry instances for the fault matrix
+PX=${FAULT_FERRY_PORT:-15051}  # extra ferry instances for the fault matrix and the two-registry ferry
+PT=${TLS_FERRY_PORT:-15052}    # ferry serving TLS with client auth
 PB=${FAULTY_PORT:-15060}       # misbehaving upstreams (ocitool.py faulty), one port per mode: PB..PB+7
 DEAD=127.0.0.1:1               # nothing listens here
 F=127.0.0.1:$PF
@@ -27,8 +29,8 @@ ORIGIN=$DEAD
 # --- prerequisites -------------------------------------------------------------------------------------
 [[ $EUID == 0 ]] || { echo "run as root (containerd needs it)" >&2; exit 2; }
 missing=()
-for pair in docker-registry:docker-registry skopeo:skopeo containerd:containerd ctr:containerd jq:jq curl:curl \
-  python3:python3; do
+for pair in docker-registry:docker-registry skopeo:skopeo containerd:containerd ctr:containerd podman:podman \
+  openssl:openssl jq:jq curl:curl python3:python3; do
   command -v "${pair%%:*}" >/dev/null || missing+=("${pair#*:}")
 done
 if ((${#missing[@]})); then
@@ -45,7 +47,7 @@ if ((${#missing[@]})); then
   )
 fi
 [[ -x $FERRY_BIN ]] || { echo "ferry binary not found: $FERRY_BIN (build it: cargo build --release)" >&2; exit 2; }
-for p in "$P1" "$P2" "$PF" "$PX" $(seq "$PB" $((PB + 7))); do
+for p in "$P1" "$P2" "$PF" "$PX" "$PT" $((PF + 1000)) $((PX + 1000)) $((PT + 1000)) $(seq "$PB" $((PB + 7))); do
   port_busy "$p" && { echo "port 127.0.0.1:$p is in use; set PRIMARY_PORT/SECONDARY_PORT/FERRY_PORT/..." >&2; exit 2; }
 done
 
@@ -340,6 +342,23 @@ fault_case() { # fault_case MODE PORT: ferry [bad upstream, secondary] serves te
   echo "requests seen by the faulty upstream: $(grep -c . "$LOGS/faulty-$1.log")"
   grep -q . "$LOGS/faulty-$1.log"
 }
+failover_in_metrics() { # failover_in_metrics MODE BAD_HOST:PORT: ferry-MODE's /metrics after fault_case
+  local admin=$((PX + 1000)) want_reason failed failovers served
+  case $1 in # reset: a connection dropped before any answer may surface as connect or bad_response
+    refused) want_reason=connect ;; 500 | 503) want_reason=server_error ;; 429) want_reason=too_many_requests ;;
+    401) want_reason=unauthorized ;; 403) want_reason=forbidden ;; hang) want_reason=header_timeout ;; *) want_reason= ;;
+  esac
+  curl -sS "http://127.0.0.1:$admin/metrics" | grep -E '^ferry_(failovers|upstream_requests)_total' || true
+  failovers=$(metric_sum "$admin" ferry_failovers_total "upstream=\"$2\"")
+  failed=$(metric_sum "$admin" ferry_upstream_requests_total "upstream=\"$2\"")
+  served=$(metric_sum "$admin" ferry_upstream_requests_total "upstream=\"127.0.0.1:$P2\"" 'outcome="ok"')
+  echo "failovers from #1: $failovers (want > 0), attempts on #1: $failed, ok answers from #2: $served (want > 0)"
+  ((failovers > 0 && failed >= failovers && served > 0)) || return 1
+  [[ -z $want_reason ]] || { # every attempt on the misbehaving upstream is one failover with the fault's reason
+    echo "failovers with reason $want_reason: $(metric_sum "$admin" ferry_failovers_total "reason=\"$want_reason\"")"
+    (($(metric_sum "$admin" ferry_failovers_total "reason=\"$want_reason\"") == failovers))
+  }
+}
 for i in "${!FAULT_MODES[@]}"; do
   mode=${FAULT_MODES[$i]}
   port=$((PB + i)) # one port per mode: connections to the previous fake may still be closing
@@ -349,9 +368,195 @@ for i in "${!FAULT_MODES[@]}"; do
   fi
   start_ferry "ferry-$mode" "$PX" "$T/cache-$mode" "$bad" "http://127.0.0.1:$P2"
   check "upstream #1 $what: test/small pulled from #2" fault_case "$mode" "$port"
+  check "upstream #1 $what: /metrics counts its failovers and #2's successes" \
+    failover_in_metrics "$mode" "${bad#http://}"
   stop_bg "ferry-$mode"
   stop_bg "faulty-$mode"
 done
+
+# === e.registries =======================================================================================
+step e.registries "one ferry, two registries: reg-a.test = primary, reg-b.test = secondary, different test/same"
+# Different content under the same repository name; a wrong route or a tag cache key without the registry would
+# hand one registry's image to the other's client. Neither name resolves: hosts.toml and registries.conf fall back
+# to a dead port, so only ferry can serve.
+RA=reg-a.test RB=reg-b.test RF=127.0.0.1:$PX
+push_same() {
+  push --preserve-digests "oci:$T/layout:extra-2" "docker://127.0.0.1:$P1/test/same:latest"
+  push --preserve-digests "oci:$T/layout:extra-3" "docker://127.0.0.1:$P2/test/same:latest"
+  python3 "$HERE/ocitool.py" closure "http://127.0.0.1:$P1" test/same latest >"$(expect_file same-a)"
+  python3 "$HERE/ocitool.py" closure "http://127.0.0.1:$P2" test/same latest >"$(expect_file same-b)"
+  echo "primary test/same: $(expect_digest same-a); secondary test/same: $(expect_digest same-b)"
+  [[ $(expect_digest same-a) != "$(expect_digest same-b)" ]]
+}
+check "push different images as test/same:latest to primary and secondary" push_same
+start_ferry ferry-registries "$PX" "$T/cache-registries" "$RA=http://127.0.0.1:$P1" "$RB=http://127.0.0.1:$P2"
+check "two-registry ferry up" wait_http "http://$RF/v2/" ferry-registries
+for reg in "$RA" "$RB"; do
+  mkdir -p "$T/certs-reg.d/$reg"
+  printf 'server = "http://%s"\n[host."http://%s"]\n  capabilities = ["pull", "resolve"]\n' "$DEAD" "$RF" \
+    >"$T/certs-reg.d/$reg/hosts.toml"
+done
+ctr_pull_registry() { # ctr_pull_registry REGISTRY EXPECT: ctr pull REGISTRY/test/same:latest gets EXPECT's image
+  local ref=$1/test/same:latest got
+  ctrc -n "$2" images pull --snapshotter "$SNAPSHOTTER" --hosts-dir "$T/certs-reg.d" "$ref" | tail -n 2 &&
+    got=$(ctrc -n "$2" images ls | awk -v r="$ref" '$1 == r { print $3 }') &&
+    echo "ctr resolved $ref -> ${got:-nothing}, want $(expect_digest "$2")" &&
+    [[ $got == "$(expect_digest "$2")" ]] &&
+    content_complete "$2" "$2"
+}
+ferry_routed() { # ferry_routed REGISTRY UPSTREAM_PORT: ferry's log and metrics show REGISTRY's pulls went to that upstream
+  local ok
+  grep -E "path=/v2/test/same/manifests/latest\?ns=$1 " "$LOGS/ferry-registries.log" | tail -n 2
+  ok=$(metric_sum $((PX + 1000)) ferry_upstream_requests_total "registry=\"$1\"" "upstream=\"127.0.0.1:$2\"" \
+    'outcome="ok"')
+  echo "ferry_upstream_requests_total{registry=\"$1\",upstream=\"127.0.0.1:$2\",outcome=\"ok\"} = $ok"
+  ((ok > 0)) && grep -qE "path=/v2/test/same/manifests/latest\?ns=$1 " "$LOGS/ferry-registries.log"
+}
+check "ctr pull $RA/test/same (containerd sends ns=$RA): the primary's image" ctr_pull_registry "$RA" same-a
+check "ctr pull $RB/test/same (ns=$RB): the secondary's image, not the cached $RA tag" ctr_pull_registry "$RB" same-b
+check "ferry routed ns=$RA to the primary" ferry_routed "$RA" "$P1"
+check "ferry routed ns=$RB to the secondary" ferry_routed "$RB" "$P2"
+unknown_registry() {
+  local body
+  body=$(cu -H "Accept: $ACCEPT" "http://$RF/v2/test/same/manifests/latest?ns=reg-c.test") || return 1
+  echo "$body"
+  jq -e '.errors[0].code == "NAME_UNKNOWN"' <<<"$body" >/dev/null && http_code_is 404 "http://$RF/v2/test/same/manifests/latest?ns=reg-c.test"
+}
+http_code_is() { local got; got=$(cu -o /dev/null -w '%{http_code}' "$2") && echo "$2 -> $got" && [[ $got == "$1" ]]; }
+check "ns=reg-c.test (not configured) -> 404 NAME_UNKNOWN" unknown_registry
+ctr_forget same-a || true
+ctr_forget same-b || true
+
+step e.podman "podman pulls through registries.conf mirrors: plain mirror, and path prefix /v2/<registry>/..."
+pm() { # pm REGISTRIES_CONF podman-args...: throwaway rootful podman with its own store under $T/podman
+  CONTAINERS_REGISTRIES_CONF=$1 timeout "$CLIENT_TIMEOUT" podman --root "$T/podman/root" \
+    --runroot "$T/podman/run" --storage-driver vfs --events-backend none "${@:2}"
+}
+registries_conf() { # registries_conf FILE PREFIX MIRROR_LOCATION: PREFIX's own location is a dead port
+  cat >"$1" <<EOT
+unqualified-search-registries = []
+[[registry]]
+prefix = "$2"
+location = "$DEAD"
+insecure = true
+[[registry.mirror]]
+location = "$3"
+insecure = true
+EOT
+}
+mkdir -p "$T/podman"
+registries_conf "$T/podman/plain.conf" "$ORIGIN" "$F"
+registries_conf "$T/podman/dead.conf" "$ORIGIN" "$DEAD"
+registries_conf "$T/podman/reg-a.conf" "$RA" "$RF/$RA"
+registries_conf "$T/podman/reg-b.conf" "$RB" "$RF/$RB"
+podman_pull() { # podman_pull CONF REF EXPECT: pull, then the stored image's manifest digest is EXPECT's
+  local got
+  pm "$1" pull -q "$2" &&
+    got=$(pm "$1" image inspect --format '{{.Digest}}' "$2") &&
+    echo "podman: $2 -> $got, want $(expect_digest "$3")" &&
+    [[ $got == "$(expect_digest "$3")" ]] && pm "$1" rmi -f "$2" >/dev/null
+}
+check "podman pull $ORIGIN/test/small (mirror: ferry at $F)" podman_pull "$T/podman/plain.conf" "$ORIGIN/test/small:latest" small
+check_fails "control: podman pull with the mirror replaced by a dead port fails" \
+  pm "$T/podman/dead.conf" pull -q "$ORIGIN/test/small:latest"
+check "podman pull $RA/test/same (mirror: $RF/$RA, routed by path prefix)" \
+  podman_pull "$T/podman/reg-a.conf" "$RA/test/same:latest" same-a
+check "podman pull $RB/test/same (mirror: $RF/$RB)" podman_pull "$T/podman/reg-b.conf" "$RB/test/same:latest" same-b
+stop_bg ferry-registries
+
+# === e.tls ==============================================================================================
+step e.tls "ferry serving TLS (test CA) with client auth: skopeo --cert-dir --creds, containerd hosts.toml ca + header"
+TLS=$T/tls FT=127.0.0.1:$PT
+make_cert() { # make_cert NAME: a CA NAME-ca and a server certificate for 127.0.0.1 signed by it, in $TLS
+  openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=ferry interop $1 CA" \
+    -keyout "$TLS/$1-ca.key" -out "$TLS/$1-ca.crt" 2>/dev/null &&
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=127.0.0.1" -keyout "$TLS/$1.key" -out "$TLS/$1.csr" 2>/dev/null &&
+    openssl x509 -req -days 2 -in "$TLS/$1.csr" -CA "$TLS/$1-ca.crt" -CAkey "$TLS/$1-ca.key" -CAcreateserial \
+      -extfile <(printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n') -out "$TLS/$1.crt" 2>/dev/null &&
+    mkdir -p "$TLS/$1-certdir" && cp "$TLS/$1-ca.crt" "$TLS/$1-certdir/ca.crt"
+}
+mkdir -p "$TLS" "$T/empty-certdir"
+check "openssl: test CA and server certificate" make_cert one
+check "openssl: a second CA and certificate (for the reload check)" make_cert two
+cp "$TLS/one.crt" "$TLS/server.crt" && cp "$TLS/one.key" "$TLS/server.key"
+TOKEN=interop-token-$RANDOM$RANDOM
+printf 'ci:s3cret-pass\n' >"$TLS/users"
+printf '%s\n' "$TOKEN" >"$TLS/tokens"
+cat >"$TLS/ferry.toml" <<EOT
+tls_cert_file = "$TLS/server.crt"
+tls_key_file = "$TLS/server.key"
+auth_users_file = "$TLS/users"
+auth_tokens_file = "$TLS/tokens"
+EOT
+start_ferry ferry-tls "$PT" "$T/cache-tls" "http://127.0.0.1:$P1" "http://127.0.0.1:$P2" --config "$TLS/ferry.toml"
+wait_https() { # until GET /v2/ with the right CA and credentials answers 200
+  local i
+  for i in $(seq 1 100); do
+    [[ $(curl -s --max-time 2 --cacert "$TLS/one-ca.crt" -u ci:s3cret-pass -o /dev/null -w '%{http_code}' \
+      "https://$FT/v2/") == 200 ]] && return 0
+    sleep 0.2
+  done
+  tail -n 20 "$LOGS/ferry-tls.log"; return 1
+}
+check "TLS ferry up" wait_https
+last_passed || abort "ferry with TLS did not start (log $LOGS/ferry-tls.log)"
+pull_tls() { # pull_tls IMAGE CERTDIR [skopeo copy args]: copy via the TLS ferry (verifying the CA), verify content
+  local img=$1 certdir=$2 dest=$T/pull/tls-$1; shift 2
+  rm -rf "$dest" && sk copy -q --src-cert-dir "$certdir" --preserve-digests "$@" "docker://$FT/test/$img:latest" \
+    "dir:$dest" && python3 "$HERE/ocitool.py" verify-dir "$dest" "$(expect_file "$img")" && rm -rf "$dest"
+}
+check "skopeo --src-cert-dir + --src-creds (basic user): test/small verified" \
+  pull_tls small "$TLS/one-certdir" --src-creds ci:s3cret-pass
+# skopeo/podman send --registry-token only after a Bearer challenge; ferry challenges with Basic, so a token is
+# given as the password (any user name)
+check "skopeo --src-cert-dir + --src-creds (token as password): test/multi-v2s2 --all verified" \
+  pull_tls multi-v2s2 "$TLS/one-certdir" --src-creds "token:$TOKEN" --all
+check_fails "skopeo without the test CA fails (certificate not trusted)" \
+  pull_tls small "$T/empty-certdir" --src-creds ci:s3cret-pass
+check_fails "skopeo without credentials fails (401)" pull_tls small "$TLS/one-certdir"
+check_fails "skopeo with a wrong password fails (401)" pull_tls small "$TLS/one-certdir" --src-creds ci:wrong
+challenge_ok() { # the 401 carries OCI JSON and a Basic challenge; HTTP/2 is negotiated by ALPN
+  local out
+  out=$(cu --cacert "$TLS/one-ca.crt" -o "$T/401.json" \
+    -w '%{http_code}|%{http_version}|%header{www-authenticate}' "https://$FT/v2/test/small/manifests/latest") || return 1
+  echo "$out"; cat "$T/401.json"; echo
+  [[ $out == '401|2|Basic realm="ferry"' ]] && jq -e '.errors[0].code == "UNAUTHORIZED"' "$T/401.json" >/dev/null
+}
+check "no credentials: 401 UNAUTHORIZED with WWW-Authenticate: Basic, over HTTP/2" challenge_ok
+mkdir -p "$T/certs-tls.d/$ORIGIN"
+cat >"$T/certs-tls.d/$ORIGIN/hosts.toml" <<EOT
+server = "http://$DEAD"
+[host."https://$FT"]
+  capabilities = ["pull", "resolve"]
+  ca = "$TLS/one-ca.crt"
+  [host."https://$FT".header]
+    Authorization = "Bearer $TOKEN"
+EOT
+ctr_pull_tls() {
+  local ref=$ORIGIN/test/multi:latest got
+  ctrc -n tls images pull --snapshotter "$SNAPSHOTTER" --hosts-dir "$T/certs-tls.d" --all-platforms "$ref" | tail -n 2 &&
+    got=$(ctrc -n tls images ls | awk -v r="$ref" '$1 == r { print $3 }') &&
+    echo "ctr resolved $ref -> ${got:-nothing}, want $(expect_digest multi)" &&
+    [[ $got == "$(expect_digest multi)" ]] && content_complete tls multi
+}
+check "ctr pull --all-platforms test/multi over TLS (hosts.toml ca, Authorization: Bearer header)" ctr_pull_tls
+ctr_forget tls || true
+reload_cert() { # swap in a certificate from another CA, SIGHUP: clients must now trust CA two, not CA one
+  cp "$TLS/two.crt" "$TLS/server.crt.new" && cp "$TLS/two.key" "$TLS/server.key.new" &&
+    mv "$TLS/server.key.new" "$TLS/server.key" && mv "$TLS/server.crt.new" "$TLS/server.crt" &&
+    kill -HUP "${PIDS[ferry-tls]}" || return 1
+  local i
+  for i in $(seq 1 50); do
+    curl -s --max-time 2 --cacert "$TLS/two-ca.crt" -u ci:s3cret-pass -o /dev/null "https://$FT/v2/" && break
+    sleep 0.2
+  done
+  pull_tls small "$TLS/two-certdir" --src-creds ci:s3cret-pass || return 1
+  echo "pull with the new CA: ok; with the old CA:"
+  ! pull_tls small "$TLS/one-certdir" --src-creds ci:s3cret-pass
+}
+check "certificate replaced + SIGHUP: skopeo trusts the new CA, the old one is refused, no restart" reload_cert
+check "the TLS ferry was not restarted" kill -0 "${PIDS[ferry-tls]}"
+stop_bg ferry-tls
 
 # === f ==================================================================================================
 step f "outage: pulls by tag keep running while the primary loses the manifest, goes down, then both go down"
@@ -451,6 +656,19 @@ touch "$T/loop.stop"
 for _ in $(seq 1 $((CLIENT_TIMEOUT * 10))); do kill -0 "${PIDS[loop]}" 2>/dev/null || break; sleep 0.1; done
 stop_bg loop
 for ph in "${PHASES[@]}"; do check "pull loop during $ph: every pull succeeded" phase_clean "$ph"; done
+outage_in_metrics() { # what the seed's team watched: failovers from the primary by reason, the secondary's work
+  local admin=$((PF + 1000)) deleted down served hits
+  curl -sS "http://127.0.0.1:$admin/metrics" |
+    grep -E '^ferry_(failovers_total|upstream_requests_total|upstream_breaker_open|cache_hits_total)' || true
+  deleted=$(metric_sum "$admin" ferry_failovers_total "upstream=\"127.0.0.1:$P1\"" 'reason="not_found"')
+  down=$(metric_sum "$admin" ferry_failovers_total "upstream=\"127.0.0.1:$P1\"" 'reason="connect"')
+  served=$(metric_sum "$admin" ferry_upstream_requests_total "upstream=\"127.0.0.1:$P2\"" 'outcome="ok"')
+  hits=$(metric_sum "$admin" ferry_cache_hits_total)
+  echo "primary failovers: not_found $deleted, connect $down; secondary ok $served; cache hits $hits"
+  ((deleted > 0 && down > 0 && served > 0 && hits > 0))
+}
+check "/metrics after the outage: primary's failovers (not_found, connect), secondary's answers, cache hits" \
+  outage_in_metrics
 for ns in late down-small down-multi down-never; do ctr_forget "$ns" || true; done
 rm -rf "$T/pull"/*
 
