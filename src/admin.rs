@@ -98,7 +98,7 @@ pub fn readiness(pull: &PullThrough) -> (bool, String) {
     }
     let down: Vec<&str> = pull
         .registries
-        .iter()
+        .configured()
         .filter(|(_, upstreams)| {
             !upstreams.clients().iter().any(|c| {
                 !c.health().is_drained()
@@ -127,21 +127,27 @@ pub fn readiness(pull: &PullThrough) -> (bool, String) {
 pub fn status(pull: &PullThrough) -> serde_json::Value {
     let upstreams: Vec<serde_json::Value> = pull
         .registries
-        .iter()
+        .all()
+        .into_iter()
         .flat_map(|(registry, upstreams)| {
-            upstreams.clients().iter().map(move |client| {
-                let mut entry = client.health().status();
-                entry["name"] = client.name().into();
-                entry["registry"] = registry.into();
-                entry["url"] = client.config().url.as_str().into();
-                entry
-            })
+            upstreams
+                .clients()
+                .iter()
+                .map(|client| {
+                    let mut entry = client.health().status();
+                    entry["name"] = client.name().into();
+                    entry["registry"] = registry.as_str().into();
+                    entry["url"] = client.config().url.as_str().into();
+                    entry
+                })
+                .collect::<Vec<_>>()
         })
         .collect();
     serde_json::json!({
         "offline": pull.settings.offline,
         "default_registry": pull.registries.default_registry(),
         "registries": pull.registries.names().collect::<Vec<_>>(),
+        "direct_registries": pull.registries.direct_patterns(),
         "cache": {
             "usage": pull.cache.index.usage(),
             "write_failures": pull.cache.write_failures(),
@@ -154,7 +160,7 @@ pub fn status(pull: &PullThrough) -> serde_json::Value {
 /// Refreshes the gauges that mirror live state, then encodes every metric.
 fn metrics(pull: &PullThrough) -> Response<ResponseBody> {
     let metrics = &pull.metrics;
-    for (registry, upstreams) in pull.registries.iter() {
+    for (registry, upstreams) in pull.registries.all() {
         for client in upstreams.clients() {
             let open =
                 client.health().breaker().state != crate::upstream::breaker::BreakerState::Closed;

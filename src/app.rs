@@ -90,6 +90,7 @@ pub async fn start_with_shutdown(
     let registries = Registries::new(
         &config.upstreams,
         &config.registry,
+        config.direct.clone(),
         &config.pool,
         metrics.clone(),
     )
@@ -280,7 +281,7 @@ async fn probe_upstreams(
             () = &mut stopped => return,
             _ = ticker.tick() => {}
         }
-        for (_, upstreams) in pull.registries.iter() {
+        for (_, upstreams) in pull.registries.all() {
             for client in upstreams.clients() {
                 if client.health().is_drained() {
                     continue;

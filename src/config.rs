@@ -47,6 +47,80 @@ pub struct Config {
     pub health_probe_interval: Option<Duration>,
     pub pool: PoolSettings,
     pub upstreams: Vec<UpstreamConfig>,
+    /// Registries ferry may fetch from directly at `https://<registry>`; `None` = refuse
+    /// every registry without configured upstreams.
+    pub direct: Option<DirectRegistries>,
+}
+
+/// Which unconfigured registries get a direct upstream, and the settings it gets.
+#[derive(Debug, Clone)]
+pub struct DirectRegistries {
+    pub patterns: Vec<crate::upstream::RegistryPattern>,
+    pub connect_timeout: Duration,
+    pub header_timeout: Duration,
+    pub body_idle_timeout: Duration,
+    pub min_transfer_rate: u64,
+    pub rate_window: Duration,
+    pub ca: Option<UpstreamCa>,
+}
+
+impl DirectRegistries {
+    /// The anonymous upstream `https://<registry>` for `registry` (a canonical host[:port]
+    /// that one of the patterns allows).
+    pub fn upstream_for(&self, registry: &str) -> Result<UpstreamConfig, String> {
+        let base = if registry == crate::upstream::registries::DOCKER_HUB {
+            DOCKER_HUB_URL.to_owned()
+        } else {
+            format!("https://{registry}")
+        };
+        let url = reqwest::Url::parse(&base)
+            .map_err(|e| format!("{registry:?} does not make an upstream URL ({e})"))?;
+        Ok(UpstreamConfig {
+            name: registry.to_owned(),
+            url,
+            registry: registry.to_owned(),
+            connect_timeout: self.connect_timeout,
+            header_timeout: self.header_timeout,
+            body_idle_timeout: self.body_idle_timeout,
+            min_transfer_rate: self.min_transfer_rate,
+            rate_window: self.rate_window,
+            credentials: None,
+            ca: self.ca.clone(),
+        })
+    }
+}
+
+/// Extra trusted CA certificates for an upstream, read from a PEM bundle at start.
+#[derive(Clone)]
+pub struct UpstreamCa {
+    pub path: PathBuf,
+    pub certificates: Vec<reqwest::Certificate>,
+}
+
+impl UpstreamCa {
+    pub fn load(path: &Path) -> Result<Self, String> {
+        let pem = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
+        let certificates = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| format!("not a PEM certificate bundle ({e})"))?;
+        if certificates.is_empty() {
+            return Err("holds no PEM certificate".into());
+        }
+        Ok(UpstreamCa {
+            path: path.to_owned(),
+            certificates,
+        })
+    }
+}
+
+impl fmt::Debug for UpstreamCa {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "UpstreamCa({}, {} certificate(s))",
+            self.path.display(),
+            self.certificates.len()
+        )
+    }
 }
 
 #[derive(Clone)]
@@ -64,6 +138,8 @@ pub struct UpstreamConfig {
     pub min_transfer_rate: u64,
     pub rate_window: Duration,
     pub credentials: Option<Credentials>,
+    /// CA certificates trusted for this upstream in addition to the system's.
+    pub ca: Option<UpstreamCa>,
 }
 
 /// Basic credentials for an upstream. The password never appears in `Debug` output.
@@ -192,6 +268,7 @@ impl fmt::Debug for UpstreamConfig {
             .field("min_transfer_rate", &self.min_transfer_rate)
             .field("rate_window", &self.rate_window)
             .field("credentials", &self.credentials)
+            .field("ca", &self.ca)
             .finish()
     }
 }
@@ -206,6 +283,8 @@ pub struct Overrides {
     pub offline: bool,
     pub admin_listen: Option<String>,
     pub cache_size: Option<String>,
+    /// `--direct-registry` patterns; replace the file's `direct_registries` when given.
+    pub direct_registries: Vec<String>,
 }
 
 /// One invalid setting: where it came from, the offending value, and why.
@@ -505,6 +584,31 @@ impl Config {
                 None
             }
         };
+        let ca_default =
+            file.ca_file
+                .as_ref()
+                .and_then(|path| match UpstreamCa::load(Path::new(path)) {
+                    Ok(ca) => Some(ca),
+                    Err(reason) => {
+                        problem("ca_file", path, reason);
+                        None
+                    }
+                });
+        let (direct_key, direct_given) = if overrides.direct_registries.is_empty() {
+            (
+                "direct_registries",
+                file.direct_registries.clone().unwrap_or_default(),
+            )
+        } else {
+            ("--direct-registry", overrides.direct_registries.clone())
+        };
+        let mut direct_patterns = Vec::new();
+        for text in &direct_given {
+            match crate::upstream::RegistryPattern::parse(text) {
+                Ok(pattern) => direct_patterns.push(pattern),
+                Err(reason) => problem(direct_key, text, reason),
+            }
+        }
         let breaker_threshold = file.breaker_threshold.unwrap_or(breaker_defaults.threshold);
         if breaker_threshold == 0 {
             problem("breaker_threshold", "0", "must be at least 1".into());
@@ -653,6 +757,16 @@ impl Config {
                     None
                 }
             };
+            let ca = match &upstream.ca_file {
+                None => ca_default.clone(),
+                Some(path) => match UpstreamCa::load(Path::new(path)) {
+                    Ok(ca) => Some(ca),
+                    Err(reason) => {
+                        field_problem("ca_file", path, reason);
+                        None
+                    }
+                },
+            };
             if upstream.username.is_some() && credentials.is_none() {
                 let sources = [
                     &upstream.password,
@@ -693,6 +807,7 @@ impl Config {
                     min_transfer_rate,
                     rate_window,
                     credentials,
+                    ca,
                 });
             }
         }
@@ -736,6 +851,15 @@ impl Config {
                     },
                 },
                 upstreams,
+                direct: (!direct_patterns.is_empty()).then_some(DirectRegistries {
+                    patterns: direct_patterns,
+                    connect_timeout: connect_default,
+                    header_timeout: header_default,
+                    body_idle_timeout: idle_default,
+                    min_transfer_rate: min_rate_default,
+                    rate_window,
+                    ca: ca_default,
+                }),
             }),
             _ => Err(ConfigErrors(problems)),
         }
@@ -766,6 +890,7 @@ impl Config {
                 password_command_ttl: None,
                 password_env: None,
                 password_file: None,
+                ca_file: u.ca.as_ref().map(|ca| ca.path.display().to_string()),
             })
             .collect();
         let file = ConfigFile {
@@ -822,6 +947,11 @@ impl Config {
             health_probe_interval: Some(self.health_probe_interval.map_or("off".to_owned(), |d| {
                 humantime::format_duration(d).to_string()
             })),
+            ca_file: None,
+            direct_registries: self
+                .direct
+                .as_ref()
+                .map(|d| d.patterns.iter().map(ToString::to_string).collect()),
             upstreams,
         };
         toml::to_string_pretty(&file).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
@@ -1023,6 +1153,50 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(err.0.len(), 2, "{err}");
+    }
+
+    #[test]
+    fn ca_files_and_direct_registries_are_validated() {
+        let dir = tempfile::tempdir().unwrap();
+        let not_pem = dir.path().join("not.pem");
+        std::fs::write(&not_pem, "hello").unwrap();
+        let text = format!(
+            r#"
+            ca_file = "{missing}"
+            direct_registries = ["quay.io", "http://x", "*.corp.example"]
+            [[upstream]]
+            url = "https://registry.corp.example"
+            ca_file = "{not_pem}"
+            "#,
+            missing = dir.path().join("missing.pem").display(),
+            not_pem = not_pem.display(),
+        );
+        let err = parse(&text, Overrides::default()).unwrap_err();
+        let keys: Vec<_> = err.0.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            ["ca_file", "direct_registries", "upstream[0].ca_file"],
+            "{err}"
+        );
+
+        let config = parse(
+            "direct_registries = [\"quay.io\"]",
+            Overrides {
+                direct_registries: vec!["*.corp.example".into(), "*".into()],
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let patterns: Vec<String> = config
+            .direct
+            .as_ref()
+            .unwrap()
+            .patterns
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(patterns, ["*.corp.example", "*"], "flags replace the file");
+        assert!(parse("", Overrides::default()).unwrap().direct.is_none());
     }
 
     #[test]

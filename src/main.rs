@@ -113,6 +113,11 @@ struct ServeArgs {
     /// [default: 127.0.0.1:5005].
     #[arg(long, value_name = "ADDR")]
     admin_listen: Option<String>,
+    /// Fetch registries that have no upstreams configured directly from https://<registry>
+    /// when they match: an exact host[:port], *.<domain>, or * for any. Repeatable; replaces
+    /// the file's direct_registries [default: none, such registries get NAME_UNKNOWN].
+    #[arg(long = "direct-registry", value_name = "PATTERN")]
+    direct_registries: Vec<String>,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Human)]
     log_format: LogFormat,
@@ -160,6 +165,7 @@ fn load_config(args: &ServeArgs) -> Result<Config, ExitCode> {
         offline: args.offline,
         admin_listen: args.admin_listen.clone(),
         cache_size: args.cache_size.clone(),
+        direct_registries: args.direct_registries.clone(),
     };
     Config::load(args.config.as_deref(), &overrides).map_err(|errors| {
         eprint!("ferry: {errors}");

@@ -13,6 +13,7 @@ pub use manifest::ManifestAnswer;
 use crate::cache::Cache;
 use crate::upstream::{Registries, Upstreams};
 use singleflight::KeyedLocks;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Largest manifest accepted from an upstream (the distribution spec's limit).
@@ -85,13 +86,22 @@ impl PullThrough {
     }
 
     /// The upstreams of `registry`, or a client error naming the registries ferry mirrors.
-    pub fn upstreams_for(&self, registry: &str) -> Result<&Upstreams, crate::error::FerryError> {
+    pub fn upstreams_for(
+        &self,
+        registry: &str,
+    ) -> Result<Arc<Upstreams>, crate::error::FerryError> {
         self.registries.get(registry).ok_or_else(|| {
             let known: Vec<&str> = self.registries.names().collect();
+            let direct = self.registries.direct_patterns();
+            let direct = if direct.is_empty() {
+                String::new()
+            } else {
+                format!(" and, directly, registries matching {}", direct.join(", "))
+            };
             crate::error::FerryError::client(
                 crate::oci::ErrorCode::NameUnknown,
                 format!(
-                    "ferry has no upstreams for registry {registry:?} (it mirrors {})",
+                    "ferry has no upstreams for registry {registry:?} (it mirrors {}{direct})",
                     known.join(", ")
                 ),
             )

@@ -14,4 +14,4 @@ pub mod registries;
 pub use client::{BodyChunks, UpstreamClient};
 pub use failure::{FailureKind, UpstreamFailure, UpstreamsExhausted};
 pub use pool::{AttemptPlan, PoolSettings, Upstreams};
-pub use registries::{Registries, canonical_registry};
+pub use registries::{Registries, RegistryPattern, canonical_registry};

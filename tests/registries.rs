@@ -355,3 +355,125 @@ async fn tls_with_http2_and_reload_without_restart() {
         "the old certificate is gone"
     );
 }
+
+/// What `direct_registries` gives a registry without configured upstreams: the same
+/// timeouts as any upstream, and `ca` as the extra trusted roots.
+fn direct_to(
+    pattern: &str,
+    ca: Option<ferry::config::UpstreamCa>,
+) -> ferry::config::DirectRegistries {
+    let secs = std::time::Duration::from_secs;
+    ferry::config::DirectRegistries {
+        patterns: vec![ferry::upstream::RegistryPattern::parse(pattern).unwrap()],
+        connect_timeout: secs(2),
+        header_timeout: secs(5),
+        body_idle_timeout: secs(5),
+        min_transfer_rate: 0,
+        rate_window: secs(10),
+        ca,
+    }
+}
+
+#[tokio::test]
+async fn direct_registry_over_tls_with_a_private_ca() {
+    // The "registry" is a TLS ferry (certificate from a private CA) in front of a fake one.
+    let origin = FakeRegistry::start().await;
+    let (manifest, layer, layer_bytes) = put_image(&[&origin], "direct/app", "v1", 2400);
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, _) = self_signed(dir.path(), "direct");
+    let registry_side =
+        TestProxy::start_with(&[&origin], |c| c.tls = Some((cert.clone(), key))).await;
+    let registry = format!(
+        "127.0.0.1:{}",
+        registry_side.server.as_ref().unwrap().addr.port()
+    );
+    let ca = ferry::config::UpstreamCa::load(&cert).unwrap();
+    let hub = FakeRegistry::start().await;
+    let proxy =
+        TestProxy::start_with(&[&hub], |c| c.direct = Some(direct_to(&registry, Some(ca)))).await;
+
+    let response = client()
+        .get(proxy.url(&format!("/v2/direct/app/manifests/v1?ns={registry}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(digest_header(&response), manifest.to_string());
+    let body = client()
+        .get(proxy.url(&format!("/v2/direct/app/blobs/{layer}?ns={registry}")))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(body.as_ref(), layer_bytes.as_slice());
+    // The configured default registry is unaffected, and other registries are still refused.
+    assert_eq!(hub.hits("/v2/direct/app/manifests/v1"), 0);
+    let refused = client()
+        .get(proxy.url("/v2/direct/app/manifests/v1?ns=other.example"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::NOT_FOUND);
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(body["errors"][0]["code"], "NAME_UNKNOWN");
+    assert!(
+        body["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains(&registry),
+        "the message names the allowed pattern: {body}"
+    );
+    // The direct upstream shows in /status under its registry.
+    let status = proxy.admin_status().await;
+    let direct: Vec<_> = status["upstreams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|u| u["registry"] == registry.as_str())
+        .collect();
+    assert_eq!(direct.len(), 1, "{status}");
+    assert_eq!(direct[0]["url"], format!("https://{registry}/"));
+}
+
+#[tokio::test]
+async fn direct_registry_without_its_ca_is_an_upstream_failure_not_a_client_error() {
+    let origin = FakeRegistry::start().await;
+    put_image(&[&origin], "direct/app", "v1", 2401);
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, _) = self_signed(dir.path(), "untrusted");
+    let registry_side = TestProxy::start_with(&[&origin], |c| c.tls = Some((cert, key))).await;
+    let registry = format!(
+        "127.0.0.1:{}",
+        registry_side.server.as_ref().unwrap().addr.port()
+    );
+    let hub = FakeRegistry::start().await;
+    let proxy = TestProxy::start_with(&[&hub], |c| c.direct = Some(direct_to("*", None))).await;
+
+    let response = client()
+        .get(proxy.url(&format!("/v2/direct/app/manifests/v1?ns={registry}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status(),
+        StatusCode::SERVICE_UNAVAILABLE,
+        "certificate not trusted: the upstream is unreachable"
+    );
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert!(
+        body["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains(&registry),
+        "{body}"
+    );
+    // A name that is not a registry host never becomes an upstream URL.
+    let response = client()
+        .get(proxy.url("/v2/direct/app/manifests/v1?ns=evil.example%2F..%2Fx"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+}

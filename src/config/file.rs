@@ -52,6 +52,13 @@ pub struct ConfigFile {
     pub breaker_max_cooldown: Option<String>,
     /// Background `GET /v2/` per upstream on this interval ("off" disables).
     pub health_probe_interval: Option<String>,
+    /// Extra trusted CA certificates (PEM bundle) for every upstream that does not set its
+    /// own `ca_file`, added to the system's roots: for registries behind a private CA.
+    pub ca_file: Option<String>,
+    /// Registries without configured upstreams that ferry may fetch from directly at
+    /// `https://<registry>`: exact names (`quay.io`, `registry.internal:5000`), `*.suffix`,
+    /// or `*` for any. Others are refused with NAME_UNKNOWN.
+    pub direct_registries: Option<Vec<String>>,
     #[serde(default, rename = "upstream")]
     pub upstreams: Vec<UpstreamFile>,
 }
@@ -75,4 +82,7 @@ pub struct UpstreamFile {
     pub password_command: Option<String>,
     /// How long its output is reused before running it again (default 10m).
     pub password_command_ttl: Option<String>,
+    /// Extra trusted CA certificates (PEM bundle) for this upstream (default: the top-level
+    /// `ca_file`).
+    pub ca_file: Option<String>,
 }

@@ -214,7 +214,7 @@ impl PullThrough {
         range: Option<RangeSpec>,
     ) -> Result<BlobAnswer, FerryError> {
         let upstreams = self.upstreams_for(registry)?;
-        let probe = open_tail(upstreams, name, digest, 0, None).await?;
+        let probe = open_tail(&upstreams, name, digest, 0, None).await?;
         let size = probe.total;
         let span = match (range, size) {
             (Some(spec), Some(size)) => Some(
@@ -233,7 +233,7 @@ impl PullThrough {
             ),
             Some((first, last)) => {
                 drop(probe);
-                let tail = open_tail(upstreams, name, digest, first, size).await?;
+                let tail = open_tail(&upstreams, name, digest, first, size).await?;
                 stream_tail(tail, first, Some(last + 1), None)
             }
         };
@@ -392,7 +392,7 @@ impl Fill {
     async fn run(mut self, pull: Arc<PullThrough>) {
         let started = std::time::Instant::now();
         let result = match pull.upstreams_for(&self.registry) {
-            Ok(upstreams) => self.fetch_and_commit(upstreams).await,
+            Ok(upstreams) => self.fetch_and_commit(&upstreams).await,
             Err(e) => Err(e),
         };
         // Forget the fill before announcing the end: from here on, requests find the

@@ -42,11 +42,11 @@ impl PullThrough {
         let upstreams = self.upstreams_for(registry)?;
         match reference {
             Reference::Digest(digest) => {
-                self.manifest_by_digest(upstreams, name, digest, accept)
+                self.manifest_by_digest(&upstreams, name, digest, accept)
                     .await
             }
             Reference::Tag(tag) => {
-                self.manifest_by_tag(upstreams, registry, name, tag, accept)
+                self.manifest_by_tag(&upstreams, registry, name, tag, accept)
                     .await
             }
         }

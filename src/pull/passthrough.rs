@@ -236,7 +236,7 @@ async fn continue_at(context: &FallbackContext, offset: u64) -> io::Result<BlobS
         .upstreams_for(&context.registry)
         .map_err(|e| io::Error::other(e.to_string()))?;
     let tail = open_tail(
-        upstreams,
+        &upstreams,
         &context.name,
         &context.digest,
         offset,

@@ -251,7 +251,7 @@ fn origin(
     };
     // Resolve before any cache or upstream work, so an unknown registry is a clear 404.
     let registry = match pull.registries.resolve(&registry) {
-        Some(resolved) => resolved.to_owned(),
+        Some(resolved) => resolved,
         None => {
             pull.upstreams_for(&registry)?;
             registry

@@ -31,7 +31,12 @@ impl UpstreamClient {
     pub fn new(config: UpstreamConfig, breaker: BreakerConfig) -> Result<Self, String> {
         // reqwest strips Authorization (and cookies) when a redirect leaves the original
         // host, so a registry's token is never sent to object storage.
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder();
+        if let Some(ca) = &config.ca {
+            // Added to the platform's roots, not instead of them.
+            builder = builder.tls_certs_merge(ca.certificates.iter().cloned());
+        }
+        let http = builder
             .connect_timeout(config.connect_timeout)
             .redirect(reqwest::redirect::Policy::limited(MAX_REDIRECTS))
             .user_agent(concat!("ferry/", env!("CARGO_PKG_VERSION")))

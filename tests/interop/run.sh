@@ -331,7 +331,8 @@ ctr_forget control || true
 
 # === e.faults ===========================================================================================
 step e.faults "failover: first upstream misbehaves, second is the secondary (fresh ferry + cache each)"
-# hang: each request that tries the hung upstream waits for ferry's header timeout (30 s by default)
+# hang: each request that tries the hung upstream waits for ferry's header timeout, 3 s here (30 s by default)
+printf 'header_timeout = "3s"\n' >"$T/fault-ferry.toml"
 FAULT_MODES=(refused 500 503 429 401 403 reset hang)
 fault_case() { # fault_case MODE PORT: ferry [bad upstream, secondary] serves test/small and did try the bad one
   [[ $1 == refused ]] || wait_port "$2"
@@ -366,7 +367,7 @@ for i in "${!FAULT_MODES[@]}"; do
   if [[ $mode == refused ]]; then bad=http://$DEAD what="refuses connections"; else
     start_bg "faulty-$mode" python3 "$HERE/ocitool.py" faulty "$port" "$mode"
   fi
-  start_ferry "ferry-$mode" "$PX" "$T/cache-$mode" "$bad" "http://127.0.0.1:$P2"
+  start_ferry "ferry-$mode" "$PX" "$T/cache-$mode" "$bad" "http://127.0.0.1:$P2" --config "$T/fault-ferry.toml"
   check "upstream #1 $what: test/small pulled from #2" fault_case "$mode" "$port"
   check "upstream #1 $what: /metrics counts its failovers and #2's successes" \
     failover_in_metrics "$mode" "${bad#http://}"
