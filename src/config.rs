@@ -542,7 +542,27 @@ impl Config {
                 file.auth_tokens_file.as_deref().map(Path::new),
                 file.auth_users_file.as_deref().map(Path::new),
             ) {
-                Ok(auth) => Some(std::sync::Arc::new(auth)),
+                Ok(mut auth) => {
+                    for (user, registries) in file.client_access.iter().flatten() {
+                        let mut allowed = Vec::new();
+                        for registry in registries {
+                            let canonical = crate::upstream::canonical_registry(registry);
+                            if crate::upstream::registries::is_registry_host(&canonical) {
+                                allowed.push(canonical);
+                            } else {
+                                problem(
+                                    &format!("client_access.{user}"),
+                                    registry,
+                                    "expected a registry host[:port] such as ghcr.io".into(),
+                                );
+                            }
+                        }
+                        if let Err(reason) = auth.restrict(user, allowed) {
+                            problem(&format!("client_access.{user}"), user, reason);
+                        }
+                    }
+                    Some(std::sync::Arc::new(auth))
+                }
                 Err(reason) => {
                     let value = file
                         .auth_users_file
@@ -554,6 +574,13 @@ impl Config {
                 }
             }
         } else {
+            if file.client_access.is_some() {
+                problem(
+                    "client_access",
+                    "",
+                    "needs client authentication (auth_users_file)".into(),
+                );
+            }
             None
         };
         let tls = match (&file.tls_cert_file, &file.tls_key_file) {
@@ -932,6 +959,7 @@ impl Config {
                 .as_ref()
                 .map(|_| "<configured, not shown>".to_owned()),
             auth_users_file: None,
+            client_access: None,
             shutdown_grace: Some(humantime::format_duration(self.shutdown_grace).to_string()),
             retry_budget: Some(self.pool.retry_budget as u32),
             hedge_delay: Some(self.pool.hedge_delay.map_or("off".to_owned(), |d| {
@@ -1197,6 +1225,28 @@ mod tests {
             .collect();
         assert_eq!(patterns, ["*.corp.example", "*"], "flags replace the file");
         assert!(parse("", Overrides::default()).unwrap().direct.is_none());
+    }
+
+    #[test]
+    fn client_access_needs_known_users_and_registry_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let users = dir.path().join("users");
+        std::fs::write(&users, "ci:pw\n").unwrap();
+        let text = format!(
+            "auth_users_file = \"{}\"\n[client_access]\nci = [\"GHCR.io\", \"index.docker.io\"]\n",
+            users.display()
+        );
+        assert!(parse(&text, Overrides::default()).is_ok());
+        let err = parse(
+            &format!("{text}ghost = [\"ghcr.io\"]\n"),
+            Overrides::default(),
+        )
+        .unwrap_err();
+        assert_eq!(err.0[0].key, "client_access.ghost", "{err}");
+        let err = parse(&text.replace("GHCR.io", "not a host"), Overrides::default()).unwrap_err();
+        assert_eq!(err.0[0].key, "client_access.ci", "{err}");
+        let err = parse("[client_access]\nci = []\n", Overrides::default()).unwrap_err();
+        assert_eq!(err.0[0].key, "client_access", "{err}");
     }
 
     #[test]

@@ -477,3 +477,57 @@ async fn direct_registry_without_its_ca_is_an_upstream_failure_not_a_client_erro
         .unwrap();
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn client_access_rules_limit_a_user_to_its_registries() {
+    let hub = FakeRegistry::start().await;
+    let ghcr = FakeRegistry::start().await;
+    let (_, _, _) = put_image(&[&hub], "org/app", "v1", 2500);
+    let (ghcr_manifest, _, _) = put_image(&[&ghcr], "org/app", "v1", 2501);
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("users");
+    std::fs::write(&users, "ci:pw\nops:pw2\n").unwrap();
+    let mut auth = ferry::server::client_auth::ClientAuth::load(None, Some(&users)).unwrap();
+    auth.restrict("ci", vec!["ghcr.io".into()]).unwrap();
+    let urls = vec![hub.url(), format!("ghcr.io={}", ghcr.url())];
+    let proxy = TestProxy::start_urls(&urls, tempfile::tempdir().unwrap(), |c| {
+        c.client_auth = Some(std::sync::Arc::new(auth))
+    })
+    .await;
+    let get = |user: &'static str, password: &'static str, path: &str| {
+        client()
+            .get(proxy.url(path))
+            .basic_auth(user, Some(password))
+            .send()
+    };
+
+    let allowed = get("ci", "pw", "/v2/org/app/manifests/v1?ns=ghcr.io")
+        .await
+        .unwrap();
+    assert_eq!(allowed.status(), StatusCode::OK);
+    assert_eq!(digest_header(&allowed), ghcr_manifest.to_string());
+    let allowed_by_prefix = get("ci", "pw", "/v2/ghcr.io/org/app/manifests/v1")
+        .await
+        .unwrap();
+    assert_eq!(allowed_by_prefix.status(), StatusCode::OK);
+
+    let denied = get("ci", "pw", "/v2/org/app/manifests/v1").await.unwrap();
+    assert_eq!(denied.status(), StatusCode::FORBIDDEN);
+    let body: serde_json::Value = denied.json().await.unwrap();
+    assert_eq!(body["errors"][0]["code"], "DENIED");
+    assert!(
+        body["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("docker.io"),
+        "{body}"
+    );
+    assert_eq!(
+        hub.requests().len(),
+        0,
+        "a denied pull never reaches the upstream"
+    );
+
+    let unrestricted = get("ops", "pw2", "/v2/org/app/manifests/v1").await.unwrap();
+    assert_eq!(unrestricted.status(), StatusCode::OK);
+}

@@ -34,6 +34,9 @@ pub struct ConfigFile {
     /// (`user:password` or `user:sha256:<hex>` per line). Without either, anyone may pull.
     pub auth_tokens_file: Option<String>,
     pub auth_users_file: Option<String>,
+    /// Per-user registry access: `user = ["docker.io", "ghcr.io"]` lets that basic user pull
+    /// only from those registries. Users not listed, and token holders, may pull from all.
+    pub client_access: Option<std::collections::BTreeMap<String, Vec<String>>>,
     /// Serve the registry API over TLS with this certificate chain and key (PEM); both or
     /// neither. Reloaded when the files change, or on SIGHUP.
     pub tls_cert_file: Option<String>,

@@ -1,7 +1,7 @@
 //! Optional client authentication for shared caches: static bearer tokens and basic users,
-//! read from files. Secrets are kept only as sha256 hashes and compared in constant time. A
-//! refused request gets 401 with `WWW-Authenticate: Basic`, so Docker, containerd, podman
-//! and skopeo send the credentials configured for this host.
+//! read from files, and per-user registry access rules. Secrets are kept only as sha256
+//! hashes and compared in constant time. A refused request gets 401 with `WWW-Authenticate:
+//! Basic`, so Docker, containerd, podman and skopeo send the credentials configured for it.
 
 use base64::Engine as _;
 use http::HeaderMap;
@@ -17,6 +17,26 @@ pub struct ClientAuth {
     tokens: Vec<[u8; 32]>,
     /// user -> sha256(password)
     users: HashMap<String, [u8; 32]>,
+    /// user -> the only registries (canonical names) that user may pull from; users
+    /// without an entry, and token holders, may pull from every registry.
+    registry_rules: HashMap<String, Vec<String>>,
+}
+
+/// Who a request authenticated as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    /// A static token (as a bearer token or as a basic password).
+    Token,
+    User(String),
+}
+
+impl std::fmt::Display for Principal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Principal::Token => f.write_str("token holder"),
+            Principal::User(user) => write!(f, "user {user:?}"),
+        }
+    }
 }
 
 impl std::fmt::Debug for ClientAuth {
@@ -88,7 +108,28 @@ impl ClientAuth {
     pub fn with_tokens(tokens: &[&str]) -> ClientAuth {
         ClientAuth {
             tokens: tokens.iter().map(|t| hash(t)).collect(),
-            users: HashMap::new(),
+            ..Default::default()
+        }
+    }
+
+    /// Restricts `user` to `registries` (canonical names). Fails for a user the users file
+    /// does not define.
+    pub fn restrict(&mut self, user: &str, registries: Vec<String>) -> Result<(), String> {
+        if !self.users.contains_key(user) {
+            return Err(format!("user {user:?} is not in auth_users_file"));
+        }
+        self.registry_rules.insert(user.to_owned(), registries);
+        Ok(())
+    }
+
+    /// Whether `principal` may pull from `registry` (canonical name).
+    pub fn may_pull(&self, principal: &Principal, registry: &str) -> bool {
+        match principal {
+            Principal::Token => true,
+            Principal::User(user) => self
+                .registry_rules
+                .get(user)
+                .is_none_or(|allowed| allowed.iter().any(|r| r == registry)),
         }
     }
 
@@ -99,37 +140,35 @@ impl ClientAuth {
 
     /// Whether the request's `Authorization` header carries a known token or user.
     pub fn allows(&self, headers: &HeaderMap) -> bool {
-        let Some(value) = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
-            return false;
-        };
+        self.authenticate(headers).is_some()
+    }
+
+    /// Who the request's `Authorization` header proves it is, if anyone.
+    pub fn authenticate(&self, headers: &HeaderMap) -> Option<Principal> {
+        let value = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok())?;
         let (scheme, credentials) = value.split_once(' ').unwrap_or((value, ""));
-        if scheme.eq_ignore_ascii_case("bearer") {
-            let presented = hash(credentials.trim());
-            return self
-                .tokens
+        let known_token = |presented: &[u8; 32]| {
+            self.tokens
                 .iter()
-                .fold(false, |ok, t| ok | same(t, &presented));
+                .fold(false, |ok, t| ok | same(t, presented))
+        };
+        if scheme.eq_ignore_ascii_case("bearer") {
+            return known_token(&hash(credentials.trim())).then_some(Principal::Token);
         }
         if scheme.eq_ignore_ascii_case("basic") {
-            let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(credentials.trim())
-            else {
-                return false;
-            };
-            let Ok(decoded) = String::from_utf8(decoded) else {
-                return false;
-            };
-            let Some((user, password)) = decoded.split_once(':') else {
-                return false;
-            };
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(credentials.trim())
+                .ok()?;
+            let decoded = String::from_utf8(decoded).ok()?;
+            let (user, password) = decoded.split_once(':')?;
             let presented = hash(password);
+            if self.users.get(user).is_some_and(|h| same(h, &presented)) {
+                return Some(Principal::User(user.to_owned()));
+            }
             // A basic "password" may also be a static token (for clients that only do basic).
-            let token_ok = self
-                .tokens
-                .iter()
-                .fold(false, |ok, t| ok | same(t, &presented));
-            return token_ok || self.users.get(user).is_some_and(|h| same(h, &presented));
+            return known_token(&presented).then_some(Principal::Token);
         }
-        false
+        None
     }
 }
 
@@ -160,6 +199,30 @@ mod tests {
         assert!(!auth.allows(&headers(&basic("other", "pw"))));
         assert!(auth.allows(&headers(&basic("anyone", "t0ken"))));
         assert!(!auth.allows(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn registry_rules_restrict_only_the_users_they_name() {
+        let mut auth = ClientAuth::with_tokens(&["t0ken"])
+            .with_user("ci", "pw")
+            .with_user("ops", "pw2");
+        auth.restrict("ci", vec!["ghcr.io".into()]).unwrap();
+        assert!(auth.restrict("ghost", vec![]).is_err(), "unknown user");
+        let basic = |u: &str, p: &str| {
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"))
+            )
+        };
+        let ci = auth.authenticate(&headers(&basic("ci", "pw"))).unwrap();
+        assert_eq!(ci, Principal::User("ci".into()));
+        assert!(auth.may_pull(&ci, "ghcr.io"));
+        assert!(!auth.may_pull(&ci, "docker.io"));
+        let ops = auth.authenticate(&headers(&basic("ops", "pw2"))).unwrap();
+        assert!(auth.may_pull(&ops, "docker.io"), "no rule: every registry");
+        let token = auth.authenticate(&headers("Bearer t0ken")).unwrap();
+        assert_eq!(token, Principal::Token);
+        assert!(auth.may_pull(&token, "docker.io"));
     }
 
     #[test]

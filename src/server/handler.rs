@@ -1,7 +1,7 @@
 //! One function per endpoint: turns a routed, validated request into a call on the
 //! pull-through flow and its answer into a response, logging one line per request.
 
-use super::client_auth::ClientAuth;
+use super::client_auth::{ClientAuth, Principal};
 use super::response::{ResponseBody, builder, error_response, full_body, head_body, or_500};
 use super::route::{self, Route};
 use crate::error::FerryError;
@@ -26,14 +26,21 @@ pub async fn handle<B>(
     let path = request.uri().path().to_owned();
     // Logged with the query, so a line shows the registry containerd named with `?ns=`.
     let uri = request.uri().to_string();
-    if let Some(auth) = &client_auth
-        && !auth.allows(request.headers())
-    {
-        tracing::info!(%method, path = %uri, status = 401, "request refused: no valid client credentials");
-        return unauthorized();
-    }
+    let client = match &client_auth {
+        None => None,
+        Some(auth) => match auth.authenticate(request.headers()) {
+            Some(principal) => Some(AuthenticatedClient { auth, principal }),
+            None => {
+                tracing::info!(%method, path = %uri, status = 401, "request refused: no valid client credentials");
+                return unauthorized();
+            }
+        },
+    };
     let (route_label, outcome) = match route::parse(&path) {
-        Ok(route) => (route.label(), dispatch(&pull, route, &request).await),
+        Ok(route) => (
+            route.label(),
+            dispatch(&pull, route, &request, client.as_ref()).await,
+        ),
         Err(error) => ("invalid", Err(error)),
     };
     let head = method == Method::HEAD;
@@ -69,10 +76,17 @@ pub async fn handle<B>(
     response
 }
 
+/// A request's client, when client authentication is on.
+struct AuthenticatedClient<'a> {
+    auth: &'a ClientAuth,
+    principal: Principal,
+}
+
 async fn dispatch<B>(
     pull: &Arc<PullThrough>,
     route: Route,
     request: &Request<B>,
+    client: Option<&AuthenticatedClient<'_>>,
 ) -> Result<(Response<ResponseBody>, Source), FerryError> {
     let method = request.method();
     let head = method == Method::HEAD;
@@ -94,7 +108,7 @@ async fn dispatch<B>(
         )),
         Route::Manifest { name, reference } => {
             let accept = AcceptList::from_headers(request.headers());
-            let (registry, name) = origin(pull, name, request.uri().query())?;
+            let (registry, name) = origin(pull, client, name, request.uri().query())?;
             let answer = pull.manifest(&registry, &name, &reference, &accept).await?;
             let manifest = answer.manifest;
             count_cache_use(pull, "manifest", &answer.source);
@@ -119,7 +133,7 @@ async fn dispatch<B>(
                 .get(RANGE)
                 .and_then(|v| v.to_str().ok())
                 .and_then(RangeSpec::parse);
-            let (registry, name) = origin(pull, name, request.uri().query())?;
+            let (registry, name) = origin(pull, client, name, request.uri().query())?;
             let answer = pull.blob(&registry, &name, &digest, range, head).await?;
             let status = if answer.range.is_some() {
                 StatusCode::PARTIAL_CONTENT
@@ -155,7 +169,7 @@ async fn dispatch<B>(
             Ok((or_500(response.body(body)), answer.source))
         }
         Route::TagList { name } => {
-            let (registry, name) = origin(pull, name, request.uri().query())?;
+            let (registry, name) = origin(pull, client, name, request.uri().query())?;
             let answer = pull
                 .tag_list(&registry, &name, request.uri().query())
                 .await?;
@@ -225,6 +239,7 @@ fn served_bytes(
 /// `library/<name>`.
 fn origin(
     pull: &PullThrough,
+    client: Option<&AuthenticatedClient<'_>>,
     name: RepositoryName,
     query: Option<&str>,
 ) -> Result<(String, RepositoryName), FerryError> {
@@ -257,6 +272,14 @@ fn origin(
             registry
         }
     };
+    if let Some(client) = client
+        && !client.auth.may_pull(&client.principal, &registry)
+    {
+        return Err(FerryError::client(
+            ErrorCode::Denied,
+            format!("{} may not pull from registry {registry}", client.principal),
+        ));
+    }
     let name = if registry == crate::upstream::registries::DOCKER_HUB {
         name.with_docker_hub_library_prefix()
     } else {

@@ -481,13 +481,15 @@ check "openssl: test CA and server certificate" make_cert one
 check "openssl: a second CA and certificate (for the reload check)" make_cert two
 cp "$TLS/one.crt" "$TLS/server.crt" && cp "$TLS/one.key" "$TLS/server.key"
 TOKEN=interop-token-$RANDOM$RANDOM
-printf 'ci:s3cret-pass\n' >"$TLS/users"
+printf 'ci:s3cret-pass\nghcr-only:other-pass\n' >"$TLS/users"
 printf '%s\n' "$TOKEN" >"$TLS/tokens"
 cat >"$TLS/ferry.toml" <<EOT
 tls_cert_file = "$TLS/server.crt"
 tls_key_file = "$TLS/server.key"
 auth_users_file = "$TLS/users"
 auth_tokens_file = "$TLS/tokens"
+[client_access]
+ghcr-only = ["ghcr.io"]
 EOT
 start_ferry ferry-tls "$PT" "$T/cache-tls" "http://127.0.0.1:$P1" "http://127.0.0.1:$P2" --config "$TLS/ferry.toml"
 wait_https() { # until GET /v2/ with the right CA and credentials answers 200
@@ -516,6 +518,15 @@ check_fails "skopeo without the test CA fails (certificate not trusted)" \
   pull_tls small "$T/empty-certdir" --src-creds ci:s3cret-pass
 check_fails "skopeo without credentials fails (401)" pull_tls small "$TLS/one-certdir"
 check_fails "skopeo with a wrong password fails (401)" pull_tls small "$TLS/one-certdir" --src-creds ci:wrong
+denied_by_access_rule() { # user ghcr-only may pull only from ghcr.io; this ferry serves docker.io
+  local out
+  ! pull_tls small "$TLS/one-certdir" --src-creds ghcr-only:other-pass || return 1
+  out=$(cu --cacert "$TLS/one-ca.crt" -u ghcr-only:other-pass -o "$T/403.json" -w '%{http_code}' \
+    "https://$FT/v2/test/small/manifests/latest") || return 1
+  echo "$out"; cat "$T/403.json"; echo
+  [[ $out == 403 ]] && jq -e '.errors[0].code == "DENIED"' "$T/403.json" >/dev/null
+}
+check "client_access: a user limited to ghcr.io is refused docker.io (403 DENIED), skopeo fails" denied_by_access_rule
 challenge_ok() { # the 401 carries OCI JSON and a Basic challenge; HTTP/2 is negotiated by ALPN
   local out
   out=$(cu --cacert "$TLS/one-ca.crt" -o "$T/401.json" \
