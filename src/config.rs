@@ -50,6 +50,8 @@ pub struct Config {
     /// Registries ferry may fetch from directly at `https://<registry>`; `None` = refuse
     /// every registry without configured upstreams.
     pub direct: Option<DirectRegistries>,
+    /// The top-level `ca_file` (the default for upstreams and direct registries).
+    pub ca_file: Option<PathBuf>,
 }
 
 /// Which unconfigured registries get a direct upstream, and the settings it gets.
@@ -86,6 +88,7 @@ impl DirectRegistries {
             rate_window: self.rate_window,
             credentials: None,
             ca: self.ca.clone(),
+            https_redirects_only: true,
         })
     }
 }
@@ -140,6 +143,8 @@ pub struct UpstreamConfig {
     pub credentials: Option<Credentials>,
     /// CA certificates trusted for this upstream in addition to the system's.
     pub ca: Option<UpstreamCa>,
+    /// Follow redirects to https URLs only (direct registries, which clients name).
+    pub https_redirects_only: bool,
 }
 
 /// Basic credentials for an upstream. The password never appears in `Debug` output.
@@ -835,6 +840,7 @@ impl Config {
                     rate_window,
                     credentials,
                     ca,
+                    https_redirects_only: false,
                 });
             }
         }
@@ -878,6 +884,7 @@ impl Config {
                     },
                 },
                 upstreams,
+                ca_file: ca_default.as_ref().map(|ca| ca.path.clone()),
                 direct: (!direct_patterns.is_empty()).then_some(DirectRegistries {
                     patterns: direct_patterns,
                     connect_timeout: connect_default,
@@ -959,7 +966,11 @@ impl Config {
                 .as_ref()
                 .map(|_| "<configured, not shown>".to_owned()),
             auth_users_file: None,
-            client_access: None,
+            client_access: self
+                .client_auth
+                .as_ref()
+                .map(|auth| auth.registry_rules())
+                .filter(|rules| !rules.is_empty()),
             shutdown_grace: Some(humantime::format_duration(self.shutdown_grace).to_string()),
             retry_budget: Some(self.pool.retry_budget as u32),
             hedge_delay: Some(self.pool.hedge_delay.map_or("off".to_owned(), |d| {
@@ -975,7 +986,7 @@ impl Config {
             health_probe_interval: Some(self.health_probe_interval.map_or("off".to_owned(), |d| {
                 humantime::format_duration(d).to_string()
             })),
-            ca_file: None,
+            ca_file: self.ca_file.as_ref().map(|p| p.display().to_string()),
             direct_registries: self
                 .direct
                 .as_ref()

@@ -359,12 +359,15 @@ async fn tls_with_http2_and_reload_without_restart() {
 /// What `direct_registries` gives a registry without configured upstreams: the same
 /// timeouts as any upstream, and `ca` as the extra trusted roots.
 fn direct_to(
-    pattern: &str,
+    patterns: &[&str],
     ca: Option<ferry::config::UpstreamCa>,
 ) -> ferry::config::DirectRegistries {
     let secs = std::time::Duration::from_secs;
     ferry::config::DirectRegistries {
-        patterns: vec![ferry::upstream::RegistryPattern::parse(pattern).unwrap()],
+        patterns: patterns
+            .iter()
+            .map(|p| ferry::upstream::RegistryPattern::parse(p).unwrap())
+            .collect(),
         connect_timeout: secs(2),
         header_timeout: secs(5),
         body_idle_timeout: secs(5),
@@ -389,8 +392,10 @@ async fn direct_registry_over_tls_with_a_private_ca() {
     );
     let ca = ferry::config::UpstreamCa::load(&cert).unwrap();
     let hub = FakeRegistry::start().await;
-    let proxy =
-        TestProxy::start_with(&[&hub], |c| c.direct = Some(direct_to(&registry, Some(ca)))).await;
+    let proxy = TestProxy::start_with(&[&hub], |c| {
+        c.direct = Some(direct_to(&[&registry], Some(ca)))
+    })
+    .await;
 
     let response = client()
         .get(proxy.url(&format!("/v2/direct/app/manifests/v1?ns={registry}")))
@@ -449,7 +454,10 @@ async fn direct_registry_without_its_ca_is_an_upstream_failure_not_a_client_erro
         registry_side.server.as_ref().unwrap().addr.port()
     );
     let hub = FakeRegistry::start().await;
-    let proxy = TestProxy::start_with(&[&hub], |c| c.direct = Some(direct_to("*", None))).await;
+    let proxy = TestProxy::start_with(&[&hub], |c| {
+        c.direct = Some(direct_to(&[&registry, "*"], None))
+    })
+    .await;
 
     let response = client()
         .get(proxy.url(&format!("/v2/direct/app/manifests/v1?ns={registry}")))
@@ -469,13 +477,21 @@ async fn direct_registry_without_its_ca_is_an_upstream_failure_not_a_client_erro
             .contains(&registry),
         "{body}"
     );
-    // A name that is not a registry host never becomes an upstream URL.
-    let response = client()
-        .get(proxy.url("/v2/direct/app/manifests/v1?ns=evil.example%2F..%2Fx"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    // A name that is not a registry host never becomes an upstream URL, and `*` never
+    // matches an IP address or localhost.
+    for ns in [
+        "evil.example%2F..%2Fx",
+        "127.0.0.2:5000",
+        "localhost:5000",
+        "2130706433",
+    ] {
+        let response = client()
+            .get(proxy.url(&format!("/v2/direct/app/manifests/v1?ns={ns}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::NOT_FOUND, "{ns}");
+    }
 }
 
 #[tokio::test]

@@ -122,6 +122,14 @@ impl ClientAuth {
         Ok(())
     }
 
+    /// Every user's registry restriction (not secret; for `check-config`).
+    pub fn registry_rules(&self) -> std::collections::BTreeMap<String, Vec<String>> {
+        self.registry_rules
+            .iter()
+            .map(|(user, registries)| (user.clone(), registries.clone()))
+            .collect()
+    }
+
     /// Whether `principal` may pull from `registry` (canonical name).
     pub fn may_pull(&self, principal: &Principal, registry: &str) -> bool {
         match principal {

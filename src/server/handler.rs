@@ -234,33 +234,36 @@ fn served_bytes(
 }
 
 /// Which registry a request is for, and the repository name within it: a leading
-/// `<registry-host>/` path component naming a configured registry, else containerd's
-/// `?ns=<registry>`, else the default registry. Docker Hub's single-component names are
-/// `library/<name>`.
+/// `<registry-host>/` path component naming a configured registry (or, when the request has
+/// no `ns`, a direct registry), else containerd's `?ns=<registry>`, else the default
+/// registry. Docker Hub's single-component names are `library/<name>`. Nothing is opened or
+/// fetched here: access rules are checked first.
 fn origin(
     pull: &PullThrough,
     client: Option<&AuthenticatedClient<'_>>,
     name: RepositoryName,
     query: Option<&str>,
 ) -> Result<(String, RepositoryName), FerryError> {
-    let (registry, name) = match name.as_str().split_once('/') {
-        Some((first, rest))
-            if first.contains('.') && pull.registries.get(&canonical_registry(first)).is_some() =>
-        {
+    let ns = query.and_then(|q| {
+        q.split('&')
+            .filter_map(|pair| pair.split_once('='))
+            .find(|(key, _)| *key == "ns")
+            .map(|(_, value)| canonical_registry(value))
+    });
+    let prefix = name.as_str().split_once('/').filter(|(first, _)| {
+        let first = canonical_registry(first);
+        first.contains('.')
+            && (pull.registries.is_configured(&first)
+                || (ns.is_none() && pull.registries.knows(&first)))
+    });
+    let (registry, name) = match prefix {
+        Some((first, rest)) => {
             let rest = RepositoryName::parse(rest)
                 .map_err(|e| FerryError::client(ErrorCode::NameInvalid, e.to_string()))?;
             (canonical_registry(first), rest)
         }
-        _ => {
-            let ns = query.and_then(|q| {
-                q.split('&')
-                    .filter_map(|pair| pair.split_once('='))
-                    .find(|(key, _)| *key == "ns")
-                    .map(|(_, value)| value.to_owned())
-            });
-            let registry = ns
-                .map(|ns| canonical_registry(&ns))
-                .unwrap_or_else(|| pull.registries.default_registry().to_owned());
+        None => {
+            let registry = ns.unwrap_or_else(|| pull.registries.default_registry().to_owned());
             (registry, name)
         }
     };

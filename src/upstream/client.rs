@@ -36,9 +36,24 @@ impl UpstreamClient {
             // Added to the platform's roots, not instead of them.
             builder = builder.tls_certs_merge(ca.certificates.iter().cloned());
         }
+        let redirects = if config.https_redirects_only {
+            // A direct registry is named by clients: it may not bounce ferry to plain HTTP
+            // (an internal service, a metadata endpoint).
+            reqwest::redirect::Policy::custom(|attempt| {
+                if attempt.previous().len() >= MAX_REDIRECTS {
+                    attempt.error("too many redirects")
+                } else if attempt.url().scheme() != "https" {
+                    attempt.error("a direct registry may only redirect to https")
+                } else {
+                    attempt.follow()
+                }
+            })
+        } else {
+            reqwest::redirect::Policy::limited(MAX_REDIRECTS)
+        };
         let http = builder
             .connect_timeout(config.connect_timeout)
-            .redirect(reqwest::redirect::Policy::limited(MAX_REDIRECTS))
+            .redirect(redirects)
             .user_agent(concat!("ferry/", env!("CARGO_PKG_VERSION")))
             .pool_idle_timeout(Duration::from_secs(60))
             .build()

@@ -12,8 +12,9 @@ use std::sync::{Arc, Mutex};
 
 pub const DOCKER_HUB: &str = "docker.io";
 
-/// Most registries opened through `direct_registries`; a further one is refused, so clients
-/// naming random registries cannot make ferry build clients without bound.
+/// Most registries opened through `direct_registries` at once; opening another closes the
+/// least recently used, so clients naming random registries can neither grow ferry without
+/// bound nor lock real registries out.
 pub const MAX_DIRECT_REGISTRIES: usize = 64;
 
 /// The canonical name of a registry host (lowercase, Docker Hub's aliases folded).
@@ -81,14 +82,20 @@ impl RegistryPattern {
         }
     }
 
-    /// Whether the canonical registry name `registry` is allowed.
+    /// Whether the canonical registry name `registry` is allowed. Wildcards only match DNS
+    /// names of two labels or more whose last label starts with a letter: never an IP
+    /// address (in any of the numeric forms URL parsers accept) nor `localhost`; those need
+    /// an exact pattern.
     pub fn matches(&self, registry: &str) -> bool {
+        let host = registry.rsplit_once(':').map_or(registry, |(host, _)| host);
+        let dns_name = host.contains('.')
+            && host
+                .rsplit('.')
+                .next()
+                .is_some_and(|tld| tld.starts_with(|c: char| c.is_ascii_lowercase()));
         match self {
-            RegistryPattern::Any => true,
-            RegistryPattern::Subdomains(suffix) => {
-                let host = registry.rsplit_once(':').map_or(registry, |(host, _)| host);
-                host.ends_with(suffix.as_str())
-            }
+            RegistryPattern::Any => dns_name,
+            RegistryPattern::Subdomains(suffix) => dns_name && host.ends_with(suffix.as_str()),
             RegistryPattern::Exact(name) => name == registry,
         }
     }
@@ -104,12 +111,18 @@ impl fmt::Display for RegistryPattern {
     }
 }
 
+/// A direct registry's upstreams and when a request last used them.
+struct OpenedRegistry {
+    upstreams: Arc<Upstreams>,
+    last_used: std::time::Instant,
+}
+
 pub struct Registries {
     configured: BTreeMap<String, Arc<Upstreams>>,
     default_registry: String,
     direct: Option<DirectRegistries>,
-    /// Direct registries opened so far, by name.
-    opened: Mutex<BTreeMap<String, Arc<Upstreams>>>,
+    /// Direct registries open now, by name (at most `MAX_DIRECT_REGISTRIES`).
+    opened: Mutex<BTreeMap<String, OpenedRegistry>>,
     settings: PoolSettings,
     metrics: Arc<crate::metrics::Metrics>,
 }
@@ -157,6 +170,15 @@ impl Registries {
         self.direct_upstreams(registry)
     }
 
+    pub fn is_configured(&self, registry: &str) -> bool {
+        self.configured.contains_key(registry)
+    }
+
+    /// Whether `registry` is configured or allowed as a direct registry (opening nothing).
+    pub fn knows(&self, registry: &str) -> bool {
+        self.configured.contains_key(registry) || self.direct_allows(registry)
+    }
+
     fn direct_allows(&self, registry: &str) -> bool {
         self.direct.as_ref().is_some_and(|direct| {
             is_registry_host(registry) && direct.patterns.iter().any(|p| p.matches(registry))
@@ -168,19 +190,12 @@ impl Registries {
             .direct
             .as_ref()
             .filter(|_| self.direct_allows(registry))?;
-        let mut opened = self.lock_opened();
-        if let Some(upstreams) = opened.get(registry) {
-            return Some(upstreams.clone());
+        if let Some(opened) = self.lock_opened().get_mut(registry) {
+            opened.last_used = std::time::Instant::now();
+            return Some(opened.upstreams.clone());
         }
-        if opened.len() >= MAX_DIRECT_REGISTRIES {
-            tracing::warn!(
-                registry,
-                limit = MAX_DIRECT_REGISTRIES,
-                "direct registry refused: too many direct registries open"
-            );
-            return None;
-        }
-        let upstreams = direct.upstream_for(registry).and_then(|config| {
+        // Built without the lock held: building a client loads the TLS roots.
+        let built = direct.upstream_for(registry).and_then(|config| {
             Upstreams::new(
                 &[config],
                 self.settings.clone(),
@@ -188,21 +203,40 @@ impl Registries {
                 self.metrics.clone(),
             )
         });
-        match upstreams {
-            Ok(upstreams) => {
-                tracing::info!(registry, url = %format!("https://{registry}"), "direct registry opened");
-                let upstreams = Arc::new(upstreams);
-                opened.insert(registry.to_owned(), upstreams.clone());
-                Some(upstreams)
-            }
+        let upstreams = match built {
+            Ok(upstreams) => Arc::new(upstreams),
             Err(reason) => {
-                tracing::warn!(registry, %reason, "direct registry could not be opened");
-                None
+                tracing::error!(registry, %reason, "direct registry could not be opened");
+                return None;
             }
+        };
+        let mut opened = self.lock_opened();
+        if let Some(raced) = opened.get(registry) {
+            return Some(raced.upstreams.clone());
         }
+        while opened.len() >= MAX_DIRECT_REGISTRIES {
+            let Some(oldest) = opened
+                .iter()
+                .min_by_key(|(_, o)| o.last_used)
+                .map(|(name, _)| name.clone())
+            else {
+                break;
+            };
+            opened.remove(&oldest);
+            tracing::debug!(registry = %oldest, "direct registry closed (least recently used)");
+        }
+        tracing::info!(registry, url = %format!("https://{registry}"), "direct registry opened");
+        opened.insert(
+            registry.to_owned(),
+            OpenedRegistry {
+                upstreams: upstreams.clone(),
+                last_used: std::time::Instant::now(),
+            },
+        );
+        Some(upstreams)
     }
 
-    fn lock_opened(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Arc<Upstreams>>> {
+    fn lock_opened(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, OpenedRegistry>> {
         // A poisoned lock only means another thread panicked mid-insert into a plain map;
         // the map is still usable.
         self.opened.lock().unwrap_or_else(|p| p.into_inner())
@@ -238,7 +272,7 @@ impl Registries {
         all.extend(
             self.lock_opened()
                 .iter()
-                .map(|(name, upstreams)| (name.clone(), upstreams.clone())),
+                .map(|(name, opened)| (name.clone(), opened.upstreams.clone())),
         );
         all
     }
@@ -248,7 +282,7 @@ impl Registries {
     /// allowed), the default, so a single-registry ferry works behind any client-side
     /// registry name (e.g. a containerd hosts.toml for a private host). `None`: refused.
     pub fn resolve(&self, requested: &str) -> Option<String> {
-        if self.configured.contains_key(requested) || self.direct_allows(requested) {
+        if self.knows(requested) {
             return Some(requested.to_owned());
         }
         let single_default = self.direct.is_none()
@@ -280,6 +314,45 @@ mod tests {
             assert_eq!(canonical_registry(alias), "docker.io");
         }
         assert_eq!(canonical_registry("ghcr.io"), "ghcr.io");
+    }
+
+    #[test]
+    fn direct_registries_are_bounded_and_the_least_recently_used_closes() {
+        let secs = std::time::Duration::from_secs;
+        let direct = DirectRegistries {
+            patterns: vec![RegistryPattern::parse("*").unwrap()],
+            connect_timeout: secs(1),
+            header_timeout: secs(1),
+            body_idle_timeout: secs(1),
+            min_transfer_rate: 0,
+            rate_window: secs(1),
+            ca: None,
+        };
+        let registries = Registries::new(
+            &[],
+            DOCKER_HUB,
+            Some(direct),
+            &PoolSettings::default(),
+            Arc::new(crate::metrics::Metrics::default()),
+        )
+        .unwrap();
+        assert!(registries.get("r0.example").is_some());
+        for i in 1..MAX_DIRECT_REGISTRIES {
+            assert!(registries.get(&format!("r{i}.example")).is_some());
+        }
+        // r0 is used again, so r1 is now the least recently used.
+        assert!(registries.get("r0.example").is_some());
+        assert!(
+            registries.get("fresh.example").is_some(),
+            "never locked out"
+        );
+        let open: Vec<String> = registries.all().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(open.len(), MAX_DIRECT_REGISTRIES);
+        assert!(open.contains(&"r0.example".to_owned()));
+        assert!(open.contains(&"fresh.example".to_owned()));
+        assert!(!open.contains(&"r1.example".to_owned()), "r1 was closed");
+        assert!(registries.get("127.0.0.1").is_none(), "not a DNS name");
+        assert!(!registries.knows("nope"));
     }
 
     #[test]
@@ -319,7 +392,21 @@ mod tests {
         let sub = RegistryPattern::parse("*.Example.com").unwrap();
         let exact = RegistryPattern::parse("registry.internal:5000").unwrap();
         let hub = RegistryPattern::parse("index.docker.io").unwrap();
-        assert!(any.matches("quay.io"));
+        assert!(any.matches("quay.io") && any.matches("registry.internal:5000"));
+        for not_dns in [
+            "127.0.0.1:5000",
+            "localhost",
+            "2130706433",
+            "0x7f.1",
+            "10.0.0.1",
+        ] {
+            assert!(!any.matches(not_dns), "wildcards never match {not_dns}");
+        }
+        assert!(
+            RegistryPattern::parse("127.0.0.1:5000")
+                .unwrap()
+                .matches("127.0.0.1:5000")
+        );
         assert!(sub.matches("a.example.com") && sub.matches("a.b.example.com:5000"));
         assert!(!sub.matches("example.com") && !sub.matches("badexample.com"));
         assert!(exact.matches("registry.internal:5000"));

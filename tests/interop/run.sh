@@ -567,7 +567,12 @@ reload_cert() { # swap in a certificate from another CA, SIGHUP: clients must no
   ! pull_tls small "$TLS/one-certdir" --src-creds ci:s3cret-pass
 }
 check "certificate replaced + SIGHUP: skopeo trusts the new CA, the old one is refused, no restart" reload_cert
-check "the TLS ferry was not restarted" kill -0 "${PIDS[ferry-tls]}"
+reloaded_in_place() { # the same process logged the reload and is still serving
+  grep -F "TLS certificate reloaded" "$LOGS/ferry-tls.log" | tail -n 1
+  grep -qF "TLS certificate reloaded" "$LOGS/ferry-tls.log" && kill -0 "${PIDS[ferry-tls]}" &&
+    (($(grep -c -- "--- .* starting: " "$LOGS/ferry-tls.log") == 1))
+}
+check "the TLS ferry logged the reload and was started only once" reloaded_in_place
 stop_bg ferry-tls
 
 # === f ==================================================================================================
