@@ -29,9 +29,23 @@ pub enum FillPhase {
 
 #[derive(Debug, Clone)]
 pub struct FillProgress {
-    /// Bytes written to the file so far (readable by followers).
+    /// Bytes written to the file so far.
     pub written: u64,
     pub phase: FillPhase,
+}
+
+impl FillProgress {
+    /// Bytes a reader may hand to a client now. Until the fill is verified and committed,
+    /// the blob's last byte is held back: a client that knows the length treats a body
+    /// that reached it as complete, so that byte must wait for the digest check.
+    pub fn readable(&self) -> u64 {
+        match self.phase {
+            FillPhase::Streaming {
+                total: Some(total), ..
+            } => self.written.min(total.saturating_sub(1)),
+            _ => self.written,
+        }
+    }
 }
 
 /// What readers of a fill hold: the growing file and its progress.

@@ -96,7 +96,8 @@ impl ReadState {
         let offset = self.offset;
         let snapshot = progress
             .wait_for(|p| {
-                p.written > offset || matches!(p.phase, FillPhase::Complete | FillPhase::Failed(_))
+                p.readable() > offset
+                    || matches!(p.phase, FillPhase::Complete | FillPhase::Failed(_))
             })
             .await
             .map_err(|_| io::Error::other("blob fill ended without a result"))?
@@ -115,7 +116,7 @@ impl ReadState {
                 Ok(false)
             }
             _ => {
-                self.readable_end = snapshot.written;
+                self.readable_end = snapshot.readable();
                 Ok(true)
             }
         }
@@ -169,4 +170,80 @@ fn read_at_most(file: &File, offset: u64, want: usize) -> io::Result<Bytes> {
         unsafe { buffer.set_len(filled + n as usize) };
     }
     Ok(Bytes::from(buffer))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::StreamExt;
+    use std::io::Write as _;
+    use std::time::Duration;
+
+    /// A fill whose file already holds all `len` bytes, still unverified.
+    fn written_but_unverified(
+        len: u64,
+    ) -> (
+        Arc<File>,
+        watch::Sender<FillProgress>,
+        watch::Receiver<FillProgress>,
+    ) {
+        let mut file = tempfile::tempfile().unwrap();
+        file.write_all(&vec![7u8; len as usize]).unwrap();
+        let (sender, receiver) = watch::channel(FillProgress {
+            written: len,
+            phase: FillPhase::Streaming {
+                total: Some(len),
+                upstream: "test".into(),
+            },
+        });
+        (Arc::new(file), sender, receiver)
+    }
+
+    async fn bytes_before_stall(
+        stream: &mut (impl Stream<Item = io::Result<Bytes>> + Unpin),
+    ) -> u64 {
+        let mut got = 0;
+        while let Ok(Some(chunk)) =
+            tokio::time::timeout(Duration::from_millis(200), stream.next()).await
+        {
+            got += chunk.unwrap().len() as u64;
+        }
+        got
+    }
+
+    #[tokio::test]
+    async fn the_last_byte_waits_for_verification_and_a_failed_fill_cuts_the_body() {
+        let len = READ_CHUNK as u64 * 2 + 10;
+        let (file, progress, receiver) = written_but_unverified(len);
+        let mut stream = Box::pin(read_range(file, 0, Some(len), Some(receiver)));
+        assert_eq!(
+            bytes_before_stall(&mut stream).await,
+            len - 1,
+            "last byte held"
+        );
+        progress.send_modify(|p| {
+            p.phase = FillPhase::Failed(Arc::new(crate::error::FerryError::MidStream(
+                "digest mismatch".into(),
+            )))
+        });
+        let end = stream.next().await.expect("an error, not a clean end");
+        assert!(end.is_err(), "a body whose digest failed must be cut");
+    }
+
+    #[tokio::test]
+    async fn the_last_byte_follows_the_commit() {
+        let len = 1000;
+        let (file, progress, receiver) = written_but_unverified(len);
+        let mut stream = Box::pin(read_range(file.clone(), 0, Some(len), Some(receiver)));
+        assert_eq!(bytes_before_stall(&mut stream).await, len - 1);
+        progress.send_modify(|p| p.phase = FillPhase::Complete);
+        let last = stream.next().await.unwrap().unwrap();
+        assert_eq!(last.len(), 1);
+        assert!(stream.next().await.is_none());
+
+        // A range that stops short of the blob's end is not held back.
+        let (file, _progress, receiver) = written_but_unverified(len);
+        let mut stream = Box::pin(read_range(file, 0, Some(500), Some(receiver)));
+        assert_eq!(bytes_before_stall(&mut stream).await, 500);
+    }
 }
