@@ -1,8 +1,10 @@
-//! Disk full: with the cache on a small tmpfs that fills up mid-fill, the client's pull
+//! Disk full: with the cache on a small tmpfs without room for a blob, the client's pull
 //! still succeeds straight from upstream, nothing half-written stays, the failure is
-//! counted, and caching resumes by itself once space returns. Needs root (mount); without
-//! it the test says so and does nothing.
+//! counted, and caching resumes by itself once space returns. With a known length the
+//! space is claimed up front; a chunked body fills the disk mid-fill. Needs root (mount);
+//! without it the test says so and does nothing.
 
+use crate::support::fake_registry::Fault;
 use crate::support::{FakeRegistry, TestProxy, client, pseudo_random_bytes, rehash_cache_dir};
 use std::process::Command;
 
@@ -21,6 +23,15 @@ fn is_root() -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_full_disk_never_fails_a_pull() {
+    full_disk_case(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_disk_that_fills_mid_fill_never_fails_a_pull() {
+    full_disk_case(true).await;
+}
+
+async fn full_disk_case(chunked: bool) {
     if !is_root() {
         eprintln!("disk_full: skipped, mounting a tmpfs needs root (CI runs as root)");
         return;
@@ -41,6 +52,9 @@ async fn a_full_disk_never_fails_a_pull() {
     let big_digest = upstream.put_blob(big.clone());
     let small = pseudo_random_bytes(2 * 1024 * 1024, 78);
     let small_digest = upstream.put_blob(small.clone());
+    if chunked {
+        upstream.fault("/blobs/", Fault::NoContentLength);
+    }
 
     // Leave ~8 MiB free: the 20 MiB blob cannot fit.
     let filler = mount_point.join("filler");

@@ -97,9 +97,39 @@ impl BlobWriter {
                 file.write_all_at(chunk, offset)?;
                 offset += chunk.len() as u64;
             }
+            start_writeback(&file, start, offset - start);
             Ok(offset)
         });
         PendingWrite { hash, write }
+    }
+
+    /// Reserves `len` bytes of disk for the file (its length stays as written). A file
+    /// system without `fallocate` is not an error; running out of space is.
+    pub async fn preallocate(&self, len: u64) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let file = self.file.clone();
+        tokio::task::spawn_blocking(move || {
+            // SAFETY: fallocate only reads its integer arguments; the descriptor stays open
+            // while `file` lives.
+            let result = unsafe {
+                libc::fallocate(
+                    file.as_raw_fd(),
+                    libc::FALLOC_FL_KEEP_SIZE,
+                    0,
+                    len as libc::off_t,
+                )
+            };
+            if result == 0 {
+                return Ok(());
+            }
+            let error = io::Error::last_os_error();
+            match error.raw_os_error() {
+                Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => Ok(()),
+                _ => Err(error),
+            }
+        })
+        .await
+        .map_err(|e| io::Error::other(format!("cache preallocation task failed: {e}")))?
     }
 
     /// Waits for a submitted write; returns how many bytes the file now holds.
@@ -179,6 +209,26 @@ impl BlobWriter {
         self.submitted = 0;
         self.written = 0;
         Ok(())
+    }
+}
+
+/// Asks the kernel to start writing `[offset, offset + len)` to disk now, without waiting,
+/// so the fsync at commit finds little left to do. Only a hint: errors are ignored (the
+/// fsync reports any real one).
+fn start_writeback(file: &File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    if len == 0 {
+        return;
+    }
+    // SAFETY: sync_file_range only reads its integer arguments; the descriptor is open for
+    // as long as `file` is borrowed.
+    unsafe {
+        libc::sync_file_range(
+            file.as_raw_fd(),
+            offset as libc::off64_t,
+            len as libc::off64_t,
+            libc::SYNC_FILE_RANGE_WRITE,
+        );
     }
 }
 

@@ -551,6 +551,12 @@ impl Fill {
                             ));
                         }
                     }
+                    // Claims the disk space up front: a full disk shows now, before any
+                    // byte reaches a reader, and the file is written without piecemeal
+                    // block allocation.
+                    if let Err(e) = self.writer.preallocate(bytes).await {
+                        return AttemptEnd::Cache(format!("preallocating {bytes} bytes: {e}"));
+                    }
                 }
                 self.total = announced;
                 self.progress.send_modify(|p| {

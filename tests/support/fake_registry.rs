@@ -42,6 +42,8 @@ pub enum Fault {
     Drip { chunk: usize, delay: Duration },
     /// Ignore `Range` and always send the whole body with 200.
     IgnoreRange,
+    /// Send the body chunked, without `Content-Length` (the length is unknown until it ends).
+    NoContentLength,
 }
 
 #[derive(Clone, Debug)]
@@ -467,9 +469,11 @@ fn body_response(
         Some(Fault::WrongDigestHeader) => Digest::sha256_of(b"something else"),
         _ => digest,
     };
-    let mut builder = Response::builder()
-        .status(status)
-        .header("content-length", body.len())
+    let mut builder = Response::builder().status(status);
+    if !matches!(fault, Some(Fault::NoContentLength)) {
+        builder = builder.header("content-length", body.len());
+    }
+    let mut builder = builder
         .header("docker-content-digest", announced_digest.to_string())
         .header(
             "content-type",
@@ -508,6 +512,17 @@ fn body_response(
                 }
             });
             BodyExt::boxed(StreamBody::new(stream))
+        }
+        Some(Fault::NoContentLength) => {
+            let frames: Vec<Result<Frame<Bytes>, std::io::Error>> = (0..body.len())
+                .step_by(64 * 1024)
+                .map(|at| {
+                    Ok(Frame::data(
+                        body.slice(at..(at + 64 * 1024).min(body.len())),
+                    ))
+                })
+                .collect();
+            BodyExt::boxed(StreamBody::new(futures_util::stream::iter(frames)))
         }
         _ => Full::new(body).map_err(|never| match never {}).boxed(),
     };
