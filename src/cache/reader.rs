@@ -23,7 +23,7 @@ pub struct FillFailed {
 }
 
 /// Bytes read per trip to the blocking pool.
-pub const READ_CHUNK: usize = 256 * 1024;
+pub const READ_CHUNK: usize = 512 * 1024;
 
 struct ReadState {
     file: Arc<File>,
