@@ -116,6 +116,33 @@ async fn redirects_are_followed_without_the_registry_token() {
 }
 
 #[tokio::test]
+async fn an_upstream_limited_to_https_redirects_refuses_a_plain_http_one() {
+    // What direct registries get: a client-named host must not bounce ferry to plain HTTP.
+    let registry = FakeRegistry::start().await;
+    let object_store = FakeRegistry::start().await;
+    let (_, layer_digest, layer) = put_image(&[&registry], "r/y", "v1", 34);
+    object_store.put_blob(layer);
+    registry.redirect_blobs_to(&object_store);
+    let proxy = TestProxy::start_with(&[&registry], |c| {
+        c.upstreams[0].https_redirects_only = true;
+    })
+    .await;
+    let blob = client()
+        .get(proxy.url(&format!("/v2/r/y/blobs/{layer_digest}")))
+        .send()
+        .await
+        .unwrap();
+    assert!(blob.status().is_server_error(), "{}", blob.status());
+    let body = blob.text().await.unwrap();
+    assert!(body.contains("redirect"), "{body}");
+    assert_eq!(
+        object_store.requests().len(),
+        0,
+        "the redirect was followed"
+    );
+}
+
+#[tokio::test]
 async fn a_credential_helper_supplies_the_password_and_reruns_when_refused() {
     let upstream = FakeRegistry::start().await;
     let (manifest, layer_digest, layer) = put_image(&[&upstream], "private/ecr", "v1", 33);
