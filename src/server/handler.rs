@@ -23,9 +23,9 @@ pub async fn handle<B>(
 ) -> Response<ResponseBody> {
     let started = Instant::now();
     let method = request.method().clone();
-    let path = request.uri().path().to_owned();
-    // Logged with the query, so a line shows the registry containerd named with `?ns=`.
-    let uri = request.uri().to_string();
+    // Logged with the query, so a line shows the registry containerd named with `?ns=`
+    // (a clone shares the request's buffer; nothing is formatted unless a line is logged).
+    let uri = request.uri().clone();
     let client = match &client_auth {
         None => None,
         Some(auth) => match auth.authenticate(request.headers()) {
@@ -36,7 +36,7 @@ pub async fn handle<B>(
             }
         },
     };
-    let (route_label, outcome) = match route::parse(&path) {
+    let (route_label, outcome) = match route::parse(uri.path()) {
         Ok(route) => (
             route.label(),
             dispatch(&pull, route, &request, client.as_ref()).await,
@@ -250,17 +250,20 @@ fn origin(
             .find(|(key, _)| *key == "ns")
             .map(|(_, value)| canonical_registry(value))
     });
-    let prefix = name.as_str().split_once('/').filter(|(first, _)| {
-        let first = canonical_registry(first);
-        first.contains('.')
-            && (pull.registries.is_configured(&first)
-                || (ns.is_none() && pull.registries.knows(&first)))
-    });
+    let prefix = name
+        .as_str()
+        .split_once('/')
+        .map(|(first, rest)| (canonical_registry(first), rest))
+        .filter(|(first, _)| {
+            first.contains('.')
+                && (pull.registries.is_configured(first)
+                    || (ns.is_none() && pull.registries.knows(first)))
+        });
     let (registry, name) = match prefix {
         Some((first, rest)) => {
             let rest = RepositoryName::parse(rest)
                 .map_err(|e| FerryError::client(ErrorCode::NameInvalid, e.to_string()))?;
-            (canonical_registry(first), rest)
+            (first, rest)
         }
         None => {
             let registry = ns.unwrap_or_else(|| pull.registries.default_registry().to_owned());

@@ -110,14 +110,17 @@ content_complete() { # content_complete NS IMAGE [PLATFORM]: everything a pull n
   done
   return $rc
 }
-ctr_pull() { # ctr_pull NS IMAGE [PLATFORM] [ctr pull args]: pull via hosts.toml mirror = ferry, check digest + content
-  local ns=$1 img=$2 plat=$3; shift 3
-  local ref=$ORIGIN/test/$img:latest got want; want=$(expect_digest "$img")
-  ctrc -n "$ns" images pull --snapshotter "$SNAPSHOTTER" --hosts-dir "$T/certs.d" "$@" "$ref" | tail -n 2 &&
+ctr_pull_ref() { # ctr_pull_ref NS REF EXPECT PLATFORM HOSTS_DIR [ctr pull args]: REF resolves to EXPECT's digest, content complete
+  local ns=$1 ref=$2 expect=$3 plat=$4 hosts=$5 got want; shift 5
+  want=$(expect_digest "$expect")
+  ctrc -n "$ns" images pull --snapshotter "$SNAPSHOTTER" --hosts-dir "$hosts" "$@" "$ref" | tail -n 2 &&
     got=$(ctrc -n "$ns" images ls | awk -v r="$ref" '$1 == r { print $3 }') &&
-    echo "ctr resolved $ref -> ${got:-nothing}, source $want" &&
+    echo "ctr resolved $ref -> ${got:-nothing}, want $want" &&
     [[ $got == "$want" ]] &&
-    content_complete "$ns" "$img" "$plat"
+    content_complete "$ns" "$expect" "$plat"
+}
+ctr_pull() { # ctr_pull NS IMAGE [PLATFORM] [ctr pull args]: $ORIGIN/test/IMAGE via hosts.toml mirror = ferry
+  ctr_pull_ref "$1" "$ORIGIN/test/$2:latest" "$2" "$3" "$T/certs.d" "${@:4}"
 }
 ctr_forget() { # drop a namespace's images and garbage-collect, so the next pull really fetches again
   local imgs
@@ -397,14 +400,6 @@ for reg in "$RA" "$RB"; do
   printf 'server = "http://%s"\n[host."http://%s"]\n  capabilities = ["pull", "resolve"]\n' "$DEAD" "$RF" \
     >"$T/certs-reg.d/$reg/hosts.toml"
 done
-ctr_pull_registry() { # ctr_pull_registry REGISTRY EXPECT: ctr pull REGISTRY/test/same:latest gets EXPECT's image
-  local ref=$1/test/same:latest got
-  ctrc -n "$2" images pull --snapshotter "$SNAPSHOTTER" --hosts-dir "$T/certs-reg.d" "$ref" | tail -n 2 &&
-    got=$(ctrc -n "$2" images ls | awk -v r="$ref" '$1 == r { print $3 }') &&
-    echo "ctr resolved $ref -> ${got:-nothing}, want $(expect_digest "$2")" &&
-    [[ $got == "$(expect_digest "$2")" ]] &&
-    content_complete "$2" "$2"
-}
 ferry_routed() { # ferry_routed REGISTRY UPSTREAM_PORT: ferry's log and metrics show REGISTRY's pulls went to that upstream
   local ok
   grep -E "path=/v2/test/same/manifests/latest\?ns=$1 " "$LOGS/ferry-registries.log" | tail -n 2
@@ -413,8 +408,10 @@ ferry_routed() { # ferry_routed REGISTRY UPSTREAM_PORT: ferry's log and metrics 
   echo "ferry_upstream_requests_total{registry=\"$1\",upstream=\"127.0.0.1:$2\",outcome=\"ok\"} = $ok"
   ((ok > 0)) && grep -qE "path=/v2/test/same/manifests/latest\?ns=$1 " "$LOGS/ferry-registries.log"
 }
-check "ctr pull $RA/test/same (containerd sends ns=$RA): the primary's image" ctr_pull_registry "$RA" same-a
-check "ctr pull $RB/test/same (ns=$RB): the secondary's image, not the cached $RA tag" ctr_pull_registry "$RB" same-b
+check "ctr pull $RA/test/same (containerd sends ns=$RA): the primary's image" \
+  ctr_pull_ref same-a "$RA/test/same:latest" same-a "" "$T/certs-reg.d"
+check "ctr pull $RB/test/same (ns=$RB): the secondary's image, not the cached $RA tag" \
+  ctr_pull_ref same-b "$RB/test/same:latest" same-b "" "$T/certs-reg.d"
 check "ferry routed ns=$RA to the primary" ferry_routed "$RA" "$P1"
 check "ferry routed ns=$RB to the secondary" ferry_routed "$RB" "$P2"
 unknown_registry() {
@@ -544,14 +541,8 @@ server = "http://$DEAD"
   [host."https://$FT".header]
     Authorization = "Bearer $TOKEN"
 EOT
-ctr_pull_tls() {
-  local ref=$ORIGIN/test/multi:latest got
-  ctrc -n tls images pull --snapshotter "$SNAPSHOTTER" --hosts-dir "$T/certs-tls.d" --all-platforms "$ref" | tail -n 2 &&
-    got=$(ctrc -n tls images ls | awk -v r="$ref" '$1 == r { print $3 }') &&
-    echo "ctr resolved $ref -> ${got:-nothing}, want $(expect_digest multi)" &&
-    [[ $got == "$(expect_digest multi)" ]] && content_complete tls multi
-}
-check "ctr pull --all-platforms test/multi over TLS (hosts.toml ca, Authorization: Bearer header)" ctr_pull_tls
+check "ctr pull --all-platforms test/multi over TLS (hosts.toml ca, Authorization: Bearer header)" \
+  ctr_pull_ref tls "$ORIGIN/test/multi:latest" multi "" "$T/certs-tls.d" --all-platforms
 ctr_forget tls || true
 reload_cert() { # swap in a certificate from another CA, SIGHUP: clients must now trust CA two, not CA one
   cp "$TLS/two.crt" "$TLS/server.crt.new" && cp "$TLS/two.key" "$TLS/server.key.new" &&
