@@ -13,6 +13,7 @@ mod cli;
 mod crash;
 mod disk_full;
 mod failover;
+mod flapping;
 mod outage_modes;
 mod registries;
 mod third_party_client;

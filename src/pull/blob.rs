@@ -23,6 +23,19 @@ use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::watch;
 
+/// How many fills a Range request waits for before it gives up (each failed fill marks its
+/// bad sources, so the next one starts elsewhere).
+const RANGE_FILL_ROUNDS: usize = 3;
+
+/// Where a request stands with respect to the fill of its blob.
+enum FillJoin {
+    /// Committed meanwhile: serve from disk.
+    Cached,
+    /// The cache cannot take a fill: serve straight from upstream.
+    CacheBroken,
+    Fill(Arc<crate::cache::FillHandle>),
+}
+
 /// Bytes gathered from the upstream before one write (and one hashing pass) on the blocking pool.
 const WRITE_BATCH: usize = 1024 * 1024;
 
@@ -114,6 +127,62 @@ impl PullThrough {
         if head {
             return self.head_blob_upstream(registry, name, digest).await;
         }
+        if let Some(range) = range {
+            return self.range_after_fill(registry, name, digest, range).await;
+        }
+        let handle = match self.join_fill(registry, name, digest) {
+            FillJoin::Cached => {
+                return self.cached_blob(digest, None, false)?.ok_or_else(|| {
+                    FerryError::Cache(format!("blob {digest} vanished right after its fill"))
+                });
+            }
+            FillJoin::CacheBroken => return self.uncached_blob(registry, name, digest).await,
+            FillJoin::Fill(handle) => handle,
+        };
+        let mut progress = handle.progress.clone();
+        let snapshot = progress
+            .wait_for(|p| !matches!(p.phase, FillPhase::Connecting))
+            .await
+            .map_err(|_| FerryError::MidStream("the fill ended without a result".into()))?
+            .clone();
+        let (size, source) = match snapshot.phase {
+            FillPhase::Streaming { total, upstream } => (total, Source::Upstream(upstream)),
+            FillPhase::Complete => (Some(snapshot.written), Source::Cache),
+            FillPhase::Failed(error) if matches!(*error, FerryError::Cache(_)) => {
+                return self.uncached_blob(registry, name, digest).await;
+            }
+            FillPhase::Failed(error) => return Err(shared_error(&error)),
+            FillPhase::Connecting => {
+                return Err(FerryError::MidStream("fill never started".into()));
+            }
+        };
+        // The whole blob, from the growing file: its last byte waits for the digest check.
+        let reader: BlobStream = Box::pin(read_range(handle.file.clone(), 0, size, Some(progress)));
+        let fallback = FallbackContext {
+            pull: self.clone(),
+            registry: registry.to_owned(),
+            name: name.clone(),
+            digest: digest.clone(),
+            total: size,
+            file: handle.file.clone(),
+        };
+        Ok(BlobAnswer {
+            digest: digest.clone(),
+            size,
+            range: None,
+            body: Some(continue_from_upstream_on_cache_failure(reader, fallback)),
+            source,
+        })
+    }
+
+    /// Joins the fill for `digest`, or starts one on its own task (it finishes and commits
+    /// even if the client that started it goes away).
+    fn join_fill(
+        self: &Arc<Self>,
+        registry: &str,
+        name: &RepositoryName,
+        digest: &Digest,
+    ) -> FillJoin {
         let blob_path = self.cache.layout.blob_path(digest);
         let outcome = match self.cache.inflight.join_or_start(
             digest,
@@ -124,16 +193,12 @@ impl PullThrough {
             Err(e) => {
                 self.cache.note_write_failure();
                 tracing::error!(%digest, error = %e, "cache failure: cannot start a fill; serving straight from upstream");
-                return self.uncached_blob(registry, name, digest, range).await;
+                return FillJoin::CacheBroken;
             }
         };
-        let handle = match outcome {
-            JoinOutcome::AlreadyCached => {
-                return self.cached_blob(digest, range, head)?.ok_or_else(|| {
-                    FerryError::Cache(format!("blob {digest} vanished right after its fill"))
-                });
-            }
-            JoinOutcome::Joined(handle) => handle,
+        match outcome {
+            JoinOutcome::AlreadyCached => FillJoin::Cached,
+            JoinOutcome::Joined(handle) => FillJoin::Fill(handle),
             JoinOutcome::Started {
                 handle,
                 progress,
@@ -150,97 +215,91 @@ impl PullThrough {
                     reservation: None,
                     index: self.cache.index.clone(),
                 };
-                // The fill runs on its own task: it finishes (and commits) even if the
-                // client that started it goes away, and every follower reads its file.
                 tokio::spawn(fill.run(self.clone()));
-                handle
+                FillJoin::Fill(handle)
             }
-        };
-        let mut progress = handle.progress.clone();
-        let snapshot = progress
-            .wait_for(|p| !matches!(p.phase, FillPhase::Connecting))
-            .await
-            .map_err(|_| FerryError::MidStream("the fill ended without a result".into()))?
-            .clone();
-        let (size, source) = match snapshot.phase {
-            FillPhase::Streaming { total, upstream } => (total, Source::Upstream(upstream)),
-            FillPhase::Complete => (Some(snapshot.written), Source::Cache),
-            FillPhase::Failed(error) if matches!(*error, FerryError::Cache(_)) => {
-                return self.uncached_blob(registry, name, digest, range).await;
-            }
-            FillPhase::Failed(error) => return Err(shared_error(&error)),
-            FillPhase::Connecting => {
-                return Err(FerryError::MidStream("fill never started".into()));
-            }
-        };
-        let span = match (range, size) {
-            (Some(spec), Some(size)) => Some(
-                spec.resolve(size)
-                    .ok_or_else(|| range_not_satisfiable(size))?,
-            ),
-            _ => None,
-        };
-        let (start, end) = match span {
-            Some((first, last)) => (first, Some(last + 1)),
-            None => (0, size),
-        };
-        let reader: BlobStream =
-            Box::pin(read_range(handle.file.clone(), start, end, Some(progress)));
-        let fallback = FallbackContext {
-            pull: self.clone(),
-            registry: registry.to_owned(),
-            name: name.clone(),
-            digest: digest.clone(),
-            start,
-            end,
-            total: size,
-            file: handle.file.clone(),
-        };
-        Ok(BlobAnswer {
-            digest: digest.clone(),
-            size,
-            range: span,
-            body: Some(continue_from_upstream_on_cache_failure(reader, fallback)),
-            source,
-        })
+        }
     }
 
-    /// Serves a blob straight from upstream without caching (the cache failed).
+    /// A Range request on a blob not yet cached. A range is never cut short by a digest
+    /// check (the client would keep bytes the check later condemns), so it is served only
+    /// from verified bytes: it waits for the fill to commit and reads the committed file.
+    /// A fill that fails after taking bad bytes is retried (its bad source is skipped now),
+    /// a bounded number of times.
+    async fn range_after_fill(
+        self: &Arc<Self>,
+        registry: &str,
+        name: &RepositoryName,
+        digest: &Digest,
+        range: RangeSpec,
+    ) -> Result<BlobAnswer, FerryError> {
+        let mut last_error = None;
+        for _ in 0..RANGE_FILL_ROUNDS {
+            let handle = match self.join_fill(registry, name, digest) {
+                FillJoin::Cached => None,
+                FillJoin::CacheBroken => return self.uncached_blob(registry, name, digest).await,
+                FillJoin::Fill(handle) => Some(handle),
+            };
+            if let Some(handle) = handle {
+                let mut progress = handle.progress.clone();
+                let ended = progress
+                    .wait_for(|p| matches!(p.phase, FillPhase::Complete | FillPhase::Failed(_)))
+                    .await
+                    .map_err(|_| FerryError::MidStream("the fill ended without a result".into()))?
+                    .phase
+                    .clone();
+                if let FillPhase::Failed(error) = ended {
+                    match &*error {
+                        FerryError::Cache(_) => {
+                            return self.uncached_blob(registry, name, digest).await;
+                        }
+                        // Bad bytes or a break after some arrived: a new fill may succeed.
+                        FerryError::MidStream(_) => {
+                            last_error = Some(shared_error(&error));
+                            continue;
+                        }
+                        _ => return Err(shared_error(&error)),
+                    }
+                }
+            }
+            match self.cached_blob(digest, Some(range), false)? {
+                Some(answer) => return Ok(answer),
+                // Committed and evicted at once (a tiny cache): fill again.
+                None => continue,
+            }
+        }
+        Err(last_error.unwrap_or_else(|| {
+            FerryError::MidStream(format!(
+                "blob {digest} could not be filled and kept for a range request"
+            ))
+        }))
+    }
+
+    /// Serves a blob straight from upstream without caching (the cache failed). Always the
+    /// whole blob, with its last chunk held back until the digest matches: a Range request
+    /// gets a 200 with every byte (HTTP allows ignoring Range), never unverified bytes
+    /// it could keep.
     async fn uncached_blob(
         &self,
         registry: &str,
         name: &RepositoryName,
         digest: &Digest,
-        range: Option<RangeSpec>,
     ) -> Result<BlobAnswer, FerryError> {
         let upstreams = self.upstreams_for(registry)?;
         let probe = open_tail(&upstreams, name, digest, 0, None).await?;
         let size = probe.total;
-        let span = match (range, size) {
-            (Some(spec), Some(size)) => Some(
-                spec.resolve(size)
-                    .ok_or_else(|| range_not_satisfiable(size))?,
-            ),
-            _ => None,
-        };
         let source = Source::Upstream(probe.upstream.clone());
-        let body = match span {
-            None => stream_tail(
-                probe,
-                0,
-                size,
-                Some((DigestVerifier::new(digest.algorithm()), digest.clone())),
-            ),
-            Some((first, last)) => {
-                drop(probe);
-                let tail = open_tail(&upstreams, name, digest, first, size).await?;
-                stream_tail(tail, first, Some(last + 1), None)
-            }
-        };
+        let body = stream_tail(
+            probe,
+            0,
+            size,
+            DigestVerifier::new(digest.algorithm()),
+            digest.clone(),
+        );
         Ok(BlobAnswer {
             digest: digest.clone(),
             size,
-            range: span,
+            range: None,
             body: Some(body),
             source,
         })
@@ -321,7 +380,7 @@ fn range_not_satisfiable(size: u64) -> FerryError {
     FerryError::RangeNotSatisfiable { size }
 }
 
-fn blob_error(exhausted: UpstreamsExhausted, digest: &Digest) -> FerryError {
+pub(crate) fn blob_error(exhausted: UpstreamsExhausted, digest: &Digest) -> FerryError {
     if exhausted.all_not_found() {
         FerryError::client(
             ErrorCode::BlobUnknown,
@@ -493,12 +552,11 @@ impl Fill {
                 AttemptEnd::Cache(message) => return Err(FerryError::Cache(message)),
             }
         }
+        let exhausted = plan.exhausted(failures, upstreams.failover_on_not_found());
         if self.progress.borrow().written > 0 {
-            return Err(FerryError::MidStream(
-                UpstreamsExhausted { failures }.to_string(),
-            ));
+            return Err(FerryError::MidStream(exhausted.to_string()));
         }
-        Err(blob_error(UpstreamsExhausted { failures }, &self.digest))
+        Err(blob_error(exhausted, &self.digest))
     }
 
     /// Wrong content: every upstream whose bytes are in the file is skipped for this digest

@@ -1,15 +1,15 @@
 //! When the cache cannot take a blob (disk full, I/O errors), clients are served straight
 //! from upstream without caching: from the start, or from wherever a failed fill left them.
-//! A reader of the whole blob still gets verified bytes: the hash covers what it already
+//! Only whole blobs pass here, and they still get verified bytes: the hash covers what it already
 //! sent (re-read from the fill's file) plus the rest, and the last chunk is held back until
 //! the digest matches, so a wrong body is cut, never completed.
 
 use super::PullThrough;
-use super::blob::{BlobStream, open_at};
+use super::blob::{BlobStream, blob_error, open_at};
 use crate::cache::reader::FillFailed;
 use crate::error::FerryError;
-use crate::oci::{Digest, DigestVerifier, ErrorCode, RepositoryName};
-use crate::upstream::{BodyChunks, Upstreams, UpstreamsExhausted};
+use crate::oci::{Digest, DigestVerifier, RepositoryName};
+use crate::upstream::{BodyChunks, Upstreams};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use std::fs::File;
@@ -55,25 +55,22 @@ pub async fn open_tail(
         })
         .await;
     opened.ok_or_else(|| {
-        let exhausted = UpstreamsExhausted { failures };
-        if exhausted.all_not_found() {
-            FerryError::client(
-                ErrorCode::BlobUnknown,
-                format!("blob {digest} is not known to any upstream"),
-            )
-        } else {
-            FerryError::Upstreams(exhausted)
-        }
+        blob_error(
+            plan.exhausted(failures, upstreams.failover_on_not_found()),
+            digest,
+        )
     })
 }
 
-/// Streams `tail` up to `end` (exclusive). With `verify`, the running hash must equal the
-/// digest when the blob ends, or the stream fails before its last chunk.
+/// Streams `tail` from `offset` to the blob's end. `verifier` has hashed the blob's first
+/// `offset` bytes; the running hash must equal `digest` when the blob ends, or the stream
+/// fails before its last chunk. (Only whole blobs pass here: a range cannot be verified.)
 pub fn stream_tail(
     tail: UpstreamTail,
     offset: u64,
     end: Option<u64>,
-    verify: Option<(DigestVerifier, Digest)>,
+    verifier: DigestVerifier,
+    digest: Digest,
 ) -> BlobStream {
     struct State {
         body: BodyChunks,
@@ -89,7 +86,7 @@ pub fn stream_tail(
         skip: tail.skip,
         offset,
         end: end.or(tail.total),
-        verify,
+        verify: Some((verifier, digest)),
         held: None,
         done: false,
     };
@@ -160,9 +157,7 @@ pub struct FallbackContext {
     pub registry: String,
     pub name: RepositoryName,
     pub digest: Digest,
-    /// Where this reader started, where it stops (exclusive), and the blob's size.
-    pub start: u64,
-    pub end: Option<u64>,
+    /// The blob's size, when known.
     pub total: Option<u64>,
     /// The fill's file, for re-hashing what the reader already sent.
     pub file: Arc<File>,
@@ -178,7 +173,7 @@ pub fn continue_from_upstream_on_cache_failure(
         Cache(BlobStream),
         Upstream(BlobStream),
     }
-    let sent = context.start;
+    let sent = 0;
     Box::pin(futures_util::stream::try_unfold(
         (Phase::Cache(inner), sent, Some(context)),
         |(phase, mut sent, mut context)| async move {
@@ -219,18 +214,14 @@ pub fn continue_from_upstream_on_cache_failure(
     ))
 }
 
+/// The rest of a whole-blob body from upstream, from `offset` on; what was already sent is
+/// re-hashed from the fill's file so the digest check still covers every byte.
 async fn continue_at(context: &FallbackContext, offset: u64) -> io::Result<BlobStream> {
-    let whole_blob = context.start == 0 && context.end.is_none_or(|end| context.total == Some(end));
-    let verify = if whole_blob {
-        let file = context.file.clone();
-        let algorithm = context.digest.algorithm();
-        let verifier = tokio::task::spawn_blocking(move || hash_prefix(&file, offset, algorithm))
-            .await
-            .map_err(|e| io::Error::other(format!("hashing task failed: {e}")))??;
-        Some((verifier, context.digest.clone()))
-    } else {
-        None
-    };
+    let file = context.file.clone();
+    let algorithm = context.digest.algorithm();
+    let verifier = tokio::task::spawn_blocking(move || hash_prefix(&file, offset, algorithm))
+        .await
+        .map_err(|e| io::Error::other(format!("hashing task failed: {e}")))??;
     let upstreams = context
         .pull
         .upstreams_for(&context.registry)
@@ -244,7 +235,13 @@ async fn continue_at(context: &FallbackContext, offset: u64) -> io::Result<BlobS
     )
     .await
     .map_err(|e| io::Error::other(e.to_string()))?;
-    Ok(stream_tail(tail, offset, context.end, verify))
+    Ok(stream_tail(
+        tail,
+        offset,
+        context.total,
+        verifier,
+        context.digest.clone(),
+    ))
 }
 
 /// Hashes the first `len` bytes of `file`.

@@ -23,7 +23,7 @@ impl Default for BreakerConfig {
         BreakerConfig {
             threshold: 5,
             cooldown: Duration::from_secs(5),
-            max_cooldown: Duration::from_secs(120),
+            max_cooldown: Duration::from_secs(30),
             probe_timeout: Duration::from_secs(60),
         }
     }
@@ -245,6 +245,19 @@ mod tests {
         assert_eq!(b.admit().0, Admission::Allowed);
         b.record_failure(3);
         assert_eq!(b.snapshot().retry_in, Some(Duration::from_secs(10)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn last_resort_attempts_neither_extend_nor_double_an_open_cooldown() {
+        let b = breaker();
+        b.record_failure(3);
+        tokio::time::advance(Duration::from_secs(4)).await;
+        // A request tried the open upstream as its last resort, and it failed again.
+        assert_eq!(b.record_failure(1), None);
+        assert_eq!(b.snapshot().retry_in, Some(Duration::from_secs(6)));
+        // A last-resort success closes it at once, without waiting for the probe.
+        assert_eq!(b.record_success().map(|t| t.to), Some(BreakerState::Closed));
+        assert_eq!(b.admit().0, Admission::Allowed);
     }
 
     #[tokio::test(start_paused = true)]

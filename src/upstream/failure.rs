@@ -103,11 +103,23 @@ impl fmt::Display for UpstreamFailure {
 #[derive(Debug, Clone, thiserror::Error)]
 pub struct UpstreamsExhausted {
     pub failures: Vec<UpstreamFailure>,
+    /// Upstreams never asked (attempts ran out first): they might have the content, so
+    /// "not found" is not the answer while any is left.
+    pub untried: Vec<String>,
 }
 
 impl UpstreamsExhausted {
+    /// Every failure seen, nothing left untried.
+    pub fn new(failures: Vec<UpstreamFailure>) -> Self {
+        UpstreamsExhausted {
+            failures,
+            untried: Vec::new(),
+        }
+    }
+
     pub fn all_not_found(&self) -> bool {
-        !self.failures.is_empty()
+        self.untried.is_empty()
+            && !self.failures.is_empty()
             && self
                 .failures
                 .iter()
@@ -115,7 +127,8 @@ impl UpstreamsExhausted {
     }
 
     /// The most meaningful status for the client: 404 when every upstream said not found,
-    /// 504 when they all timed out, 503 when they were overloaded or unavailable, else 502.
+    /// 504 when they all timed out, 503 when they were overloaded or unavailable (or some
+    /// were never asked: worth retrying), else 502.
     pub fn status(&self) -> StatusCode {
         use FailureKind::*;
         if self.failures.is_empty() {
@@ -123,6 +136,9 @@ impl UpstreamsExhausted {
         }
         if self.all_not_found() {
             return StatusCode::NOT_FOUND;
+        }
+        if !self.untried.is_empty() && self.failures.iter().all(|f| f.kind == NotFound) {
+            return StatusCode::SERVICE_UNAVAILABLE;
         }
         let relevant: Vec<_> = self
             .failures
@@ -153,7 +169,11 @@ impl fmt::Display for UpstreamsExhausted {
             return write!(f, "no upstream could be tried");
         }
         let parts: Vec<String> = self.failures.iter().map(|x| x.to_string()).collect();
-        write!(f, "every upstream failed: {}", parts.join("; "))
+        write!(f, "every upstream failed: {}", parts.join("; "))?;
+        if !self.untried.is_empty() {
+            write!(f, "; not tried: {}", self.untried.join(", "))?;
+        }
+        Ok(())
     }
 }
 
@@ -162,12 +182,12 @@ mod tests {
     use super::*;
 
     fn exhausted(kinds: &[FailureKind]) -> UpstreamsExhausted {
-        UpstreamsExhausted {
-            failures: kinds
+        UpstreamsExhausted::new(
+            kinds
                 .iter()
                 .map(|&k| UpstreamFailure::new("u", k, "x"))
                 .collect(),
-        }
+        )
     }
 
     #[test]
@@ -193,6 +213,11 @@ mod tests {
             exhausted(&[DigestMismatch]).status(),
             StatusCode::BAD_GATEWAY
         );
+        let mut untried = exhausted(&[NotFound]);
+        untried.untried.push("secondary".into());
+        assert!(!untried.all_not_found());
+        assert_eq!(untried.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(untried.to_string().contains("not tried: secondary"));
     }
 
     #[test]

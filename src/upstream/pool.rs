@@ -1,6 +1,6 @@
 //! The ordered list of upstreams. Each request gets an [`AttemptPlan`]: upstreams in
-//! priority order, drained ones left out, open breakers skipped (unless every breaker is
-//! open), recent bad sources for the digest last, and a bounded number of attempts. Attempts
+//! priority order, drained ones left out, open breakers deferred to the last resort, recent
+//! bad sources for the digest last, and a bounded number of attempts. Attempts
 //! can be hedged: if one has no answer within the hedge delay, the next starts alongside it.
 
 use super::breaker::{Admission, BreakerConfig};
@@ -51,42 +51,84 @@ pub struct Upstreams {
     bad_sources: Mutex<HashMap<(String, Digest), Instant>>,
 }
 
-/// The upstreams one request may still try, in order.
+/// The upstreams one request (or one fill, across its resumes) may still try, in order.
+///
+/// An upstream whose breaker is open is deferred, not dropped: once the others are spent it
+/// is tried as the last resort, in configured order, so a request fails only after every
+/// upstream was asked. Attempts are bounded by one per upstream plus the retry budget, and a
+/// second try of one upstream never takes an attempt an untried upstream still needs.
 pub struct AttemptPlan {
     order: Vec<Arc<UpstreamClient>>,
     position: usize,
-    /// Upstreams skipped because their breaker was open.
+    /// Upstreams skipped because their breaker was open, in the order they were met.
     deferred: Vec<Arc<UpstreamClient>>,
-    in_fallback: bool,
+    /// Set once the deferred upstreams were queued: no admission check from then on.
+    last_resort: bool,
+    /// Distinct upstreams in the plan, and the names of those already attempted.
+    members: usize,
+    tried: Vec<String>,
     attempted: usize,
     budget: usize,
     requeued: Vec<String>,
 }
 
 impl AttemptPlan {
+    fn new(order: Vec<Arc<UpstreamClient>>, retry_budget: usize) -> Self {
+        AttemptPlan {
+            budget: order.len() + retry_budget,
+            members: order.len(),
+            order,
+            position: 0,
+            deferred: Vec::new(),
+            last_resort: false,
+            tried: Vec::new(),
+            attempted: 0,
+            requeued: Vec::new(),
+        }
+    }
+
     /// The next upstream to try, or `None` when the plan is spent.
     pub fn next_upstream(&mut self) -> Option<Arc<UpstreamClient>> {
         while self.attempted < self.budget {
             if self.position >= self.order.len() {
-                if self.attempted == 0 && !self.in_fallback && !self.deferred.is_empty() {
-                    // Every breaker is open: try them anyway, in order, rather than fail untried.
-                    self.in_fallback = true;
-                    self.order = std::mem::take(&mut self.deferred);
-                    self.position = 0;
-                    continue;
+                if self.deferred.is_empty() {
+                    return None;
                 }
-                return None;
+                // Everything else was tried: the upstreams skipped for an open breaker
+                // are the last resort (a success there closes the breaker).
+                tracing::info!(
+                    upstreams = ?self.deferred.iter().map(|c| c.name()).collect::<Vec<_>>(),
+                    "trying upstreams with an open breaker as the last resort"
+                );
+                self.last_resort = true;
+                let deferred = std::mem::take(&mut self.deferred);
+                self.order.extend(deferred);
+                continue;
             }
             let client = self.order[self.position].clone();
             self.position += 1;
-            if !self.in_fallback && client.health().admit() == Admission::Rejected {
-                self.deferred.push(client);
+            let first_try = !self.tried.iter().any(|n| n == client.name());
+            if !first_try && self.budget - self.attempted <= self.untried_count() {
+                // A retry of this one would take the attempt an untried upstream needs.
                 continue;
+            }
+            if !self.last_resort && client.health().admit() == Admission::Rejected {
+                if !self.deferred.iter().any(|d| d.name() == client.name()) {
+                    self.deferred.push(client);
+                }
+                continue;
+            }
+            if first_try {
+                self.tried.push(client.name().to_owned());
             }
             self.attempted += 1;
             return Some(client);
         }
         None
+    }
+
+    fn untried_count(&self) -> usize {
+        self.members.saturating_sub(self.tried.len())
     }
 
     /// Lets `client` be tried once more at the end of the plan (a resume from the same
@@ -102,6 +144,42 @@ impl AttemptPlan {
 
     pub fn attempted(&self) -> usize {
         self.attempted
+    }
+
+    /// Upstreams of the plan never attempted (only possible when it stopped early).
+    pub fn untried(&self) -> Vec<String> {
+        self.order
+            .iter()
+            .chain(&self.deferred)
+            .map(|c| c.name())
+            .filter(|name| !self.tried.iter().any(|t| t == name))
+            .fold(Vec::new(), |mut names, name| {
+                if !names.iter().any(|n| n == name) {
+                    names.push(name.to_owned());
+                }
+                names
+            })
+    }
+
+    /// What the client is told when this plan produced no answer: the failures seen, and
+    /// the upstreams never asked unless the last failure was authoritative (a 404 with
+    /// not-found failover off).
+    pub fn exhausted(
+        &self,
+        failures: Vec<UpstreamFailure>,
+        failover_on_not_found: bool,
+    ) -> UpstreamsExhausted {
+        let stopped_by_answer = failures
+            .last()
+            .is_some_and(|f| !f.may_try_next(failover_on_not_found));
+        UpstreamsExhausted {
+            untried: if stopped_by_answer {
+                Vec::new()
+            } else {
+                self.untried()
+            },
+            failures,
+        }
     }
 }
 
@@ -159,15 +237,7 @@ impl Upstreams {
                 good
             }
         };
-        AttemptPlan {
-            budget: order.len() + self.settings.retry_budget,
-            order,
-            position: 0,
-            deferred: Vec::new(),
-            in_fallback: false,
-            attempted: 0,
-            requeued: Vec::new(),
-        }
+        AttemptPlan::new(order, self.settings.retry_budget)
     }
 
     /// Remembers that `upstream` served wrong or broken bytes for `digest`.
@@ -258,7 +328,7 @@ impl Upstreams {
             .await
         {
             Some(value) => Ok(value),
-            None => Err(UpstreamsExhausted { failures }),
+            None => Err(plan.exhausted(failures, self.settings.failover_on_not_found)),
         }
     }
 

@@ -34,6 +34,14 @@ pub enum Fault {
     Truncate { after: usize },
     /// Flip one byte of the body (the last one).
     Corrupt,
+    /// Flip the byte at offset `at` of the whole blob (clamped to the last byte).
+    FlipByte { at: usize },
+    /// Flip the byte at `at`, send the first `after` bytes, then wait for `release`.
+    FlipByteThenPause {
+        at: usize,
+        after: usize,
+        release: Arc<Notify>,
+    },
     /// Send a Docker-Content-Digest that does not match the body.
     WrongDigestHeader,
     /// Send `after` bytes, then wait until `release` is notified before the rest.
@@ -60,7 +68,8 @@ struct State {
     manifests: HashMap<(String, String), (String, Bytes)>,
     blobs: HashMap<String, Bytes>,
     tags: HashMap<String, Vec<String>>,
-    faults: Vec<(String, Fault)>,
+    /// (path substring, fault, matching requests it still applies to; `None` = all).
+    faults: Vec<(String, Fault, Option<usize>)>,
     requests: Vec<RecordedRequest>,
     /// Bearer token required on /v2/ paths, and basic credentials required by /token.
     required_token: Option<String>,
@@ -198,7 +207,19 @@ impl FakeRegistry {
 
     /// Injects `fault` on every request whose path contains `path_contains`.
     pub fn fault(&self, path_contains: &str, fault: Fault) {
-        self.state().faults.push((path_contains.to_owned(), fault));
+        self.state()
+            .faults
+            .push((path_contains.to_owned(), fault, None));
+    }
+
+    /// Injects `fault` on the next `times` matching requests only; faults added earlier
+    /// for the same path take precedence, later ones apply once this one is used up.
+    pub fn fault_times(&self, path_contains: &str, fault: Fault, times: usize) {
+        if times > 0 {
+            self.state()
+                .faults
+                .push((path_contains.to_owned(), fault, Some(times)));
+        }
     }
 
     pub fn clear_faults(&self) {
@@ -284,11 +305,21 @@ async fn handle(
             query: query.clone(),
             headers: headers.clone(),
         });
-        let fault = s
+        let matching = s
             .faults
             .iter()
-            .find(|(p, _)| path.contains(p.as_str()))
-            .map(|(_, f)| f.clone());
+            .position(|(p, _, _)| path.contains(p.as_str()));
+        let fault = matching.map(|at| {
+            let (_, fault, remaining) = &mut s.faults[at];
+            let fault = fault.clone();
+            if let Some(remaining) = remaining {
+                *remaining -= 1;
+                if *remaining == 0 {
+                    s.faults.remove(at);
+                }
+            }
+            fault
+        });
         (
             fault,
             s.required_token.clone(),
@@ -451,7 +482,15 @@ fn body_response(
 ) -> Response<Body> {
     let digest = Digest::sha256_of(&body);
     let mut status = StatusCode::OK;
-    let mut body = body;
+    let mut body = match fault {
+        Some(Fault::FlipByte { at } | Fault::FlipByteThenPause { at, .. }) if !body.is_empty() => {
+            let mut bytes = body.to_vec();
+            let at = (*at).min(bytes.len() - 1);
+            bytes[at] ^= 0xff;
+            Bytes::from(bytes)
+        }
+        _ => body,
+    };
     let mut content_range = None;
     if !matches!(fault, Some(Fault::IgnoreRange))
         && let Some(range) = headers.get("range").and_then(|v| v.to_str().ok())
@@ -495,9 +534,10 @@ fn body_response(
         Some(Fault::HangMidBody { after }) => staged(body, after, Stage::Hang),
         Some(Fault::ResetMidBody { after }) => staged(body, after, Stage::Reset),
         Some(Fault::Truncate { after }) => staged(body, after, Stage::End),
-        Some(Fault::PauseMidBody { after, release }) => {
-            staged(body, after, Stage::WaitFor(release))
-        }
+        Some(
+            Fault::PauseMidBody { after, release }
+            | Fault::FlipByteThenPause { after, release, .. },
+        ) => staged(body, after, Stage::WaitFor(release)),
         Some(Fault::Drip { chunk, delay }) => {
             let chunk = chunk.max(1);
             let stream = futures_util::stream::unfold(0usize, move |sent| {
