@@ -2,7 +2,7 @@
 //! never no resort, for a request and for a fill's resume; and a Range request on a blob
 //! still filling never completes from unverified bytes.
 
-use crate::support::{FakeRegistry, Fault, TestProxy, client, pseudo_random_bytes};
+use crate::support::{FakeRegistry, Fault, TestProxy, client, get_blob, pseudo_random_bytes};
 use ferry::upstream::breaker::BreakerConfig;
 use reqwest::StatusCode;
 use std::sync::Arc;
@@ -32,11 +32,7 @@ async fn open_breaker_of(failing: &FakeRegistry, healthy: &FakeRegistry, proxy: 
     failing.fault("/blobs/", Fault::Status(503));
     for seed in 0..2 {
         let filler = healthy.put_blob(pseudo_random_bytes(1000, 500 + seed));
-        let response = client()
-            .get(proxy.url(&format!("/v2/f/r/blobs/{filler}")))
-            .send()
-            .await
-            .unwrap();
+        let response = get_blob(proxy, "f/r", &filler, None).await;
         assert_eq!(response.status(), StatusCode::OK);
     }
 }
@@ -64,11 +60,7 @@ async fn a_recovered_primary_with_an_open_breaker_is_the_last_resort() {
         if secondary_answer != 404 {
             secondary.fault("/blobs/", Fault::Status(secondary_answer));
         }
-        let response = client()
-            .get(proxy.url(&format!("/v2/a/b/blobs/{digest}")))
-            .send()
-            .await
-            .unwrap();
+        let response = get_blob(&proxy, "a/b", &digest, None).await;
         assert_eq!(
             response.status(),
             StatusCode::OK,
@@ -83,11 +75,7 @@ async fn a_recovered_primary_with_an_open_breaker_is_the_last_resort() {
         // And the fast path is back: the next miss goes to the primary first.
         let next = primary.put_blob(pseudo_random_bytes(3000, 8));
         let secondary_hits = secondary.hits("/blobs/");
-        let response = client()
-            .get(proxy.url(&format!("/v2/a/b/blobs/{next}")))
-            .send()
-            .await
-            .unwrap();
+        let response = get_blob(&proxy, "a/b", &next, None).await;
         assert_eq!(response.status(), StatusCode::OK);
         assert_eq!(secondary.hits("/blobs/"), secondary_hits);
     }
@@ -107,11 +95,7 @@ async fn an_open_breaker_is_not_contacted_while_another_upstream_serves() {
     let primary_hits = primary.hits("/blobs/");
     for seed in 0..5 {
         let digest = secondary.put_blob(pseudo_random_bytes(2000, 600 + seed));
-        let response = client()
-            .get(proxy.url(&format!("/v2/a/b/blobs/{digest}")))
-            .send()
-            .await
-            .unwrap();
+        let response = get_blob(&proxy, "a/b", &digest, None).await;
         assert_eq!(response.status(), StatusCode::OK);
     }
     assert_eq!(primary.hits("/blobs/"), primary_hits);
@@ -131,11 +115,7 @@ async fn a_resume_falls_back_to_an_upstream_skipped_for_its_breaker() {
     secondary.fault("/blobs/", Fault::Status(503));
     for seed in 0..2 {
         let filler = secondary.put_blob(pseudo_random_bytes(1000, 700 + seed));
-        let response = client()
-            .get(proxy.url(&format!("/v2/f/r/blobs/{filler}")))
-            .send()
-            .await
-            .unwrap();
+        let response = get_blob(&proxy, "f/r", &filler, None).await;
         assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     }
     assert_eq!(breaker_state(&proxy, 1).await, "open");
@@ -147,11 +127,7 @@ async fn a_resume_falls_back_to_an_upstream_skipped_for_its_breaker() {
     let path = format!("/blobs/{digest}");
     primary.fault_times(&path, Fault::Truncate { after: 1536 * 1024 }, 1);
     primary.fault(&path, Fault::Status(503));
-    let response = client()
-        .get(proxy.url(&format!("/v2/a/b/blobs/{digest}")))
-        .send()
-        .await
-        .unwrap();
+    let response = get_blob(&proxy, "a/b", &digest, None).await;
     assert_eq!(response.status(), StatusCode::OK);
     let body = response.bytes().await.expect("the body completes");
     assert!(body == blob, "the resumed body must be the blob's bytes");
@@ -175,11 +151,7 @@ async fn not_found_is_reported_only_when_every_upstream_said_so() {
     open_breaker_of(&primary, &secondary, &proxy).await;
     primary.clear_faults();
     let missing = ferry::oci::Digest::sha256_of(b"nobody has this");
-    let response = client()
-        .get(proxy.url(&format!("/v2/a/b/blobs/{missing}")))
-        .send()
-        .await
-        .unwrap();
+    let response = get_blob(&proxy, "a/b", &missing, None).await;
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
     assert_eq!(
         primary.hits(&format!("/blobs/{missing}")),
@@ -325,12 +297,7 @@ async fn a_range_on_a_blob_whose_first_source_lies_gets_verified_bytes() {
     secondary.put_blob(blob.clone());
     primary.fault("/blobs/", Fault::FlipByte { at: 10 });
     let proxy = TestProxy::start(&[&primary, &secondary]).await;
-    let response = client()
-        .get(proxy.url(&format!("/v2/a/b/blobs/{digest}")))
-        .header("range", "bytes=0-99")
-        .send()
-        .await
-        .unwrap();
+    let response = get_blob(&proxy, "a/b", &digest, Some("bytes=0-99")).await;
     assert_eq!(response.status(), StatusCode::PARTIAL_CONTENT);
     assert_eq!(response.bytes().await.unwrap(), &blob[..100]);
     assert_eq!(primary.hits("/blobs/"), 1);
@@ -338,4 +305,35 @@ async fn a_range_on_a_blob_whose_first_source_lies_gets_verified_bytes() {
     let cached = proxy.rehash_cache();
     assert_eq!(cached.len(), 1);
     assert!(cached[0].1);
+}
+
+/// Two upstreams that each sent wrong bytes for a digest take turns: the one that lied
+/// longest ago is asked first, so a client's retry reaches the source that recovered rather
+/// than the one that lied last (the soak saw a primary re-asked while the secondary was fine).
+#[tokio::test]
+async fn sources_that_lied_take_turns_so_a_retry_reaches_the_recovered_one() {
+    let primary = FakeRegistry::start().await;
+    let secondary = FakeRegistry::start().await;
+    let blob = pseudo_random_bytes(3 * 1024 * 1024, 14);
+    let digest = primary.put_blob(blob.clone());
+    secondary.put_blob(blob.clone());
+    let proxy = TestProxy::start(&[&primary, &secondary]).await;
+    let whole_body_is_cut = |response: reqwest::Response| async move {
+        assert_eq!(response.status(), StatusCode::OK);
+        assert!(response.bytes().await.is_err(), "a wrong body must be cut");
+    };
+
+    // The secondary lies once (the primary is briefly down), then the primary lies for good.
+    primary.fault_times("/blobs/", Fault::Status(503), 1);
+    secondary.fault_times("/blobs/", Fault::FlipByte { at: 10 }, 1);
+    whole_body_is_cut(get_blob(&proxy, "a/b", &digest, None).await).await;
+    primary.fault("/blobs/", Fault::FlipByte { at: 10 });
+    whole_body_is_cut(get_blob(&proxy, "a/b", &digest, None).await).await;
+
+    // Both are marked; the secondary lied first, so it is asked first, and it is fine now.
+    let response = get_blob(&proxy, "a/b", &digest, None).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(response.bytes().await.unwrap() == blob);
+    assert_eq!(primary.hits("/blobs/"), 2);
+    assert_eq!(secondary.hits("/blobs/"), 2);
 }

@@ -112,6 +112,20 @@ pub fn rehash_cache_dir(root: &std::path::Path) -> Vec<(std::path::PathBuf, bool
     results
 }
 
+/// `GET /v2/<repo>/blobs/<digest>` through `proxy`, with a `Range` header if given.
+pub async fn get_blob(
+    proxy: &TestProxy,
+    repo: &str,
+    digest: &ferry::oci::Digest,
+    range: Option<&str>,
+) -> reqwest::Response {
+    let mut request = client().get(proxy.url(&format!("/v2/{repo}/blobs/{digest}")));
+    if let Some(range) = range {
+        request = request.header("range", range);
+    }
+    request.send().await.unwrap()
+}
+
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())

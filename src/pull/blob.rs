@@ -529,7 +529,13 @@ impl Fill {
             }
             let started = Instant::now();
             match self.stream_body(&client, source).await {
-                AttemptEnd::Committed => return Ok(client.name().to_owned()),
+                AttemptEnd::Committed => {
+                    // Every source whose bytes are in the committed file served them right.
+                    for name in self.contributors.iter() {
+                        upstreams.clear_bad_source(name, &self.digest);
+                    }
+                    return Ok(client.name().to_owned());
+                }
                 AttemptEnd::Broken(failure) => {
                     upstreams.record(&client, &Err::<(), _>(failure.clone()), started.elapsed());
                     failures.push(failure);

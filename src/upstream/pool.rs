@@ -232,7 +232,12 @@ impl Upstreams {
                     bad.get(&(client.name().to_owned(), digest.clone()))
                         .is_some_and(|until| *until > now)
                 };
-                let (mut good, skipped): (Vec<_>, Vec<_>) = in_rotation.partition(|c| !is_bad(c));
+                let (mut good, mut skipped): (Vec<_>, Vec<_>) =
+                    in_rotation.partition(|c| !is_bad(c));
+                // Among recent bad sources, the one marked longest ago goes first: two
+                // upstreams that each lied once take turns, rather than the latest liar
+                // being asked again while the other has recovered.
+                skipped.sort_by_key(|c| bad.get(&(c.name().to_owned(), digest.clone())).copied());
                 good.extend(skipped);
                 good
             }
@@ -257,6 +262,12 @@ impl Upstreams {
             (upstream.to_owned(), digest.clone()),
             now + self.settings.bad_source_skip,
         );
+    }
+
+    /// Forgets that `upstream` sent bad bytes for `digest`: it has just served them right.
+    pub fn clear_bad_source(&self, upstream: &str, digest: &Digest) {
+        self.lock_bad_sources()
+            .remove(&(upstream.to_owned(), digest.clone()));
     }
 
     fn lock_bad_sources(&self) -> std::sync::MutexGuard<'_, HashMap<(String, Digest), Instant>> {
