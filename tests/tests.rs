@@ -14,6 +14,7 @@ mod crash;
 mod disk_full;
 mod failover;
 mod flapping;
+mod hostile;
 mod outage_modes;
 mod registries;
 mod third_party_client;

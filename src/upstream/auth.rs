@@ -12,6 +12,32 @@ const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(60);
 /// Tokens are dropped this long before they expire, so a request never carries a stale one.
 const TOKEN_EXPIRY_MARGIN: Duration = Duration::from_secs(10);
 const MAX_CACHED_TOKENS: u64 = 10_000;
+/// A token response is a small JSON document (real ones are a few KiB); reading stops here,
+/// so a hostile or broken token server cannot make ferry buffer without bound.
+pub const MAX_TOKEN_BODY_BYTES: usize = 128 * 1024;
+
+/// Reads a token server's body, refusing (and stopping at) more than `limit` bytes.
+async fn read_capped(mut response: reqwest::Response, limit: usize) -> Result<Vec<u8>, String> {
+    let too_long = || format!("token body longer than {limit} bytes; not read further");
+    if response
+        .content_length()
+        .is_some_and(|len| len > limit as u64)
+    {
+        return Err(too_long());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| format!("token body failed: {e}"))?
+    {
+        if body.len() + chunk.len() > limit {
+            return Err(too_long());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
 
 /// A parsed `WWW-Authenticate` header.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -172,10 +198,7 @@ impl TokenCache {
             if !status.is_success() {
                 return Err(format!("token server answered {status}"));
             }
-            let body = response
-                .bytes()
-                .await
-                .map_err(|e| format!("token body failed: {e}"))?;
+            let body = read_capped(response, MAX_TOKEN_BODY_BYTES).await?;
             #[derive(serde::Deserialize)]
             struct TokenResponse {
                 token: Option<String>,

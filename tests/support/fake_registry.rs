@@ -52,6 +52,8 @@ pub enum Fault {
     IgnoreRange,
     /// Send the body chunked, without `Content-Length` (the length is unknown until it ends).
     NoContentLength,
+    /// Answer 200 with a chunked body of JSON whitespace that never ends (also on `/token`).
+    EndlessBody,
 }
 
 #[derive(Clone, Debug)]
@@ -78,6 +80,8 @@ struct State {
     redirect_blobs_to: Option<String>,
     /// Proxy mode: content comes from this real registry, faults are applied on the way.
     backend: Option<String>,
+    /// Bytes sent so far by `Fault::EndlessBody` responses.
+    endless_bytes_sent: Arc<std::sync::atomic::AtomicU64>,
 }
 
 pub struct FakeRegistry {
@@ -236,6 +240,13 @@ impl FakeRegistry {
         self.state().redirect_blobs_to = Some(other.url());
     }
 
+    /// Bytes sent so far by `Fault::EndlessBody` responses (what a reader took, plus buffers).
+    pub fn endless_bytes_sent(&self) -> u64 {
+        self.state()
+            .endless_bytes_sent
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     pub fn requests(&self) -> Vec<RecordedRequest> {
         self.state().requests.clone()
     }
@@ -297,6 +308,7 @@ async fn handle(
     let query = req.uri().query().map(str::to_owned);
     let headers = req.headers().clone();
     let backend = state.lock().unwrap().backend.clone();
+    let endless_counter = state.lock().unwrap().endless_bytes_sent.clone();
     let (fault, required_token, token_credentials, redirect) = {
         let mut s = state.lock().unwrap();
         s.requests.push(RecordedRequest {
@@ -328,6 +340,9 @@ async fn handle(
         )
     };
 
+    if let Some(Fault::EndlessBody) = &fault {
+        return endless_body(endless_counter);
+    }
     if path == "/token" {
         if let Some(expected) = &token_credentials
             && headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(expected.as_str())
@@ -567,6 +582,20 @@ fn body_response(
         _ => Full::new(body).map_err(|never| match never {}).boxed(),
     };
     builder.body(stream_body).unwrap()
+}
+
+/// A 200 whose chunked body of spaces never ends; every chunk sent is counted.
+fn endless_body(counter: Arc<std::sync::atomic::AtomicU64>) -> Response<Body> {
+    let chunk = Bytes::from(vec![b' '; 64 * 1024]);
+    let stream = futures_util::stream::repeat_with(move || {
+        counter.fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        Ok::<_, std::io::Error>(Frame::data(chunk.clone()))
+    });
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", "application/json")
+        .body(BodyExt::boxed(StreamBody::new(stream)))
+        .unwrap()
 }
 
 enum Stage {
