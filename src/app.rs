@@ -117,6 +117,7 @@ pub async fn start_with_shutdown(
         let _ = stopped.wait_for(|s| *s).await;
     };
 
+    let client_limits = fit_to_open_file_limit(config.client_limits);
     let mut tasks = Vec::new();
     let registry_pull = pull.clone();
     let client_auth = config.client_auth.clone();
@@ -154,6 +155,7 @@ pub async fn start_with_shutdown(
         tls,
         until_stopped(stopped.clone()),
         config.shutdown_grace,
+        client_limits,
     )));
     let admin_addr = admin.as_ref().map(|(_, bound)| *bound);
     if let Some((admin_listener, _)) = admin {
@@ -168,6 +170,7 @@ pub async fn start_with_shutdown(
             None,
             until_stopped(stopped.clone()),
             Duration::from_secs(1),
+            client_limits,
         )));
     }
     tokio::spawn(maintain_cache(pull.clone(), until_stopped(stopped.clone())));
@@ -292,4 +295,32 @@ async fn probe_upstreams(
             }
         }
     }
+}
+
+/// Raises the open-file limit to its hard limit, and keeps the client connection cap under
+/// what it allows: each client connection may also hold a cache file and an upstream
+/// connection, and some descriptors are kept for the listeners, logs and the cache index.
+fn fit_to_open_file_limit(
+    mut limits: crate::server::limits::ClientLimits,
+) -> crate::server::limits::ClientLimits {
+    const RESERVED_FDS: u64 = 256;
+    match crate::server::limits::raise_open_file_limit() {
+        Ok(open_files) => {
+            let room = (open_files.saturating_sub(RESERVED_FDS) / 2).max(16) as usize;
+            if limits.max_connections > room {
+                tracing::warn!(
+                    open_files,
+                    configured = limits.max_connections,
+                    capped_to = room,
+                    "the open-file limit is too low for max_connections; capping it (raise the hard limit, e.g. LimitNOFILE=)"
+                );
+                limits.max_connections = room;
+                limits.max_connections_per_client = limits.max_connections_per_client.min(room);
+            } else {
+                tracing::debug!(open_files, "open-file limit");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot read or raise the open-file limit"),
+    }
+    limits
 }

@@ -44,6 +44,8 @@ pub struct Config {
     /// Client authentication for the registry listener; `None` = open.
     pub client_auth: Option<std::sync::Arc<crate::server::client_auth::ClientAuth>>,
     pub shutdown_grace: Duration,
+    /// Caps and timeouts for client connections, on both listeners.
+    pub client_limits: crate::server::limits::ClientLimits,
     pub health_probe_interval: Option<Duration>,
     pub pool: PoolSettings,
     pub upstreams: Vec<UpstreamConfig>,
@@ -466,6 +468,17 @@ impl Config {
             file.shutdown_grace.as_ref(),
             DEFAULT_SHUTDOWN_GRACE,
         );
+        let limit_defaults = crate::server::limits::ClientLimits::default();
+        let client_header_timeout = duration(
+            "client_header_timeout",
+            file.client_header_timeout.as_ref(),
+            limit_defaults.header_timeout,
+        );
+        let client_idle_timeout = duration(
+            "client_idle_timeout",
+            file.client_idle_timeout.as_ref(),
+            limit_defaults.idle_timeout,
+        );
         let rate_window = duration(
             "rate_window",
             file.rate_window.as_ref(),
@@ -644,6 +657,31 @@ impl Config {
         let breaker_threshold = file.breaker_threshold.unwrap_or(breaker_defaults.threshold);
         if breaker_threshold == 0 {
             problem("breaker_threshold", "0", "must be at least 1".into());
+        }
+        for (key, value) in [
+            ("client_header_timeout", client_header_timeout),
+            ("client_idle_timeout", client_idle_timeout),
+        ] {
+            if value.is_zero() {
+                problem(key, "0", "must be greater than zero".into());
+            }
+        }
+        let max_connections = file
+            .max_connections
+            .map_or(limit_defaults.max_connections, |n| n as usize);
+        let max_connections_per_client = file
+            .max_connections_per_client
+            .map_or(limit_defaults.max_connections_per_client, |n| n as usize)
+            .min(max_connections);
+        if max_connections == 0 {
+            problem("max_connections", "0", "must be at least 1".into());
+        }
+        if file.max_connections_per_client == Some(0) {
+            problem(
+                "max_connections_per_client",
+                "0",
+                "must be at least 1".into(),
+            );
         }
 
         let upstream_files: Vec<(String, UpstreamFile)> = if !overrides.upstreams.is_empty() {
@@ -868,6 +906,12 @@ impl Config {
                 tls,
                 client_auth,
                 shutdown_grace,
+                client_limits: crate::server::limits::ClientLimits {
+                    header_timeout: client_header_timeout,
+                    idle_timeout: client_idle_timeout,
+                    max_connections,
+                    max_connections_per_client,
+                },
                 health_probe_interval,
                 pool: PoolSettings {
                     failover_on_not_found: file.failover_on_not_found.unwrap_or(true),
@@ -972,6 +1016,14 @@ impl Config {
                 .map(|auth| auth.registry_rules())
                 .filter(|rules| !rules.is_empty()),
             shutdown_grace: Some(humantime::format_duration(self.shutdown_grace).to_string()),
+            client_header_timeout: Some(
+                humantime::format_duration(self.client_limits.header_timeout).to_string(),
+            ),
+            client_idle_timeout: Some(
+                humantime::format_duration(self.client_limits.idle_timeout).to_string(),
+            ),
+            max_connections: Some(self.client_limits.max_connections as u32),
+            max_connections_per_client: Some(self.client_limits.max_connections_per_client as u32),
             retry_budget: Some(self.pool.retry_budget as u32),
             hedge_delay: Some(self.pool.hedge_delay.map_or("off".to_owned(), |d| {
                 humantime::format_duration(d).to_string()

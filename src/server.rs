@@ -1,19 +1,93 @@
-//! The HTTP front: accepts connections (HTTP/1.1 and h2c via hyper-util's auto builder),
-//! hands each request to a handler (the registry API in `handler`, or the admin API), and
-//! drains in-flight connections on shutdown.
+//! The HTTP front: accepts connections (HTTP/1.1 and h2c via hyper-util's auto builder)
+//! within the connection caps and timeouts of `limits`, hands each request to a handler (the
+//! registry API in `handler`, or the admin API), and drains in-flight connections on shutdown.
 
 pub mod client_auth;
 pub mod handler;
+pub mod limits;
 pub mod response;
 pub mod route;
 pub mod tls;
 
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
+use limits::{ClientLimits, ConnectionCounter, IdleTimeout};
 use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::net::TcpListener;
+
+/// Counts a request as in service from the handler's call until its response body is done
+/// (or dropped), so the idle timeout runs against the client only when ferry waits on it:
+/// a body that pauses while ferry fails over upstream does not cost the client its connection.
+struct InService(Arc<AtomicUsize>);
+
+/// A response body that keeps its request counted as in service until it is dropped.
+struct InServiceBody {
+    inner: response::ResponseBody,
+    _in_service: InService,
+}
+
+impl http_body::Body for InServiceBody {
+    type Data = bytes::Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl InService {
+    fn start(busy: &Arc<AtomicUsize>) -> Self {
+        busy.fetch_add(1, Ordering::Relaxed);
+        InService(busy.clone())
+    }
+}
+
+impl Drop for InService {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Runs one connection until it ends, or until `header_timeout` passes without its first
+/// request (a client trickling bytes before its first request line keeps no connection).
+async fn run_connection(
+    connection: impl Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>>,
+    first_request: Arc<AtomicBool>,
+    header_timeout: Duration,
+    peer: std::net::SocketAddr,
+) {
+    let first_request_deadline = async {
+        tokio::time::sleep(header_timeout).await;
+        if first_request.load(Ordering::Relaxed) {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        ended = connection => {
+            if let Err(e) = ended {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        }
+        () = first_request_deadline => {
+            tracing::debug!(%peer, ?header_timeout, "no request on a new connection in time; closed");
+        }
+    }
+}
 
 /// Longest a client may take to complete the TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -26,11 +100,20 @@ pub async fn serve<H, Fut>(
     tls: Option<std::sync::Arc<tls::ReloadingTls>>,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
+    limits: ClientLimits,
 ) where
     H: Fn(http::Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = http::Response<response::ResponseBody>> + Send + 'static,
 {
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    // hyper applies its header-read timeout only with a timer; it also bounds how long a
+    // kept-alive connection may sit between requests.
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout);
+    builder.http2().timer(TokioTimer::new());
+    let counter = ConnectionCounter::new(limits);
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -45,20 +128,41 @@ pub async fn serve<H, Fut>(
                         continue;
                     }
                 };
+                let permit = match counter.admit(peer.ip()) {
+                    Ok(permit) => permit,
+                    Err(refusal) => {
+                        tracing::debug!(%peer, ?refusal, open = counter.open_connections(), "connection refused: over the connection cap");
+                        drop(stream);
+                        continue;
+                    }
+                };
                 let _ = stream.set_nodelay(true);
+                let busy = Arc::new(AtomicUsize::new(0));
+                let first_request = Arc::new(AtomicBool::new(false));
+                let stream = IdleTimeout::new(stream, limits.idle_timeout, busy.clone());
                 let handler = handler.clone();
-                let service = hyper::service::service_fn(move |request| {
-                    let response = handler(request);
-                    async move { Ok::<_, std::convert::Infallible>(response.await) }
-                });
+                let service = {
+                    let first_request = first_request.clone();
+                    hyper::service::service_fn(move |request| {
+                        first_request.store(true, Ordering::Relaxed);
+                        let in_service = InService::start(&busy);
+                        let response = handler(request);
+                        async move {
+                            let response = response.await.map(|inner| InServiceBody {
+                                inner,
+                                _in_service: in_service,
+                            });
+                            Ok::<_, std::convert::Infallible>(response)
+                        }
+                    })
+                };
                 match &tls {
                     None => {
                         let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
                         let connection = graceful.watch(connection);
                         tokio::spawn(async move {
-                            if let Err(e) = connection.await {
-                                tracing::debug!(%peer, error = %e, "connection ended with an error");
-                            }
+                            run_connection(connection, first_request, limits.header_timeout, peer).await;
+                            drop(permit);
                         });
                     }
                     Some(tls) => {
@@ -78,9 +182,8 @@ pub async fn serve<H, Fut>(
                                 }
                             };
                             let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
-                            if let Err(e) = watcher.watch(connection).await {
-                                tracing::debug!(%peer, error = %e, "connection ended with an error");
-                            }
+                            run_connection(watcher.watch(connection), first_request, limits.header_timeout, peer).await;
+                            drop(permit);
                         });
                     }
                 }

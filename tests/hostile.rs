@@ -1,8 +1,12 @@
 //! Hostile upstreams and clients (issue 11): every body ferry reads into memory has a cap,
-//! and reading stops there.
+//! and reading stops there; slow, silent, idle and never-reading clients lose their
+//! connections, and connections beyond the caps are refused.
 
 use crate::support::{FakeRegistry, Fault, TestProxy, client, put_image};
 use ferry::upstream::auth::MAX_TOKEN_BODY_BYTES;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 /// A token server that never stops sending: ferry stops reading at the cap and fails the
 /// attempt, instead of buffering until the timeout (the attack grew RSS by ~80 MB every 4 s).
@@ -27,4 +31,180 @@ async fn an_endless_token_body_is_not_read_past_the_cap() {
         sent < 16 * 1024 * 1024,
         "ferry read {sent} bytes of a token body capped at {MAX_TOKEN_BODY_BYTES}"
     );
+}
+
+/// Reads from a raw connection until the server closes it; the elapsed time, or `None` if it
+/// is still open after `within`.
+async fn closed_within(stream: &mut tokio::net::TcpStream, within: Duration) -> Option<Duration> {
+    let started = std::time::Instant::now();
+    let mut buf = vec![0u8; 64 * 1024];
+    let drained = tokio::time::timeout(within, async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    drained.ok().map(|()| started.elapsed())
+}
+
+fn proxy_addr(proxy: &TestProxy) -> std::net::SocketAddr {
+    proxy.server.as_ref().unwrap().addr
+}
+
+/// Slowloris: a client that trickles a request's headers, or opens a connection and sends
+/// nothing, loses the connection after `client_header_timeout` (before: held for ever).
+#[tokio::test]
+async fn slow_or_silent_clients_are_closed_after_the_header_timeout() {
+    let upstream = FakeRegistry::start().await;
+    let proxy = TestProxy::start_with(&[&upstream], |c| {
+        c.client_limits.header_timeout = Duration::from_millis(800);
+    })
+    .await;
+    let mut silent = TcpStream::connect(proxy_addr(&proxy)).await.unwrap();
+    let mut trickle = TcpStream::connect(proxy_addr(&proxy)).await.unwrap();
+    trickle
+        .write_all(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let trickler = tokio::spawn(async move {
+        // One header byte every 200 ms: never a complete request.
+        for _ in 0..40 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if trickle.write_all(b"X").await.is_err() {
+                return true;
+            }
+        }
+        false
+    });
+    assert!(
+        closed_within(&mut silent, Duration::from_secs(5))
+            .await
+            .is_some(),
+        "a silent connection is still open after 5 s"
+    );
+    assert!(
+        trickler.await.unwrap(),
+        "a trickling request is still accepted after 8 s"
+    );
+    // A kept-alive connection between requests is closed after the same time.
+    let mut kept = TcpStream::connect(proxy_addr(&proxy)).await.unwrap();
+    kept.write_all(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let closed = closed_within(&mut kept, Duration::from_secs(5)).await;
+    assert!(closed.is_some(), "an idle keep-alive connection is held");
+}
+
+/// The connection cap: beyond `max_connections` (here also the per-client share, as every
+/// test client is 127.0.0.1) a new connection is closed at once; a freed place is reused.
+#[tokio::test]
+async fn connections_beyond_the_cap_are_refused_and_places_are_freed() {
+    let upstream = FakeRegistry::start().await;
+    let proxy = TestProxy::start_with(&[&upstream], |c| {
+        c.client_limits.max_connections = 3;
+        c.client_limits.max_connections_per_client = 3;
+    })
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut stream = TcpStream::connect(proxy_addr(&proxy)).await.unwrap();
+        stream
+            .write_all(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 12];
+        stream.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"HTTP/1.1 200");
+        held.push(stream);
+    }
+    let mut refused = TcpStream::connect(proxy_addr(&proxy)).await.unwrap();
+    let _ = refused
+        .write_all(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await;
+    assert!(
+        closed_within(&mut refused, Duration::from_secs(2))
+            .await
+            .is_some(),
+        "a fourth connection was served"
+    );
+    drop(held.pop());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let response = client().get(proxy.url("/v2/")).send().await.unwrap();
+    assert_eq!(response.status(), reqwest::StatusCode::OK);
+}
+
+/// A client that asks for a blob and never reads the body loses its connection after
+/// `client_idle_timeout`, and its place goes to the next client.
+#[tokio::test]
+async fn a_client_that_never_reads_is_closed_after_the_idle_timeout() {
+    let upstream = FakeRegistry::start().await;
+    let digest = upstream.put_blob(crate::support::pseudo_random_bytes(32 * 1024 * 1024, 41));
+    let proxy = TestProxy::start_with(&[&upstream], |c| {
+        c.client_limits.idle_timeout = Duration::from_millis(800);
+        c.client_limits.max_connections = 1;
+        c.client_limits.max_connections_per_client = 1;
+    })
+    .await;
+    // Cache it first, so the stalled download is a plain hit.
+    let warm = client()
+        .get(proxy.url(&format!("/v2/a/b/blobs/{digest}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(warm.bytes().await.unwrap().len(), 32 * 1024 * 1024);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut stalled = TcpStream::connect(proxy_addr(&proxy)).await.unwrap();
+    stalled
+        .write_all(format!("GET /v2/a/b/blobs/{digest} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    // Never read; the socket buffers fill and ferry's writes stall. Its place is taken now.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut refused = TcpStream::connect(proxy_addr(&proxy)).await.unwrap();
+    assert!(
+        closed_within(&mut refused, Duration::from_secs(2))
+            .await
+            .is_some()
+    );
+    // After the idle timeout the stalled connection is gone and the place is free again.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let response = client().get(proxy.url("/v2/")).send().await.unwrap();
+    assert_eq!(response.status(), reqwest::StatusCode::OK);
+    drop(stalled);
+}
+
+/// The idle timeout counts only time ferry waits on the client: a download that pauses while
+/// ferry waits on its upstream keeps its connection past the idle timeout.
+#[tokio::test]
+async fn a_pause_on_the_upstream_side_does_not_count_as_client_idleness() {
+    let upstream = FakeRegistry::start().await;
+    let blob = crate::support::pseudo_random_bytes(3 * 1024 * 1024, 42);
+    let digest = upstream.put_blob(blob.clone());
+    let release = std::sync::Arc::new(tokio::sync::Notify::new());
+    upstream.fault(
+        "/blobs/",
+        Fault::PauseMidBody {
+            after: 2 * 1024 * 1024,
+            release: release.clone(),
+        },
+    );
+    let proxy = TestProxy::start_with(&[&upstream], |c| {
+        c.client_limits.idle_timeout = Duration::from_millis(500);
+        c.upstreams[0].body_idle_timeout = Duration::from_secs(10);
+    })
+    .await;
+    let download = tokio::spawn({
+        let url = proxy.url(&format!("/v2/a/b/blobs/{digest}"));
+        async move { client().get(url).send().await.unwrap().bytes().await }
+    });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    release.notify_one();
+    let body = download
+        .await
+        .unwrap()
+        .expect("the download survives the pause");
+    assert!(body == blob);
 }

@@ -45,6 +45,13 @@ pub struct ConfigFile {
     pub admin_listen: Option<String>,
     /// How long in-flight responses may run after SIGTERM.
     pub shutdown_grace: Option<String>,
+    /// A client's request headers (and a new connection's first request) must arrive within this.
+    pub client_header_timeout: Option<String>,
+    /// A client connection that moves no byte while ferry waits on the client is closed after this.
+    pub client_idle_timeout: Option<String>,
+    /// Open client connections allowed in all, and from one client address.
+    pub max_connections: Option<u32>,
+    pub max_connections_per_client: Option<u32>,
     /// Upstream attempts allowed per request beyond one per upstream.
     pub retry_budget: Option<u32>,
     /// Start the next upstream alongside one silent for this long ("off" disables).
