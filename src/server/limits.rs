@@ -130,6 +130,23 @@ impl<T> IdleTimeout<T> {
         self.deadline.as_mut().reset(Instant::now() + self.idle);
     }
 
+    /// A write that moved bytes restarts the clock; one stuck on the client runs it.
+    fn after_write(
+        &mut self,
+        cx: &mut Context<'_>,
+        written: Poll<io::Result<usize>>,
+    ) -> Poll<io::Result<usize>> {
+        match written {
+            Poll::Ready(result) => {
+                if result.as_ref().is_ok_and(|n| *n > 0) {
+                    self.progressed();
+                }
+                Poll::Ready(result)
+            }
+            Poll::Pending => self.pending_or_timed_out(cx),
+        }
+    }
+
     /// On `Pending`, checks the deadline (which also registers the wake-up for it).
     fn pending_or_timed_out<R>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<R>> {
         match self.deadline.as_mut().poll(cx) {
@@ -170,15 +187,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for IdleTimeout<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match Pin::new(&mut self.inner).poll_write(cx, buf) {
-            Poll::Ready(result) => {
-                if result.as_ref().is_ok_and(|n| *n > 0) {
-                    self.progressed();
-                }
-                Poll::Ready(result)
-            }
-            Poll::Pending => self.pending_or_timed_out(cx),
-        }
+        let written = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.after_write(cx, written)
     }
 
     fn poll_write_vectored(
@@ -186,15 +196,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for IdleTimeout<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        match Pin::new(&mut self.inner).poll_write_vectored(cx, bufs) {
-            Poll::Ready(result) => {
-                if result.as_ref().is_ok_and(|n| *n > 0) {
-                    self.progressed();
-                }
-                Poll::Ready(result)
-            }
-            Poll::Pending => self.pending_or_timed_out(cx),
-        }
+        let written = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.after_write(cx, written)
     }
 
     fn is_write_vectored(&self) -> bool {
