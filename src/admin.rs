@@ -1,6 +1,8 @@
 //! The admin API, on its own listener (loopback by default): upstream status with breaker
 //! state, recent failures and latency (`/admin/upstreams`, also `/status`); drain and
-//! undrain for game days; `/healthz` (process alive) and `/readyz` (able to serve).
+//! undrain for game days; `/healthz` (process alive) and `/readyz` (able to serve). Browsers
+//! are kept out: requests with an `Origin` header or a Host that is not an address, localhost
+//! or a configured `admin_hosts` name are refused (no cross-site POST, no DNS rebinding).
 
 use crate::oci::ErrorCode;
 use crate::pull::PullThrough;
@@ -9,12 +11,46 @@ use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode};
 use std::sync::Arc;
 
-pub async fn handle<B>(pull: Arc<PullThrough>, request: Request<B>) -> Response<ResponseBody> {
+pub async fn handle<B>(
+    pull: Arc<PullThrough>,
+    allowed_hosts: Arc<Vec<String>>,
+    request: Request<B>,
+) -> Response<ResponseBody> {
     let method = request.method().clone();
     let path = request.uri().path().trim_end_matches('/').to_owned();
-    let response = route(&pull, &method, &path);
+    let response = match browser_refusal(&request, &allowed_hosts) {
+        Some(refusal) => error(StatusCode::FORBIDDEN, ErrorCode::Denied, &refusal),
+        None => route(&pull, &method, &path),
+    };
     tracing::info!(%method, %path, status = response.status().as_u16(), "admin request");
     response
+}
+
+/// Why a request looks like it comes from a web page rather than an operator's tool, if it
+/// does. Tools (curl, Prometheus, kubelet probes) send no `Origin` and name the server by
+/// address; a page on another site, or one reached through DNS rebinding, cannot avoid
+/// sending `Origin` on a POST, nor choose a Host other than its own name.
+fn browser_refusal<B>(request: &Request<B>, allowed_hosts: &[String]) -> Option<String> {
+    if request.headers().contains_key(http::header::ORIGIN) {
+        return Some("the admin API refuses requests from web pages (Origin header)".into());
+    }
+    let host = request
+        .headers()
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| request.uri().authority().map(|a| a.as_str()))?;
+    let name = match host.rsplit_once(':') {
+        // `[::1]:5005`, `127.0.0.1:5005`, `name:5005`; a bare `::1` has colons but no port.
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !name.ends_with(':') => {
+            name
+        }
+        _ => host,
+    };
+    let name = name.trim_start_matches('[').trim_end_matches(']');
+    let allowed = name.parse::<std::net::IpAddr>().is_ok()
+        || name.eq_ignore_ascii_case("localhost")
+        || allowed_hosts.iter().any(|h| h.eq_ignore_ascii_case(name));
+    (!allowed).then(|| format!("Host {host:?} is not an address, localhost or one of admin_hosts"))
 }
 
 fn route(pull: &PullThrough, method: &Method, path: &str) -> Response<ResponseBody> {

@@ -160,9 +160,11 @@ pub async fn start_with_shutdown(
     let admin_addr = admin.as_ref().map(|(_, bound)| *bound);
     if let Some((admin_listener, _)) = admin {
         let admin_pull = pull.clone();
+        let admin_hosts = Arc::new(config.admin_hosts.clone());
         let admin_handler = move |request| {
             let pull = admin_pull.clone();
-            async move { crate::admin::handle(pull, request).await }
+            let admin_hosts = admin_hosts.clone();
+            async move { crate::admin::handle(pull, admin_hosts, request).await }
         };
         tasks.push(tokio::spawn(crate::server::serve(
             admin_listener,

@@ -39,6 +39,8 @@ pub struct Config {
     pub max_stale: Option<Duration>,
     pub offline: bool,
     pub admin_listen: Option<SocketAddr>,
+    /// Host names (besides addresses and localhost) the admin API answers to.
+    pub admin_hosts: Vec<String>,
     /// TLS certificate chain and key (PEM) for the registry listener; `None` = plain HTTP.
     pub tls: Option<(PathBuf, PathBuf)>,
     /// Client authentication for the registry listener; `None` = open.
@@ -903,6 +905,7 @@ impl Config {
                 max_stale,
                 offline: overrides.offline || file.offline.unwrap_or(false),
                 admin_listen,
+                admin_hosts: file.admin_hosts.clone().unwrap_or_default(),
                 tls,
                 client_auth,
                 shutdown_grace,
@@ -996,6 +999,7 @@ impl Config {
             max_stale: Some(self.max_stale.map_or("unlimited".to_owned(), |d| {
                 humantime::format_duration(d).to_string()
             })),
+            admin_hosts: (!self.admin_hosts.is_empty()).then(|| self.admin_hosts.clone()),
             admin_listen: Some(
                 self.admin_listen
                     .map_or("off".to_owned(), |a| a.to_string()),

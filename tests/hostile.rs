@@ -208,3 +208,55 @@ async fn a_pause_on_the_upstream_side_does_not_count_as_client_idleness() {
         .expect("the download survives the pause");
     assert!(body == blob);
 }
+
+/// Sends one raw HTTP/1.1 request to `addr` and returns the status line's code.
+async fn raw_status(addr: std::net::SocketAddr, request: &str) -> u16 {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).await.unwrap();
+    std::str::from_utf8(&head[9..12]).unwrap().parse().unwrap()
+}
+
+/// A web page cannot drive the admin API: a cross-site POST (it carries `Origin`) and a
+/// request through DNS rebinding (a Host that is the attacker's name) are refused, while
+/// tools that name the server by address, localhost or a configured name get through.
+#[tokio::test]
+async fn the_admin_api_refuses_browsers_and_foreign_host_names() {
+    let upstream = FakeRegistry::start().await;
+    let proxy = TestProxy::start_with(&[&upstream], |c| {
+        c.admin_hosts = vec!["ferry-admin.ops.svc".into()];
+    })
+    .await;
+    let admin = proxy.server.as_ref().unwrap().admin_addr.unwrap();
+    let name = upstream.addr.to_string();
+    let drain = |host: &str, extra: &str| {
+        format!(
+            "POST /admin/upstreams/{name}/drain HTTP/1.1\r\nHost: {host}\r\n{extra}Content-Type: text/plain\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+    };
+    let cross_site = drain(&admin.to_string(), "Origin: https://evil.example\r\n");
+    assert_eq!(raw_status(admin, &cross_site).await, 403);
+    assert_eq!(
+        raw_status(admin, &drain("evil.example:5005", "")).await,
+        403
+    );
+    let status = "GET /status HTTP/1.1\r\nHost: rebound.evil.example\r\nConnection: close\r\n\r\n";
+    assert_eq!(raw_status(admin, status).await, 403);
+    assert_eq!(
+        proxy.admin_status().await["upstreams"][0]["drained"],
+        false,
+        "nothing was drained"
+    );
+    for host in [
+        admin.to_string(),
+        format!("localhost:{}", admin.port()),
+        format!("[::1]:{}", admin.port()),
+        "ferry-admin.ops.svc:5005".to_owned(),
+    ] {
+        let status = format!("GET /status HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        assert_eq!(raw_status(admin, &status).await, 200, "{host}");
+    }
+    assert_eq!(raw_status(admin, &drain(&admin.to_string(), "")).await, 200);
+    assert_eq!(proxy.admin_status().await["upstreams"][0]["drained"], true);
+}

@@ -43,6 +43,9 @@ pub struct ConfigFile {
     pub tls_key_file: Option<String>,
     /// Admin API address ("off" disables).
     pub admin_listen: Option<String>,
+    /// Host names the admin API answers to besides IP addresses and localhost (e.g. a
+    /// Kubernetes Service name used by a scraper).
+    pub admin_hosts: Option<Vec<String>>,
     /// How long in-flight responses may run after SIGTERM.
     pub shutdown_grace: Option<String>,
     /// A client's request headers (and a new connection's first request) must arrive within this.
