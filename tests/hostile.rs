@@ -260,3 +260,33 @@ async fn the_admin_api_refuses_browsers_and_foreign_host_names() {
     assert_eq!(raw_status(admin, &drain(&admin.to_string(), "")).await, 200);
     assert_eq!(proxy.admin_status().await["upstreams"][0]["drained"], true);
 }
+
+/// A registry whose challenge names a token realm on another host never gets the upstream's
+/// credentials sent there (with `direct_registries`, any client could pick such a registry).
+#[tokio::test]
+async fn credentials_are_never_sent_to_a_realm_on_another_host() {
+    let registry = FakeRegistry::start().await;
+    let elsewhere = FakeRegistry::start_at("127.0.0.2:0").await;
+    put_image(&[&registry], "private/app", "v1", 43);
+    registry.require_token("tok", Some(("ci", "s3cret")));
+    registry.token_realm(&format!("{}/token", elsewhere.url()));
+    let proxy = TestProxy::start_with(&[&registry], |c| {
+        c.upstreams[0].credentials = Some(ferry::config::Credentials::fixed("ci", "s3cret"));
+    })
+    .await;
+    let response = client()
+        .get(proxy.url("/v2/private/app/manifests/v1"))
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_server_error());
+    let body = response.text().await.unwrap();
+    assert!(body.contains("credentials are not sent"), "{body}");
+    assert!(
+        elsewhere
+            .requests()
+            .iter()
+            .all(|r| !r.headers.contains_key("authorization")),
+        "the password went to another host"
+    );
+}

@@ -39,6 +39,38 @@ async fn read_capped(mut response: reqwest::Response, limit: usize) -> Result<Ve
     Ok(body)
 }
 
+/// Whether the token realm `realm` of `registry` may be sent the registry's credentials: not
+/// over plain HTTP when the registry itself is HTTPS, and only to the registry's own host or
+/// a host in its parent domain (Docker Hub's `registry-1.docker.io` sends clients to
+/// `auth.docker.io`). A challenge naming any other realm gets an error, not the password.
+pub fn may_receive_credentials(
+    registry: &reqwest::Url,
+    realm: &reqwest::Url,
+) -> Result<(), String> {
+    if registry.scheme() == "https" && realm.scheme() != "https" {
+        return Err(format!(
+            "token realm {realm} is not https while the registry is; credentials are not sent over it"
+        ));
+    }
+    let registry_host = registry.host_str().unwrap_or("").to_ascii_lowercase();
+    let realm_host = realm.host_str().unwrap_or("").to_ascii_lowercase();
+    let parent = registry_host
+        .split_once('.')
+        .map(|(_, parent)| parent)
+        .filter(|parent| parent.contains('.') && registry.domain().is_some());
+    let same_site = realm_host == registry_host
+        || parent.is_some_and(|parent| {
+            realm_host.ends_with(&format!(".{parent}")) || realm_host == parent
+        });
+    if same_site {
+        Ok(())
+    } else {
+        Err(format!(
+            "token realm host {realm_host:?} is neither the registry's host {registry_host:?} nor in its domain; credentials are not sent to it"
+        ))
+    }
+}
+
 /// A parsed `WWW-Authenticate` header.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Challenge {
@@ -160,10 +192,12 @@ impl TokenCache {
             .await;
     }
 
-    /// Fetches a token from the challenge's realm for `scope` and caches it.
+    /// Fetches a token from the challenge's realm for `scope` and caches it. Credentials go
+    /// only to a realm that [`may_receive_credentials`] allows for `registry`.
     pub async fn fetch(
         &self,
         http: &reqwest::Client,
+        registry: &reqwest::Url,
         params: &HashMap<String, String>,
         scope: &str,
         credentials: Option<&Credentials>,
@@ -183,6 +217,9 @@ impl TokenCache {
                 query.append_pair("service", service);
             }
             query.append_pair("scope", scope);
+        }
+        if credentials.is_some() {
+            may_receive_credentials(registry, &url)?;
         }
         let mut request = http.get(url);
         if let Some(credentials) = credentials {
@@ -225,6 +262,41 @@ impl TokenCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credentials_go_only_to_the_registrys_own_site_and_never_downgrade_to_http() {
+        let url = |s: &str| reqwest::Url::parse(s).unwrap();
+        let allowed = |registry: &str, realm: &str| {
+            may_receive_credentials(&url(registry), &url(realm)).is_ok()
+        };
+        assert!(allowed(
+            "https://registry-1.docker.io",
+            "https://auth.docker.io/token"
+        ));
+        assert!(allowed("https://ghcr.io", "https://ghcr.io/token"));
+        assert!(allowed("https://quay.io", "https://quay.io/v2/auth"));
+        assert!(allowed(
+            "http://127.0.0.1:5000",
+            "http://127.0.0.1:5001/token"
+        ));
+        assert!(
+            !allowed("https://ghcr.io", "http://ghcr.io/token"),
+            "downgrade"
+        );
+        assert!(!allowed(
+            "https://registry-1.docker.io",
+            "https://evil.example/token"
+        ));
+        assert!(
+            !allowed("https://ghcr.io", "https://evil.io/token"),
+            "a TLD is no domain"
+        );
+        assert!(!allowed("http://127.0.0.1:5000", "http://127.0.0.2/token"));
+        assert!(!allowed(
+            "https://a.example.com",
+            "https://example.com.evil.net/t"
+        ));
+    }
 
     #[test]
     fn parses_docker_hub_challenge() {

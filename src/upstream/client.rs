@@ -209,6 +209,7 @@ impl UpstreamClient {
                 let fetch = || {
                     self.tokens.fetch(
                         &self.http,
+                        &self.config.url,
                         &params,
                         scope,
                         credentials,

@@ -78,6 +78,8 @@ struct State {
     token_credentials: Option<String>,
     /// Blob GETs are redirected to this base URL + /objects/<digest>.
     redirect_blobs_to: Option<String>,
+    /// Token realm named in challenges instead of this registry's own `/token`.
+    realm: Option<String>,
     /// Proxy mode: content comes from this real registry, faults are applied on the way.
     backend: Option<String>,
     /// Bytes sent so far by `Fault::EndlessBody` responses.
@@ -100,6 +102,11 @@ impl Drop for FakeRegistry {
 impl FakeRegistry {
     pub async fn start() -> FakeRegistry {
         Self::start_on("127.0.0.1:0").await
+    }
+
+    /// A fake registry on another loopback address, e.g. "127.0.0.2:0" (a different host).
+    pub async fn start_at(listen: &str) -> FakeRegistry {
+        Self::start_on(listen).await
     }
 
     async fn start_on(listen: &str) -> FakeRegistry {
@@ -236,6 +243,11 @@ impl FakeRegistry {
         state.token_credentials = basic_credentials.map(|(u, p)| basic(u, p));
     }
 
+    /// Names `realm` (a full URL) as the token realm in this registry's challenges.
+    pub fn token_realm(&self, realm: &str) {
+        self.state().realm = Some(realm.to_owned());
+    }
+
     pub fn redirect_blobs_to(&self, other: &FakeRegistry) {
         self.state().redirect_blobs_to = Some(other.url());
     }
@@ -309,6 +321,12 @@ async fn handle(
     let headers = req.headers().clone();
     let backend = state.lock().unwrap().backend.clone();
     let endless_counter = state.lock().unwrap().endless_bytes_sent.clone();
+    let realm = state
+        .lock()
+        .unwrap()
+        .realm
+        .clone()
+        .unwrap_or_else(|| format!("http://{addr}/token"));
     let (fault, required_token, token_credentials, redirect) = {
         let mut s = state.lock().unwrap();
         s.requests.push(RecordedRequest {
@@ -391,7 +409,7 @@ async fn handle(
                 .unwrap_or_default();
             response.headers_mut().insert(
                 "www-authenticate",
-                format!(r#"Bearer realm="http://{addr}/token",service="fake",scope="repository:{repo}:pull""#)
+                format!(r#"Bearer realm="{realm}",service="fake",scope="repository:{repo}:pull""#)
                     .parse()
                     .unwrap(),
             );
