@@ -290,3 +290,32 @@ async fn credentials_are_never_sent_to_a_realm_on_another_host() {
         "the password went to another host"
     );
 }
+
+/// A name the upstream would reject (registry + name over the spec's 255 characters) is
+/// refused by ferry with NAME_INVALID before any upstream sees it, so clients cannot open an
+/// upstream's breaker with such names (distribution answers them with 500).
+#[tokio::test]
+async fn over_long_names_are_refused_before_reaching_an_upstream() {
+    let upstream = FakeRegistry::start().await;
+    let proxy = TestProxy::start(&[&upstream]).await;
+    let name = format!("{}/{}", "a".repeat(120), "b".repeat(129));
+    assert_eq!(
+        name.len(),
+        250,
+        "valid on its own; too long with a registry host"
+    );
+    for _ in 0..10 {
+        let response = client()
+            .get(proxy.url(&format!("/v2/{name}/manifests/latest")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), reqwest::StatusCode::BAD_REQUEST);
+        assert!(response.text().await.unwrap().contains("NAME_INVALID"));
+    }
+    assert_eq!(upstream.hits("/manifests/"), 0);
+    assert_eq!(
+        proxy.admin_status().await["upstreams"][0]["breaker"]["state"],
+        "closed"
+    );
+}

@@ -291,6 +291,19 @@ fn origin(
     } else {
         name
     };
+    // The distribution spec bounds the full reference name (registry host + "/" + name) at
+    // 255 characters; registries answer longer ones with errors (distribution: 500) that
+    // would otherwise count toward their breakers.
+    let full_length = registry.len() + 1 + name.as_str().len();
+    if full_length > crate::oci::name::MAX_NAME_LEN {
+        return Err(FerryError::client(
+            ErrorCode::NameInvalid,
+            format!(
+                "{registry}/{name} is {full_length} characters; the limit for registry and repository together is {}",
+                crate::oci::name::MAX_NAME_LEN
+            ),
+        ));
+    }
     Ok((registry, name))
 }
 
