@@ -125,10 +125,12 @@ pub fn readiness(pull: &PullThrough) -> (bool, String) {
         .layout
         .tmp_dir()
         .join(format!("readyz-{}", std::process::id()));
-    if let Err(e) = std::fs::write(&probe, b"ok") {
+    // A full disk creates the file and then fails the write: remove it either way.
+    let written = std::fs::write(&probe, b"ok");
+    let _ = std::fs::remove_file(&probe);
+    if let Err(e) = written {
         return (false, format!("cache directory not writable: {e}"));
     }
-    let _ = std::fs::remove_file(&probe);
     if pull.settings.offline {
         return (true, "offline: serving the cache".into());
     }

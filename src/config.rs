@@ -963,11 +963,13 @@ impl Config {
                 min_transfer_rate: Some(u.min_transfer_rate.to_string()),
                 username: u.credentials.as_ref().map(|c| c.username.clone()),
                 password: u.credentials.as_ref().map(|_| "<redacted>".to_owned()),
+                // A helper's command line may carry secrets (tokens in arguments): say only
+                // that one is set.
                 password_command: u
                     .credentials
                     .as_ref()
                     .and_then(|c| c.command.as_ref())
-                    .map(|c| c.command.clone()),
+                    .map(|_| "<set, not shown>".to_owned()),
                 password_command_ttl: None,
                 password_env: None,
                 password_file: None,
@@ -1012,8 +1014,13 @@ impl Config {
             auth_tokens_file: self
                 .client_auth
                 .as_ref()
-                .map(|_| "<configured, not shown>".to_owned()),
-            auth_users_file: None,
+                .and_then(|auth| auth.files().0)
+                .map(|path| path.display().to_string()),
+            auth_users_file: self
+                .client_auth
+                .as_ref()
+                .and_then(|auth| auth.files().1)
+                .map(|path| path.display().to_string()),
             client_access: self
                 .client_auth
                 .as_ref()

@@ -176,3 +176,40 @@ fn serve_answers_and_exits_cleanly_on_sigterm() {
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(0));
 }
+
+#[test]
+fn check_config_shows_auth_files_but_never_a_credential_helpers_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("users");
+    std::fs::write(&users, "ci:hunter2\n").unwrap();
+    let path = dir.path().join("ferry.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "auth_users_file = \"{}\"\n[[upstream]]\nurl = \"https://a.example\"\nusername = \"u\"\npassword_command = \"get-token --secret=s3cr3t-arg\"\n",
+            users.display()
+        ),
+    )
+    .unwrap();
+    let out = ferry()
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        printed.contains(&format!("auth_users_file = \"{}\"", users.display())),
+        "{printed}"
+    );
+    assert!(!printed.contains("s3cr3t-arg"), "{printed}");
+    assert!(!printed.contains("hunter2"), "{printed}");
+    assert!(
+        printed.contains("password_command = \"<set, not shown>\""),
+        "{printed}"
+    );
+}

@@ -117,3 +117,51 @@ async fn full_disk_case(chunked: bool) {
     );
     drop(proxy);
 }
+
+/// `/readyz` on a full disk says the cache is not writable and leaves no empty probe file
+/// behind (the write creates the file before it fails).
+#[tokio::test]
+async fn readyz_on_a_full_disk_leaves_no_probe_file() {
+    if !is_root() {
+        eprintln!("disk_full: skipped, mounting a tmpfs needs root (CI runs as root)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mount_point = dir.path().join("cache");
+    std::fs::create_dir(&mount_point).unwrap();
+    let status = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
+        .arg(&mount_point)
+        .status()
+        .unwrap();
+    assert!(status.success(), "mount tmpfs failed");
+    let _mount = Mount(mount_point.clone());
+    let upstream = FakeRegistry::start().await;
+    let cache = tempfile::TempDir::new_in(&mount_point).unwrap();
+    let cache_path = cache.path().to_path_buf();
+    let proxy = TestProxy::start_urls(&[upstream.url()], cache, |_| {}).await;
+    // Fill every byte left.
+    {
+        use std::io::Write;
+        let mut filler = std::fs::File::create(mount_point.join("filler")).unwrap();
+        let block = vec![0u8; 64 * 1024];
+        while filler.write_all(&block).is_ok() {}
+        let _ = filler.write_all(&[0u8; 1]);
+    }
+    let admin = proxy.server.as_ref().unwrap().admin_addr.unwrap();
+    let response = client()
+        .get(format!("http://{admin}/readyz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), reqwest::StatusCode::SERVICE_UNAVAILABLE);
+    assert!(response.text().await.unwrap().contains("not writable"));
+    let leftovers: Vec<_> = std::fs::read_dir(cache_path.join("tmp"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| n.starts_with("readyz-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    drop(proxy);
+}

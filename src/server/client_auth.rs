@@ -20,6 +20,9 @@ pub struct ClientAuth {
     /// user -> the only registries (canonical names) that user may pull from; users
     /// without an entry, and token holders, may pull from every registry.
     registry_rules: HashMap<String, Vec<String>>,
+    /// The files these came from (shown by `check-config`; paths, not secrets).
+    tokens_file: Option<std::path::PathBuf>,
+    users_file: Option<std::path::PathBuf>,
 }
 
 /// Who a request authenticated as.
@@ -60,13 +63,22 @@ fn same(a: &[u8; 32], b: &[u8; 32]) -> bool {
 }
 
 impl ClientAuth {
+    /// The tokens file and the users file this was loaded from.
+    pub fn files(&self) -> (Option<&Path>, Option<&Path>) {
+        (self.tokens_file.as_deref(), self.users_file.as_deref())
+    }
+
     /// Reads a tokens file (one token per line) and a users file (`user:password` or
     /// `user:sha256:<hex of sha256(password)>` per line); `#` starts a comment.
     pub fn load(
         tokens_file: Option<&Path>,
         users_file: Option<&Path>,
     ) -> Result<ClientAuth, String> {
-        let mut auth = ClientAuth::default();
+        let mut auth = ClientAuth {
+            tokens_file: tokens_file.map(Path::to_path_buf),
+            users_file: users_file.map(Path::to_path_buf),
+            ..ClientAuth::default()
+        };
         let lines = |path: &Path| -> Result<Vec<String>, String> {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
