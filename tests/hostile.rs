@@ -319,3 +319,22 @@ async fn over_long_names_are_refused_before_reaching_an_upstream() {
         "closed"
     );
 }
+
+/// A small blob whose only upstream sends wrong bytes gets a clear 502 naming the digest
+/// error, not a 200 whose body is cut at zero bytes.
+#[tokio::test]
+async fn a_small_wrong_blob_is_a_clear_502_before_any_header() {
+    let upstream = FakeRegistry::start().await;
+    let digest = upstream.put_blob(crate::support::pseudo_random_bytes(100_000, 44));
+    upstream.fault("/blobs/", Fault::FlipByte { at: 10 });
+    let proxy = TestProxy::start(&[&upstream]).await;
+    let response = client()
+        .get(proxy.url(&format!("/v2/a/b/blobs/{digest}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), reqwest::StatusCode::BAD_GATEWAY);
+    let body = response.text().await.unwrap();
+    assert!(body.contains("digest_mismatch"), "{body}");
+    assert!(proxy.rehash_cache().is_empty());
+}
