@@ -302,9 +302,7 @@ async fn probe_upstreams(
 /// Raises the open-file limit to its hard limit, and keeps the client connection cap under
 /// what it allows: each client connection may also hold a cache file and an upstream
 /// connection, and some descriptors are kept for the listeners, logs and the cache index.
-fn fit_to_open_file_limit(
-    mut limits: crate::server::limits::ClientLimits,
-) -> crate::server::limits::ClientLimits {
+fn fit_to_open_file_limit(mut limits: crate::config::ClientLimits) -> crate::config::ClientLimits {
     const RESERVED_FDS: u64 = 256;
     match crate::server::limits::raise_open_file_limit() {
         Ok(open_files) => {

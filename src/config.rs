@@ -47,7 +47,7 @@ pub struct Config {
     pub client_auth: Option<std::sync::Arc<crate::server::client_auth::ClientAuth>>,
     pub shutdown_grace: Duration,
     /// Caps and timeouts for client connections, on both listeners.
-    pub client_limits: crate::server::limits::ClientLimits,
+    pub client_limits: ClientLimits,
     pub health_probe_interval: Option<Duration>,
     pub pool: PoolSettings,
     pub upstreams: Vec<UpstreamConfig>,
@@ -56,6 +56,28 @@ pub struct Config {
     pub direct: Option<DirectRegistries>,
     /// The top-level `ca_file` (the default for upstreams and direct registries).
     pub ca_file: Option<PathBuf>,
+}
+
+/// Limits on client connections, from the config (`client_*`, `max_connections*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientLimits {
+    /// A request's headers (and a new connection's first request) must arrive within this.
+    pub header_timeout: Duration,
+    /// A connection on which no byte moves either way for this long is closed.
+    pub idle_timeout: Duration,
+    pub max_connections: usize,
+    pub max_connections_per_client: usize,
+}
+
+impl Default for ClientLimits {
+    fn default() -> Self {
+        ClientLimits {
+            header_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 4096,
+            max_connections_per_client: 1024,
+        }
+    }
 }
 
 /// Which unconfigured registries get a direct upstream, and the settings it gets.
@@ -470,7 +492,7 @@ impl Config {
             file.shutdown_grace.as_ref(),
             DEFAULT_SHUTDOWN_GRACE,
         );
-        let limit_defaults = crate::server::limits::ClientLimits::default();
+        let limit_defaults = ClientLimits::default();
         let client_header_timeout = duration(
             "client_header_timeout",
             file.client_header_timeout.as_ref(),
@@ -909,7 +931,7 @@ impl Config {
                 tls,
                 client_auth,
                 shutdown_grace,
-                client_limits: crate::server::limits::ClientLimits {
+                client_limits: ClientLimits {
                     header_timeout: client_header_timeout,
                     idle_timeout: client_idle_timeout,
                     max_connections,

@@ -9,10 +9,11 @@ pub mod response;
 pub mod route;
 pub mod tls;
 
+use crate::config::ClientLimits;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use limits::{ClientLimits, ConnectionCounter, IdleTimeout};
+use limits::{ConnectionCounter, IdleTimeout};
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

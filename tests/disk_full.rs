@@ -8,12 +8,34 @@ use crate::support::fake_registry::Fault;
 use crate::support::{FakeRegistry, TestProxy, client, pseudo_random_bytes, rehash_cache_dir};
 use std::process::Command;
 
-struct Mount(std::path::PathBuf);
+/// A tmpfs mounted for one test, unmounted (then its directory removed) on drop.
+struct Mount {
+    path: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
 
 impl Drop for Mount {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
     }
+}
+
+/// Mounts a tmpfs of `size` (e.g. "24m"), or says why not and gives `None` (needs root).
+fn tmpfs(size: &str) -> Option<Mount> {
+    if !is_root() {
+        eprintln!("disk_full: skipped, mounting a tmpfs needs root (CI runs as root)");
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cache");
+    std::fs::create_dir(&path).unwrap();
+    let status = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+        .arg(&path)
+        .status()
+        .unwrap();
+    assert!(status.success(), "mount tmpfs failed");
+    Some(Mount { path, _dir: dir })
 }
 
 fn is_root() -> bool {
@@ -32,20 +54,10 @@ async fn a_disk_that_fills_mid_fill_never_fails_a_pull() {
 }
 
 async fn full_disk_case(chunked: bool) {
-    if !is_root() {
-        eprintln!("disk_full: skipped, mounting a tmpfs needs root (CI runs as root)");
+    let Some(mount) = tmpfs("24m") else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let mount_point = dir.path().join("cache");
-    std::fs::create_dir(&mount_point).unwrap();
-    let status = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=24m", "tmpfs"])
-        .arg(&mount_point)
-        .status()
-        .unwrap();
-    assert!(status.success(), "mount tmpfs failed");
-    let _mount = Mount(mount_point.clone());
+    };
+    let mount_point = mount.path.clone();
 
     let upstream = FakeRegistry::start().await;
     let big = pseudo_random_bytes(20 * 1024 * 1024, 77);
@@ -122,20 +134,10 @@ async fn full_disk_case(chunked: bool) {
 /// behind (the write creates the file before it fails).
 #[tokio::test]
 async fn readyz_on_a_full_disk_leaves_no_probe_file() {
-    if !is_root() {
-        eprintln!("disk_full: skipped, mounting a tmpfs needs root (CI runs as root)");
+    let Some(mount) = tmpfs("2m") else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let mount_point = dir.path().join("cache");
-    std::fs::create_dir(&mount_point).unwrap();
-    let status = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
-        .arg(&mount_point)
-        .status()
-        .unwrap();
-    assert!(status.success(), "mount tmpfs failed");
-    let _mount = Mount(mount_point.clone());
+    };
+    let mount_point = mount.path.clone();
     let upstream = FakeRegistry::start().await;
     let cache = tempfile::TempDir::new_in(&mount_point).unwrap();
     let cache_path = cache.path().to_path_buf();

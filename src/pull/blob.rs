@@ -155,13 +155,7 @@ impl PullThrough {
                 total: Some(total),
                 upstream,
             } if total <= VERIFY_BEFORE_HEADERS_BYTES => {
-                let ended = progress
-                    .wait_for(|p| matches!(p.phase, FillPhase::Complete | FillPhase::Failed(_)))
-                    .await
-                    .map_err(|_| FerryError::MidStream("the fill ended without a result".into()))?
-                    .phase
-                    .clone();
-                return match ended {
+                return match fill_end(&mut progress).await? {
                     FillPhase::Failed(error) if matches!(*error, FerryError::Cache(_)) => {
                         self.uncached_blob(registry, name, digest).await
                     }
@@ -268,31 +262,22 @@ impl PullThrough {
     ) -> Result<BlobAnswer, FerryError> {
         let mut last_error = None;
         for _ in 0..RANGE_FILL_ROUNDS {
-            let handle = match self.join_fill(registry, name, digest) {
-                FillJoin::Cached => None,
+            let ended = match self.join_fill(registry, name, digest) {
+                FillJoin::Cached => FillPhase::Complete,
                 FillJoin::CacheBroken => return self.uncached_blob(registry, name, digest).await,
-                FillJoin::Fill(handle) => Some(handle),
+                FillJoin::Fill(handle) => fill_end(&mut handle.progress.clone()).await?,
             };
-            if let Some(handle) = handle {
-                let mut progress = handle.progress.clone();
-                let ended = progress
-                    .wait_for(|p| matches!(p.phase, FillPhase::Complete | FillPhase::Failed(_)))
-                    .await
-                    .map_err(|_| FerryError::MidStream("the fill ended without a result".into()))?
-                    .phase
-                    .clone();
-                if let FillPhase::Failed(error) = ended {
-                    match &*error {
-                        FerryError::Cache(_) => {
-                            return self.uncached_blob(registry, name, digest).await;
-                        }
-                        // Bad bytes or a break after some arrived: a new fill may succeed.
-                        FerryError::MidStream(_) => {
-                            last_error = Some(shared_error(&error));
-                            continue;
-                        }
-                        _ => return Err(shared_error(&error)),
+            if let FillPhase::Failed(error) = ended {
+                match &*error {
+                    FerryError::Cache(_) => {
+                        return self.uncached_blob(registry, name, digest).await;
                     }
+                    // Bad bytes or a break after some arrived: a new fill may succeed.
+                    FerryError::MidStream(_) => {
+                        last_error = Some(shared_error(&error));
+                        continue;
+                    }
+                    _ => return Err(shared_error(&error)),
                 }
             }
             match self.cached_blob(digest, Some(range), false)? {
@@ -407,6 +392,16 @@ impl PullThrough {
             source: Source::Upstream(upstream),
         })
     }
+}
+
+/// Waits for a fill to end: `Complete` (verified and committed) or `Failed`.
+async fn fill_end(progress: &mut watch::Receiver<FillProgress>) -> Result<FillPhase, FerryError> {
+    Ok(progress
+        .wait_for(|p| matches!(p.phase, FillPhase::Complete | FillPhase::Failed(_)))
+        .await
+        .map_err(|_| FerryError::MidStream("the fill ended without a result".into()))?
+        .phase
+        .clone())
 }
 
 fn range_not_satisfiable(size: u64) -> FerryError {

@@ -13,27 +13,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
-/// Limits on client connections, from the config (`client_*`, `max_connections*`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ClientLimits {
-    /// A request's headers (and a new connection's first request) must arrive within this.
-    pub header_timeout: Duration,
-    /// A connection on which no byte moves either way for this long is closed.
-    pub idle_timeout: Duration,
-    pub max_connections: usize,
-    pub max_connections_per_client: usize,
-}
-
-impl Default for ClientLimits {
-    fn default() -> Self {
-        ClientLimits {
-            header_timeout: Duration::from_secs(30),
-            idle_timeout: Duration::from_secs(60),
-            max_connections: 4096,
-            max_connections_per_client: 1024,
-        }
-    }
-}
+use crate::config::ClientLimits;
 
 /// Counts open connections, in all and per client address.
 #[derive(Debug)]
