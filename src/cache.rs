@@ -1,7 +1,8 @@
-//! The content-addressed disk cache: where things live (`layout`), how a fill becomes a
-//! committed file (`writer`), how concurrent misses share one fill (`inflight`), how bytes
-//! are read back, from a finished file or one still growing (`reader`), and tags (`tags`).
+//! The content-addressed disk cache: where things live (`layout`), how a blob fill takes
+//! bytes and commits them (`fill`), files put in place durably (`writer`), one fill per
+//! digest (`inflight`), reading bytes back, finished or still arriving (`reader`), and tags.
 
+pub mod fill;
 pub mod index;
 pub mod inflight;
 pub mod layout;
@@ -10,11 +11,12 @@ pub mod reader;
 pub mod tags;
 pub mod writer;
 
+pub use fill::{BlobFill, FillHandle, FillPhase, FillProgress};
 pub use index::{LruIndex, Reservation, Usage};
-pub use inflight::{FillHandle, FillPhase, FillProgress, Inflight, JoinOutcome};
+pub use inflight::{Inflight, JoinOutcome};
 pub use layout::Layout;
 pub use tags::{TagKey, TagRecord, TagStore};
-pub use writer::{BlobWriter, CommitError};
+pub use writer::CommitError;
 
 use crate::oci::Digest;
 use std::io;
@@ -154,17 +156,15 @@ impl Cache {
             manifest.media_type.as_bytes().to_vec().into(),
         )
         .await?;
-        let final_path = self.layout.manifest_path(&manifest.digest);
-        let mut writer = BlobWriter::create(&self.layout, &manifest.digest, &final_path)?;
-        writer.append(manifest.body.clone()).await?;
-        match writer
-            .commit(&manifest.digest, Some(manifest.body.len() as u64))
-            .await
-        {
-            Ok(()) => Ok(()),
-            Err(CommitError::Io(e)) => Err(e),
-            Err(mismatch) => Err(io::Error::other(mismatch.to_string())),
+        // The caller verified the bytes; a cached manifest must match its name regardless.
+        if !manifest.digest.matches(&manifest.body) {
+            return Err(io::Error::other(format!(
+                "manifest bytes do not match {}",
+                manifest.digest
+            )));
         }
+        let final_path = self.layout.manifest_path(&manifest.digest);
+        writer::write_file_atomically(&self.layout, &final_path, manifest.body.clone()).await
     }
 
     /// Opens a committed blob for reading, with its size, and records the use (its file's

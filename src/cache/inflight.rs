@@ -1,69 +1,21 @@
 //! One fill per digest. The first request for a missing blob starts a fill; everyone else
-//! asking meanwhile joins it and reads the same growing file, woken by a watch channel as
-//! bytes land (no polling).
+//! asking meanwhile joins it and reads the same fill (its newest bytes from memory, the rest
+//! from its growing file), woken by a watch channel as bytes arrive (no polling).
 
-use super::writer::BlobWriter;
-use crate::error::FerryError;
+use super::fill::{BlobFill, FillHandle};
 use crate::oci::Digest;
 use std::collections::HashMap;
-use std::fs::File;
 use std::sync::{Arc, Mutex};
-use tokio::sync::watch;
-
-/// Where a fill stands.
-#[derive(Debug, Clone)]
-pub enum FillPhase {
-    /// Looking for an upstream that answers.
-    Connecting,
-    /// Bytes are flowing from `upstream`; `total` is the announced length if any.
-    Streaming {
-        total: Option<u64>,
-        upstream: String,
-    },
-    /// Verified and committed under its final name.
-    Complete,
-    /// Failed; readers stop. Before `Streaming` this is an ordinary error response,
-    /// after it the readers' connections are cut.
-    Failed(Arc<FerryError>),
-}
-
-#[derive(Debug, Clone)]
-pub struct FillProgress {
-    /// Bytes written to the file so far.
-    pub written: u64,
-    pub phase: FillPhase,
-}
-
-impl FillProgress {
-    /// Bytes a reader may hand to a client now. Until the fill is verified and committed,
-    /// the blob's last byte is held back: a client that knows the length treats a body
-    /// that reached it as complete, so that byte must wait for the digest check.
-    pub fn readable(&self) -> u64 {
-        match self.phase {
-            FillPhase::Streaming {
-                total: Some(total), ..
-            } => self.written.min(total.saturating_sub(1)),
-            _ => self.written,
-        }
-    }
-}
-
-/// What readers of a fill hold: the growing file and its progress.
-pub struct FillHandle {
-    pub file: Arc<File>,
-    pub progress: watch::Receiver<FillProgress>,
-}
 
 pub enum JoinOutcome {
     /// Another request is already filling this digest.
     Joined(Arc<FillHandle>),
     /// The digest was committed meanwhile; serve it from disk.
     AlreadyCached,
-    /// The caller must run the fill and report through `progress`, then call `finish`.
+    /// The caller must run the fill (report through it, commit or fail it), then `finish`.
     Started {
         handle: Arc<FillHandle>,
-        progress: watch::Sender<FillProgress>,
-        writer: Box<BlobWriter>,
+        fill: Box<BlobFill>,
     },
 }
 
@@ -80,13 +32,13 @@ impl Inflight {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Joins the fill for `digest`, or starts one with the file `create` returns. `is_cached`
-    /// is checked under the lock so a fill that just committed is never repeated.
+    /// Joins the fill for `digest`, or starts the one `create` returns. `is_cached` is
+    /// checked under the lock so a fill that just committed is never repeated.
     pub fn join_or_start<E>(
         &self,
         digest: &Digest,
         is_cached: impl FnOnce() -> bool,
-        create: impl FnOnce() -> Result<BlobWriter, E>,
+        create: impl FnOnce() -> Result<BlobFill, E>,
     ) -> Result<JoinOutcome, E> {
         let mut fills = self.lock();
         if let Some(handle) = fills.get(digest) {
@@ -95,21 +47,12 @@ impl Inflight {
         if is_cached() {
             return Ok(JoinOutcome::AlreadyCached);
         }
-        let writer = create()?;
-        let file = writer.file();
-        let (progress, receiver) = watch::channel(FillProgress {
-            written: 0,
-            phase: FillPhase::Connecting,
-        });
-        let handle = Arc::new(FillHandle {
-            file,
-            progress: receiver,
-        });
+        let fill = create()?;
+        let handle = fill.handle();
         fills.insert(digest.clone(), handle.clone());
         Ok(JoinOutcome::Started {
             handle,
-            progress,
-            writer: Box::new(writer),
+            fill: Box::new(fill),
         })
     }
 

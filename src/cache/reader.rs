@@ -1,20 +1,20 @@
-//! Reading blob bytes back for a client, in large chunks with positional reads on the
-//! blocking pool, one chunk read ahead while the previous one is sent: from a committed
-//! file, or from a file still being filled, waiting on the fill's progress for more bytes
-//! and failing the stream if the fill fails.
+//! Reading blob bytes back for a client. A committed file is read in large chunks with
+//! positional reads on the blocking pool, one chunk read ahead while the previous one is sent.
+//! A fill still arriving is read from memory while its bytes are recent and from its file
+//! once they are older, waiting on the fill's progress and failing if the fill fails.
 
-use super::inflight::{FillPhase, FillProgress};
+use super::fill::{FillHandle, FillPhase};
 use bytes::Bytes;
 use futures_util::Stream;
+use std::collections::VecDeque;
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-/// Why a reader of a growing file stopped: the fill failed. `cache_failure` tells a
-/// cache-side failure (the reader may continue from upstream) from bad upstream bytes.
+/// Why a reader of a fill stopped: the fill failed. `cache_failure` tells a cache-side
+/// failure (the reader may continue from upstream) from bad upstream bytes.
 #[derive(Debug, thiserror::Error)]
 #[error("blob fill failed: {message}")]
 pub struct FillFailed {
@@ -22,117 +22,207 @@ pub struct FillFailed {
     pub message: String,
 }
 
-/// Bytes read per trip to the blocking pool.
+/// Bytes read per trip to the blocking pool (and handed out of a fill's memory at once).
 pub const READ_CHUNK: usize = 512 * 1024;
 
-struct ReadState {
+struct FileReadState {
     file: Arc<File>,
     /// Next byte to hand to the client.
     offset: u64,
-    /// Exclusive end; `None` = until the fill completes (length not announced).
-    end: Option<u64>,
-    /// Bytes known to be in the file (committed size, or the fill's published progress).
-    readable_end: u64,
-    progress: Option<watch::Receiver<FillProgress>>,
+    /// Exclusive end.
+    end: u64,
     /// A read of the chunk starting at `offset`, started while the previous chunk was sent.
     read_ahead: Option<JoinHandle<io::Result<Bytes>>>,
 }
 
-/// Streams `[start, end)` of `file`. With `progress`, the file is still growing: the stream
-/// waits for bytes, ends when the fill completes, and fails if it fails.
+/// Streams `[start, end)` of a committed `file`.
 pub fn read_range(
     file: Arc<File>,
     start: u64,
-    end: Option<u64>,
-    progress: Option<watch::Receiver<FillProgress>>,
+    end: u64,
 ) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
-    let readable_end = if progress.is_some() {
-        0
-    } else {
-        end.unwrap_or(u64::MAX)
-    };
-    let state = ReadState {
+    let state = FileReadState {
         file,
         offset: start,
         end,
-        readable_end,
-        progress,
         read_ahead: None,
     };
     futures_util::stream::try_unfold(state, |mut state| async move {
-        if state.end.is_some_and(|end| state.offset >= end) {
-            return Ok(None);
-        }
-        if state.offset >= state.readable_end && !state.wait_for_bytes().await? {
+        if state.offset >= state.end {
             return Ok(None);
         }
         let chunk = match state.read_ahead.take() {
             Some(read) => join_read(read).await?,
-            None => join_read(state.spawn_read(state.offset)).await?,
+            None => match read_if_in_memory(&state.file, state.offset, state.end) {
+                // Hot file: no trip to the blocking pool, no read-ahead needed.
+                Some(chunk) => chunk?,
+                None => {
+                    let chunk = join_read(spawn_read(&state.file, state.offset, state.end)).await?;
+                    // Cold file: read the next chunk from disk while this one is sent.
+                    let next = state.offset + chunk.len() as u64;
+                    if !chunk.is_empty() && next < state.end {
+                        state.read_ahead = Some(spawn_read(&state.file, next, state.end));
+                    }
+                    chunk
+                }
+            },
         };
         if chunk.is_empty() {
-            if state.progress.is_none() && state.end.is_none() {
-                return Ok(None);
-            }
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 "cached file is shorter than expected",
             ));
         }
         state.offset += chunk.len() as u64;
-        if state.offset < state.readable_end && state.end.is_none_or(|end| state.offset < end) {
-            state.read_ahead = Some(state.spawn_read(state.offset));
-        }
         Ok(Some((chunk, state)))
     })
 }
 
-impl ReadState {
+struct FillReadState {
+    fill: Arc<FillHandle>,
+    progress: tokio::sync::watch::Receiver<super::fill::FillProgress>,
+    /// Next byte to hand out (queued bytes included).
+    offset: u64,
+    /// Exclusive end; `None` = until the fill has every byte (length not announced).
+    end: Option<u64>,
+    /// Bytes the fill has shown so far.
+    readable_end: u64,
+    /// The fill has every byte, verified: no more waiting.
+    all_received: bool,
+    /// Slices of the fill's memory not yet handed out.
+    queued: VecDeque<Bytes>,
+}
+
+/// Streams `[start, end)` of a fill in progress: waits for bytes, ends when the fill has
+/// them all, fails if the fill fails.
+pub fn read_fill(
+    fill: Arc<FillHandle>,
+    start: u64,
+    end: Option<u64>,
+) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
+    let state = FillReadState {
+        progress: fill.progress.clone(),
+        fill,
+        offset: start,
+        end,
+        readable_end: 0,
+        all_received: false,
+        queued: VecDeque::new(),
+    };
+    futures_util::stream::try_unfold(state, |mut state| async move {
+        if let Some(chunk) = state.queued.pop_front() {
+            return Ok(Some((chunk, state)));
+        }
+        if state.end.is_some_and(|end| state.offset >= end) {
+            return Ok(None);
+        }
+        if state.offset >= state.readable_end
+            && (state.all_received || !state.wait_for_bytes().await?)
+        {
+            if state.end.is_some_and(|end| end > state.offset) {
+                return Err(io::Error::other(
+                    "blob fill completed short of the requested range",
+                ));
+            }
+            return Ok(None);
+        }
+        let limit = state.end.unwrap_or(u64::MAX).min(state.readable_end);
+        let want = (limit - state.offset).min(READ_CHUNK as u64);
+        let chunk = match state
+            .fill
+            .take_recent(state.offset, want, &mut state.queued)
+        {
+            Ok(_) => match state.queued.pop_front() {
+                Some(chunk) => chunk,
+                None => return Err(io::Error::other("blob fill lost bytes it had shown")),
+            },
+            // Older bytes: the file holds everything before `in_file`.
+            Err(in_file) => {
+                let to = limit.min(in_file);
+                match read_if_in_memory(&state.fill.file, state.offset, to) {
+                    Some(chunk) => chunk?,
+                    None => join_read(spawn_read(&state.fill.file, state.offset, to)).await?,
+                }
+            }
+        };
+        if chunk.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "blob fill file is shorter than its progress",
+            ));
+        }
+        state.offset +=
+            chunk.len() as u64 + state.queued.iter().map(|b| b.len() as u64).sum::<u64>();
+        Ok(Some((chunk, state)))
+    })
+}
+
+impl FillReadState {
     /// Waits until the fill has bytes beyond `offset`. `Ok(false)` = the blob ended here.
     async fn wait_for_bytes(&mut self) -> io::Result<bool> {
-        let Some(progress) = &mut self.progress else {
-            return Ok(false);
-        };
         let offset = self.offset;
-        let snapshot = progress
+        let snapshot = self
+            .progress
             .wait_for(|p| {
-                p.readable() > offset
-                    || matches!(p.phase, FillPhase::Complete | FillPhase::Failed(_))
+                p.readable() > offset || p.all_received() || matches!(p.phase, FillPhase::Failed(_))
             })
             .await
             .map_err(|_| io::Error::other("blob fill ended without a result"))?
             .clone();
-        match snapshot.phase {
-            FillPhase::Failed(error) => Err(io::Error::other(FillFailed {
+        if let FillPhase::Failed(error) = snapshot.phase {
+            return Err(io::Error::other(FillFailed {
                 cache_failure: matches!(*error, crate::error::FerryError::Cache(_)),
                 message: error.to_string(),
-            })),
-            FillPhase::Complete if snapshot.written <= offset => {
-                if self.end.is_some_and(|end| end > snapshot.written) {
-                    return Err(io::Error::other(
-                        "blob fill completed short of the requested range",
-                    ));
-                }
-                Ok(false)
-            }
-            _ => {
-                self.readable_end = snapshot.readable();
-                Ok(true)
-            }
+            }));
         }
+        self.all_received = snapshot.all_received();
+        self.readable_end = snapshot.readable();
+        Ok(self.readable_end > offset)
     }
+}
 
-    /// Reads up to one chunk at `offset`, within what is known to be readable.
-    fn spawn_read(&self, offset: u64) -> JoinHandle<io::Result<Bytes>> {
-        let want = self
-            .end
-            .unwrap_or(u64::MAX)
-            .min(self.readable_end)
-            .saturating_sub(offset)
-            .min(READ_CHUNK as u64) as usize;
-        let file = self.file.clone();
-        tokio::task::spawn_blocking(move || read_at_most(&file, offset, want))
+/// Reads up to one chunk at `offset`, short of `end`, right here, if the kernel has those
+/// bytes in its page cache (`preadv2` with `RWF_NOWAIT` never waits for the disk): a hot
+/// file is then served without a trip to the blocking pool. `None`: go to the blocking pool.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn read_if_in_memory(file: &File, offset: u64, end: u64) -> Option<io::Result<Bytes>> {
+    let want = end.saturating_sub(offset).min(READ_CHUNK as u64) as usize;
+    let mut buffer: Vec<u8> = Vec::with_capacity(want);
+    let iov = libc::iovec {
+        iov_base: buffer.as_mut_ptr().cast::<libc::c_void>(),
+        iov_len: want,
+    };
+    // SAFETY: the one iovec covers the vector's spare capacity of `want` bytes; `set_len`
+    // below only covers the bytes the kernel reports as read.
+    let n = unsafe {
+        libc::preadv2(
+            file.as_raw_fd(),
+            &iov,
+            1,
+            offset as libc::off_t,
+            libc::RWF_NOWAIT,
+        )
+    };
+    if n <= 0 {
+        // EAGAIN (not cached), EOPNOTSUPP (old kernel or file system), or an error that
+        // the blocking read will report properly.
+        return None;
     }
+    // SAFETY: the kernel initialised the first `n` bytes.
+    unsafe { buffer.set_len(n as usize) };
+    Some(Ok(Bytes::from(buffer)))
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn read_if_in_memory(_file: &File, _offset: u64, _end: u64) -> Option<io::Result<Bytes>> {
+    None
+}
+
+/// Reads up to one chunk at `offset`, short of `end`.
+fn spawn_read(file: &Arc<File>, offset: u64, end: u64) -> JoinHandle<io::Result<Bytes>> {
+    let want = end.saturating_sub(offset).min(READ_CHUNK as u64) as usize;
+    let file = file.clone();
+    tokio::task::spawn_blocking(move || read_at_most(&file, offset, want))
 }
 
 async fn join_read(read: JoinHandle<io::Result<Bytes>>) -> io::Result<Bytes> {
@@ -175,75 +265,88 @@ fn read_at_most(file: &File, offset: u64, want: usize) -> io::Result<Bytes> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache::{BlobFill, Layout, LruIndex};
+    use crate::oci::Digest;
     use futures_util::StreamExt;
-    use std::io::Write as _;
     use std::time::Duration;
 
-    /// A fill whose file already holds all `len` bytes, still unverified.
-    fn written_but_unverified(
-        len: u64,
-    ) -> (
-        Arc<File>,
-        watch::Sender<FillProgress>,
-        watch::Receiver<FillProgress>,
-    ) {
-        let mut file = tempfile::tempfile().unwrap();
-        file.write_all(&vec![7u8; len as usize]).unwrap();
-        let (sender, receiver) = watch::channel(FillProgress {
-            written: len,
-            phase: FillPhase::Streaming {
-                total: Some(len),
-                upstream: "test".into(),
-            },
-        });
-        (Arc::new(file), sender, receiver)
+    /// A fill that has received all of `body` (larger than what is held until verified),
+    /// not yet checked.
+    async fn received_but_unverified(
+        dir: &tempfile::TempDir,
+        body: &[u8],
+    ) -> (BlobFill, Arc<FillHandle>) {
+        let layout = Layout::create(dir.path()).unwrap();
+        let root = dir.path().to_path_buf();
+        let index = Arc::new(LruIndex::new(None, move |d| {
+            Layout::blob_path_under(&root, d)
+        }));
+        let digest = Digest::sha256_of(body);
+        let path = layout.blob_path(&digest);
+        let mut fill = BlobFill::create(&layout, &digest, &path, index).unwrap();
+        fill.begin(Some(body.len() as u64), "test").await.unwrap();
+        for piece in body.chunks(100_000) {
+            fill.push(Bytes::copy_from_slice(piece)).await.unwrap();
+        }
+        fill.publish();
+        let handle = fill.handle();
+        (fill, handle)
     }
 
     async fn bytes_before_stall(
         stream: &mut (impl Stream<Item = io::Result<Bytes>> + Unpin),
-    ) -> u64 {
-        let mut got = 0;
+    ) -> Vec<u8> {
+        let mut got = Vec::new();
         while let Ok(Some(chunk)) =
             tokio::time::timeout(Duration::from_millis(200), stream.next()).await
         {
-            got += chunk.unwrap().len() as u64;
+            got.extend_from_slice(&chunk.unwrap());
         }
         got
     }
 
+    fn body(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i % 251) as u8).collect()
+    }
+
     #[tokio::test]
     async fn the_last_byte_waits_for_verification_and_a_failed_fill_cuts_the_body() {
-        let len = READ_CHUNK as u64 * 2 + 10;
-        let (file, progress, receiver) = written_but_unverified(len);
-        let mut stream = Box::pin(read_range(file, 0, Some(len), Some(receiver)));
+        let dir = tempfile::tempdir().unwrap();
+        let body = body(6 * 1024 * 1024 + 10);
+        let len = body.len() as u64;
+        let (fill, handle) = received_but_unverified(&dir, &body).await;
+        let mut stream = Box::pin(read_fill(handle, 0, Some(len)));
+        let got = bytes_before_stall(&mut stream).await;
+        assert_eq!(got.len() as u64, len - 1, "last byte held");
         assert_eq!(
-            bytes_before_stall(&mut stream).await,
-            len - 1,
-            "last byte held"
+            got,
+            body[..body.len() - 1],
+            "bytes from memory and file, in order"
         );
-        progress.send_modify(|p| {
-            p.phase = FillPhase::Failed(Arc::new(crate::error::FerryError::MidStream(
-                "digest mismatch".into(),
-            )))
-        });
+        fill.announce_failure(crate::error::FerryError::MidStream(
+            "digest mismatch".into(),
+        ));
         let end = stream.next().await.expect("an error, not a clean end");
         assert!(end.is_err(), "a body whose digest failed must be cut");
     }
 
     #[tokio::test]
-    async fn the_last_byte_follows_the_commit() {
-        let len = 1000;
-        let (file, progress, receiver) = written_but_unverified(len);
-        let mut stream = Box::pin(read_range(file.clone(), 0, Some(len), Some(receiver)));
-        assert_eq!(bytes_before_stall(&mut stream).await, len - 1);
-        progress.send_modify(|p| p.phase = FillPhase::Complete);
+    async fn the_last_byte_follows_the_digest_check() {
+        let dir = tempfile::tempdir().unwrap();
+        let body = body(2 * 1024 * 1024);
+        let len = body.len() as u64;
+        let (mut fill, handle) = received_but_unverified(&dir, &body).await;
+        let mut stream = Box::pin(read_fill(handle.clone(), 0, Some(len)));
+        assert_eq!(bytes_before_stall(&mut stream).await.len() as u64, len - 1);
+        fill.commit().await.unwrap();
         let last = stream.next().await.unwrap().unwrap();
         assert_eq!(last.len(), 1);
         assert!(stream.next().await.is_none());
 
         // A range that stops short of the blob's end is not held back.
-        let (file, _progress, receiver) = written_but_unverified(len);
-        let mut stream = Box::pin(read_range(file, 0, Some(500), Some(receiver)));
-        assert_eq!(bytes_before_stall(&mut stream).await, 500);
+        let dir = tempfile::tempdir().unwrap();
+        let (_fill, handle) = received_but_unverified(&dir, &body).await;
+        let mut stream = Box::pin(read_fill(handle, 0, Some(500)));
+        assert_eq!(bytes_before_stall(&mut stream).await, body[..500]);
     }
 }

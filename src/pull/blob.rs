@@ -1,15 +1,16 @@
 //! Blobs. A hit streams from the committed file. A miss joins (or starts) the one fill for
-//! that digest; the fill streams from the first upstream that answers into a temporary file
-//! while hashing, and every client reads that growing file. Before any byte is published a
-//! failing upstream is replaced by the next; after that, a broken or wrong body fails the
-//! fill, cuts the clients, and the upstream is skipped for that digest for a while.
+//! that digest; this module picks its sources (the first upstream that answers, the next one
+//! when a body breaks) and hands the bytes to the cache's `BlobFill`, which every client reads.
+//! Before any byte is shown a failing upstream is replaced by the next; after that, a wrong
+//! body fails the fill, cuts the clients, and the upstream is skipped for that digest a while.
 
 use super::passthrough::{
     FallbackContext, continue_from_upstream_on_cache_failure, open_tail, stream_tail,
 };
 use super::{PullThrough, Source};
-use crate::cache::reader::read_range;
-use crate::cache::{BlobWriter, CommitError, FillPhase, FillProgress, JoinOutcome};
+use crate::cache::fill::HOLD_UNTIL_VERIFIED_BYTES;
+use crate::cache::reader::{read_fill, read_range};
+use crate::cache::{BlobFill, CommitError, FillPhase, FillProgress, JoinOutcome};
 use crate::error::FerryError;
 use crate::oci::{Digest, DigestVerifier, ErrorCode, RepositoryName};
 use crate::upstream::{AttemptPlan, FailureKind, UpstreamFailure, Upstreams, UpstreamsExhausted};
@@ -20,6 +21,7 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Instant;
 use tokio::sync::watch;
 
@@ -27,8 +29,9 @@ use tokio::sync::watch;
 /// bad sources, so the next one starts elsewhere).
 const RANGE_FILL_ROUNDS: usize = 3;
 
-/// Blobs up to this size (one write batch) are verified before the response headers go out.
-const VERIFY_BEFORE_HEADERS_BYTES: u64 = WRITE_BATCH as u64;
+/// Blobs up to this size are verified before the response headers go out (the fill shows
+/// readers none of their bytes before the check anyway).
+const VERIFY_BEFORE_HEADERS_BYTES: u64 = HOLD_UNTIL_VERIFIED_BYTES;
 
 /// Where a request stands with respect to the fill of its blob.
 enum FillJoin {
@@ -38,9 +41,6 @@ enum FillJoin {
     CacheBroken,
     Fill(Arc<crate::cache::FillHandle>),
 }
-
-/// Bytes gathered from the upstream before one write (and one hashing pass) on the blocking pool.
-const WRITE_BATCH: usize = 1024 * 1024;
 
 pub type BlobStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
 
@@ -174,7 +174,10 @@ impl PullThrough {
                 };
             }
             FillPhase::Streaming { total, upstream } => (total, Source::Upstream(upstream)),
-            FillPhase::Complete => (Some(snapshot.written), Source::Cache),
+            FillPhase::Verified { upstream } => {
+                (Some(snapshot.received), Source::Upstream(upstream))
+            }
+            FillPhase::Complete => (Some(snapshot.received), Source::Cache),
             FillPhase::Failed(error) if matches!(*error, FerryError::Cache(_)) => {
                 return self.uncached_blob(registry, name, digest).await;
             }
@@ -183,15 +186,15 @@ impl PullThrough {
                 return Err(FerryError::MidStream("fill never started".into()));
             }
         };
-        // The whole blob, from the growing file: its last byte waits for the digest check.
-        let reader: BlobStream = Box::pin(read_range(handle.file.clone(), 0, size, Some(progress)));
+        // The whole blob, from the fill: its last byte waits for the digest check.
+        let reader: BlobStream = Box::pin(read_fill(handle.clone(), 0, size));
         let fallback = FallbackContext {
             pull: self.clone(),
             registry: registry.to_owned(),
             name: name.clone(),
             digest: digest.clone(),
             total: size,
-            file: handle.file.clone(),
+            fill: handle,
         };
         Ok(BlobAnswer {
             digest: digest.clone(),
@@ -214,7 +217,14 @@ impl PullThrough {
         let outcome = match self.cache.inflight.join_or_start(
             digest,
             || blob_path.exists(),
-            || BlobWriter::create(&self.cache.layout, digest, &blob_path),
+            || {
+                BlobFill::create(
+                    &self.cache.layout,
+                    digest,
+                    &blob_path,
+                    self.cache.index.clone(),
+                )
+            },
         ) {
             Ok(outcome) => outcome,
             Err(e) => {
@@ -226,21 +236,14 @@ impl PullThrough {
         match outcome {
             JoinOutcome::AlreadyCached => FillJoin::Cached,
             JoinOutcome::Joined(handle) => FillJoin::Fill(handle),
-            JoinOutcome::Started {
-                handle,
-                progress,
-                writer,
-            } => {
+            JoinOutcome::Started { handle, fill } => {
                 let fill = Fill {
                     registry: registry.to_owned(),
                     name: name.clone(),
                     digest: digest.clone(),
-                    writer,
-                    progress,
+                    fill,
                     total: None,
                     contributors: Vec::new(),
-                    reservation: None,
-                    index: self.cache.index.clone(),
                 };
                 tokio::spawn(fill.run(self.clone()));
                 FillJoin::Fill(handle)
@@ -347,7 +350,7 @@ impl PullThrough {
         let body: Option<BlobStream> = if head {
             None
         } else {
-            Some(Box::pin(read_range(Arc::new(file), start, Some(end), None)))
+            Some(Box::pin(read_range(Arc::new(file), start, end)))
         };
         Ok(Some(BlobAnswer {
             digest: digest.clone(),
@@ -438,20 +441,17 @@ fn shared_error(error: &FerryError) -> FerryError {
     }
 }
 
-/// One fill of one digest, run on its own task.
+/// One fill of one digest, run on its own task: the choice of sources; the bytes go to
+/// the cache's `BlobFill`.
 struct Fill {
     registry: String,
     name: RepositoryName,
     digest: Digest,
-    writer: Box<BlobWriter>,
-    progress: watch::Sender<FillProgress>,
+    fill: Box<BlobFill>,
     /// The blob's length as first announced (every later source must agree).
     total: Option<u64>,
-    /// Upstreams whose bytes are in the file; all are suspects if the digest fails.
+    /// Upstreams whose bytes are in the fill; all are suspects if the digest fails.
     contributors: Vec<String>,
-    /// Space held against the cache size for the announced length.
-    reservation: Option<crate::cache::Reservation>,
-    index: Arc<crate::cache::LruIndex>,
 }
 
 /// How one upstream's attempt at the body ended.
@@ -487,19 +487,13 @@ impl Fill {
         pull.cache.inflight.finish(&self.digest);
         match result {
             Ok(upstream) => {
-                tracing::info!(digest = %self.digest, bytes = self.writer.written(), %upstream, elapsed_ms = started.elapsed().as_millis() as u64, "blob fill committed");
-                let written = self.writer.written();
-                // The reservation becomes the committed entry.
-                self.reservation = None;
-                self.index.touch(&self.digest, written);
+                let bytes = self.fill.received();
+                tracing::info!(digest = %self.digest, bytes, %upstream, elapsed_ms = started.elapsed().as_millis() as u64, "blob fill committed");
                 pull.metrics
                     .fill_seconds
                     .observe(started.elapsed().as_secs_f64());
-                pull.metrics.fill_bytes.observe(written as f64);
-                self.progress.send_modify(|p| {
-                    p.written = written;
-                    p.phase = FillPhase::Complete;
-                });
+                pull.metrics.fill_bytes.observe(bytes as f64);
+                self.fill.announce_complete();
             }
             Err(error) => {
                 if matches!(error, FerryError::Cache(_)) {
@@ -508,8 +502,7 @@ impl Fill {
                 } else {
                     tracing::warn!(digest = %self.digest, error = %error, "blob fill failed; nothing committed");
                 }
-                self.progress
-                    .send_modify(|p| p.phase = FillPhase::Failed(Arc::new(error)));
+                self.fill.announce_failure(error);
             }
         }
     }
@@ -544,7 +537,7 @@ impl Fill {
         let mut plan = upstreams.plan(Some(&self.digest));
         let mut failures = Vec::new();
         loop {
-            let offset = self.writer.written();
+            let offset = self.fill.received();
             let Some(source) = self
                 .open_source(upstreams, &mut plan, &mut failures, offset)
                 .await
@@ -573,11 +566,10 @@ impl Fill {
                 AttemptEnd::WrongUnseen(failure) => {
                     self.blame_contributors(upstreams, &client, &failure, started.elapsed());
                     failures.push(failure);
-                    if let Err(e) = self.writer.reset().await {
-                        return Err(FerryError::cache("restarting a fill", e));
+                    if let Err(e) = self.fill.restart() {
+                        return Err(FerryError::Cache(format!("restarting a fill: {e}")));
                     }
                     self.total = None;
-                    self.progress.send_modify(|p| p.written = 0);
                 }
                 AttemptEnd::WrongSeen(failure) => {
                     self.blame_contributors(upstreams, &client, &failure, started.elapsed());
@@ -587,7 +579,7 @@ impl Fill {
             }
         }
         let exhausted = plan.exhausted(failures, upstreams.failover_on_not_found());
-        if self.progress.borrow().written > 0 {
+        if self.fill.any_published() {
             return Err(FerryError::MidStream(exhausted.to_string()));
         }
         Err(blob_error(exhausted, &self.digest))
@@ -609,8 +601,7 @@ impl Fill {
         upstreams.mark_bad_source(client.name(), &self.digest);
     }
 
-    /// Streams one source's body into the writer, publishing progress to readers as
-    /// batches land in the file; at the end, verifies and commits.
+    /// Streams one source's body into the fill; at its end, verifies and commits.
     async fn stream_body(
         &mut self,
         client: &crate::upstream::UpstreamClient,
@@ -619,7 +610,7 @@ impl Fill {
         let upstream = client.name();
         let mut body = client.body(source.response);
         let mut skip = source.skip;
-        let offset = self.writer.written();
+        let offset = self.fill.received();
         let announced_total = match body.content_length() {
             Some(len) if skip > 0 => Some(len),
             Some(len) => Some(offset + len),
@@ -634,159 +625,75 @@ impl Fill {
                 ));
             }
             (None, announced) if offset == 0 => {
-                if let Some(bytes) = announced {
-                    match self.index.try_reserve(bytes) {
-                        Some(reservation) => self.reservation = Some(reservation),
-                        None => {
-                            return AttemptEnd::Cache(format!(
-                                "no room for {bytes} bytes within the cache size (fills in progress and pins hold it)"
-                            ));
-                        }
-                    }
-                    // Claims the disk space up front: a full disk shows now, before any
-                    // byte reaches a reader, and the file is written without piecemeal
-                    // block allocation.
-                    if let Err(e) = self.writer.preallocate(bytes).await {
-                        return AttemptEnd::Cache(format!("preallocating {bytes} bytes: {e}"));
-                    }
+                if let Err(message) = self.fill.begin(announced, upstream).await {
+                    return AttemptEnd::Cache(message);
                 }
                 self.total = announced;
-                self.progress.send_modify(|p| {
-                    p.phase = FillPhase::Streaming {
-                        total: announced,
-                        upstream: upstream.to_owned(),
-                    }
-                });
             }
             _ => {}
         }
         let total = self.total;
         self.contributors.push(upstream.to_owned());
-
-        enum Stop {
-            Upstream(UpstreamFailure),
-            Cache(String),
-        }
-        // Chunks are kept as received (no copying into one buffer) until a batch is full;
-        // then it is hashed and written on the blocking pool while the next batch arrives,
-        // and published to readers as soon as it is in the file.
-        let mut batch: Vec<Bytes> = Vec::new();
-        let mut batch_len = 0usize;
-        let mut in_flight: Option<Pin<Box<dyn Future<Output = io::Result<u64>> + Send>>> = None;
-        let mut received: u64 = offset;
-        let outcome: Result<(), Stop> = loop {
-            let next = match in_flight.as_mut() {
-                Some(write) => tokio::select! {
-                    biased;
-                    written = write => {
-                        in_flight = None;
-                        match written {
-                            Ok(end) => {
-                                self.writer.record_written(end);
-                                self.progress.send_modify(|p| p.written = end);
-                                continue;
-                            }
-                            Err(e) => break Err(Stop::Cache(format!("writing a fill: {e}"))),
-                        }
+        let mut received = offset;
+        loop {
+            // Readers are woken when the source pauses (or every few hundred KiB), not per chunk.
+            let next = {
+                let mut next = std::pin::pin!(body.next_chunk());
+                match std::future::poll_fn(|cx| Poll::Ready(next.as_mut().poll(cx))).await {
+                    Poll::Ready(next) => next,
+                    Poll::Pending => {
+                        self.fill.publish();
+                        next.await
                     }
-                    next = body.next_chunk() => next,
-                },
-                None => body.next_chunk().await,
+                }
             };
-            match next {
-                Ok(Some(mut chunk)) => {
-                    if skip > 0 {
-                        let dropped = skip.min(chunk.len() as u64);
-                        skip -= dropped;
-                        chunk = chunk.slice(dropped as usize..);
-                        if chunk.is_empty() {
-                            continue;
-                        }
-                    }
-                    received += chunk.len() as u64;
-                    if total.is_some_and(|total| received > total) {
-                        break Err(Stop::Upstream(UpstreamFailure::new(
-                            upstream,
-                            FailureKind::BodyBroken,
-                            "body longer than its Content-Length",
-                        )));
-                    }
-                    batch_len += chunk.len();
-                    batch.push(chunk);
-                    if batch_len >= WRITE_BATCH {
-                        if let Some(write) = in_flight.take() {
-                            match write.await {
-                                Ok(end) => {
-                                    self.writer.record_written(end);
-                                    self.progress.send_modify(|p| p.written = end);
-                                }
-                                Err(e) => break Err(Stop::Cache(format!("writing a fill: {e}"))),
-                            }
-                        }
-                        in_flight = Some(Box::pin(
-                            self.writer.submit(std::mem::take(&mut batch)).wait(),
-                        ));
-                        batch_len = 0;
-                    }
-                }
-                Ok(None) => {
-                    if total.is_some_and(|total| received < total) {
-                        break Err(Stop::Upstream(UpstreamFailure::new(
-                            upstream,
-                            FailureKind::BodyBroken,
-                            format!("body ended at {received} of {} bytes", total.unwrap_or(0)),
-                        )));
-                    }
-                    break Ok(());
-                }
-                Err(failure) => break Err(Stop::Upstream(failure)),
+            let mut chunk = match next {
+                Ok(Some(chunk)) => chunk,
+                Ok(None) => break,
+                Err(failure) => return AttemptEnd::Broken(failure),
+            };
+            if skip > 0 {
+                let dropped = skip.min(chunk.len() as u64);
+                skip -= dropped;
+                chunk = chunk.slice(dropped as usize..);
             }
-        };
-        // Everything received goes into the file (a resume continues after it); the write
-        // in flight must land before the next one, a reset, or a commit.
-        if let Some(write) = in_flight.take() {
-            match write.await {
-                Ok(end) => {
-                    self.writer.record_written(end);
-                    if outcome.is_ok() {
-                        self.progress.send_modify(|p| p.written = end);
-                    }
-                }
-                Err(e) => return AttemptEnd::Cache(format!("writing a fill: {e}")),
+            received += chunk.len() as u64;
+            if total.is_some_and(|total| received > total) {
+                return AttemptEnd::Broken(UpstreamFailure::new(
+                    upstream,
+                    FailureKind::BodyBroken,
+                    "body longer than its Content-Length",
+                ));
+            }
+            if let Err(message) = self.fill.push(chunk).await {
+                return AttemptEnd::Cache(message);
             }
         }
-        // The last batch is written but published only after the commit, so a small blob
-        // that fails verification was never seen by any reader.
-        let last_write = self.writer.submit(batch);
-        if let Err(e) = self.writer.complete(last_write).await {
-            return AttemptEnd::Cache(format!("writing a fill: {e}"));
-        }
-        match outcome {
-            Ok(()) => {}
-            Err(Stop::Upstream(failure)) => return AttemptEnd::Broken(failure),
-            Err(Stop::Cache(message)) => return AttemptEnd::Cache(message),
-        }
-        let published = self.progress.borrow().written;
-        let wrong = |failure: UpstreamFailure| {
-            if published == 0 {
-                AttemptEnd::WrongUnseen(failure)
-            } else {
-                AttemptEnd::WrongSeen(failure)
-            }
-        };
-        match self.writer.commit(&self.digest, total).await {
-            Ok(()) => AttemptEnd::Committed,
-            Err(CommitError::Io(e)) => AttemptEnd::Cache(format!("committing a fill: {e}")),
-            Err(mismatch @ CommitError::SizeMismatch { .. }) => wrong(UpstreamFailure::new(
+        if let Some(total) = total.filter(|total| received < *total) {
+            return AttemptEnd::Broken(UpstreamFailure::new(
                 upstream,
                 FailureKind::BodyBroken,
-                mismatch.to_string(),
-            )),
-            Err(mismatch @ CommitError::DigestMismatch { .. }) => wrong(UpstreamFailure::new(
-                upstream,
-                FailureKind::DigestMismatch,
-                mismatch.to_string(),
-            )),
+                format!("body ended at {received} of {total} bytes"),
+            ));
+        }
+        let wrong = |fill: &BlobFill, failure: UpstreamFailure| {
+            if fill.any_published() {
+                AttemptEnd::WrongSeen(failure)
+            } else {
+                AttemptEnd::WrongUnseen(failure)
+            }
+        };
+        match self.fill.commit().await {
+            Ok(()) => AttemptEnd::Committed,
+            Err(CommitError::Io(e)) => AttemptEnd::Cache(format!("committing a fill: {e}")),
+            Err(mismatch @ CommitError::SizeMismatch { .. }) => wrong(
+                &self.fill,
+                UpstreamFailure::new(upstream, FailureKind::BodyBroken, mismatch.to_string()),
+            ),
+            Err(mismatch @ CommitError::DigestMismatch { .. }) => wrong(
+                &self.fill,
+                UpstreamFailure::new(upstream, FailureKind::DigestMismatch, mismatch.to_string()),
+            ),
         }
     }
 }

@@ -1,20 +1,19 @@
 //! When the cache cannot take a blob (disk full, I/O errors), clients are served straight
 //! from upstream without caching: from the start, or from wherever a failed fill left them.
 //! Only whole blobs pass here, and they still get verified bytes: the hash covers what it already
-//! sent (re-read from the fill's file) plus the rest, and the last chunk is held back until
+//! sent (re-read from the fill) plus the rest, and the last chunk is held back until
 //! the digest matches, so a wrong body is cut, never completed.
 
 use super::PullThrough;
 use super::blob::{BlobStream, blob_error, open_at};
+use crate::cache::FillHandle;
 use crate::cache::reader::FillFailed;
 use crate::error::FerryError;
 use crate::oci::{Digest, DigestVerifier, RepositoryName};
 use crate::upstream::{BodyChunks, Upstreams};
 use bytes::Bytes;
 use futures_util::StreamExt;
-use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 /// An upstream body positioned at `offset` of the blob.
@@ -159,8 +158,8 @@ pub struct FallbackContext {
     pub digest: Digest,
     /// The blob's size, when known.
     pub total: Option<u64>,
-    /// The fill's file, for re-hashing what the reader already sent.
-    pub file: Arc<File>,
+    /// The fill, for re-hashing what the reader already sent.
+    pub fill: Arc<FillHandle>,
 }
 
 /// Wraps a fill reader: if the fill fails because of the cache, the reader continues from
@@ -215,11 +214,11 @@ pub fn continue_from_upstream_on_cache_failure(
 }
 
 /// The rest of a whole-blob body from upstream, from `offset` on; what was already sent is
-/// re-hashed from the fill's file so the digest check still covers every byte.
+/// re-hashed from the fill so the digest check still covers every byte.
 async fn continue_at(context: &FallbackContext, offset: u64) -> io::Result<BlobStream> {
-    let file = context.file.clone();
+    let fill = context.fill.clone();
     let algorithm = context.digest.algorithm();
-    let verifier = tokio::task::spawn_blocking(move || hash_prefix(&file, offset, algorithm))
+    let verifier = tokio::task::spawn_blocking(move || fill.hash_prefix(offset, algorithm))
         .await
         .map_err(|e| io::Error::other(format!("hashing task failed: {e}")))??;
     let upstreams = context
@@ -242,28 +241,4 @@ async fn continue_at(context: &FallbackContext, offset: u64) -> io::Result<BlobS
         verifier,
         context.digest.clone(),
     ))
-}
-
-/// Hashes the first `len` bytes of `file`.
-fn hash_prefix(
-    file: &File,
-    len: u64,
-    algorithm: crate::oci::DigestAlgorithm,
-) -> io::Result<DigestVerifier> {
-    let mut verifier = DigestVerifier::new(algorithm);
-    let mut buffer = vec![0u8; 1 << 20];
-    let mut offset = 0u64;
-    while offset < len {
-        let want = (len - offset).min(buffer.len() as u64) as usize;
-        let n = file.read_at(&mut buffer[..want], offset)?;
-        if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "fill file shorter than what was sent",
-            ));
-        }
-        verifier.update(&buffer[..n]);
-        offset += n as u64;
-    }
-    Ok(verifier)
 }
