@@ -22,6 +22,10 @@ use crate::oci::Digest;
 use std::io;
 use std::path::Path;
 
+/// Bytes of manifests kept in memory (they are small, immutable by digest, and asked for on
+/// every pull, so a hit should not cost two file reads on the blocking pool).
+const MANIFEST_MEMORY_BYTES: u64 = 16 * 1024 * 1024;
+
 /// How stale a blob file's mtime may get before a hit refreshes it (recency for restarts).
 const RECENCY_PERSIST_INTERVAL: std::time::Duration = std::time::Duration::from_secs(3600);
 
@@ -40,6 +44,8 @@ pub struct Cache {
     pub inflight: Inflight,
     /// Sizes and recency of committed blobs; enforces `cache_size`.
     pub index: std::sync::Arc<LruIndex>,
+    /// Recently used manifests, by digest (a copy of what is on disk).
+    manifests: moka::sync::Cache<Digest, CachedManifest>,
     /// Fills abandoned because the cache could not take the bytes (disk full, I/O errors).
     write_failures: std::sync::atomic::AtomicU64,
     /// Held open for the server's lifetime: its `flock` keeps a second server off this directory.
@@ -69,6 +75,14 @@ impl Cache {
             tags,
             inflight: Inflight::default(),
             index,
+            manifests: moka::sync::Cache::builder()
+                .max_capacity(MANIFEST_MEMORY_BYTES)
+                .weigher(|_, manifest: &CachedManifest| {
+                    (manifest.body.len() + manifest.media_type.len() + 128)
+                        .try_into()
+                        .unwrap_or(u32::MAX)
+                })
+                .build(),
             write_failures: Default::default(),
             _server_lock: server_lock,
         })
@@ -125,14 +139,31 @@ impl Cache {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Reads a committed manifest, if present.
+    /// A committed manifest, if present: from memory, else read from disk (and remembered).
     pub async fn manifest(&self, digest: &Digest) -> io::Result<Option<CachedManifest>> {
+        if let Some(manifest) = self.manifests.get(digest) {
+            return Ok(Some(manifest));
+        }
+        let manifest = self.read_manifest(digest).await?;
+        if let Some(manifest) = &manifest {
+            self.manifests.insert(digest.clone(), manifest.clone());
+        }
+        Ok(manifest)
+    }
+
+    async fn read_manifest(&self, digest: &Digest) -> io::Result<Option<CachedManifest>> {
         let body_path = self.layout.manifest_path(digest);
         let body = match tokio::fs::read(&body_path).await {
             Ok(body) => body,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e),
         };
+        // A file damaged on disk is never served (nor remembered): the caller fetches the
+        // manifest again, and storing it replaces the file.
+        if !digest.matches(&body) {
+            tracing::error!(%digest, path = %body_path.display(), "cached manifest does not match its digest; ignoring it");
+            return Ok(None);
+        }
         let media_type =
             match tokio::fs::read_to_string(self.layout.manifest_type_path(digest)).await {
                 Ok(media_type) => media_type.trim().to_owned(),
@@ -164,7 +195,10 @@ impl Cache {
             )));
         }
         let final_path = self.layout.manifest_path(&manifest.digest);
-        writer::write_file_atomically(&self.layout, &final_path, manifest.body.clone()).await
+        writer::write_file_atomically(&self.layout, &final_path, manifest.body.clone()).await?;
+        self.manifests
+            .insert(manifest.digest.clone(), manifest.clone());
+        Ok(())
     }
 
     /// Opens a committed blob for reading, with its size, and records the use (its file's

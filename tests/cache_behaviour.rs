@@ -343,3 +343,42 @@ async fn a_blob_with_a_wrong_length_is_not_committed() {
     assert_eq!(cached.len(), 1);
     assert!(cached[0].1);
 }
+
+#[tokio::test]
+async fn a_manifest_damaged_on_disk_is_fetched_again_never_served() {
+    let upstream = FakeRegistry::start().await;
+    let (manifest, _, _) = put_image(&[&upstream], "damaged/disk", "v1", 26);
+    let proxy = TestProxy::start(&[&upstream]).await;
+    let url = format!("/v2/damaged/disk/manifests/{manifest}");
+    let body = client().get(proxy.url(&url)).send().await.unwrap();
+    assert!(manifest.matches(&body.bytes().await.unwrap()));
+    let cache_dir = proxy.stop().await;
+    // Bit rot (or a stray write) on disk while the server is down.
+    let path = cache_dir
+        .path()
+        .join("manifests/sha256")
+        .join(&manifest.hex()[..2])
+        .join(manifest.hex());
+    let mut bytes = std::fs::read(&path).expect("the manifest was cached");
+    bytes[10] ^= 0x20;
+    std::fs::write(&path, &bytes).unwrap();
+
+    let proxy = TestProxy::start_urls(&[upstream.url()], cache_dir, |_| {}).await;
+    for _ in 0..2 {
+        let body = client()
+            .get(proxy.url(&url))
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        assert!(manifest.matches(&body), "damaged bytes were served");
+    }
+    assert_eq!(
+        upstream.hits(&format!("/manifests/{manifest}")),
+        2,
+        "fetched again once, then served from the repaired cache"
+    );
+    assert!(proxy.rehash_cache().iter().all(|(_, ok)| *ok));
+}
