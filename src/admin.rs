@@ -176,6 +176,7 @@ pub fn status(pull: &PullThrough) -> serde_json::Value {
                     entry["name"] = client.name().into();
                     entry["registry"] = registry.as_str().into();
                     entry["url"] = client.config().url.as_str().into();
+                    entry["group"] = client.config().group.as_deref().into();
                     entry
                 })
                 .collect::<Vec<_>>()

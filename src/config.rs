@@ -115,6 +115,7 @@ impl DirectRegistries {
             credentials: None,
             ca: self.ca.clone(),
             https_redirects_only: true,
+            group: None,
         })
     }
 }
@@ -171,6 +172,8 @@ pub struct UpstreamConfig {
     pub ca: Option<UpstreamCa>,
     /// Follow redirects to https URLs only (direct registries, which clients name).
     pub https_redirects_only: bool,
+    /// The group this upstream belongs to: consecutive members share one priority slot.
+    pub group: Option<String>,
 }
 
 /// Basic credentials for an upstream. The password never appears in `Debug` output.
@@ -310,6 +313,8 @@ pub struct Overrides {
     pub listen: Option<String>,
     pub cache_dir: Option<PathBuf>,
     pub upstreams: Vec<String>,
+    /// `--upstream-group NAME=URL,URL,...`: groups placed before the `--upstreams`.
+    pub upstream_groups: Vec<String>,
     pub tag_ttl: Option<String>,
     pub offline: bool,
     pub admin_listen: Option<String>,
@@ -708,12 +713,27 @@ impl Config {
             );
         }
 
-        let upstream_files: Vec<(String, UpstreamFile)> = if !overrides.upstreams.is_empty() {
-            overrides
-                .upstreams
-                .iter()
-                .enumerate()
-                .map(|(i, given)| {
+        let upstream_files: Vec<(String, UpstreamFile)> =
+            if !overrides.upstreams.is_empty() || !overrides.upstream_groups.is_empty() {
+                let mut files = Vec::new();
+                for (i, given) in overrides.upstream_groups.iter().enumerate() {
+                    let key = format!("--upstream-group[{i}]");
+                    let Some((group, urls)) = given.split_once('=') else {
+                        problem(&key, given, "expected NAME=URL,URL,...".into());
+                        continue;
+                    };
+                    for url in urls.split(',').filter(|u| !u.trim().is_empty()) {
+                        files.push((
+                            key.clone(),
+                            UpstreamFile {
+                                url: Some(url.trim().to_owned()),
+                                group: Some(group.to_owned()),
+                                ..Default::default()
+                            },
+                        ));
+                    }
+                }
+                files.extend(overrides.upstreams.iter().enumerate().map(|(i, given)| {
                     // `REGISTRY=URL` names the registry; a bare URL serves the default one.
                     let (registry, url) = match given.split_once('=') {
                         Some((registry, url)) if !registry.contains("://") => {
@@ -729,24 +749,24 @@ impl Config {
                             ..Default::default()
                         },
                     )
-                })
-                .collect()
-        } else if !file.upstreams.is_empty() {
-            file.upstreams
-                .iter()
-                .enumerate()
-                .map(|(i, u)| (format!("upstream[{i}]"), u.clone()))
-                .collect()
-        } else {
-            vec![(
-                "upstream[default]".to_owned(),
-                UpstreamFile {
-                    url: Some(DOCKER_HUB_URL.to_owned()),
-                    name: Some("docker-hub".to_owned()),
-                    ..Default::default()
-                },
-            )]
-        };
+                }));
+                files
+            } else if !file.upstreams.is_empty() {
+                file.upstreams
+                    .iter()
+                    .enumerate()
+                    .map(|(i, u)| (format!("upstream[{i}]"), u.clone()))
+                    .collect()
+            } else {
+                vec![(
+                    "upstream[default]".to_owned(),
+                    UpstreamFile {
+                        url: Some(DOCKER_HUB_URL.to_owned()),
+                        name: Some("docker-hub".to_owned()),
+                        ..Default::default()
+                    },
+                )]
+            };
 
         let mut upstreams = Vec::new();
         for (key, upstream) in &upstream_files {
@@ -891,7 +911,20 @@ impl Config {
                         "expected a registry host name such as ghcr.io".into(),
                     );
                 }
+                if let Some(group) = &upstream.group
+                    && (group.is_empty()
+                        || !group
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+                {
+                    field_problem(
+                        "group",
+                        group,
+                        "expected a name of letters, digits, '-', '_' or '.'".into(),
+                    );
+                }
                 upstreams.push(UpstreamConfig {
+                    group: upstream.group.clone(),
                     name,
                     url,
                     registry: upstream_registry,
@@ -904,6 +937,32 @@ impl Config {
                     ca,
                     https_redirects_only: false,
                 });
+            }
+        }
+        // A group is one slot in its registry's priority order: its members must be
+        // consecutive and serve the same registry.
+        let mut closed_groups: Vec<&str> = Vec::new();
+        for (i, upstream) in upstreams.iter().enumerate() {
+            let Some(group) = upstream.group.as_deref() else {
+                continue;
+            };
+            let continues = i > 0 && upstreams[i - 1].group.as_deref() == Some(group);
+            if continues && upstreams[i - 1].registry != upstream.registry {
+                problem(
+                    "upstream.group",
+                    group,
+                    "all members of a group must serve the same registry".into(),
+                );
+            }
+            if !continues {
+                if closed_groups.contains(&group) {
+                    problem(
+                        "upstream.group",
+                        group,
+                        "the members of a group must be consecutive [[upstream]] tables".into(),
+                    );
+                }
+                closed_groups.push(group);
             }
         }
         let mut seen = std::collections::HashSet::new();
@@ -975,6 +1034,7 @@ impl Config {
             .iter()
             .map(|u| UpstreamFile {
                 url: Some(u.url.to_string()),
+                group: u.group.clone(),
                 registry: Some(u.registry.clone()),
                 name: Some(u.name.clone()),
                 connect_timeout: Some(humantime::format_duration(u.connect_timeout).to_string()),

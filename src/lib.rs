@@ -10,8 +10,8 @@
 //!   [`server::response`].
 //! - [`pull`]: the pull-through flow. Hits are served from the cache; misses walk the
 //!   upstreams in order, are verified, and are committed while streaming to clients.
-//! - [`cache`]: the content-addressed disk cache (layout, atomic writer, one fill per digest,
-//!   readers of growing files, tag records).
+//! - [`cache`]: the content-addressed disk cache (layout, the blob fill that hashes, writes
+//!   and commits, one fill per digest, readers of fills and files, manifests, tag records).
 //! - [`upstream`]: one client per upstream (timeouts, token auth, redirects), failure
 //!   classification, and the ordered pool.
 //! - [`oci`]: digests, names, media types and error codes, with no I/O.

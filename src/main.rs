@@ -95,6 +95,12 @@ struct ServeArgs {
     /// (first = primary). Replaces the file's upstreams. [default: https://registry-1.docker.io]
     #[arg(long = "upstream", value_name = "[REGISTRY=]URL")]
     upstreams: Vec<String>,
+    /// A group of upstreams sharing one slot in the priority order, e.g. the AZ replicas of
+    /// a fleet: each blob (by digest) or tag goes to the member that rendezvous hashing
+    /// picks, the next in hash order when it fails. Groups come before the --upstream
+    /// entries, in the order given (use the config file's `group` key for other orders).
+    #[arg(long = "upstream-group", value_name = "NAME=URL,URL,...")]
+    upstream_groups: Vec<String>,
     /// Cache directory [default: $XDG_CACHE_HOME/ferry or ~/.cache/ferry].
     #[arg(long, value_name = "DIR")]
     cache_dir: Option<PathBuf>,
@@ -161,6 +167,7 @@ fn load_config(args: &ServeArgs) -> Result<Config, ExitCode> {
         listen: args.listen.clone(),
         cache_dir: args.cache_dir.clone(),
         upstreams: args.upstreams.clone(),
+        upstream_groups: args.upstream_groups.clone(),
         tag_ttl: args.tag_ttl.clone(),
         offline: args.offline,
         admin_listen: args.admin_listen.clone(),

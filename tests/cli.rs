@@ -213,3 +213,56 @@ fn check_config_shows_auth_files_but_never_a_credential_helpers_command() {
         "{printed}"
     );
 }
+
+#[test]
+fn upstream_groups_on_the_command_line_and_in_the_file() {
+    let out = ferry()
+        .args([
+            "check-config",
+            "--upstream-group",
+            "az=http://az-a:5000,http://az-b:5000",
+            "--upstream",
+            "https://registry.example",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed = String::from_utf8_lossy(&out.stdout);
+    let tables: Vec<&str> = printed.split("[[upstream]]").skip(1).collect();
+    assert_eq!(tables.len(), 3, "{printed}");
+    assert!(tables[0].contains("az-a") && tables[0].contains("group = \"az\""));
+    assert!(tables[1].contains("az-b") && tables[1].contains("group = \"az\""));
+    assert!(tables[2].contains("registry.example") && !tables[2].contains("group"));
+
+    // A group split by another upstream is refused, as is a malformed one.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("groups.toml");
+    std::fs::write(
+        &path,
+        "[[upstream]]\nurl = \"http://a\"\ngroup = \"az\"\n\
+         [[upstream]]\nurl = \"http://b\"\n\
+         [[upstream]]\nurl = \"http://c\"\ngroup = \"az\"\n",
+    )
+    .unwrap();
+    let out = ferry()
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("must be consecutive"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = ferry()
+        .args(["check-config", "--upstream-group", "just-a-name"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("NAME=URL"));
+}

@@ -14,6 +14,7 @@ mod crash;
 mod disk_full;
 mod failover;
 mod flapping;
+mod fleet;
 mod hostile;
 mod outage_modes;
 mod registries;

@@ -80,6 +80,9 @@ pub struct ConfigFile {
 #[serde(deny_unknown_fields)]
 pub struct UpstreamFile {
     pub url: Option<String>,
+    /// Consecutive upstreams with the same group share one slot in the priority order;
+    /// each request orders the members by rendezvous hashing of its digest or tag.
+    pub group: Option<String>,
     /// The registry this upstream serves (default: the top-level `registry`).
     pub registry: Option<String>,
     pub name: Option<String>,

@@ -13,7 +13,9 @@ use crate::cache::reader::{read_fill, read_range};
 use crate::cache::{BlobFill, CommitError, FillPhase, FillProgress, JoinOutcome};
 use crate::error::FerryError;
 use crate::oci::{Digest, DigestVerifier, ErrorCode, RepositoryName};
-use crate::upstream::{AttemptPlan, FailureKind, UpstreamFailure, Upstreams, UpstreamsExhausted};
+use crate::upstream::{
+    AttemptPlan, FailureKind, Route, UpstreamFailure, Upstreams, UpstreamsExhausted,
+};
 use bytes::Bytes;
 use futures_util::Stream;
 use http::{HeaderMap, Method, StatusCode};
@@ -370,7 +372,7 @@ impl PullThrough {
         let suffix = format!("blobs/{digest}");
         let (size, upstream) = self
             .upstreams_for(registry)?
-            .first_success(Some(digest), |client| {
+            .first_success(Route::Digest(digest), |client| {
                 let suffix = suffix.clone();
                 async move {
                     let response = client
@@ -534,7 +536,7 @@ impl Fill {
     }
 
     async fn fetch_and_commit(&mut self, upstreams: &Upstreams) -> Result<String, FerryError> {
-        let mut plan = upstreams.plan(Some(&self.digest));
+        let mut plan = upstreams.plan(Route::Digest(&self.digest));
         let mut failures = Vec::new();
         loop {
             let offset = self.fill.received();

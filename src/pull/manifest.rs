@@ -11,7 +11,7 @@ use crate::oci::media_type::{AcceptList, detect_manifest_media_type};
 use crate::oci::{
     Digest, DigestAlgorithm, DigestVerifier, ErrorCode, Reference, RepositoryName, Tag,
 };
-use crate::upstream::{FailureKind, UpstreamFailure, Upstreams, UpstreamsExhausted};
+use crate::upstream::{FailureKind, Route, UpstreamFailure, Upstreams, UpstreamsExhausted};
 use bytes::Bytes;
 use http::header::{ACCEPT, CONTENT_TYPE, LINK};
 use http::{HeaderMap, HeaderValue, Method};
@@ -252,8 +252,12 @@ impl PullThrough {
         accept: &AcceptList,
     ) -> Result<(Option<Digest>, String), UpstreamsExhausted> {
         let suffix = format!("manifests/{tag}");
+        let route = Route::Tag {
+            repository: name.as_str(),
+            tag: tag.as_str(),
+        };
         upstreams
-            .first_success(None, |client| {
+            .first_success(route, |client| {
                 let suffix = suffix.clone();
                 async move {
                     let response = client
@@ -282,9 +286,16 @@ impl PullThrough {
             Reference::Digest(d) => Some(d),
             Reference::Tag(_) => None,
         };
+        let route = match reference {
+            Reference::Digest(digest) => Route::Digest(digest),
+            Reference::Tag(tag) => Route::Tag {
+                repository: name.as_str(),
+                tag: tag.as_str(),
+            },
+        };
         let suffix = format!("manifests/{reference}");
         upstreams
-            .first_success(requested_digest, |client| {
+            .first_success(route, |client| {
                 let suffix = suffix.clone();
                 async move {
                     let response = client
@@ -347,7 +358,7 @@ impl PullThrough {
         let upstreams = self.upstreams_for(registry)?;
         let query = pagination_query(query);
         upstreams
-            .first_success(None, |client| {
+            .first_success(Route::Unkeyed, |client| {
                 let query = query.clone();
                 async move {
                     let response = client

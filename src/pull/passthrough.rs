@@ -34,7 +34,7 @@ pub async fn open_tail(
     total: Option<u64>,
 ) -> Result<UpstreamTail, FerryError> {
     let suffix = format!("blobs/{digest}");
-    let mut plan = upstreams.plan(Some(digest));
+    let mut plan = upstreams.plan(crate::upstream::Route::Digest(digest));
     let mut failures = Vec::new();
     let opened = upstreams
         .first_success_in(&mut plan, &mut failures, |client| {

@@ -1,11 +1,13 @@
 //! The ordered list of upstreams. Each request gets an [`AttemptPlan`]: upstreams in
-//! priority order, drained ones left out, open breakers deferred to the last resort, recent
-//! bad sources for the digest last, and a bounded number of attempts. Attempts
+//! priority order (a group's members ranked for the request), drained ones left out, open
+//! breakers deferred to the last resort, recent bad sources for the digest last, and a
+//! bounded number of attempts. Attempts
 //! can be hedged: if one has no answer within the hedge delay, the next starts alongside it.
 
 use super::breaker::{Admission, BreakerConfig};
 use super::client::UpstreamClient;
 use super::failure::{UpstreamFailure, UpstreamsExhausted};
+use super::route::{Route, order_groups};
 use crate::config::UpstreamConfig;
 use crate::oci::Digest;
 use futures_util::StreamExt;
@@ -215,16 +217,19 @@ impl Upstreams {
         self.clients.iter().find(|c| c.name() == name)
     }
 
-    /// A fresh plan for one request: drained upstreams left out, upstreams that recently
-    /// sent bad bytes for `digest` moved to the end.
-    pub fn plan(&self, digest: Option<&Digest>) -> AttemptPlan {
+    /// A fresh plan for one request: drained upstreams left out, each group's members
+    /// ranked for `route`, upstreams that recently sent bad bytes for its digest moved to
+    /// the end.
+    pub fn plan(&self, route: Route<'_>) -> AttemptPlan {
         let now = Instant::now();
-        let in_rotation = self
+        let in_rotation: Vec<_> = self
             .clients
             .iter()
             .filter(|c| !c.health().is_drained())
-            .cloned();
-        let order: Vec<_> = match digest {
+            .cloned()
+            .collect();
+        let in_rotation = order_groups(in_rotation, route, &self.registry).into_iter();
+        let order: Vec<_> = match route.digest() {
             None => in_rotation.collect(),
             Some(digest) => {
                 let bad = self.lock_bad_sources();
@@ -325,14 +330,14 @@ impl Upstreams {
     /// Runs `attempt` on each upstream of a fresh plan until one succeeds.
     pub async fn first_success<T, F, Fut>(
         &self,
-        digest: Option<&Digest>,
+        route: Route<'_>,
         attempt: F,
     ) -> Result<T, UpstreamsExhausted>
     where
         F: FnMut(Arc<UpstreamClient>) -> Fut,
         Fut: Future<Output = Result<T, UpstreamFailure>>,
     {
-        let mut plan = self.plan(digest);
+        let mut plan = self.plan(route);
         let mut failures = Vec::new();
         match self
             .first_success_in(&mut plan, &mut failures, attempt)
