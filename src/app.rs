@@ -31,6 +31,8 @@ pub enum StartError {
     Upstreams(String),
     #[error("cannot set up TLS: {0}")]
     Tls(String),
+    #[error("cannot set up the shared store: {0}")]
+    SharedStore(String),
 }
 
 /// A running ferry. Dropping it does not stop the server; call `shutdown`.
@@ -100,7 +102,15 @@ pub async fn start_with_shutdown(
         max_stale: config.max_stale,
         offline: config.offline,
     };
-    let pull = Arc::new(PullThrough::new(cache, registries, settings, metrics));
+    let shared = match &config.shared_store {
+        Some(store) => Some(Arc::new(
+            crate::shared::SharedStore::new(store.clone()).map_err(StartError::SharedStore)?,
+        )),
+        None => None,
+    };
+    let pull = Arc::new(PullThrough::new(
+        cache, registries, settings, metrics, shared,
+    ));
     let (listener, addr) = bind(config.listen).await?;
     let admin = match config.admin_listen {
         Some(admin_addr) => Some(bind(admin_addr).await?),

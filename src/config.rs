@@ -56,6 +56,8 @@ pub struct Config {
     pub direct: Option<DirectRegistries>,
     /// The top-level `ca_file` (the default for upstreams and direct registries).
     pub ca_file: Option<PathBuf>,
+    /// The shared store (second cache tier), if any.
+    pub shared_store: Option<crate::shared::SharedStoreConfig>,
 }
 
 /// Limits on client connections, from the config (`client_*`, `max_connections*`).
@@ -321,6 +323,8 @@ pub struct Overrides {
     pub cache_size: Option<String>,
     /// `--direct-registry` patterns; replace the file's `direct_registries` when given.
     pub direct_registries: Vec<String>,
+    /// `--shared-store s3://BUCKET/PREFIX`.
+    pub shared_store: Option<String>,
 }
 
 /// One invalid setting: where it came from, the offending value, and why.
@@ -523,6 +527,11 @@ impl Config {
             "breaker_max_cooldown",
             file.breaker_max_cooldown.as_ref(),
             breaker_defaults.max_cooldown,
+        );
+        let shared_store_timeout = duration(
+            "shared_store_timeout",
+            file.shared_store_timeout.as_ref(),
+            Duration::from_secs(10),
         );
         let mut optional_duration =
             |key: &str, value: Option<&String>, off_word: &str| -> Option<Duration> {
@@ -976,8 +985,15 @@ impl Config {
             }
         }
 
+        let shared_store = shared_store_config(&file, overrides, shared_store_timeout)
+            .unwrap_or_else(|(key, value, reason)| {
+                problem(key, &value, reason);
+                None
+            });
+
         match (problems.is_empty(), listen) {
             (true, Some(listen)) => Ok(Config {
+                shared_store,
                 listen,
                 cache_dir,
                 cache_size,
@@ -1132,6 +1148,25 @@ impl Config {
                 humantime::format_duration(d).to_string()
             })),
             ca_file: self.ca_file.as_ref().map(|p| p.display().to_string()),
+            shared_store: self.shared_store.as_ref().map(|s| s.url.clone()),
+            shared_store_endpoint: self.shared_store.as_ref().and_then(|s| s.endpoint.clone()),
+            shared_store_region: self.shared_store.as_ref().and_then(|s| s.region.clone()),
+            shared_store_access_key_id: self
+                .shared_store
+                .as_ref()
+                .and_then(|s| s.access_key_id.clone()),
+            shared_store_secret_access_key: self
+                .shared_store
+                .as_ref()
+                .and_then(|s| s.secret_access_key.as_ref())
+                .map(|_| "<redacted>".to_owned()),
+            shared_store_secret_access_key_env: None,
+            shared_store_secret_access_key_file: None,
+            shared_store_timeout: self
+                .shared_store
+                .as_ref()
+                .map(|s| humantime::format_duration(s.request_timeout).to_string()),
+            blob_redirect: self.shared_store.as_ref().map(|s| s.blob_redirect),
             direct_registries: self
                 .direct
                 .as_ref()
@@ -1172,6 +1207,104 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         return Err("size must be a positive number".into());
     }
     Ok((number * multiplier as f64).round() as u64)
+}
+
+/// The shared store's settings: the file's keys, else the standard `AWS_*` variables.
+fn shared_store_config(
+    file: &ConfigFile,
+    overrides: &Overrides,
+    request_timeout: Duration,
+) -> Result<Option<crate::shared::SharedStoreConfig>, (&'static str, String, String)> {
+    let Some(url) = overrides
+        .shared_store
+        .clone()
+        .or_else(|| file.shared_store.clone())
+    else {
+        return Ok(None);
+    };
+    let (bucket, prefix) = crate::shared::SharedStoreConfig::parse_url(&url)
+        .map_err(|reason| ("shared_store", url.clone(), reason))?;
+    let env = |names: &[&str]| {
+        names
+            .iter()
+            .find_map(|name| std::env::var(name).ok().filter(|v| !v.is_empty()))
+    };
+    let endpoint = file
+        .shared_store_endpoint
+        .clone()
+        .or_else(|| env(&["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_ENDPOINT"]));
+    if let Some(endpoint) = &endpoint
+        && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+    {
+        return Err((
+            "shared_store_endpoint",
+            endpoint.clone(),
+            "expected an http:// or https:// URL".into(),
+        ));
+    }
+    let given_secrets = [
+        &file.shared_store_secret_access_key,
+        &file.shared_store_secret_access_key_env,
+        &file.shared_store_secret_access_key_file,
+    ]
+    .iter()
+    .filter(|s| s.is_some())
+    .count();
+    if given_secrets > 1 {
+        return Err((
+            "shared_store_secret_access_key",
+            "<redacted>".into(),
+            "set only one of shared_store_secret_access_key, _env, _file".into(),
+        ));
+    }
+    let secret_access_key = if let Some(secret) = &file.shared_store_secret_access_key {
+        Some(secret.clone())
+    } else if let Some(var) = &file.shared_store_secret_access_key_env {
+        Some(
+            std::env::var(var)
+                .ok()
+                .filter(|v| !v.is_empty())
+                .ok_or_else(|| {
+                    (
+                        "shared_store_secret_access_key_env",
+                        var.clone(),
+                        "environment variable is unset or empty".to_owned(),
+                    )
+                })?,
+        )
+    } else if let Some(path) = &file.shared_store_secret_access_key_file {
+        Some(
+            std::fs::read_to_string(path)
+                .map_err(|e| {
+                    (
+                        "shared_store_secret_access_key_file",
+                        path.clone(),
+                        format!("cannot read: {e}"),
+                    )
+                })?
+                .trim_end_matches(['\n', '\r'])
+                .to_owned(),
+        )
+    } else {
+        env(&["AWS_SECRET_ACCESS_KEY"])
+    };
+    Ok(Some(crate::shared::SharedStoreConfig {
+        url,
+        bucket,
+        prefix,
+        endpoint,
+        region: file
+            .shared_store_region
+            .clone()
+            .or_else(|| env(&["AWS_REGION", "AWS_DEFAULT_REGION"])),
+        access_key_id: file
+            .shared_store_access_key_id
+            .clone()
+            .or_else(|| env(&["AWS_ACCESS_KEY_ID"])),
+        secret_access_key,
+        request_timeout,
+        blob_redirect: file.blob_redirect.unwrap_or(false),
+    }))
 }
 
 fn resolve_password(

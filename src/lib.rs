@@ -27,5 +27,6 @@ pub mod metrics;
 pub mod oci;
 pub mod pull;
 pub mod server;
+pub mod shared;
 pub mod upstream;
 pub mod warm;

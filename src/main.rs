@@ -101,6 +101,11 @@ struct ServeArgs {
     /// entries, in the order given (use the config file's `group` key for other orders).
     #[arg(long = "upstream-group", value_name = "NAME=URL,URL,...")]
     upstream_groups: Vec<String>,
+    /// A shared store (second cache tier for AZ replicas): s3://BUCKET/PREFIX. Endpoint,
+    /// region and keys come from AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID and
+    /// AWS_SECRET_ACCESS_KEY (or the config file's shared_store_* keys).
+    #[arg(long = "shared-store", value_name = "s3://BUCKET/PREFIX")]
+    shared_store: Option<String>,
     /// Cache directory [default: $XDG_CACHE_HOME/ferry or ~/.cache/ferry].
     #[arg(long, value_name = "DIR")]
     cache_dir: Option<PathBuf>,
@@ -168,6 +173,7 @@ fn load_config(args: &ServeArgs) -> Result<Config, ExitCode> {
         cache_dir: args.cache_dir.clone(),
         upstreams: args.upstreams.clone(),
         upstream_groups: args.upstream_groups.clone(),
+        shared_store: args.shared_store.clone(),
         tag_ttl: args.tag_ttl.clone(),
         offline: args.offline,
         admin_listen: args.admin_listen.clone(),

@@ -56,6 +56,8 @@ pub struct PullThrough {
     pub registries: Registries,
     pub settings: PullSettings,
     pub metrics: std::sync::Arc<crate::metrics::Metrics>,
+    /// The shared store (second cache tier), if configured.
+    pub shared: Option<Arc<crate::shared::SharedStore>>,
     manifest_fetches: KeyedLocks,
 }
 
@@ -65,12 +67,14 @@ impl PullThrough {
         registries: Registries,
         settings: PullSettings,
         metrics: std::sync::Arc<crate::metrics::Metrics>,
+        shared: Option<Arc<crate::shared::SharedStore>>,
     ) -> Self {
         PullThrough {
             cache,
             registries,
             metrics,
             settings,
+            shared,
             manifest_fetches: KeyedLocks::default(),
         }
     }

@@ -72,6 +72,20 @@ pub struct ConfigFile {
     /// `https://<registry>`: exact names (`quay.io`, `registry.internal:5000`), `*.suffix`,
     /// or `*` for any. Others are refused with NAME_UNKNOWN.
     pub direct_registries: Option<Vec<String>>,
+    /// The shared store, `s3://BUCKET/PREFIX` (also `--shared-store`): a second cache tier in
+    /// an S3-API bucket shared by AZ replicas. Endpoint, region and keys default to the
+    /// `AWS_ENDPOINT_URL`, `AWS_REGION`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` variables.
+    pub shared_store: Option<String>,
+    pub shared_store_endpoint: Option<String>,
+    pub shared_store_region: Option<String>,
+    pub shared_store_access_key_id: Option<String>,
+    pub shared_store_secret_access_key: Option<String>,
+    pub shared_store_secret_access_key_env: Option<String>,
+    pub shared_store_secret_access_key_file: Option<String>,
+    /// Per-request timeout for the store, e.g. "10s".
+    pub shared_store_timeout: Option<String>,
+    /// Answer blob GETs the store holds with a 307 to a presigned URL.
+    pub blob_redirect: Option<bool>,
     #[serde(default, rename = "upstream")]
     pub upstreams: Vec<UpstreamFile>,
 }

@@ -13,11 +13,13 @@ use crate::cache::reader::{read_fill, read_range};
 use crate::cache::{BlobFill, CommitError, FillPhase, FillProgress, JoinOutcome};
 use crate::error::FerryError;
 use crate::oci::{Digest, DigestVerifier, ErrorCode, RepositoryName};
+use crate::shared::{SharedStore, StoreRead};
 use crate::upstream::{
     AttemptPlan, FailureKind, Route, UpstreamFailure, Upstreams, UpstreamsExhausted,
 };
 use bytes::Bytes;
 use futures_util::Stream;
+use futures_util::StreamExt;
 use http::{HeaderMap, Method, StatusCode};
 use std::future::Future;
 use std::io;
@@ -481,7 +483,10 @@ impl Fill {
     async fn run(mut self, pull: Arc<PullThrough>) {
         let started = std::time::Instant::now();
         let result = match pull.upstreams_for(&self.registry) {
-            Ok(upstreams) => self.fetch_and_commit(&upstreams).await,
+            Ok(upstreams) => {
+                self.fetch_and_commit(&upstreams, pull.shared.as_ref())
+                    .await
+            }
             Err(e) => Err(e),
         };
         // Forget the fill before announcing the end: from here on, requests find the
@@ -496,6 +501,15 @@ impl Fill {
                     .observe(started.elapsed().as_secs_f64());
                 pull.metrics.fill_bytes.observe(bytes as f64);
                 self.fill.announce_complete();
+                // Share it with the other replicas (after the commit: only verified bytes).
+                if let Some(shared) = &pull.shared
+                    && upstream != SHARED_STORE_SOURCE
+                {
+                    shared.upload_blob_later(
+                        self.digest.clone(),
+                        pull.cache.layout.blob_path(&self.digest),
+                    );
+                }
             }
             Err(error) => {
                 if matches!(error, FerryError::Cache(_)) {
@@ -535,7 +549,18 @@ impl Fill {
             .await
     }
 
-    async fn fetch_and_commit(&mut self, upstreams: &Upstreams) -> Result<String, FerryError> {
+    async fn fetch_and_commit(
+        &mut self,
+        upstreams: &Upstreams,
+        shared: Option<&Arc<SharedStore>>,
+    ) -> Result<String, FerryError> {
+        if let Some(shared) = shared {
+            match self.fill_from_shared_store(shared).await {
+                StoreAttempt::Committed => return Ok(SHARED_STORE_SOURCE.to_owned()),
+                StoreAttempt::Failed(error) => return Err(error),
+                StoreAttempt::Continue => {}
+            }
+        }
         let mut plan = upstreams.plan(Route::Digest(&self.digest));
         let mut failures = Vec::new();
         loop {
@@ -585,6 +610,67 @@ impl Fill {
             return Err(FerryError::MidStream(exhausted.to_string()));
         }
         Err(blob_error(exhausted, &self.digest))
+    }
+
+    /// Streams the blob from the shared store, if it has it. A store that fails mid-way
+    /// leaves what arrived in the fill for the upstreams to continue from; an object whose
+    /// bytes do not match is reported and removed, and the upstreams supply the blob.
+    async fn fill_from_shared_store(&mut self, shared: &Arc<SharedStore>) -> StoreAttempt {
+        let body = match shared.open_blob(&self.digest).await {
+            StoreRead::Found(body) => body,
+            StoreRead::Missing | StoreRead::Unavailable => return StoreAttempt::Continue,
+        };
+        if let Err(message) = self.fill.begin(Some(body.size), SHARED_STORE_SOURCE).await {
+            return StoreAttempt::Failed(FerryError::Cache(message));
+        }
+        self.total = Some(body.size);
+        let mut chunks = body.chunks;
+        let mut received = 0u64;
+        loop {
+            let next = next_or_publish(&mut self.fill, chunks.next()).await;
+            match next {
+                Some(Ok(chunk)) => {
+                    received += chunk.len() as u64;
+                    if received > body.size {
+                        break;
+                    }
+                    if let Err(message) = self.fill.push(chunk).await {
+                        return StoreAttempt::Failed(FerryError::Cache(message));
+                    }
+                }
+                Some(Err(error)) => {
+                    shared.note_read_failure(&error);
+                    shared.note_bytes_read(received);
+                    return StoreAttempt::Continue;
+                }
+                None => break,
+            }
+        }
+        shared.note_bytes_read(received);
+        if received < body.size {
+            shared.note_read_failure(&format!("body ended at {received} of {} bytes", body.size));
+            return StoreAttempt::Continue;
+        }
+        match self.fill.commit().await {
+            Ok(()) => StoreAttempt::Committed,
+            Err(CommitError::Io(e)) => {
+                StoreAttempt::Failed(FerryError::Cache(format!("committing a fill: {e}")))
+            }
+            Err(mismatch) => {
+                shared.report_corrupt(shared.blob_path(&self.digest), mismatch.to_string());
+                if self.fill.any_published() {
+                    return StoreAttempt::Failed(FerryError::MidStream(format!(
+                        "the shared store's copy of {} is corrupt: {mismatch}",
+                        self.digest
+                    )));
+                }
+                if let Err(message) = self.fill.restart() {
+                    return StoreAttempt::Failed(FerryError::Cache(message));
+                }
+                self.total = None;
+                StoreAttempt::Continue
+            }
+        }
     }
 
     /// Wrong content: every upstream whose bytes are in the file is skipped for this digest
@@ -638,17 +724,7 @@ impl Fill {
         self.contributors.push(upstream.to_owned());
         let mut received = offset;
         loop {
-            // Readers are woken when the source pauses (or every few hundred KiB), not per chunk.
-            let next = {
-                let mut next = std::pin::pin!(body.next_chunk());
-                match std::future::poll_fn(|cx| Poll::Ready(next.as_mut().poll(cx))).await {
-                    Poll::Ready(next) => next,
-                    Poll::Pending => {
-                        self.fill.publish();
-                        next.await
-                    }
-                }
-            };
+            let next = next_or_publish(&mut self.fill, body.next_chunk()).await;
             let mut chunk = match next {
                 Ok(Some(chunk)) => chunk,
                 Ok(None) => break,
@@ -696,6 +772,30 @@ impl Fill {
                 &self.fill,
                 UpstreamFailure::new(upstream, FailureKind::DigestMismatch, mismatch.to_string()),
             ),
+        }
+    }
+}
+
+/// The fill's source name when the shared store supplied it.
+pub const SHARED_STORE_SOURCE: &str = "shared-store";
+
+/// How reading the shared store went.
+enum StoreAttempt {
+    Committed,
+    /// Not there, unavailable, broken or corrupt: the upstreams go on from the fill's bytes.
+    Continue,
+    Failed(FerryError),
+}
+
+/// Awaits the source's next chunk; if it is not there at once, first shows readers what
+/// arrived, so they are woken when the source pauses (or every few hundred KiB), not per chunk.
+async fn next_or_publish<F: Future>(fill: &mut BlobFill, next: F) -> F::Output {
+    let mut next = std::pin::pin!(next);
+    match std::future::poll_fn(|cx| Poll::Ready(next.as_mut().poll(cx))).await {
+        Poll::Ready(output) => output,
+        Poll::Pending => {
+            fill.publish();
+            next.await
         }
     }
 }

@@ -1,0 +1,547 @@
+//! The shared store: a second cache tier in an S3-API bucket that every AZ replica uses. Blobs,
+//! manifests and tag records go up after they are verified and committed locally (in the
+//! background, streamed); a replica's miss looks here before the upstreams. The store failing
+//! never fails a pull: it has a breaker of its own, and every read is verified by the caller.
+
+use crate::oci::Digest;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
+use object_store::path::Path as ObjectPath;
+use object_store::{Attribute, Attributes, ObjectStore, ObjectStoreExt, PutOptions, PutPayload};
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// Consecutive failures that open the store's breaker, and how long it stays open.
+const BREAKER_THRESHOLD: u32 = 3;
+const BREAKER_COOLDOWN: Duration = Duration::from_secs(15);
+
+/// Uploads running at once, and waiting at most; beyond that new uploads are dropped (logged
+/// and counted): the next replica to fetch the blob uploads it again.
+const UPLOADS_AT_ONCE: usize = 4;
+const UPLOADS_QUEUED: usize = 256;
+
+/// Multipart upload part size (S3's minimum is 5 MiB) and parts in flight per upload.
+const UPLOAD_PART_BYTES: usize = 8 * 1024 * 1024;
+const UPLOAD_PARTS_IN_FLIGHT: usize = 2;
+
+/// Where the store is and how to reach it (from `shared_store` and the `AWS_*` settings).
+#[derive(Clone)]
+pub struct SharedStoreConfig {
+    /// `s3://BUCKET/PREFIX` as given.
+    pub url: String,
+    pub bucket: String,
+    pub prefix: String,
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    /// Per-request timeout (the store is a cache: a slow store is skipped, not waited for).
+    pub request_timeout: Duration,
+    /// Answer blob GETs the store holds with a redirect to a presigned URL.
+    pub blob_redirect: bool,
+}
+
+impl std::fmt::Debug for SharedStoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedStoreConfig")
+            .field("url", &self.url)
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("access_key_id", &self.access_key_id)
+            .field(
+                "secret_access_key",
+                &self.secret_access_key.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
+}
+
+impl SharedStoreConfig {
+    /// Parses `s3://BUCKET[/PREFIX]`.
+    pub fn parse_url(url: &str) -> Result<(String, String), String> {
+        let rest = url
+            .strip_prefix("s3://")
+            .ok_or_else(|| "expected s3://BUCKET/PREFIX".to_owned())?;
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty()
+            || !bucket
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '.'))
+        {
+            return Err(format!("{bucket:?} is not an S3 bucket name"));
+        }
+        Ok((bucket.to_owned(), prefix.trim_matches('/').to_owned()))
+    }
+}
+
+/// What a read from the store found.
+pub enum StoreRead<T> {
+    Found(T),
+    Missing,
+    /// The store failed or is skipped (breaker open): carry on without it.
+    Unavailable,
+}
+
+/// A blob body from the store.
+pub struct StoreBody {
+    pub size: u64,
+    pub chunks: BoxStream<'static, Result<Bytes, String>>,
+}
+
+#[derive(Default)]
+struct Breaker {
+    consecutive_failures: u32,
+    open_until: Option<Instant>,
+}
+
+/// Counters for `/admin/upstreams` and `/metrics`.
+#[derive(Default)]
+pub struct StoreCounters {
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+    pub errors: AtomicU64,
+    pub bytes_read: AtomicU64,
+    pub bytes_uploaded: AtomicU64,
+    pub uploads: AtomicU64,
+    pub upload_failures: AtomicU64,
+    pub uploads_dropped: AtomicU64,
+    pub corrupt_objects: AtomicU64,
+}
+
+pub struct SharedStore {
+    config: SharedStoreConfig,
+    store: Arc<dyn ObjectStore>,
+    signer: Option<Arc<object_store::aws::AmazonS3>>,
+    breaker: Mutex<Breaker>,
+    upload_slots: Arc<tokio::sync::Semaphore>,
+    queued: AtomicU64,
+    pub counters: StoreCounters,
+}
+
+impl SharedStore {
+    pub fn new(config: SharedStoreConfig) -> Result<SharedStore, String> {
+        let mut builder = object_store::aws::AmazonS3Builder::new()
+            .with_bucket_name(&config.bucket)
+            .with_region(config.region.clone().unwrap_or_else(|| "us-east-1".into()))
+            .with_virtual_hosted_style_request(false)
+            .with_client_options(
+                object_store::ClientOptions::new()
+                    .with_timeout(config.request_timeout)
+                    .with_connect_timeout(Duration::from_secs(3)),
+            )
+            .with_retry(object_store::RetryConfig {
+                max_retries: 1,
+                retry_timeout: config.request_timeout,
+                ..Default::default()
+            });
+        if let Some(endpoint) = &config.endpoint {
+            builder = builder
+                .with_endpoint(endpoint)
+                .with_allow_http(endpoint.starts_with("http://"));
+        }
+        if let Some(key) = &config.access_key_id {
+            builder = builder.with_access_key_id(key);
+        }
+        if let Some(secret) = &config.secret_access_key {
+            builder = builder.with_secret_access_key(secret);
+        }
+        let s3 = Arc::new(
+            builder
+                .build()
+                .map_err(|e| format!("shared store {}: {e}", config.url))?,
+        );
+        Ok(SharedStore {
+            signer: Some(s3.clone()),
+            store: s3,
+            config,
+            breaker: Mutex::new(Breaker::default()),
+            upload_slots: Arc::new(tokio::sync::Semaphore::new(UPLOADS_AT_ONCE)),
+            queued: AtomicU64::new(0),
+            counters: StoreCounters::default(),
+        })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.config.url
+    }
+
+    pub fn blob_redirect(&self) -> bool {
+        self.config.blob_redirect
+    }
+
+    fn path(&self, relative: &str) -> ObjectPath {
+        if self.config.prefix.is_empty() {
+            ObjectPath::from(relative)
+        } else {
+            ObjectPath::from(format!("{}/{relative}", self.config.prefix))
+        }
+    }
+
+    pub fn blob_path(&self, digest: &Digest) -> ObjectPath {
+        self.path(&format!(
+            "blobs/{}/{}",
+            digest.algorithm().as_str(),
+            digest.hex()
+        ))
+    }
+
+    pub fn manifest_path(&self, digest: &Digest) -> ObjectPath {
+        self.path(&format!(
+            "manifests/{}/{}",
+            digest.algorithm().as_str(),
+            digest.hex()
+        ))
+    }
+
+    /// A tag record's object: registry and repository as path segments, the tag last.
+    pub fn tag_path(&self, registry: &str, repository: &str, tag: &str) -> ObjectPath {
+        self.path(&format!("tags/{registry}/{repository}/_tag/{tag}.json"))
+    }
+
+    fn lock_breaker(&self) -> std::sync::MutexGuard<'_, Breaker> {
+        // Two plain counters; a panic elsewhere cannot leave them inconsistent.
+        self.breaker.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether requests may use the store now (its breaker is closed, or its cooldown is
+    /// over and this request is the probe).
+    fn admit(&self) -> bool {
+        let mut breaker = self.lock_breaker();
+        match breaker.open_until {
+            Some(until) if Instant::now() < until => false,
+            Some(_) => {
+                // Half-open: let this one through; a failure reopens at once.
+                breaker.open_until = None;
+                breaker.consecutive_failures = BREAKER_THRESHOLD.saturating_sub(1);
+                true
+            }
+            None => true,
+        }
+    }
+
+    fn record_success(&self) {
+        let mut breaker = self.lock_breaker();
+        breaker.consecutive_failures = 0;
+        breaker.open_until = None;
+    }
+
+    fn record_failure(&self, what: &str, error: &dyn std::fmt::Display) {
+        self.counters.errors.fetch_add(1, Ordering::Relaxed);
+        let mut breaker = self.lock_breaker();
+        breaker.consecutive_failures += 1;
+        if breaker.consecutive_failures >= BREAKER_THRESHOLD && breaker.open_until.is_none() {
+            breaker.open_until = Some(Instant::now() + BREAKER_COOLDOWN);
+            tracing::warn!(store = %self.config.url, error = %error, cooldown = ?BREAKER_COOLDOWN, "shared store failing: skipped until the cooldown ends");
+        } else {
+            tracing::warn!(store = %self.config.url, %what, error = %error, "shared store request failed; carrying on without it");
+        }
+    }
+
+    /// The breaker's state for `/admin/upstreams`.
+    pub fn status(&self) -> serde_json::Value {
+        let breaker = self.lock_breaker();
+        let state = match breaker.open_until {
+            Some(until) if Instant::now() < until => "open",
+            _ if breaker.consecutive_failures > 0 => "failing",
+            _ => "closed",
+        };
+        let c = &self.counters;
+        let load = |n: &AtomicU64| n.load(Ordering::Relaxed);
+        serde_json::json!({
+            "url": self.config.url,
+            "endpoint": self.config.endpoint,
+            "state": state,
+            "consecutive_failures": breaker.consecutive_failures,
+            "hits": load(&c.hits),
+            "misses": load(&c.misses),
+            "errors": load(&c.errors),
+            "bytes_read": load(&c.bytes_read),
+            "bytes_uploaded": load(&c.bytes_uploaded),
+            "uploads": load(&c.uploads),
+            "upload_failures": load(&c.upload_failures),
+            "uploads_dropped": load(&c.uploads_dropped),
+            "corrupt_objects": load(&c.corrupt_objects),
+        })
+    }
+
+    /// Opens a blob for streaming.
+    pub async fn open_blob(&self, digest: &Digest) -> StoreRead<StoreBody> {
+        if !self.admit() {
+            return StoreRead::Unavailable;
+        }
+        match self.store.get(&self.blob_path(digest)).await {
+            Ok(result) => {
+                self.record_success();
+                self.counters.hits.fetch_add(1, Ordering::Relaxed);
+                let size = result.meta.size;
+                let chunks = result
+                    .into_stream()
+                    .map(|chunk| chunk.map_err(|e| e.to_string()))
+                    .boxed();
+                StoreRead::Found(StoreBody { size, chunks })
+            }
+            Err(object_store::Error::NotFound { .. }) => {
+                self.record_success();
+                self.counters.misses.fetch_add(1, Ordering::Relaxed);
+                StoreRead::Missing
+            }
+            Err(e) => {
+                self.record_failure("reading a blob", &e);
+                StoreRead::Unavailable
+            }
+        }
+    }
+
+    /// Notes that `chunks` of a blob stopped mid-way (the store went away).
+    pub fn note_read_failure(&self, error: &str) {
+        self.record_failure("reading a blob body", &error);
+    }
+
+    pub fn note_bytes_read(&self, bytes: u64) {
+        self.counters.bytes_read.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// A small object (manifest, tag record) and its content type.
+    pub async fn get_small(
+        &self,
+        path: &ObjectPath,
+        limit: usize,
+    ) -> StoreRead<(Bytes, Option<String>)> {
+        if !self.admit() {
+            return StoreRead::Unavailable;
+        }
+        let result = match self.store.get(path).await {
+            Ok(result) => result,
+            Err(object_store::Error::NotFound { .. }) => {
+                self.record_success();
+                self.counters.misses.fetch_add(1, Ordering::Relaxed);
+                return StoreRead::Missing;
+            }
+            Err(e) => {
+                self.record_failure("reading an object", &e);
+                return StoreRead::Unavailable;
+            }
+        };
+        if result.meta.size > limit as u64 {
+            self.counters
+                .corrupt_objects
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::error!(store = %self.config.url, %path, size = result.meta.size, "shared store object larger than allowed; ignoring it");
+            return StoreRead::Missing;
+        }
+        let content_type = result
+            .attributes
+            .get(&Attribute::ContentType)
+            .map(|v| v.to_string());
+        match result.bytes().await {
+            Ok(bytes) => {
+                self.record_success();
+                self.counters.hits.fetch_add(1, Ordering::Relaxed);
+                self.note_bytes_read(bytes.len() as u64);
+                StoreRead::Found((bytes, content_type))
+            }
+            Err(e) => {
+                self.record_failure("reading an object body", &e);
+                StoreRead::Unavailable
+            }
+        }
+    }
+
+    /// Reports an object whose bytes do not match its name and removes it (in the
+    /// background), so no replica uses it again; the caller fetches from the upstreams.
+    pub fn report_corrupt(self: &Arc<Self>, path: ObjectPath, detail: String) {
+        self.counters
+            .corrupt_objects
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::error!(store = %self.config.url, %path, %detail, "corrupt object in the shared store; removing it and fetching from upstream");
+        let store = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = store.store.delete(&path).await {
+                tracing::warn!(%path, error = %e, "could not remove a corrupt shared store object");
+            }
+        });
+    }
+
+    /// A presigned GET URL for a blob the store holds, valid for `expires_in`.
+    pub async fn presigned_blob_url(
+        &self,
+        digest: &Digest,
+        expires_in: Duration,
+    ) -> Option<String> {
+        use object_store::signer::Signer;
+        let signer = self.signer.as_ref()?;
+        if !self.admit() {
+            return None;
+        }
+        let path = self.blob_path(digest);
+        // Only redirect to an object that exists: a dangling redirect fails the client.
+        match self.store.head(&path).await {
+            Ok(_) => self.record_success(),
+            Err(object_store::Error::NotFound { .. }) => return None,
+            Err(e) => {
+                self.record_failure("checking a blob", &e);
+                return None;
+            }
+        }
+        match signer
+            .signed_url(http::Method::GET, &path, expires_in)
+            .await
+        {
+            Ok(url) => Some(url.to_string()),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not presign a shared store URL");
+                None
+            }
+        }
+    }
+
+    /// Uploads `bytes` under `path` in the background (small objects), unless the queue is full.
+    pub fn upload_small_later(
+        self: &Arc<Self>,
+        path: ObjectPath,
+        bytes: Bytes,
+        content_type: Option<String>,
+    ) {
+        let store = self.clone();
+        self.run_upload(path.clone(), async move {
+            let mut attributes = Attributes::new();
+            if let Some(content_type) = content_type {
+                attributes.insert(Attribute::ContentType, content_type.into());
+            }
+            let len = bytes.len() as u64;
+            store
+                .store
+                .put_opts(
+                    &path,
+                    PutPayload::from(bytes),
+                    PutOptions {
+                        attributes,
+                        ..Default::default()
+                    },
+                )
+                .await
+                .map(|_| len)
+                .map_err(|e| e.to_string())
+        });
+    }
+
+    /// Uploads a committed blob file under its digest in the background, streamed in parts,
+    /// unless the store already has it or the queue is full.
+    pub fn upload_blob_later(self: &Arc<Self>, digest: Digest, file: std::path::PathBuf) {
+        let store = self.clone();
+        let path = self.blob_path(&digest);
+        self.run_upload(path.clone(), async move {
+            if store.store.head(&path).await.is_ok() {
+                return Ok(0);
+            }
+            store.upload_file(&path, file).await
+        });
+    }
+
+    async fn upload_file(
+        &self,
+        path: &ObjectPath,
+        file: std::path::PathBuf,
+    ) -> Result<u64, String> {
+        use std::os::unix::fs::FileExt;
+        let file = Arc::new(
+            std::fs::File::open(&file).map_err(|e| format!("opening {}: {e}", file.display()))?,
+        );
+        let upload = self
+            .store
+            .put_multipart(path)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut writer =
+            object_store::WriteMultipart::new_with_chunk_size(upload, UPLOAD_PART_BYTES);
+        let mut offset = 0u64;
+        loop {
+            let read_from = file.clone();
+            let chunk = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
+                let mut buffer = vec![0u8; UPLOAD_PART_BYTES];
+                let mut filled = 0;
+                while filled < buffer.len() {
+                    let n = read_from.read_at(&mut buffer[filled..], offset + filled as u64)?;
+                    if n == 0 {
+                        break;
+                    }
+                    filled += n;
+                }
+                buffer.truncate(filled);
+                Ok(buffer)
+            })
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string());
+            let chunk = match chunk {
+                Ok(chunk) => chunk,
+                Err(e) => {
+                    let _ = writer.abort().await;
+                    return Err(e);
+                }
+            };
+            if chunk.is_empty() {
+                break;
+            }
+            offset += chunk.len() as u64;
+            if let Err(e) = writer.wait_for_capacity(UPLOAD_PARTS_IN_FLIGHT).await {
+                return Err(e.to_string());
+            }
+            writer.put(Bytes::from(chunk));
+        }
+        writer.finish().await.map_err(|e| e.to_string())?;
+        Ok(offset)
+    }
+
+    /// Runs one upload with a bounded number at once and a bounded queue; failures are
+    /// logged and counted, never seen by a client.
+    fn run_upload(
+        self: &Arc<Self>,
+        path: ObjectPath,
+        upload: impl std::future::Future<Output = Result<u64, String>> + Send + 'static,
+    ) {
+        if self.queued.fetch_add(1, Ordering::AcqRel) >= UPLOADS_QUEUED as u64 {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            self.counters
+                .uploads_dropped
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%path, "shared store upload queue full; dropping this upload");
+            return;
+        }
+        let store = self.clone();
+        tokio::spawn(async move {
+            let permit = store.upload_slots.clone().acquire_owned().await;
+            let result = if store.admit() {
+                upload.await
+            } else {
+                Err("skipped: the store's breaker is open".to_owned())
+            };
+            drop(permit);
+            store.queued.fetch_sub(1, Ordering::AcqRel);
+            match result {
+                Ok(bytes) => {
+                    store.record_success();
+                    store.counters.uploads.fetch_add(1, Ordering::Relaxed);
+                    store
+                        .counters
+                        .bytes_uploaded
+                        .fetch_add(bytes, Ordering::Relaxed);
+                    if bytes > 0 {
+                        tracing::info!(%path, bytes, "uploaded to the shared store");
+                    }
+                }
+                Err(error) => {
+                    store
+                        .counters
+                        .upload_failures
+                        .fetch_add(1, Ordering::Relaxed);
+                    store.record_failure("uploading", &error);
+                    tracing::warn!(%path, %error, "shared store upload failed; dropped (the next fill uploads it again)");
+                }
+            }
+        });
+    }
+}
