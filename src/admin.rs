@@ -193,6 +193,7 @@ pub fn status(pull: &PullThrough) -> serde_json::Value {
             "fills_in_progress": pull.cache.inflight.len(),
         },
         "upstreams": upstreams,
+        "shared_store": pull.shared.as_ref().map(|shared| shared.status()),
     })
 }
 

@@ -118,6 +118,9 @@ pub struct SharedStore {
     breaker: Mutex<Breaker>,
     upload_slots: Arc<tokio::sync::Semaphore>,
     queued: AtomicU64,
+    /// Tag records uploaded lately (key -> digest): a confirmation of an unchanged tag is
+    /// uploaded at most once a minute per replica.
+    recent_tag_uploads: moka::sync::Cache<String, String>,
     pub counters: StoreCounters,
 }
 
@@ -160,6 +163,10 @@ impl SharedStore {
             breaker: Mutex::new(Breaker::default()),
             upload_slots: Arc::new(tokio::sync::Semaphore::new(UPLOADS_AT_ONCE)),
             queued: AtomicU64::new(0),
+            recent_tag_uploads: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(Duration::from_secs(60))
+                .build(),
             counters: StoreCounters::default(),
         })
     }
@@ -396,6 +403,17 @@ impl SharedStore {
                 None
             }
         }
+    }
+
+    /// Whether the tag record `key -> digest` should go up now (changed, or not uploaded by
+    /// this replica within the last minute); records the upload as done.
+    pub fn tag_upload_due(&self, key: &crate::cache::TagKey, digest: &str) -> bool {
+        let id = format!("{}/{}:{}", key.registry, key.repository, key.tag);
+        if self.recent_tag_uploads.get(&id).as_deref() == Some(digest) {
+            return false;
+        }
+        self.recent_tag_uploads.insert(id, digest.to_owned());
+        true
     }
 
     /// Uploads `bytes` under `path` in the background (small objects), unless the queue is full.

@@ -2,6 +2,7 @@
 //! registry (`fake_registry`), and small HTTP helpers.
 
 pub mod fake_registry;
+pub mod garage;
 
 use ferry::app::RunningServer;
 use ferry::config::{Config, Overrides};

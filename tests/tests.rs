@@ -18,4 +18,5 @@ mod fleet;
 mod hostile;
 mod outage_modes;
 mod registries;
+mod shared_store;
 mod third_party_client;

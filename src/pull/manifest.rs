@@ -11,6 +11,8 @@ use crate::oci::media_type::{AcceptList, detect_manifest_media_type};
 use crate::oci::{
     Digest, DigestAlgorithm, DigestVerifier, ErrorCode, Reference, RepositoryName, Tag,
 };
+use crate::pull::blob::SHARED_STORE_SOURCE;
+use crate::shared::StoreRead;
 use crate::upstream::{FailureKind, Route, UpstreamFailure, Upstreams, UpstreamsExhausted};
 use bytes::Bytes;
 use http::header::{ACCEPT, CONTENT_TYPE, LINK};
@@ -82,15 +84,89 @@ impl PullThrough {
                 source: Source::Cache,
             });
         }
+        if let Some(manifest) = self.shared_manifest(digest).await {
+            return Ok(ManifestAnswer {
+                manifest,
+                source: Source::Upstream(SHARED_STORE_SOURCE.to_owned()),
+            });
+        }
         let (manifest, upstream) = self
             .fetch_manifest(upstreams, name, &Reference::Digest(digest.clone()), accept)
             .await
             .map_err(|e| manifest_error(e, &format!("manifest {digest} of {name}")))?;
         self.store_manifest(&manifest).await;
+        self.share_manifest(&manifest);
         Ok(ManifestAnswer {
             manifest,
             source: Source::Upstream(upstream),
         })
+    }
+
+    /// The manifest from the shared store, verified against its digest and kept locally;
+    /// `None` if there is no store, it lacks the manifest, fails, or holds a corrupt copy.
+    async fn shared_manifest(&self, digest: &Digest) -> Option<CachedManifest> {
+        let shared = self.shared.as_ref()?;
+        let path = shared.manifest_path(digest);
+        let StoreRead::Found((body, content_type)) =
+            shared.get_small(&path, MAX_MANIFEST_BYTES).await
+        else {
+            return None;
+        };
+        if !digest.matches(&body) {
+            shared.report_corrupt(path, format!("bytes do not hash to {digest}"));
+            return None;
+        }
+        let media_type = content_type
+            .filter(|t| !t.is_empty())
+            .or_else(|| detect_manifest_media_type(&body))?;
+        let manifest = CachedManifest {
+            digest: digest.clone(),
+            media_type,
+            body,
+        };
+        self.store_manifest(&manifest).await;
+        Some(manifest)
+    }
+
+    /// Uploads a manifest fetched from an upstream to the shared store (in the background).
+    fn share_manifest(&self, manifest: &CachedManifest) {
+        if let Some(shared) = &self.shared {
+            shared.upload_small_later(
+                shared.manifest_path(&manifest.digest),
+                manifest.body.clone(),
+                Some(manifest.media_type.clone()),
+            );
+        }
+    }
+
+    /// A tag record from the shared store (another replica confirmed it), kept locally with
+    /// its original confirmation time, so tag freshness rules apply to it unchanged.
+    async fn shared_tag(&self, key: &TagKey) -> Option<TagRecord> {
+        let shared = self.shared.as_ref()?;
+        let path = shared.tag_path(&key.registry, &key.repository, &key.tag);
+        let StoreRead::Found((body, _)) = shared.get_small(&path, 64 * 1024).await else {
+            return None;
+        };
+        let record: TagRecord = match serde_json::from_slice(&body) {
+            Ok(record) => record,
+            Err(e) => {
+                shared.report_corrupt(path, format!("not a tag record: {e}"));
+                return None;
+            }
+        };
+        if record.key() != *key || record.digest.parse::<Digest>().is_err() {
+            shared.report_corrupt(path, "a tag record for another tag".into());
+            return None;
+        }
+        if let Err(e) = self
+            .cache
+            .tags
+            .put(&self.cache.layout, record.clone())
+            .await
+        {
+            tracing::error!(error = %e, "cache failure: could not record a tag from the shared store");
+        }
+        Some(record)
     }
 
     /// Stores a verified manifest. A cache failure is logged, not fatal: the client still
@@ -118,7 +194,10 @@ impl PullThrough {
         let Ok(digest) = record.digest.parse::<Digest>() else {
             return Ok(None);
         };
-        let manifest = self.cached_manifest(&digest).await?;
+        let manifest = match self.cached_manifest(&digest).await? {
+            Some(manifest) => Some(manifest),
+            None => self.shared_manifest(&digest).await,
+        };
         Ok(manifest.filter(|m| accept.accepts(&m.media_type)))
     }
 
@@ -161,7 +240,10 @@ impl PullThrough {
             .manifest_fetches
             .lock(&format!("tag {name}:{tag}"))
             .await;
-        let record = self.cache.tags.get(&key).await;
+        let record = match self.cache.tags.get(&key).await {
+            Some(record) => Some(record),
+            None => self.shared_tag(&key).await,
+        };
         let cached = match &record {
             Some(record) => self.usable_tagged_manifest(record, accept).await?,
             None => None,
@@ -203,6 +285,7 @@ impl PullThrough {
         {
             Ok((manifest, upstream)) => {
                 self.store_manifest(&manifest).await;
+                self.share_manifest(&manifest);
                 self.record_tag(&key, &manifest, &upstream).await;
                 Ok(ManifestAnswer {
                     manifest,
@@ -238,6 +321,16 @@ impl PullThrough {
             fetched_at_unix_ms: unix_ms(SystemTime::now()),
             upstream: upstream.to_owned(),
         };
+        if let Some(shared) = &self.shared
+            && shared.tag_upload_due(key, &record.digest)
+            && let Ok(json) = serde_json::to_vec(&record)
+        {
+            shared.upload_small_later(
+                shared.tag_path(&key.registry, &key.repository, &key.tag),
+                json.into(),
+                Some("application/json".to_owned()),
+            );
+        }
         if let Err(e) = self.cache.tags.put(&self.cache.layout, record).await {
             tracing::error!(tag = %format!("{}:{}", key.repository, key.tag), error = %e, "cache failure: could not record tag");
         }

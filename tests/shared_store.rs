@@ -1,0 +1,337 @@
+//! The shared store on a real Garage: a replica with an empty disk serves what another replica
+//! fetched without asking the upstream, by tag with every upstream down; a corrupt object is
+//! detected and refetched; a dead store never fails a pull; a 3-node cluster loses a node.
+
+use crate::support::garage::{CuttingRelay, Garage};
+use crate::support::{FakeRegistry, TestProxy, client, pseudo_random_bytes, put_image};
+use ferry::oci::Digest;
+use object_store::ObjectStoreExt;
+use reqwest::StatusCode;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+async fn replica(registry: &FakeRegistry, garage: &Garage, node: usize) -> TestProxy {
+    let store = garage.store_config(node, "fleet");
+    TestProxy::start_urls(&[registry.url()], tempfile::tempdir().unwrap(), move |c| {
+        c.shared_store = Some(store);
+    })
+    .await
+}
+
+/// Waits until the replica's shared-store counter `field` reaches `at_least`.
+async fn wait_for_store_counter(proxy: &TestProxy, field: &str, at_least: u64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = proxy.admin_status().await;
+        let value = status["shared_store"][field].as_u64().unwrap_or(0);
+        if value >= at_least {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "shared_store.{field} stayed at {value}: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn get(proxy: &TestProxy, path: &str) -> reqwest::Response {
+    client()
+        .get(proxy.url(path))
+        .header("accept", ferry::oci::media_type::OCI_MANIFEST)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_second_replica_serves_what_the_first_fetched_even_with_every_upstream_down() {
+    let garage = Garage::start().await;
+    let registry = FakeRegistry::start().await;
+    let (manifest, layer_digest, layer) = put_image(&[&registry], "team/app", "v1", 400);
+    let big = pseudo_random_bytes(12 * 1024 * 1024, 401);
+    let big_digest = registry.put_blob(big.clone());
+
+    let first = replica(&registry, &garage, 0).await;
+    assert_eq!(get(&first, "/v2/team/app/manifests/v1").await.status(), 200);
+    for (digest, bytes) in [(&layer_digest, &layer), (&big_digest, &big)] {
+        let body = get(&first, &format!("/v2/team/app/blobs/{digest}"))
+            .await
+            .bytes()
+            .await
+            .unwrap();
+        assert_eq!(&body[..], &bytes[..]);
+    }
+    // Two blobs, one manifest and one tag record go up in the background.
+    wait_for_store_counter(&first, "uploads", 4).await;
+    let upstream_hits = registry.requests().len();
+
+    // A new replica, empty disk, same store: no upstream request at all.
+    let second = replica(&registry, &garage, 0).await;
+    for (digest, bytes) in [(&layer_digest, &layer), (&big_digest, &big)] {
+        let body = get(&second, &format!("/v2/team/app/blobs/{digest}"))
+            .await
+            .bytes()
+            .await
+            .unwrap();
+        assert_eq!(&body[..], &bytes[..], "{digest} from the store");
+    }
+    let by_digest = get(&second, &format!("/v2/team/app/manifests/{manifest}")).await;
+    assert_eq!(by_digest.status(), 200);
+    assert!(manifest.matches(&by_digest.bytes().await.unwrap()));
+    assert_eq!(
+        registry.requests().len(),
+        upstream_hits,
+        "the second replica asked the upstream"
+    );
+    let status = second.admin_status().await;
+    assert!(
+        status["shared_store"]["hits"].as_u64().unwrap() >= 3,
+        "{status}"
+    );
+    assert_eq!(status["shared_store"]["state"], "closed");
+
+    // Every upstream down, a third replica with an empty disk: the tag comes from the store.
+    registry.stop();
+    let third = replica(&registry, &garage, 0).await;
+    let by_tag = get(&third, "/v2/team/app/manifests/v1").await;
+    assert_eq!(by_tag.status(), StatusCode::OK);
+    assert_eq!(
+        by_tag.headers()["docker-content-digest"],
+        manifest.to_string().as_str()
+    );
+    let body = get(&third, &format!("/v2/team/app/blobs/{layer_digest}"))
+        .await
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(&body[..], &layer[..]);
+}
+
+#[tokio::test]
+async fn a_corrupt_object_in_the_store_is_detected_and_the_upstream_supplies_the_blob() {
+    let garage = Garage::start().await;
+    let registry = FakeRegistry::start().await;
+    let small = pseudo_random_bytes(200_000, 410);
+    let big = pseudo_random_bytes(6 * 1024 * 1024, 411);
+    let small_digest = registry.put_blob(small.clone());
+    let big_digest = registry.put_blob(big.clone());
+    let first = replica(&registry, &garage, 0).await;
+    for digest in [&small_digest, &big_digest] {
+        get(&first, &format!("/v2/c/r/blobs/{digest}"))
+            .await
+            .bytes()
+            .await
+            .unwrap();
+    }
+    wait_for_store_counter(&first, "uploads", 2).await;
+
+    // Damage both objects in the store (same length, one byte flipped).
+    let store = garage.client(0);
+    for (digest, bytes) in [(&small_digest, &small), (&big_digest, &big)] {
+        let mut damaged = bytes.clone();
+        damaged[bytes.len() / 2] ^= 0xff;
+        let path = object_store::path::Path::from(format!("fleet/blobs/sha256/{}", digest.hex()));
+        store.put(&path, damaged.into()).await.unwrap();
+    }
+
+    let second = replica(&registry, &garage, 0).await;
+    // Small: verified before any byte goes out, so the client gets the right blob at once.
+    let body = get(&second, &format!("/v2/c/r/blobs/{small_digest}"))
+        .await
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(&body[..], &small[..]);
+    assert_eq!(registry.hits(&format!("/blobs/{small_digest}")), 2);
+    // Large: bytes flowed before the check, so that body is cut, never completed wrong;
+    // the retry comes from the upstream.
+    let first_try = get(&second, &format!("/v2/c/r/blobs/{big_digest}"))
+        .await
+        .bytes()
+        .await;
+    assert!(
+        first_try.as_ref().map(|b| b[..] != big[..]).unwrap_or(true),
+        "a corrupt body must not complete as the blob"
+    );
+    assert!(first_try.is_err(), "the corrupt large body must be cut");
+    let body = get(&second, &format!("/v2/c/r/blobs/{big_digest}"))
+        .await
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(&body[..], &big[..]);
+    let status = second.admin_status().await;
+    assert_eq!(status["shared_store"]["corrupt_objects"], 2, "{status}");
+    assert!(second.rehash_cache().iter().all(|(_, ok)| *ok));
+}
+
+#[tokio::test]
+async fn a_dead_store_never_fails_a_pull() {
+    let mut garage = Garage::start().await;
+    let registry = FakeRegistry::start().await;
+    let (_, layer_digest, layer) = put_image(&[&registry], "d/s", "v1", 420);
+    let proxy = replica(&registry, &garage, 0).await;
+    garage.nodes[0].kill();
+    for _ in 0..4 {
+        let response = get(&proxy, "/v2/d/s/manifests/v1").await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let body = get(&proxy, &format!("/v2/d/s/blobs/{layer_digest}"))
+            .await
+            .bytes()
+            .await
+            .unwrap();
+        assert_eq!(&body[..], &layer[..]);
+    }
+    // A second replica, store still down: straight to the upstream.
+    let second = replica(&registry, &garage, 0).await;
+    let body = get(&second, &format!("/v2/d/s/blobs/{layer_digest}"))
+        .await
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(&body[..], &layer[..]);
+    let status = proxy.admin_status().await;
+    assert!(
+        status["shared_store"]["errors"].as_u64().unwrap() >= 1,
+        "{status}"
+    );
+    let ready = client()
+        .get(format!(
+            "http://{}/readyz",
+            proxy.server.as_ref().unwrap().admin_addr.unwrap()
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        ready.status(),
+        200,
+        "a dead store does not make ferry unready"
+    );
+
+    // The store comes back: uploads resume after the breaker's cooldown at most.
+    garage.nodes[0].restart();
+    let fresh = pseudo_random_bytes(50_000, 421);
+    let fresh_digest: Digest = registry.put_blob(fresh.clone());
+    let third = replica(&registry, &garage, 0).await;
+    get(&third, &format!("/v2/d/s/blobs/{fresh_digest}"))
+        .await
+        .bytes()
+        .await
+        .unwrap();
+    wait_for_store_counter(&third, "uploads", 1).await;
+}
+
+#[tokio::test]
+async fn a_three_node_cluster_with_one_node_killed_keeps_serving() {
+    let mut garage = Garage::start_cluster(3).await;
+    let registry = FakeRegistry::start().await;
+    let blob = pseudo_random_bytes(3 * 1024 * 1024, 430);
+    let digest = registry.put_blob(blob.clone());
+    let first = replica(&registry, &garage, 0).await;
+    get(&first, &format!("/v2/k/n/blobs/{digest}"))
+        .await
+        .bytes()
+        .await
+        .unwrap();
+    wait_for_store_counter(&first, "uploads", 1).await;
+    let hits = registry.hits(&format!("/blobs/{digest}"));
+
+    garage.nodes[2].kill();
+    // Replication 3 with one node gone: reads still meet quorum, through a surviving node.
+    let second = replica(&registry, &garage, 1).await;
+    let body = get(&second, &format!("/v2/k/n/blobs/{digest}"))
+        .await
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(&body[..], &blob[..]);
+    assert_eq!(
+        registry.hits(&format!("/blobs/{digest}")),
+        hits,
+        "served by the store's surviving nodes"
+    );
+}
+
+#[tokio::test]
+async fn the_store_dying_mid_read_or_mid_upload_never_fails_a_pull() {
+    let garage = Garage::start().await;
+    let registry = FakeRegistry::start().await;
+    let blob = pseudo_random_bytes(20 * 1024 * 1024, 440);
+    let digest = registry.put_blob(blob.clone());
+    let first = replica(&registry, &garage, 0).await;
+    get(&first, &format!("/v2/m/r/blobs/{digest}"))
+        .await
+        .bytes()
+        .await
+        .unwrap();
+    wait_for_store_counter(&first, "uploads", 1).await;
+
+    // Mid-read: the second replica reaches the store through a relay that cuts every
+    // connection after 5 MiB; the fill goes on from the upstream where the store stopped.
+    let relay = CuttingRelay::start(garage.nodes[0].s3_port).await;
+    relay
+        .cut_downstream_after
+        .store(5 * 1024 * 1024, Ordering::SeqCst);
+    let through_relay = |garage: &Garage| {
+        let mut store = garage.store_config(0, "fleet");
+        store.endpoint = Some(relay.endpoint());
+        store
+    };
+    let store = through_relay(&garage);
+    let second = TestProxy::start_urls(&[registry.url()], tempfile::tempdir().unwrap(), |c| {
+        c.shared_store = Some(store)
+    })
+    .await;
+    let body = get(&second, &format!("/v2/m/r/blobs/{digest}"))
+        .await
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(&body[..], &blob[..]);
+    assert!(
+        relay.cuts.load(Ordering::SeqCst) >= 1,
+        "the relay cut the read"
+    );
+    let resumes = registry
+        .requests()
+        .into_iter()
+        .filter(|r| {
+            r.path.contains(&format!("/blobs/{digest}")) && r.headers.get("range").is_some()
+        })
+        .count();
+    assert_eq!(
+        resumes, 1,
+        "the upstream supplied the rest with one Range GET"
+    );
+    assert!(second.rehash_cache().iter().all(|(_, ok)| *ok));
+
+    // Mid-upload: a third replica fetches a new blob from the upstream; its upload is cut.
+    relay.cut_downstream_after.store(u64::MAX, Ordering::SeqCst);
+    relay
+        .cut_upstream_after
+        .store(3 * 1024 * 1024, Ordering::SeqCst);
+    let fresh = pseudo_random_bytes(20 * 1024 * 1024, 441);
+    let fresh_digest = registry.put_blob(fresh.clone());
+    let store = through_relay(&garage);
+    let third = TestProxy::start_urls(&[registry.url()], tempfile::tempdir().unwrap(), |c| {
+        c.shared_store = Some(store)
+    })
+    .await;
+    let body = get(&third, &format!("/v2/m/r/blobs/{fresh_digest}"))
+        .await
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(&body[..], &fresh[..]);
+    wait_for_store_counter(&third, "upload_failures", 1).await;
+    let path = object_store::path::Path::from(format!("fleet/blobs/sha256/{}", fresh_digest.hex()));
+    assert!(
+        matches!(
+            garage.client(0).head(&path).await,
+            Err(object_store::Error::NotFound { .. })
+        ),
+        "a cut upload leaves no object behind"
+    );
+}
