@@ -220,6 +220,9 @@ fn metrics(pull: &PullThrough) -> Response<ResponseBody> {
         .set(usage.limit.unwrap_or(0) as i64);
     crate::metrics::catch_up(&metrics.cache_evictions, usage.evictions);
     crate::metrics::catch_up(&metrics.cache_write_failures, pull.cache.write_failures());
+    if let Some(shared) = &pull.shared {
+        shared.mirror_into(metrics);
+    }
     let body = metrics.encode();
     or_500(
         builder(StatusCode::OK)

@@ -1,6 +1,7 @@
 //! Prometheus metrics, served as text on the admin listener's `/metrics`: requests, cache
 //! hits and misses and bytes served from each, upstream attempts by outcome, failovers by
-//! reason, fill duration and size, breaker state, cache size and evictions.
+//! reason, fill duration and size, breaker state, cache size and evictions, and the shared
+//! store's reads, uploads, bytes and corrupt objects.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -49,8 +50,20 @@ pub struct UpstreamLabels {
     pub upstream: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StoreEventLabels {
+    /// `hit`, `miss` or `error` for reads; `ok`, `failed` or `dropped` for uploads;
+    /// `read` or `uploaded` for bytes.
+    pub event: String,
+}
+
 pub struct Metrics {
     registry: Registry,
+    pub store_reads: Family<StoreEventLabels, Counter>,
+    pub store_uploads: Family<StoreEventLabels, Counter>,
+    pub store_bytes: Family<StoreEventLabels, Counter>,
+    pub store_corrupt_objects: Counter,
+    pub store_breaker_open: Gauge,
     pub requests: Family<RequestLabels, Counter>,
     pub cache_hits: Family<CacheLabels, Counter>,
     pub cache_misses: Family<CacheLabels, Counter>,
@@ -83,8 +96,38 @@ impl Default for Metrics {
             cache_limit_bytes: Gauge::default(),
             cache_evictions: Counter::default(),
             cache_write_failures: Counter::default(),
+            store_reads: Family::default(),
+            store_uploads: Family::default(),
+            store_bytes: Family::default(),
+            store_corrupt_objects: Counter::default(),
+            store_breaker_open: Gauge::default(),
             registry: Registry::default(),
         };
+        registry.register(
+            "ferry_shared_store_reads",
+            "Shared store reads by outcome (hit, miss, error)",
+            metrics.store_reads.clone(),
+        );
+        registry.register(
+            "ferry_shared_store_uploads",
+            "Shared store uploads by outcome (ok, failed, dropped)",
+            metrics.store_uploads.clone(),
+        );
+        registry.register(
+            "ferry_shared_store_bytes",
+            "Bytes read from and uploaded to the shared store",
+            metrics.store_bytes.clone(),
+        );
+        registry.register(
+            "ferry_shared_store_corrupt_objects",
+            "Shared store objects whose bytes did not match their name",
+            metrics.store_corrupt_objects.clone(),
+        );
+        registry.register(
+            "ferry_shared_store_breaker_open",
+            "1 while the shared store is skipped after failures",
+            metrics.store_breaker_open.clone(),
+        );
         registry.register(
             "ferry_requests",
             "Requests by route, method and status",

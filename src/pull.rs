@@ -50,6 +50,9 @@ pub struct PullSettings {
     pub offline: bool,
 }
 
+/// How long a presigned blob URL handed to a client stays valid.
+const BLOB_REDIRECT_LIFETIME: Duration = Duration::from_secs(300);
+
 pub struct PullThrough {
     pub cache: Cache,
     /// Each registry's ordered upstreams.
@@ -110,6 +113,14 @@ impl PullThrough {
                 ),
             )
         })
+    }
+
+    /// With `blob_redirect` on, a short-lived presigned URL for a blob the shared store holds.
+    pub async fn blob_redirect(&self, digest: &crate::oci::Digest) -> Option<String> {
+        let shared = self.shared.as_ref().filter(|s| s.blob_redirect())?;
+        shared
+            .presigned_blob_url(digest, BLOB_REDIRECT_LIFETIME)
+            .await
     }
 
     /// Whether a tag mapping of this age may still be served without confirmation.

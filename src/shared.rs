@@ -274,6 +274,44 @@ impl SharedStore {
         })
     }
 
+    /// Brings the Prometheus counters up to this store's counts (at each scrape).
+    pub fn mirror_into(&self, metrics: &crate::metrics::Metrics) {
+        use crate::metrics::{StoreEventLabels, catch_up};
+        let c = &self.counters;
+        let label = |event: &str| StoreEventLabels {
+            event: event.to_owned(),
+        };
+        let load = |n: &AtomicU64| n.load(Ordering::Relaxed);
+        for (event, count) in [("hit", &c.hits), ("miss", &c.misses), ("error", &c.errors)] {
+            catch_up(
+                &metrics.store_reads.get_or_create(&label(event)),
+                load(count),
+            );
+        }
+        for (event, count) in [
+            ("ok", &c.uploads),
+            ("failed", &c.upload_failures),
+            ("dropped", &c.uploads_dropped),
+        ] {
+            catch_up(
+                &metrics.store_uploads.get_or_create(&label(event)),
+                load(count),
+            );
+        }
+        for (event, count) in [("read", &c.bytes_read), ("uploaded", &c.bytes_uploaded)] {
+            catch_up(
+                &metrics.store_bytes.get_or_create(&label(event)),
+                load(count),
+            );
+        }
+        catch_up(&metrics.store_corrupt_objects, load(&c.corrupt_objects));
+        let open = self
+            .lock_breaker()
+            .open_until
+            .is_some_and(|until| Instant::now() < until);
+        metrics.store_breaker_open.set(i64::from(open));
+    }
+
     /// Opens a blob for streaming.
     pub async fn open_blob(&self, digest: &Digest) -> StoreRead<StoreBody> {
         if !self.admit() {

@@ -74,7 +74,7 @@ async fn a_second_replica_serves_what_the_first_fetched_even_with_every_upstream
             .bytes()
             .await
             .unwrap();
-        assert_eq!(&body[..], &bytes[..], "{digest} from the store");
+        assert!(body[..] == bytes[..], "{digest} from the store");
     }
     let by_digest = get(&second, &format!("/v2/team/app/manifests/{manifest}")).await;
     assert_eq!(by_digest.status(), 200);
@@ -160,9 +160,26 @@ async fn a_corrupt_object_in_the_store_is_detected_and_the_upstream_supplies_the
         .bytes()
         .await
         .unwrap();
-    assert_eq!(&body[..], &big[..]);
+    assert!(body[..] == big[..], "{} bytes", body.len());
     let status = second.admin_status().await;
     assert_eq!(status["shared_store"]["corrupt_objects"], 2, "{status}");
+    let admin = second.server.as_ref().unwrap().admin_addr.unwrap();
+    let metrics = client()
+        .get(format!("http://{admin}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("ferry_shared_store_corrupt_objects_total 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("ferry_shared_store_reads_total{event=\"hit\"} 2"),
+        "{metrics}"
+    );
     assert!(second.rehash_cache().iter().all(|(_, ok)| *ok));
 }
 
@@ -246,7 +263,7 @@ async fn a_three_node_cluster_with_one_node_killed_keeps_serving() {
         .bytes()
         .await
         .unwrap();
-    assert_eq!(&body[..], &blob[..]);
+    assert!(body[..] == blob[..], "{} bytes", body.len());
     assert_eq!(
         registry.hits(&format!("/blobs/{digest}")),
         hits,
@@ -289,7 +306,7 @@ async fn the_store_dying_mid_read_or_mid_upload_never_fails_a_pull() {
         .bytes()
         .await
         .unwrap();
-    assert_eq!(&body[..], &blob[..]);
+    assert!(body[..] == blob[..], "{} bytes", body.len());
     assert!(
         relay.cuts.load(Ordering::SeqCst) >= 1,
         "the relay cut the read"
@@ -324,7 +341,7 @@ async fn the_store_dying_mid_read_or_mid_upload_never_fails_a_pull() {
         .bytes()
         .await
         .unwrap();
-    assert_eq!(&body[..], &fresh[..]);
+    assert!(body[..] == fresh[..], "{} bytes", body.len());
     wait_for_store_counter(&third, "upload_failures", 1).await;
     let path = object_store::path::Path::from(format!("fleet/blobs/sha256/{}", fresh_digest.hex()));
     assert!(
@@ -334,4 +351,80 @@ async fn the_store_dying_mid_read_or_mid_upload_never_fails_a_pull() {
         ),
         "a cut upload leaves no object behind"
     );
+}
+
+#[tokio::test]
+async fn blob_redirect_sends_clients_and_host_ferries_to_the_store() {
+    let garage = Garage::start().await;
+    let registry = FakeRegistry::start().await;
+    let blob = pseudo_random_bytes(4 * 1024 * 1024, 450);
+    let digest = registry.put_blob(blob.clone());
+    let first = replica(&registry, &garage, 0).await;
+    get(&first, &format!("/v2/x/y/blobs/{digest}"))
+        .await
+        .bytes()
+        .await
+        .unwrap();
+    wait_for_store_counter(&first, "uploads", 1).await;
+
+    let mut store = garage.store_config(0, "fleet");
+    store.blob_redirect = true;
+    let redirecting = TestProxy::start_urls(&[registry.url()], tempfile::tempdir().unwrap(), |c| {
+        c.shared_store = Some(store)
+    })
+    .await;
+    let url = redirecting.url(&format!("/v2/x/y/blobs/{digest}"));
+    let no_follow = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let response = no_follow.get(&url).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::TEMPORARY_REDIRECT);
+    let location = response.headers()["location"].to_str().unwrap().to_owned();
+    assert!(
+        location.starts_with(&garage.endpoint(0)) && location.contains("X-Amz-Signature="),
+        "{location}"
+    );
+    // A client that follows gets the bytes from the store.
+    let following = reqwest::Client::new();
+    let body = following
+        .get(&url)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert!(body[..] == blob[..], "{} bytes", body.len());
+
+    // A host-tier ferry whose upstream is the redirecting replica follows it too.
+    let host =
+        TestProxy::start_urls(&[redirecting.url("")], tempfile::tempdir().unwrap(), |_| {}).await;
+    let body = get(&host, &format!("/v2/x/y/blobs/{digest}"))
+        .await
+        .bytes()
+        .await
+        .unwrap();
+    assert!(body[..] == blob[..], "{} bytes", body.len());
+    assert_eq!(
+        host.rehash_cache().len(),
+        1,
+        "the host cached the verified blob"
+    );
+    assert!(
+        redirecting.rehash_cache().is_empty(),
+        "no byte went through the redirecting replica"
+    );
+    assert_eq!(registry.hits(&format!("/blobs/{digest}")), 1);
+
+    // A blob the store lacks is served the usual way.
+    let other = pseudo_random_bytes(10_000, 451);
+    let other_digest = registry.put_blob(other.clone());
+    let response = no_follow
+        .get(redirecting.url(&format!("/v2/x/y/blobs/{other_digest}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(&response.bytes().await.unwrap()[..], &other[..]);
 }

@@ -2,7 +2,9 @@
 //! pull-through flow and its answer into a response, logging one line per request.
 
 use super::client_auth::{ClientAuth, Principal};
-use super::response::{ResponseBody, builder, error_response, full_body, head_body, or_500};
+use super::response::{
+    ResponseBody, builder, empty_body, error_response, full_body, head_body, or_500,
+};
 use super::route::{self, Route};
 use crate::error::FerryError;
 use crate::oci::media_type::AcceptList;
@@ -10,7 +12,9 @@ use crate::oci::{ErrorCode, RepositoryName};
 use crate::pull::manifest::DOCKER_CONTENT_DIGEST;
 use crate::pull::{PullThrough, RangeSpec, Source};
 use crate::upstream::canonical_registry;
-use http::header::{ACCEPT_RANGES, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, ETAG, LINK, RANGE};
+use http::header::{
+    ACCEPT_RANGES, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, ETAG, LINK, LOCATION, RANGE,
+};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
 use std::sync::Arc;
@@ -134,6 +138,16 @@ async fn dispatch<B>(
                 .and_then(|v| v.to_str().ok())
                 .and_then(RangeSpec::parse);
             let (registry, name) = origin(pull, client, name, request.uri().query())?;
+            if !head && let Some(location) = pull.blob_redirect(&digest).await {
+                // The store holds it: the bytes go from there, not through this replica.
+                let response = builder(StatusCode::TEMPORARY_REDIRECT)
+                    .header(LOCATION, location)
+                    .header(DOCKER_CONTENT_DIGEST, digest.to_string())
+                    .header(CONTENT_LENGTH, 0)
+                    .body(empty_body());
+                let source = Source::Upstream(crate::pull::blob::SHARED_STORE_SOURCE.to_owned());
+                return Ok((or_500(response), source));
+            }
             let answer = pull.blob(&registry, &name, &digest, range, head).await?;
             let status = if answer.range.is_some() {
                 StatusCode::PARTIAL_CONTENT
