@@ -1222,17 +1222,12 @@ fn shared_store_config(
     else {
         return Ok(None);
     };
-    let (bucket, prefix) = crate::shared::SharedStoreConfig::parse_url(&url)
+    let from_env = crate::shared::SharedStoreConfig::from_env(&url, request_timeout)
         .map_err(|reason| ("shared_store", url.clone(), reason))?;
-    let env = |names: &[&str]| {
-        names
-            .iter()
-            .find_map(|name| std::env::var(name).ok().filter(|v| !v.is_empty()))
-    };
     let endpoint = file
         .shared_store_endpoint
         .clone()
-        .or_else(|| env(&["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_ENDPOINT"]));
+        .or(from_env.endpoint.clone());
     if let Some(endpoint) = &endpoint
         && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
     {
@@ -1286,24 +1281,18 @@ fn shared_store_config(
                 .to_owned(),
         )
     } else {
-        env(&["AWS_SECRET_ACCESS_KEY"])
+        from_env.secret_access_key.clone()
     };
     Ok(Some(crate::shared::SharedStoreConfig {
-        url,
-        bucket,
-        prefix,
         endpoint,
-        region: file
-            .shared_store_region
-            .clone()
-            .or_else(|| env(&["AWS_REGION", "AWS_DEFAULT_REGION"])),
+        region: file.shared_store_region.clone().or(from_env.region.clone()),
         access_key_id: file
             .shared_store_access_key_id
             .clone()
-            .or_else(|| env(&["AWS_ACCESS_KEY_ID"])),
+            .or(from_env.access_key_id.clone()),
         secret_access_key,
-        request_timeout,
         blob_redirect: file.blob_redirect.unwrap_or(false),
+        ..from_env
     }))
 }
 

@@ -61,6 +61,11 @@ struct CacheLocation {
     /// Print JSON instead of text (ls, du).
     #[arg(long, global = true)]
     json: bool,
+    /// ls, du and verify the shared store s3://BUCKET/PREFIX instead of a cache directory
+    /// (endpoint, region and keys from AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID,
+    /// AWS_SECRET_ACCESS_KEY). verify removes objects that do not match their digest.
+    #[arg(long, value_name = "s3://BUCKET/PREFIX", global = true)]
+    shared_store: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -166,6 +171,104 @@ fn main() -> ExitCode {
     }
 }
 
+/// `ferry cache ls|du|verify --shared-store`: the store's side.
+fn store_command(command: CacheCommand, url: &str, json: bool) -> ExitCode {
+    use ferry::shared::{SharedStore, SharedStoreConfig};
+    let store = match SharedStoreConfig::from_env(url, std::time::Duration::from_secs(60))
+        .and_then(SharedStore::new)
+    {
+        Ok(store) => store,
+        Err(e) => {
+            eprintln!("ferry cache: --shared-store {url:?}: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("ferry cache: cannot start a runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result: Result<ExitCode, String> = runtime.block_on(async {
+        match command {
+            CacheCommand::Du => {
+                let usage = store.usage().await?;
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&usage).unwrap_or_default()
+                    );
+                } else {
+                    println!(
+                        "total      {} in {} objects",
+                        human(usage.bytes),
+                        usage.objects
+                    );
+                    for (kind, (objects, bytes)) in &usage.by_kind {
+                        println!("{kind:<10} {} in {objects} objects", human(*bytes));
+                    }
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            CacheCommand::Ls => {
+                let records = store.tag_records().await?;
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&records).unwrap_or_default()
+                    );
+                } else {
+                    println!(
+                        "{:<14} {:<40} {:<16} {:<19} CONFIRMED BY",
+                        "REGISTRY", "REPOSITORY", "TAG", "DIGEST"
+                    );
+                    for r in &records {
+                        let field = |name: &str| r[name].as_str().unwrap_or("").to_owned();
+                        let digest = field("digest");
+                        println!(
+                            "{:<14} {:<40} {:<16} {:<19} {}",
+                            field("registry"),
+                            field("repository"),
+                            field("tag"),
+                            &digest[..digest.len().min(19)],
+                            field("upstream")
+                        );
+                    }
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            CacheCommand::Verify => {
+                let report = store.verify_all().await?;
+                println!(
+                    "checked {} objects, {}",
+                    report.checked,
+                    human(report.bytes)
+                );
+                for (location, actual) in &report.removed {
+                    println!("REMOVED {location}: hashes to {actual}");
+                }
+                Ok(if report.removed.is_empty() {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                })
+            }
+            _ => Err("only ls, du and verify work on a shared store".to_owned()),
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("ferry cache: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// The validated configuration from `--config` and flags, or exit code 2 with every problem.
 fn load_config(args: &ServeArgs) -> Result<Config, ExitCode> {
     let overrides = Overrides {
@@ -255,6 +358,9 @@ fn warm(args: WarmArgs) -> ExitCode {
 
 fn cache_command(command: CacheCommand, location: CacheLocation) -> ExitCode {
     use ferry::maintenance;
+    if let Some(url) = &location.shared_store {
+        return store_command(command, url, location.json);
+    }
     let root = location
         .cache_dir
         .unwrap_or_else(ferry::config::default_cache_dir);

@@ -3,6 +3,8 @@
 //! background, streamed); a replica's miss looks here before the upstreams. The store failing
 //! never fails a pull: it has a breaker of its own, and every read is verified by the caller.
 
+pub mod inventory;
+
 use crate::oci::Digest;
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -60,6 +62,28 @@ impl std::fmt::Debug for SharedStoreConfig {
 }
 
 impl SharedStoreConfig {
+    /// The store at `url` (`s3://BUCKET/PREFIX`) with endpoint, region and keys from the
+    /// standard `AWS_*` variables.
+    pub fn from_env(url: &str, request_timeout: Duration) -> Result<SharedStoreConfig, String> {
+        let (bucket, prefix) = SharedStoreConfig::parse_url(url)?;
+        let env = |names: &[&str]| {
+            names
+                .iter()
+                .find_map(|name| std::env::var(name).ok().filter(|v| !v.is_empty()))
+        };
+        Ok(SharedStoreConfig {
+            url: url.to_owned(),
+            bucket,
+            prefix,
+            endpoint: env(&["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_ENDPOINT"]),
+            region: env(&["AWS_REGION", "AWS_DEFAULT_REGION"]),
+            access_key_id: env(&["AWS_ACCESS_KEY_ID"]),
+            secret_access_key: env(&["AWS_SECRET_ACCESS_KEY"]),
+            request_timeout,
+            blob_redirect: false,
+        })
+    }
+
     /// Parses `s3://BUCKET[/PREFIX]`.
     pub fn parse_url(url: &str) -> Result<(String, String), String> {
         let rest = url
@@ -113,7 +137,7 @@ pub struct StoreCounters {
 
 pub struct SharedStore {
     config: SharedStoreConfig,
-    store: Arc<dyn ObjectStore>,
+    pub(crate) store: Arc<dyn ObjectStore>,
     signer: Option<Arc<object_store::aws::AmazonS3>>,
     breaker: Mutex<Breaker>,
     upload_slots: Arc<tokio::sync::Semaphore>,
@@ -179,7 +203,7 @@ impl SharedStore {
         self.config.blob_redirect
     }
 
-    fn path(&self, relative: &str) -> ObjectPath {
+    pub(crate) fn path(&self, relative: &str) -> ObjectPath {
         if self.config.prefix.is_empty() {
             ObjectPath::from(relative)
         } else {

@@ -428,3 +428,61 @@ async fn blob_redirect_sends_clients_and_host_ferries_to_the_store() {
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(&response.bytes().await.unwrap()[..], &other[..]);
 }
+
+#[tokio::test]
+async fn cache_du_ls_and_verify_see_the_stores_side() {
+    let garage = Garage::start().await;
+    let registry = FakeRegistry::start().await;
+    let (_, layer_digest, layer) = put_image(&[&registry], "inv/app", "v7", 460);
+    let first = replica(&registry, &garage, 0).await;
+    assert_eq!(get(&first, "/v2/inv/app/manifests/v7").await.status(), 200);
+    get(&first, &format!("/v2/inv/app/blobs/{layer_digest}"))
+        .await
+        .bytes()
+        .await
+        .unwrap();
+    wait_for_store_counter(&first, "uploads", 3).await;
+
+    let cache = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .arg("cache")
+            .args(args)
+            .args(["--shared-store", "s3://ferry-test/fleet"])
+            .env("AWS_ENDPOINT_URL", garage.endpoint(0))
+            .env("AWS_REGION", "garage")
+            .env("AWS_ACCESS_KEY_ID", &garage.key_id)
+            .env("AWS_SECRET_ACCESS_KEY", &garage.secret)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, du) = cache(&["du", "--json"]);
+    assert_eq!(code, Some(0), "{du}");
+    let du: serde_json::Value = serde_json::from_str(&du).unwrap();
+    assert_eq!(du["by_kind"]["blobs"][0], 1, "{du}");
+    assert_eq!(du["by_kind"]["blobs"][1], layer.len(), "{du}");
+    assert_eq!(du["by_kind"]["manifests"][0], 1, "{du}");
+    let (code, ls) = cache(&["ls"]);
+    assert_eq!(code, Some(0));
+    assert!(ls.contains("inv/app") && ls.contains("v7"), "{ls}");
+
+    let (code, verified) = cache(&["verify"]);
+    assert_eq!(code, Some(0), "{verified}");
+    assert!(verified.contains("checked 2 objects"), "{verified}");
+    let path = object_store::path::Path::from(format!("fleet/blobs/sha256/{}", layer_digest.hex()));
+    garage
+        .client(0)
+        .put(&path, bytes::Bytes::from_static(b"rot").into())
+        .await
+        .unwrap();
+    let (code, verified) = cache(&["verify"]);
+    assert_eq!(code, Some(1), "{verified}");
+    assert!(verified.contains("REMOVED"), "{verified}");
+    assert!(matches!(
+        garage.client(0).head(&path).await,
+        Err(object_store::Error::NotFound { .. })
+    ));
+}
