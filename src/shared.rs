@@ -22,12 +22,12 @@ const BREAKER_COOLDOWN: Duration = Duration::from_secs(15);
 
 /// Uploads running at once, and waiting at most; beyond that new uploads are dropped (logged
 /// and counted): the next replica to fetch the blob uploads it again.
-const UPLOADS_AT_ONCE: usize = 4;
+const UPLOADS_AT_ONCE: usize = 2;
 const UPLOADS_QUEUED: usize = 256;
 
 /// Multipart upload part size (S3's minimum is 5 MiB) and parts in flight per upload.
 const UPLOAD_PART_BYTES: usize = 8 * 1024 * 1024;
-const UPLOAD_PARTS_IN_FLIGHT: usize = 2;
+const UPLOAD_PARTS_IN_FLIGHT: usize = 1;
 
 /// Where the store is and how to reach it (from `shared_store` and the `AWS_*` settings).
 #[derive(Clone)]
