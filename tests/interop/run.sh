@@ -566,6 +566,71 @@ reloaded_in_place() { # the same process logged the reload and is still serving
 check "the TLS ferry logged the reload and was started only once" reloaded_in_place
 stop_bg ferry-tls
 
+# === e.store ============================================================================================
+step e.store "shared store on a real Garage: replica A fills test/big; replica B (blob_redirect) sends skopeo to presigned URLs"
+PSA=$((PF + 20)) PSB=$((PF + 21)) PG3=$((PF + 30)) PG1=$((PF + 31))
+start_garage() { # single-node Garage on :$PG3 (S3) / :$PG1 (RPC), bucket interop, key in $T/garage.key
+  local cfg=$T/garage.toml node
+  mkdir -p "$T/garage"
+  cat >"$cfg" <<EOF
+metadata_dir = "$T/garage/meta"
+data_dir = "$T/garage/data"
+db_engine = "sqlite"
+replication_factor = 1
+rpc_bind_addr = "127.0.0.1:$PG1"
+rpc_public_addr = "127.0.0.1:$PG1"
+rpc_secret = "$(openssl rand -hex 32)"
+[s3_api]
+s3_region = "garage"
+api_bind_addr = "127.0.0.1:$PG3"
+root_domain = ".s3.garage.localhost"
+EOF
+  start_bg garage env RUST_LOG=warn garage -c "$cfg" server
+  for _ in $(seq 1 100); do node=$(garage -c "$cfg" node id -q 2>/dev/null) && break; sleep 0.1; done
+  [[ -n ${node:-} ]] || return 1
+  garage -c "$cfg" layout assign -z dc1 -c 1G "${node%%@*}" >/dev/null &&
+    garage -c "$cfg" layout apply --version 1 >/dev/null &&
+    garage -c "$cfg" bucket create interop >/dev/null &&
+    garage -c "$cfg" key create interop-key >"$T/garage.key" &&
+    garage -c "$cfg" bucket allow --read --write --owner interop --key interop-key >/dev/null
+}
+if command -v garage >/dev/null; then
+  check "Garage up with a bucket and a key" start_garage
+  export AWS_ENDPOINT_URL=http://127.0.0.1:$PG3 AWS_REGION=garage
+  AWS_ACCESS_KEY_ID=$(awk '/Key ID:/ {print $3}' "$T/garage.key"); export AWS_ACCESS_KEY_ID
+  AWS_SECRET_ACCESS_KEY=$(awk '/Secret key:/ {print $3}' "$T/garage.key"); export AWS_SECRET_ACCESS_KEY
+  printf 'shared_store = "s3://interop/az"\nblob_redirect = true\n' >"$T/store-b.toml"
+  start_ferry store-a "$PSA" "$T/cache-store-a" "http://127.0.0.1:$P1" "http://127.0.0.1:$P2" --shared-store s3://interop/az
+  check "replica A up" wait_http "http://127.0.0.1:$PSA/v2/" store-a
+  pull_via_a() { F=127.0.0.1:$PSA pull_dir big :latest "$T/pull/store-a"; }
+  pull_via_b() { F=127.0.0.1:$PSB pull_dir big :latest "$T/pull/store-b"; }
+  check "skopeo copy test/big via replica A -> dir: (fills A, uploads to the store)" pull_via_a
+  uploaded() { # test/big's layers, config, manifest and tag record are in the store
+    local n want; want=$(jq '[.big.layers[]] | length + 3' "$T/layout.summary.json")
+    for _ in $(seq 1 100); do
+      n=$(curl -sS "http://127.0.0.1:$((PSA + 1000))/admin/upstreams" | jq '.shared_store.uploads')
+      ((n >= want)) && return 0; sleep 0.2
+    done
+    return 1
+  }
+  check "replica A uploaded test/big's blobs to Garage" uploaded
+  start_ferry store-b "$PSB" "$T/cache-store-b" "http://127.0.0.1:$P1" "http://127.0.0.1:$P2" --config "$T/store-b.toml"
+  check "replica B up (blob_redirect)" wait_http "http://127.0.0.1:$PSB/v2/" store-b
+  redirected() { # a blob GET on B answers 307 to a presigned Garage URL
+    local digest; digest=$(jq -r '.big.layers[0][0]' "$T/layout.summary.json")
+    curl -sS -o /dev/null -w '%{http_code} %{redirect_url}' "http://127.0.0.1:$PSB/v2/test/big/blobs/$digest" |
+      grep -E "^307 http://127.0.0.1:$PG3/.*X-Amz-Signature="
+  }
+  check "replica B answers a blob GET with a 307 to a presigned Garage URL" redirected
+  check "skopeo copy test/big via replica B follows the redirects -> dir:, every blob verified" pull_via_b
+  no_blob_bytes_through_b() { [[ -z $(find "$T/cache-store-b/blobs" -type f 2>/dev/null) ]]; }
+  check "no blob went through replica B (its blob cache is empty)" no_blob_bytes_through_b
+  stop_bg store-b; stop_bg store-a; stop_bg garage
+  unset AWS_ENDPOINT_URL AWS_REGION AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY
+else
+  check "garage installed (cargo install garage --locked, as .ci/run does)" false
+fi
+
 # === f ==================================================================================================
 step f "outage: pulls by tag keep running while the primary loses the manifest, goes down, then both go down"
 pull_loop() { # background: pull test/small:latest via ferry with skopeo and ctr (fresh dir / namespace each time)
