@@ -2,7 +2,7 @@
 //! and reading stops there; slow, silent, idle and never-reading clients lose their
 //! connections, and connections beyond the caps are refused.
 
-use crate::support::{FakeRegistry, Fault, TestProxy, client, put_image};
+use crate::support::{FakeRegistry, Fault, TestProxy, client, pseudo_random_bytes, put_image};
 use ferry::upstream::auth::MAX_TOKEN_BODY_BYTES;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -337,4 +337,43 @@ async fn a_small_wrong_blob_is_a_clear_502_before_any_header() {
     let body = response.text().await.unwrap();
     assert!(body.contains("digest_mismatch"), "{body}");
     assert!(proxy.rehash_cache().is_empty());
+}
+
+#[tokio::test]
+async fn an_announced_length_is_a_claim_not_a_reason_to_evict() {
+    let upstream = FakeRegistry::start().await;
+    let kept = pseudo_random_bytes(200_000, 470);
+    let kept_digest = upstream.put_blob(kept.clone());
+    let claimed = pseudo_random_bytes(250_000, 471);
+    let claimed_digest = upstream.put_blob(claimed.clone());
+    let too_big = pseudo_random_bytes(400_000, 472);
+    let too_big_digest = upstream.put_blob(too_big.clone());
+    let proxy = TestProxy::start_with(&[&upstream], |c| c.cache_size = Some(300_000)).await;
+    let fetch = |digest: &ferry::oci::Digest| {
+        let url = proxy.url(&format!("/v2/claim/test/blobs/{digest}"));
+        async move { client().get(url).send().await.unwrap().bytes().await }
+    };
+    assert!(fetch(&kept_digest).await.unwrap()[..] == kept[..]);
+    let kept_hits = upstream.hits(&format!("/blobs/{kept_digest}"));
+
+    // 250 kB announced, 100 bytes sent: the claim alone must not evict what is cached.
+    upstream.fault(
+        &format!("/blobs/{claimed_digest}"),
+        Fault::Truncate { after: 100 },
+    );
+    let _ = fetch(&claimed_digest).await;
+    assert!(fetch(&kept_digest).await.unwrap()[..] == kept[..]);
+    assert_eq!(
+        upstream.hits(&format!("/blobs/{kept_digest}")),
+        kept_hits,
+        "the cached blob was evicted for a length that never arrived"
+    );
+
+    // Larger than the whole cache: served, not cached, nothing evicted.
+    assert!(fetch(&too_big_digest).await.unwrap()[..] == too_big[..]);
+    assert!(fetch(&kept_digest).await.unwrap()[..] == kept[..]);
+    assert_eq!(upstream.hits(&format!("/blobs/{kept_digest}")), kept_hits);
+    let cached = proxy.rehash_cache();
+    assert_eq!(cached.len(), 1, "{cached:?}");
+    assert!(cached.iter().all(|(_, ok)| *ok));
 }

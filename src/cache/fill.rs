@@ -35,6 +35,14 @@ const WRITEBACK_EVERY: u64 = 8 * 1024 * 1024;
 /// How far the leader may run ahead of the slower worker before it waits (memory bound).
 const MAX_AHEAD: u64 = 16 * 1024 * 1024;
 
+/// A fill holds space against the cache size as bytes arrive, this much at a time: an
+/// announced length is a claim, not a reason to evict for.
+const RESERVE_STEP: u64 = 64 * 1024;
+
+/// At most this much disk is claimed up front (`fallocate`) for an announced length; a
+/// lying length cannot take more before its bytes arrive.
+const PREALLOCATE_MAX: u64 = 256 * 1024 * 1024;
+
 /// Blobs up to this size (or, of unknown size, their first this-many bytes) are not shown to
 /// readers before the digest is checked: a wrong small blob can then be fetched again from
 /// another upstream without any client having seen it.
@@ -268,8 +276,9 @@ pub struct BlobFill {
     temporary: TemporaryFile,
     final_path: PathBuf,
     index: Arc<LruIndex>,
-    /// Space held against the cache size for the announced length.
+    /// Space held against the cache size for the bytes received (grown in steps).
     reservation: Option<Reservation>,
+    reserved: u64,
 }
 
 impl BlobFill {
@@ -316,6 +325,7 @@ impl BlobFill {
             final_path: final_path.to_path_buf(),
             index,
             reservation: None,
+            reserved: 0,
         })
     }
 
@@ -333,19 +343,29 @@ impl BlobFill {
         self.published > 0
     }
 
-    /// Starts the body from its first source: holds `total` bytes against the cache size,
-    /// reserves the disk space (so a full disk shows before any reader gets a byte), and
-    /// tells readers where the bytes come from.
+    /// Starts the body from its first source: refuses a blob larger than the cache size
+    /// (it passes through uncached, evicting nothing), claims disk for the start of it (so
+    /// a full disk shows before any reader gets a byte), and tells readers where the bytes
+    /// come from. Space against the cache size is held as bytes arrive (`push`).
     pub async fn begin(&mut self, total: Option<u64>, upstream: &str) -> Result<(), String> {
-        if let Some(bytes) = total {
-            self.reservation = Some(self.index.try_reserve(bytes).ok_or_else(|| {
-                format!(
-                    "no room for {bytes} bytes within the cache size (fills in progress and pins hold it)"
-                )
+        if let (Some(bytes), Some(limit)) = (total, self.index.limit())
+            && bytes > limit
+        {
+            return Err(format!(
+                "{bytes} bytes announced, more than the whole cache ({limit} bytes): served without caching"
+            ));
+        }
+        if self.reservation.is_none() {
+            self.reservation = Some(self.index.try_reserve(0).ok_or_else(|| {
+                "no room within the cache size (fills in progress and pins hold it)".to_owned()
             })?);
-            preallocate(self.handle.file.clone(), bytes)
+            self.reserved = 0;
+        }
+        if let Some(bytes) = total {
+            let claim = bytes.min(PREALLOCATE_MAX);
+            preallocate(self.handle.file.clone(), claim)
                 .await
-                .map_err(|e| format!("preallocating {bytes} bytes: {e}"))?;
+                .map_err(|e| format!("preallocating {claim} bytes: {e}"))?;
         }
         self.total = total;
         self.progress.send_modify(|p| {
@@ -363,6 +383,9 @@ impl BlobFill {
             return Ok(());
         }
         self.received += chunk.len() as u64;
+        if self.received > self.reserved {
+            self.hold_space()?;
+        }
         self.batch_len += chunk.len();
         self.handle.recent().push(chunk.clone());
         self.batch.push(chunk);
@@ -373,6 +396,23 @@ impl BlobFill {
             self.publish();
         }
         self.keep_up().await
+    }
+
+    /// Grows the reservation to cover what was received (a step ahead), evicting if needed.
+    fn hold_space(&mut self) -> Result<(), String> {
+        let more = (self.received - self.reserved).div_ceil(RESERVE_STEP) * RESERVE_STEP;
+        let index = self.index.clone();
+        let Some(reservation) = self.reservation.as_mut() else {
+            return Err("a fill received bytes before it began".to_owned());
+        };
+        if !index.try_grow(reservation, more) {
+            return Err(format!(
+                "no room for {} bytes within the cache size (fills in progress and pins hold it)",
+                self.received
+            ));
+        }
+        self.reserved += more;
+        Ok(())
     }
 
     /// Shows every byte received so far to readers (the source paused, or a batch is due).
@@ -438,6 +478,7 @@ impl BlobFill {
         self.dispatched = 0;
         self.total = None;
         self.reservation = None;
+        self.reserved = 0;
         *self.handle.recent() = RecentBytes::default();
         let reset = self.hashes.send(HashJob::Reset).is_ok();
         if !(reset && self.writes.send(WriteJob::Truncate).is_ok()) {

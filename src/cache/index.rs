@@ -197,6 +197,24 @@ impl LruIndex {
         })
     }
 
+    /// Adds `more` bytes to a fill's reservation, evicting to make room now; false (and
+    /// nothing held) when in-flight fills and pinned content leave no room.
+    pub fn try_grow(self: &Arc<Self>, reservation: &mut Reservation, more: u64) -> bool {
+        let victims = {
+            let mut state = self.lock();
+            if let Some(limit) = self.limit
+                && state.pinned_bytes + state.reserved + more > limit
+            {
+                return false;
+            }
+            state.reserved += more;
+            reservation.bytes += more;
+            self.victims_locked(&mut state)
+        };
+        self.delete(victims);
+        true
+    }
+
     /// Forgets a blob removed by someone else (`ferry cache rm`, quarantine).
     pub fn forget(&self, digest: &Digest) {
         let mut state = self.lock();
