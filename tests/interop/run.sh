@@ -569,8 +569,8 @@ stop_bg ferry-tls
 # === e.store ============================================================================================
 step e.store "shared store on a real Garage: replica A fills test/big; replica B (blob_redirect) sends skopeo to presigned URLs"
 PSA=$((PF + 20)) PSB=$((PF + 21)) PG3=$((PF + 30)) PG1=$((PF + 31))
-start_garage() { # single-node Garage on :$PG3 (S3) / :$PG1 (RPC), bucket interop, key in $T/garage.key
-  local cfg=$T/garage.toml node
+start_garage() { # single-node Garage on :$PG3 (S3) / :$PG1 (RPC), in this shell (checks run in subshells)
+  local cfg=$T/garage.toml
   mkdir -p "$T/garage"
   cat >"$cfg" <<EOF
 metadata_dir = "$T/garage/meta"
@@ -586,6 +586,9 @@ api_bind_addr = "127.0.0.1:$PG3"
 root_domain = ".s3.garage.localhost"
 EOF
   start_bg garage env RUST_LOG=warn garage -c "$cfg" server
+}
+set_up_garage() { # bucket interop and a key (in $T/garage.key), with Garage's own CLI
+  local cfg=$T/garage.toml node
   for _ in $(seq 1 100); do node=$(garage -c "$cfg" node id -q 2>/dev/null) && break; sleep 0.1; done
   [[ -n ${node:-} ]] || return 1
   garage -c "$cfg" layout assign -z dc1 -c 1G "${node%%@*}" >/dev/null &&
@@ -595,7 +598,8 @@ EOF
     garage -c "$cfg" bucket allow --read --write --owner interop --key interop-key >/dev/null
 }
 if command -v garage >/dev/null; then
-  check "Garage up with a bucket and a key" start_garage
+  start_garage
+  check "Garage up with a bucket and a key" set_up_garage
   export AWS_ENDPOINT_URL=http://127.0.0.1:$PG3 AWS_REGION=garage
   AWS_ACCESS_KEY_ID=$(awk '/Key ID:/ {print $3}' "$T/garage.key"); export AWS_ACCESS_KEY_ID
   AWS_SECRET_ACCESS_KEY=$(awk '/Secret key:/ {print $3}' "$T/garage.key"); export AWS_SECRET_ACCESS_KEY
