@@ -5,13 +5,18 @@
 use crate::support::garage::{CuttingRelay, Garage};
 use crate::support::{FakeRegistry, TestProxy, client, pseudo_random_bytes, put_image};
 use ferry::oci::Digest;
+use ferry::shared::SharedStoreConfig;
 use object_store::ObjectStoreExt;
 use reqwest::StatusCode;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 async fn replica(registry: &FakeRegistry, garage: &Garage, node: usize) -> TestProxy {
-    let store = garage.store_config(node, "fleet");
+    replica_with(registry, garage.store_config(node, "fleet")).await
+}
+
+/// A replica with an empty disk in front of `registry`, using `store`.
+async fn replica_with(registry: &FakeRegistry, store: SharedStoreConfig) -> TestProxy {
     TestProxy::start_urls(&[registry.url()], tempfile::tempdir().unwrap(), move |c| {
         c.shared_store = Some(store);
     })
@@ -297,10 +302,7 @@ async fn the_store_dying_mid_read_or_mid_upload_never_fails_a_pull() {
         store
     };
     let store = through_relay(&garage);
-    let second = TestProxy::start_urls(&[registry.url()], tempfile::tempdir().unwrap(), |c| {
-        c.shared_store = Some(store)
-    })
-    .await;
+    let second = replica_with(&registry, store).await;
     let body = get(&second, &format!("/v2/m/r/blobs/{digest}"))
         .await
         .bytes()
@@ -332,10 +334,7 @@ async fn the_store_dying_mid_read_or_mid_upload_never_fails_a_pull() {
     let fresh = pseudo_random_bytes(20 * 1024 * 1024, 441);
     let fresh_digest = registry.put_blob(fresh.clone());
     let store = through_relay(&garage);
-    let third = TestProxy::start_urls(&[registry.url()], tempfile::tempdir().unwrap(), |c| {
-        c.shared_store = Some(store)
-    })
-    .await;
+    let third = replica_with(&registry, store).await;
     let body = get(&third, &format!("/v2/m/r/blobs/{fresh_digest}"))
         .await
         .bytes()
@@ -369,10 +368,7 @@ async fn blob_redirect_sends_clients_and_host_ferries_to_the_store() {
 
     let mut store = garage.store_config(0, "fleet");
     store.blob_redirect = true;
-    let redirecting = TestProxy::start_urls(&[registry.url()], tempfile::tempdir().unwrap(), |c| {
-        c.shared_store = Some(store)
-    })
-    .await;
+    let redirecting = replica_with(&registry, store).await;
     let url = redirecting.url(&format!("/v2/x/y/blobs/{digest}"));
     let no_follow = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
