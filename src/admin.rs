@@ -2,7 +2,8 @@
 //! state, recent failures and latency (`/admin/upstreams`, also `/status`); drain and
 //! undrain for game days; `/healthz` (process alive) and `/readyz` (able to serve). Browsers
 //! are kept out: requests with an `Origin` header or a Host that is not an address, localhost
-//! or a configured `admin_hosts` name are refused (no cross-site POST, no DNS rebinding).
+//! or a configured `admin_hosts` name are refused (no cross-site POST, no DNS rebinding);
+//! drain and undrain refuse form content types and, with `admin_token_file`, need the token.
 
 use crate::oci::ErrorCode;
 use crate::pull::PullThrough;
@@ -11,15 +12,44 @@ use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode};
 use std::sync::Arc;
 
+/// Who may use the admin API: the Host names it answers to besides addresses and
+/// localhost, and the token drain and undrain require, if one is set.
+#[derive(Debug, Default)]
+pub struct AdminAccess {
+    pub hosts: Vec<String>,
+    pub token: Option<String>,
+}
+
 pub async fn handle<B>(
     pull: Arc<PullThrough>,
-    allowed_hosts: Arc<Vec<String>>,
+    access: Arc<AdminAccess>,
     request: Request<B>,
 ) -> Response<ResponseBody> {
     let method = request.method().clone();
     let path = request.uri().path().trim_end_matches('/').to_owned();
-    let response = match browser_refusal(&request, &allowed_hosts) {
-        Some(refusal) => error(StatusCode::FORBIDDEN, ErrorCode::Denied, &refusal),
+    let mutating = path.starts_with("/admin/upstreams/");
+    let refusal = browser_refusal(&request, &access.hosts).map(|r| (StatusCode::FORBIDDEN, r));
+    let refusal = refusal.or_else(|| {
+        mutating
+            .then(|| mutation_refusal(&request, access.token.as_deref()))
+            .flatten()
+    });
+    let response = match refusal {
+        Some((status, reason)) => {
+            let code = if status == StatusCode::UNAUTHORIZED {
+                ErrorCode::Unauthorized
+            } else {
+                ErrorCode::Denied
+            };
+            let mut response = error(status, code, &reason);
+            if status == StatusCode::UNAUTHORIZED {
+                response.headers_mut().insert(
+                    http::header::WWW_AUTHENTICATE,
+                    http::HeaderValue::from_static("Bearer realm=\"ferry-admin\""),
+                );
+            }
+            response
+        }
         None => route(&pull, &method, &path),
     };
     tracing::info!(%method, %path, status = response.status().as_u16(), "admin request");
@@ -51,6 +81,51 @@ fn browser_refusal<B>(request: &Request<B>, allowed_hosts: &[String]) -> Option<
         || name.eq_ignore_ascii_case("localhost")
         || allowed_hosts.iter().any(|h| h.eq_ignore_ascii_case(name));
     (!allowed).then(|| format!("Host {host:?} is not an address, localhost or one of admin_hosts"))
+}
+
+/// Why a drain or undrain is refused, if it is: a content type a web form can send
+/// (`application/x-www-form-urlencoded`, `multipart/form-data`, `text/plain`), or a missing
+/// or wrong token when one is configured.
+fn mutation_refusal<B>(request: &Request<B>, token: Option<&str>) -> Option<(StatusCode, String)> {
+    let content_type = request
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if matches!(
+        content_type.as_str(),
+        "application/x-www-form-urlencoded" | "multipart/form-data" | "text/plain"
+    ) {
+        return Some((
+            StatusCode::FORBIDDEN,
+            format!("the admin API refuses {content_type} requests (a web form can send those)"),
+        ));
+    }
+    let expected = token?;
+    let given = request
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match given {
+        Some(given) if constant_time_eq(given.as_bytes(), expected.as_bytes()) => None,
+        Some(_) => Some((StatusCode::UNAUTHORIZED, "wrong admin token".into())),
+        None => Some((
+            StatusCode::UNAUTHORIZED,
+            "this endpoint needs the admin token (Authorization: Bearer <token>)".into(),
+        )),
+    }
+}
+
+/// Compares without stopping at the first difference, so timing does not reveal a prefix.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
 }
 
 fn route(pull: &PullThrough, method: &Method, path: &str) -> Response<ResponseBody> {

@@ -170,11 +170,14 @@ pub async fn start_with_shutdown(
     let admin_addr = admin.as_ref().map(|(_, bound)| *bound);
     if let Some((admin_listener, _)) = admin {
         let admin_pull = pull.clone();
-        let admin_hosts = Arc::new(config.admin_hosts.clone());
+        let admin_access = Arc::new(crate::admin::AdminAccess {
+            hosts: config.admin_hosts.clone(),
+            token: config.admin_token.as_ref().map(|t| t.0.clone()),
+        });
         let admin_handler = move |request| {
             let pull = admin_pull.clone();
-            let admin_hosts = admin_hosts.clone();
-            async move { crate::admin::handle(pull, admin_hosts, request).await }
+            let admin_access = admin_access.clone();
+            async move { crate::admin::handle(pull, admin_access, request).await }
         };
         tasks.push(tokio::spawn(crate::server::serve(
             admin_listener,

@@ -41,6 +41,9 @@ pub struct Config {
     pub admin_listen: Option<SocketAddr>,
     /// Host names (besides addresses and localhost) the admin API answers to.
     pub admin_hosts: Vec<String>,
+    /// Token required by the admin API's drain and undrain (`admin_token_file`, or the
+    /// `FERRY_ADMIN_TOKEN` variable); `None` = no token.
+    pub admin_token: Option<AdminToken>,
     /// TLS certificate chain and key (PEM) for the registry listener; `None` = plain HTTP.
     pub tls: Option<(PathBuf, PathBuf)>,
     /// Client authentication for the registry listener; `None` = open.
@@ -82,6 +85,41 @@ impl Default for ClientLimits {
     }
 }
 
+/// The admin API's token. Never shown in `Debug` output or `check-config`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminToken(pub String);
+
+impl fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AdminToken(<redacted>)")
+    }
+}
+
+impl AdminToken {
+    /// `FERRY_ADMIN_TOKEN` if set and not empty, else the file's first line.
+    fn load(file: Option<&str>) -> Result<Option<Self>, (&'static str, String, String)> {
+        if let Ok(token) = std::env::var("FERRY_ADMIN_TOKEN")
+            && !token.trim().is_empty()
+        {
+            return Ok(Some(AdminToken(token.trim().to_owned())));
+        }
+        let Some(path) = file else { return Ok(None) };
+        match std::fs::read_to_string(path) {
+            Ok(text) if !text.trim().is_empty() => Ok(Some(AdminToken(text.trim().to_owned()))),
+            Ok(_) => Err((
+                "admin_token_file",
+                path.to_owned(),
+                "the file is empty".into(),
+            )),
+            Err(e) => Err((
+                "admin_token_file",
+                path.to_owned(),
+                format!("cannot read: {e}"),
+            )),
+        }
+    }
+}
+
 /// Which unconfigured registries get a direct upstream, and the settings it gets.
 #[derive(Debug, Clone)]
 pub struct DirectRegistries {
@@ -92,6 +130,9 @@ pub struct DirectRegistries {
     pub min_transfer_rate: u64,
     pub rate_window: Duration,
     pub ca: Option<UpstreamCa>,
+    /// Let direct registries reach loopback, private and link-local addresses
+    /// (`direct_registries_private_addresses`; off by default: clients name these registries).
+    pub private_addresses: bool,
 }
 
 impl DirectRegistries {
@@ -117,6 +158,7 @@ impl DirectRegistries {
             credentials: None,
             ca: self.ca.clone(),
             https_redirects_only: true,
+            public_addresses_only: !self.private_addresses,
             group: None,
         })
     }
@@ -174,6 +216,9 @@ pub struct UpstreamConfig {
     pub ca: Option<UpstreamCa>,
     /// Follow redirects to https URLs only (direct registries, which clients name).
     pub https_redirects_only: bool,
+    /// Connect only to public addresses, checked after resolution (and for the token realm
+    /// and redirects): on for direct registries, optional for configured ones.
+    pub public_addresses_only: bool,
     /// The group this upstream belongs to: consecutive members share one priority slot.
     pub group: Option<String>,
 }
@@ -305,6 +350,9 @@ impl fmt::Debug for UpstreamConfig {
             .field("rate_window", &self.rate_window)
             .field("credentials", &self.credentials)
             .field("ca", &self.ca)
+            .field("https_redirects_only", &self.https_redirects_only)
+            .field("public_addresses_only", &self.public_addresses_only)
+            .field("group", &self.group)
             .finish()
     }
 }
@@ -591,6 +639,13 @@ impl Config {
                     );
                     None
                 }
+            }
+        };
+        let admin_token = match AdminToken::load(file.admin_token_file.as_deref()) {
+            Ok(token) => token,
+            Err((key, value, reason)) => {
+                problem(key, &value, reason);
+                None
             }
         };
         let client_auth = if file.auth_tokens_file.is_some() || file.auth_users_file.is_some() {
@@ -945,6 +1000,7 @@ impl Config {
                     credentials,
                     ca,
                     https_redirects_only: false,
+                    public_addresses_only: upstream.public_addresses_only.unwrap_or(false),
                 });
             }
         }
@@ -1003,6 +1059,7 @@ impl Config {
                 offline: overrides.offline || file.offline.unwrap_or(false),
                 admin_listen,
                 admin_hosts: file.admin_hosts.clone().unwrap_or_default(),
+                admin_token,
                 tls,
                 client_auth,
                 shutdown_grace,
@@ -1037,6 +1094,7 @@ impl Config {
                     min_transfer_rate: min_rate_default,
                     rate_window,
                     ca: ca_default,
+                    private_addresses: file.direct_registries_private_addresses.unwrap_or(false),
                 }),
             }),
             _ => Err(ConfigErrors(problems)),
@@ -1072,6 +1130,7 @@ impl Config {
                 password_env: None,
                 password_file: None,
                 ca_file: u.ca.as_ref().map(|ca| ca.path.display().to_string()),
+                public_addresses_only: Some(u.public_addresses_only),
             })
             .collect();
         let file = ConfigFile {
@@ -1100,6 +1159,10 @@ impl Config {
                 humantime::format_duration(d).to_string()
             })),
             admin_hosts: (!self.admin_hosts.is_empty()).then(|| self.admin_hosts.clone()),
+            admin_token_file: self
+                .admin_token
+                .as_ref()
+                .map(|_| "<set, not shown>".to_owned()),
             admin_listen: Some(
                 self.admin_listen
                     .map_or("off".to_owned(), |a| a.to_string()),
@@ -1171,6 +1234,7 @@ impl Config {
                 .direct
                 .as_ref()
                 .map(|d| d.patterns.iter().map(ToString::to_string).collect()),
+            direct_registries_private_addresses: self.direct.as_ref().map(|d| d.private_addresses),
             upstreams,
         };
         toml::to_string_pretty(&file).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))

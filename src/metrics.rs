@@ -202,6 +202,28 @@ impl Default for Metrics {
 
 impl Metrics {
     /// The Prometheus text exposition.
+    /// Drops every series of one upstream of `registry` (a direct registry closed for being
+    /// the least recently used), so the label set stays bounded by the open registries.
+    /// `outcomes` are the values the outcome and reason labels can take.
+    pub fn forget_upstream(&self, registry: &str, upstream: &str, outcomes: &[&str]) {
+        for outcome in outcomes {
+            self.upstream_requests.remove(&UpstreamOutcomeLabels {
+                registry: registry.to_owned(),
+                upstream: upstream.to_owned(),
+                outcome: (*outcome).to_owned(),
+            });
+            self.failovers.remove(&FailoverLabels {
+                registry: registry.to_owned(),
+                upstream: upstream.to_owned(),
+                reason: (*outcome).to_owned(),
+            });
+        }
+        self.breaker_open.remove(&UpstreamLabels {
+            registry: registry.to_owned(),
+            upstream: upstream.to_owned(),
+        });
+    }
+
     pub fn encode(&self) -> String {
         let mut out = String::new();
         if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {

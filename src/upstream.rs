@@ -1,7 +1,7 @@
 //! Talking to upstream registries: one HTTP client per upstream with its own timeouts and
 //! token cache (`client`, `auth`), how failures are classified (`failure`), each upstream's
 //! health and circuit breaker (`health`, `breaker`), how a request ranks a group's members
-//! (`route`), and the ordered list with failover, hedging and per-digest quarantine of bad
+//! (`route`), which addresses it may reach (`reach`), and the ordered list with failover, hedging and per-digest quarantine of bad
 //! sources (`pool`).
 
 pub mod auth;
@@ -10,6 +10,7 @@ pub mod client;
 pub mod failure;
 pub mod health;
 pub mod pool;
+pub mod reach;
 pub mod registries;
 pub mod route;
 

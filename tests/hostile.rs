@@ -232,7 +232,7 @@ async fn the_admin_api_refuses_browsers_and_foreign_host_names() {
     let name = upstream.addr.to_string();
     let drain = |host: &str, extra: &str| {
         format!(
-            "POST /admin/upstreams/{name}/drain HTTP/1.1\r\nHost: {host}\r\n{extra}Content-Type: text/plain\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            "POST /admin/upstreams/{name}/drain HTTP/1.1\r\nHost: {host}\r\n{extra}Content-Length: 0\r\nConnection: close\r\n\r\n"
         )
     };
     let cross_site = drain(&admin.to_string(), "Origin: https://evil.example\r\n");
@@ -243,6 +243,15 @@ async fn the_admin_api_refuses_browsers_and_foreign_host_names() {
     );
     let status = "GET /status HTTP/1.1\r\nHost: rebound.evil.example\r\nConnection: close\r\n\r\n";
     assert_eq!(raw_status(admin, status).await, 403);
+    // The content types a web form can send are refused even with a good Host.
+    for form in [
+        "text/plain",
+        "application/x-www-form-urlencoded; charset=utf-8",
+        "multipart/form-data; boundary=x",
+    ] {
+        let request = drain(&admin.to_string(), &format!("Content-Type: {form}\r\n"));
+        assert_eq!(raw_status(admin, &request).await, 403, "{form}");
+    }
     assert_eq!(
         proxy.admin_status().await["upstreams"][0]["drained"],
         false,
@@ -376,4 +385,205 @@ async fn an_announced_length_is_a_claim_not_a_reason_to_evict() {
     let cached = proxy.rehash_cache();
     assert_eq!(cached.len(), 1, "{cached:?}");
     assert!(cached.iter().all(|(_, ok)| *ok));
+}
+
+/// A listener that counts the TCP connections made to it (and closes them).
+async fn counting_listener() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            drop(stream);
+        }
+    });
+    (addr, accepted)
+}
+
+/// SSRF through direct registries: a client names a registry, so it could name an
+/// internal service. Loopback (a literal address, or a name that resolves there) is refused
+/// before any connection is made; with `direct_registries_private_addresses` it is reached.
+#[tokio::test]
+async fn direct_registries_never_connect_to_internal_addresses() {
+    let (internal, accepted) = counting_listener().await;
+    let hub = FakeRegistry::start().await;
+    let by_address = format!("127.0.0.1:{}", internal.port());
+    let by_name = format!("localhost:{}", internal.port());
+    let proxy = TestProxy::start_with(&[&hub], |c| {
+        c.direct = Some(crate::support::direct_to(
+            &[&by_address, &by_name],
+            None,
+            false,
+        ))
+    })
+    .await;
+    for registry in [&by_address, &by_name] {
+        for path in [
+            "manifests/v1",
+            "blobs/sha256:0000000000000000000000000000000000000000000000000000000000000000",
+        ] {
+            let response = client()
+                .get(proxy.url(&format!("/v2/internal/app/{path}?ns={registry}")))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 503, "{registry} {path}");
+            let body = response.text().await.unwrap();
+            assert!(
+                body.contains("refused to connect") && body.contains("public address"),
+                "{registry}: {body}"
+            );
+        }
+    }
+    assert_eq!(
+        accepted.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "ferry connected to a loopback service a client named"
+    );
+
+    // The same registries, allowed to reach private addresses: ferry does connect.
+    let permissive = TestProxy::start_with(&[&hub], |c| {
+        c.direct = Some(crate::support::direct_to(&[&by_address], None, true))
+    })
+    .await;
+    let response = client()
+        .get(permissive.url(&format!("/v2/internal/app/manifests/v1?ns={by_address}")))
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_server_error());
+    assert!(accepted.load(std::sync::atomic::Ordering::SeqCst) > 0);
+}
+
+/// One repository the primary answers with 500 (a client's request it chokes on) must not
+/// open the primary's breaker while it serves other requests: otherwise a client could
+/// send every other pull to a secondary that may lack the image.
+#[tokio::test]
+async fn errors_for_one_repository_do_not_open_a_serving_upstreams_breaker() {
+    let primary = FakeRegistry::start().await;
+    let secondary = FakeRegistry::start().await;
+    put_image(&[&primary], "good/app", "v1", 46);
+    primary.fault("/v2/bad/", Fault::Status(500));
+    let proxy = TestProxy::start(&[&primary, &secondary]).await;
+    let good = client()
+        .get(proxy.url("/v2/good/app/manifests/v1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(good.status(), 200);
+    // Twice the breaker's threshold of requests the primary fails, in a burst.
+    for i in 0..10 {
+        let response = client()
+            .get(proxy.url(&format!("/v2/bad/app/manifests/t{i}")))
+            .send()
+            .await
+            .unwrap();
+        assert!(!response.status().is_success());
+    }
+    let status = proxy.admin_status().await;
+    assert_eq!(
+        status["upstreams"][0]["breaker"]["state"], "closed",
+        "{status}"
+    );
+    // The primary still serves the good repository (the secondary does not have it).
+    let blob = primary.put_blob(pseudo_random_bytes(5000, 47));
+    let response = crate::support::get_blob(&proxy, "good/app", &blob, None).await;
+    assert_eq!(response.status(), 200);
+}
+
+/// With an admin token configured, drain and undrain need it; reads stay open (probes and
+/// scrapers carry no token).
+#[tokio::test]
+async fn an_admin_token_guards_drain_and_undrain() {
+    let upstream = FakeRegistry::start().await;
+    let proxy = TestProxy::start_with(&[&upstream], |c| {
+        c.admin_token = Some(ferry::config::AdminToken("s3cret-admin".into()));
+    })
+    .await;
+    let admin = proxy.server.as_ref().unwrap().admin_addr.unwrap();
+    let name = upstream.addr.to_string();
+    let drain = |authorization: &str| {
+        format!(
+            "POST /admin/upstreams/{name}/drain HTTP/1.1\r\nHost: {admin}\r\n{authorization}Content-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+    };
+    assert_eq!(raw_status(admin, &drain("")).await, 401);
+    assert_eq!(
+        raw_status(admin, &drain("Authorization: Bearer s3cret-admiN\r\n")).await,
+        401
+    );
+    assert_eq!(
+        raw_status(admin, &drain("Authorization: Basic czNjcmV0LWFkbWlu\r\n")).await,
+        401
+    );
+    assert_eq!(proxy.admin_status().await["upstreams"][0]["drained"], false);
+    for read in ["/status", "/metrics", "/healthz", "/admin/upstreams"] {
+        let request = format!("GET {read} HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n");
+        assert_eq!(raw_status(admin, &request).await, 200, "{read}");
+    }
+    assert_eq!(
+        raw_status(admin, &drain("Authorization: Bearer s3cret-admin\r\n")).await,
+        200
+    );
+    assert_eq!(proxy.admin_status().await["upstreams"][0]["drained"], true);
+}
+
+/// Every direct registry a client names adds metric series; closing the least recently
+/// used one (at most 64 are open) must drop its series, or /metrics grows without bound.
+#[tokio::test]
+async fn metrics_forget_closed_direct_registries() {
+    // Ports nothing listens on: each registry fails fast with "connection refused".
+    let mut registries = Vec::new();
+    for _ in 0..80 {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        registries.push(format!(
+            "127.0.0.1:{}",
+            listener.local_addr().unwrap().port()
+        ));
+    }
+    let patterns: Vec<&str> = registries.iter().map(String::as_str).collect();
+    let hub = FakeRegistry::start().await;
+    let proxy = TestProxy::start_with(&[&hub], |c| {
+        c.direct = Some(crate::support::direct_to(&patterns, None, true))
+    })
+    .await;
+    for registry in &registries {
+        let response = client()
+            .get(proxy.url(&format!("/v2/some/app/manifests/v1?ns={registry}")))
+            .send()
+            .await
+            .unwrap();
+        assert!(response.status().is_server_error(), "{registry}");
+    }
+    let metrics = client()
+        .get(format!(
+            "http://{}/metrics",
+            proxy.server.as_ref().unwrap().admin_addr.unwrap()
+        ))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let named: std::collections::BTreeSet<&str> = registries
+        .iter()
+        .map(String::as_str)
+        .filter(|r| metrics.contains(&format!("registry=\"{r}\"")))
+        .collect();
+    assert_eq!(
+        named.len(),
+        ferry::upstream::registries::MAX_DIRECT_REGISTRIES,
+        "series of closed registries stayed"
+    );
+    assert!(
+        !named.contains(registries[0].as_str()),
+        "the first one was closed"
+    );
+    assert!(named.contains(registries[79].as_str()));
 }

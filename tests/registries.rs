@@ -3,7 +3,7 @@
 //! (host ferry → AZ ferry → registry) pull that fetches each blob from the registry once.
 
 use crate::support::{
-    FakeRegistry, TestProxy, client, image_manifest, pseudo_random_bytes, put_image,
+    FakeRegistry, TestProxy, client, direct_to, image_manifest, pseudo_random_bytes, put_image,
 };
 use ferry::oci::media_type::{OCI_INDEX, OCI_MANIFEST};
 use reqwest::{Method, StatusCode};
@@ -356,27 +356,6 @@ async fn tls_with_http2_and_reload_without_restart() {
     );
 }
 
-/// What `direct_registries` gives a registry without configured upstreams: the same
-/// timeouts as any upstream, and `ca` as the extra trusted roots.
-fn direct_to(
-    patterns: &[&str],
-    ca: Option<ferry::config::UpstreamCa>,
-) -> ferry::config::DirectRegistries {
-    let secs = std::time::Duration::from_secs;
-    ferry::config::DirectRegistries {
-        patterns: patterns
-            .iter()
-            .map(|p| ferry::upstream::RegistryPattern::parse(p).unwrap())
-            .collect(),
-        connect_timeout: secs(2),
-        header_timeout: secs(5),
-        body_idle_timeout: secs(5),
-        min_transfer_rate: 0,
-        rate_window: secs(10),
-        ca,
-    }
-}
-
 #[tokio::test]
 async fn direct_registry_over_tls_with_a_private_ca() {
     // The "registry" is a TLS ferry (certificate from a private CA) in front of a fake one.
@@ -393,7 +372,7 @@ async fn direct_registry_over_tls_with_a_private_ca() {
     let ca = ferry::config::UpstreamCa::load(&cert).unwrap();
     let hub = FakeRegistry::start().await;
     let proxy = TestProxy::start_with(&[&hub], |c| {
-        c.direct = Some(direct_to(&[&registry], Some(ca)))
+        c.direct = Some(direct_to(&[&registry], Some(ca), true))
     })
     .await;
 
@@ -455,7 +434,7 @@ async fn direct_registry_without_its_ca_is_an_upstream_failure_not_a_client_erro
     );
     let hub = FakeRegistry::start().await;
     let proxy = TestProxy::start_with(&[&hub], |c| {
-        c.direct = Some(direct_to(&[&registry, "*"], None))
+        c.direct = Some(direct_to(&[&registry, "*"], None, true))
     })
     .await;
 

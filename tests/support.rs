@@ -196,3 +196,27 @@ pub fn put_image(
     }
     (manifest_digest.unwrap(), layer_digest.unwrap(), layer)
 }
+
+/// What `direct_registries` gives a registry without configured upstreams: the same
+/// timeouts as any upstream, and `ca` as the extra trusted roots. `private_addresses`
+/// lets them reach loopback, where the tests' registries are.
+pub fn direct_to(
+    patterns: &[&str],
+    ca: Option<ferry::config::UpstreamCa>,
+    private_addresses: bool,
+) -> ferry::config::DirectRegistries {
+    let secs = std::time::Duration::from_secs;
+    ferry::config::DirectRegistries {
+        patterns: patterns
+            .iter()
+            .map(|p| ferry::upstream::RegistryPattern::parse(p).unwrap())
+            .collect(),
+        connect_timeout: secs(2),
+        header_timeout: secs(5),
+        body_idle_timeout: secs(5),
+        min_transfer_rate: 0,
+        rate_window: secs(10),
+        ca,
+        private_addresses,
+    }
+}

@@ -46,6 +46,9 @@ pub struct ConfigFile {
     /// Host names the admin API answers to besides IP addresses and localhost (e.g. a
     /// Kubernetes Service name used by a scraper).
     pub admin_hosts: Option<Vec<String>>,
+    /// A file holding a token the admin API's mutating endpoints (drain, undrain) require
+    /// as `Authorization: Bearer <token>` (also `FERRY_ADMIN_TOKEN`). Reads stay open.
+    pub admin_token_file: Option<String>,
     /// How long in-flight responses may run after SIGTERM.
     pub shutdown_grace: Option<String>,
     /// A client's request headers (and a new connection's first request) must arrive within this.
@@ -72,6 +75,9 @@ pub struct ConfigFile {
     /// `https://<registry>`: exact names (`quay.io`, `registry.internal:5000`), `*.suffix`,
     /// or `*` for any. Others are refused with NAME_UNKNOWN.
     pub direct_registries: Option<Vec<String>>,
+    /// Let direct registries reach loopback, private and link-local addresses (default
+    /// false: a client could otherwise point ferry at internal services).
+    pub direct_registries_private_addresses: Option<bool>,
     /// The shared store, `s3://BUCKET/PREFIX` (also `--shared-store`): a second cache tier in
     /// an S3-API bucket shared by AZ replicas. Endpoint, region and keys default to the
     /// `AWS_ENDPOINT_URL`, `AWS_REGION`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` variables.
@@ -115,4 +121,7 @@ pub struct UpstreamFile {
     /// Extra trusted CA certificates (PEM bundle) for this upstream (default: the top-level
     /// `ca_file`).
     pub ca_file: Option<String>,
+    /// Connect only to public addresses (checked after resolution, also for the token realm
+    /// and redirects), as direct registries do. Default false.
+    pub public_addresses_only: Option<bool>,
 }

@@ -193,16 +193,17 @@ impl TokenCache {
     }
 
     /// Fetches a token from the challenge's realm for `scope` and caches it. Credentials go
-    /// only to a realm that [`may_receive_credentials`] allows for `registry`.
+    /// only to a realm that [`may_receive_credentials`] allows for the upstream's URL; with
+    /// `public_addresses_only`, a realm at a literal private address is refused.
     pub async fn fetch(
         &self,
         http: &reqwest::Client,
-        registry: &reqwest::Url,
+        upstream: &crate::config::UpstreamConfig,
         params: &HashMap<String, String>,
         scope: &str,
         credentials: Option<&Credentials>,
-        timeout: Duration,
     ) -> Result<String, String> {
+        let timeout = upstream.header_timeout;
         let realm = params
             .get("realm")
             .ok_or_else(|| "bearer challenge without a realm".to_owned())?;
@@ -219,7 +220,10 @@ impl TokenCache {
             query.append_pair("scope", scope);
         }
         if credentials.is_some() {
-            may_receive_credentials(registry, &url)?;
+            may_receive_credentials(&upstream.url, &url)?;
+        }
+        if upstream.public_addresses_only {
+            super::reach::check_literal_host(&url)?;
         }
         let mut request = http.get(url);
         if let Some(credentials) = credentials {

@@ -63,6 +63,8 @@ struct Inner {
     cooldown: Duration,
     open_until: Instant,
     probe_started: Option<Instant>,
+    /// When the upstream last served a request (or answered in a way that shows it is alive).
+    last_success: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -97,6 +99,7 @@ impl Breaker {
                 cooldown: config.cooldown,
                 open_until: Instant::now(),
                 probe_started: None,
+                last_success: None,
             }),
         }
     }
@@ -140,6 +143,7 @@ impl Breaker {
         let mut inner = self.lock();
         inner.consecutive_failures = 0;
         inner.probe_started = None;
+        inner.last_success = Some(Instant::now());
         if inner.state == BreakerState::Closed {
             return None;
         }
@@ -150,6 +154,24 @@ impl Breaker {
             from,
             to: BreakerState::Closed,
         })
+    }
+
+    /// Records an error status the upstream answered for one request. While the breaker is
+    /// closed and the upstream served another request within `serving_within`, the error is
+    /// about that request (a name it rejects, one broken repository), not the upstream's
+    /// health: it does not count, so clients cannot open a breaker with requests of their own.
+    pub fn record_answered_failure(&self, serving_within: Duration) -> Option<Transition> {
+        {
+            let inner = self.lock();
+            let serving_others = inner.state == BreakerState::Closed
+                && inner
+                    .last_success
+                    .is_some_and(|at| at.elapsed() < serving_within);
+            if serving_others {
+                return None;
+            }
+        }
+        self.record_failure(1)
     }
 
     /// Records a failure worth `weight` ordinary failures (bad bytes count heavily).
@@ -258,6 +280,33 @@ mod tests {
         // A last-resort success closes it at once, without waiting for the probe.
         assert_eq!(b.record_success().map(|t| t.to), Some(BreakerState::Closed));
         assert_eq!(b.admit().0, Admission::Allowed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn answered_errors_do_not_count_while_the_upstream_serves_other_requests() {
+        let b = breaker();
+        let window = Duration::from_secs(5);
+        b.record_success();
+        for _ in 0..10 {
+            tokio::time::advance(Duration::from_millis(400)).await;
+            assert_eq!(b.record_answered_failure(window), None);
+            b.record_success();
+        }
+        assert_eq!(b.snapshot().state, BreakerState::Closed);
+        // Nothing served for longer than the window: answered errors count again.
+        tokio::time::advance(window).await;
+        b.record_answered_failure(window);
+        b.record_answered_failure(window);
+        assert_eq!(
+            b.record_answered_failure(window).map(|t| t.to),
+            Some(BreakerState::Open)
+        );
+        // Transport failures always count.
+        let b = breaker();
+        b.record_success();
+        b.record_failure(1);
+        b.record_failure(1);
+        assert_eq!(b.record_failure(1).map(|t| t.to), Some(BreakerState::Open));
     }
 
     #[tokio::test(start_paused = true)]

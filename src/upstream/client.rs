@@ -36,14 +36,26 @@ impl UpstreamClient {
             // Added to the platform's roots, not instead of them.
             builder = builder.tls_certs_merge(ca.certificates.iter().cloned());
         }
-        let redirects = if config.https_redirects_only {
-            // A direct registry is named by clients: it may not bounce ferry to plain HTTP
-            // (an internal service, a metadata endpoint).
-            reqwest::redirect::Policy::custom(|attempt| {
+        let public_only = config.public_addresses_only;
+        if public_only {
+            // Names are resolved by a resolver that drops non-public addresses, so the check
+            // applies to the address really dialled (no DNS rebinding), for every request.
+            builder =
+                builder.dns_resolver(std::sync::Arc::new(super::reach::PublicAddressResolver));
+        }
+        let redirects = if config.https_redirects_only || public_only {
+            let https_only = config.https_redirects_only;
+            // A registry clients name may not bounce ferry to plain HTTP or to an address
+            // inside the network (an internal service, a metadata endpoint).
+            reqwest::redirect::Policy::custom(move |attempt| {
                 if attempt.previous().len() >= MAX_REDIRECTS {
                     attempt.error("too many redirects")
-                } else if attempt.url().scheme() != "https" {
+                } else if https_only && attempt.url().scheme() != "https" {
                     attempt.error("a direct registry may only redirect to https")
+                } else if let (true, Err(reason)) =
+                    (public_only, super::reach::check_literal_host(attempt.url()))
+                {
+                    attempt.error(reason)
                 } else {
                     attempt.follow()
                 }
@@ -94,6 +106,7 @@ impl UpstreamClient {
         let mut url = self.config.url.clone();
         let base = url.path().trim_end_matches('/').to_owned();
         url.set_path(&format!("{base}/v2/"));
+        self.check_reach(&url)?;
         let request = self.http.get(url).send();
         match tokio::time::timeout(self.config.header_timeout, request).await {
             Err(_) => Err(self.failure(FailureKind::HeaderTimeout, "health probe: no answer")),
@@ -141,6 +154,7 @@ impl UpstreamClient {
         headers: HeaderMap,
     ) -> Result<reqwest::Response, UpstreamFailure> {
         let url = self.url(name, suffix, query);
+        self.check_reach(&url)?;
         let scope = format!("repository:{}:pull", self.upstream_repository(name));
         let mut authorization = self
             .tokens
@@ -207,14 +221,8 @@ impl UpstreamClient {
             Some(Challenge::Bearer { params }) => {
                 let credentials = self.config.credentials.as_ref();
                 let fetch = || {
-                    self.tokens.fetch(
-                        &self.http,
-                        &self.config.url,
-                        &params,
-                        scope,
-                        credentials,
-                        self.config.header_timeout,
-                    )
+                    self.tokens
+                        .fetch(&self.http, &self.config, &params, scope, credentials)
                 };
                 let token = match fetch().await {
                     Ok(token) => token,
@@ -241,6 +249,16 @@ impl UpstreamClient {
             },
             None => Ok(None),
         }
+    }
+
+    /// Refuses a literal non-public address for an upstream limited to public ones (names
+    /// are checked by the resolver at connect time).
+    fn check_reach(&self, url: &reqwest::Url) -> Result<(), UpstreamFailure> {
+        if !self.config.public_addresses_only {
+            return Ok(());
+        }
+        super::reach::check_literal_host(url)
+            .map_err(|reason| self.failure(FailureKind::Connect, reason))
     }
 
     fn failure(&self, kind: FailureKind, detail: impl Into<String>) -> UpstreamFailure {

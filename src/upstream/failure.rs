@@ -68,7 +68,33 @@ impl UpstreamFailure {
 
     /// A short label for logs and metrics.
     pub fn reason(&self) -> &'static str {
-        match self.kind {
+        self.kind.reason()
+    }
+}
+
+impl FailureKind {
+    /// Every value [`FailureKind::reason`] returns, and `ok`: the outcome label's values.
+    pub const OUTCOME_LABELS: [&'static str; 15] = [
+        "ok",
+        "connect",
+        "connect_timeout",
+        "header_timeout",
+        "body_idle_timeout",
+        "body_broken",
+        "too_slow",
+        "not_found",
+        "unauthorized",
+        "forbidden",
+        "too_many_requests",
+        "server_error",
+        "unexpected_status",
+        "digest_mismatch",
+        "bad_response",
+    ];
+
+    /// A short label for logs and metrics.
+    pub fn reason(self) -> &'static str {
+        match self {
             FailureKind::Connect => "connect",
             FailureKind::ConnectTimeout => "connect_timeout",
             FailureKind::HeaderTimeout => "header_timeout",
@@ -188,6 +214,32 @@ mod tests {
                 .map(|&k| UpstreamFailure::new("u", k, "x"))
                 .collect(),
         )
+    }
+
+    #[test]
+    fn every_reason_is_a_known_outcome_label() {
+        use FailureKind::*;
+        for kind in [
+            Connect,
+            ConnectTimeout,
+            HeaderTimeout,
+            BodyIdleTimeout,
+            BodyBroken,
+            TooSlow,
+            NotFound,
+            Unauthorized,
+            Forbidden,
+            TooManyRequests,
+            ServerError(502),
+            UnexpectedStatus(302),
+            DigestMismatch,
+            BadResponse,
+        ] {
+            assert!(
+                FailureKind::OUTCOME_LABELS.contains(&kind.reason()),
+                "{kind:?}"
+            );
+        }
     }
 
     #[test]

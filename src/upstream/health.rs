@@ -12,6 +12,9 @@ use std::time::{Duration, SystemTime};
 const RECENT_FAILURES: usize = 16;
 /// Breaker weight of an upstream that sent wrong bytes: it counts heavily.
 pub const BAD_BYTES_WEIGHT: u32 = 3;
+/// An error status does not count toward the breaker while the upstream served another
+/// request within this long: it concerns that request, not the upstream's health.
+const SERVING_OTHERS_WITHIN: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct RecordedFailure {
@@ -104,6 +107,9 @@ impl UpstreamHealth {
                 self.breaker.record_success()
             }
             FailureKind::DigestMismatch => self.breaker.record_failure(BAD_BYTES_WEIGHT),
+            FailureKind::ServerError(_) | FailureKind::UnexpectedStatus(_) => {
+                self.breaker.record_answered_failure(SERVING_OTHERS_WITHIN)
+            }
             _ => self.breaker.record_failure(1),
         };
         self.log_transition(transition);

@@ -222,7 +222,15 @@ impl Registries {
             else {
                 break;
             };
-            opened.remove(&oldest);
+            if let Some(closed) = opened.remove(&oldest) {
+                for client in closed.upstreams.clients() {
+                    self.metrics.forget_upstream(
+                        &oldest,
+                        client.name(),
+                        &super::FailureKind::OUTCOME_LABELS,
+                    );
+                }
+            }
             tracing::debug!(registry = %oldest, "direct registry closed (least recently used)");
         }
         tracing::info!(registry, url = %format!("https://{registry}"), "direct registry opened");
@@ -327,6 +335,7 @@ mod tests {
             min_transfer_rate: 0,
             rate_window: secs(1),
             ca: None,
+            private_addresses: false,
         };
         let registries = Registries::new(
             &[],
