@@ -182,3 +182,43 @@ ctrc() { timeout "$CLIENT_TIMEOUT" ctr -a "$CTR_SOCK" "$@"; }
 expect_file() { echo "$T/expect/$1.json"; }
 expect_digest() { jq -r .digest "$(expect_file "$1")"; }
 raw_digest() { echo "sha256:$(sha256sum | cut -d' ' -f1)"; } # stdin -> digest
+
+# --- additions for the Docker daemon section (tests/interop/docker.sh) ----------------------------------
+adopt_bg() { # adopt_bg NAME PID PARENT: a process PARENT started (dockerd's containerd); stopped right after PARENT
+  local i order=()
+  PIDS[$1]=$2
+  for i in "${PID_ORDER[@]}"; do
+    [[ $i == "$3" ]] && order+=("$1")
+    order+=("$i")
+  done
+  PID_ORDER=("${order[@]}")
+}
+
+make_ca_cert() { # make_ca_cert DIR NAME SAN: a CA DIR/NAME-ca.{crt,key}, a server certificate DIR/NAME.{crt,key}
+  # for SAN (e.g. "IP:127.0.0.1,DNS:localhost") signed by it, and DIR/NAME-certdir/ca.crt
+  local dir=$1 name=$2 san=$3 cn=${3%%,*}
+  openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=ferry interop $name CA" \
+    -keyout "$dir/$name-ca.key" -out "$dir/$name-ca.crt" 2>/dev/null &&
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=${cn#*:}" -keyout "$dir/$name.key" -out "$dir/$name.csr" \
+      2>/dev/null &&
+    openssl x509 -req -days 2 -in "$dir/$name.csr" -CA "$dir/$name-ca.crt" -CAkey "$dir/$name-ca.key" \
+      -CAcreateserial -extfile <(printf 'subjectAltName=%s\n' "$san") -out "$dir/$name.crt" 2>/dev/null &&
+    mkdir -p "$dir/$name-certdir" && cp "$dir/$name-ca.crt" "$dir/$name-certdir/ca.crt"
+}
+
+start_dockerd() { # start_dockerd NAME DIR: dockerd with its state under DIR (config DIR/daemon.json, API on
+  # unix://DIR/docker.sock), no iptables, no bridge, vfs storage; it starts its own containerd under DIR/exec
+  mkdir -p "$2/data" "$2/exec"
+  start_bg "$1" dockerd --config-file "$2/daemon.json" --data-root "$2/data" --exec-root "$2/exec" \
+    --pidfile "$2/dockerd.pid" -H "unix://$2/docker.sock" --iptables=false --ip6tables=false --bridge=none \
+    --storage-driver=vfs
+}
+wait_dockerd() { # wait_dockerd NAME DIR: until dockerd's API answers
+  local i
+  for i in $(seq 1 150); do
+    kill -0 "${PIDS[$1]}" 2>/dev/null || break
+    "${DOCKER_CLI:-docker}" -H "unix://$2/docker.sock" version >/dev/null 2>&1 && return 0
+    sleep 0.2
+  done
+  echo "dockerd not answering on unix://$2/docker.sock"; tail -n 20 "$LOGS/$1.log"; return 1
+}

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # ferry interop suite: two CNCF distribution registries (primary, secondary) as upstreams, ferry in front,
 # real clients (skopeo, containerd's ctr, podman) pulling through it: failover with /metrics, two registries
-# routed by ns and by path prefix, TLS with a test CA and client auth, upstream failures and a full outage.
+# routed by ns and by path prefix, TLS with a test CA and client auth, upstream failures and a full outage, and a
+# real Docker daemon with ferry as its registry mirror (tests/interop/docker.sh).
 # Usage (Debian 12, as root, from anywhere): tests/interop/run.sh
-#   env: FERRY_BIN (default <repo>/target/release/ferry), BIG_MB (120), TAG_TTL (seconds, 1), INTEROP_KEEP=1 keeps all state
+#   env: FERRY_BIN (default <repo>/target/release/ferry), BIG_MB (120), TAG_TTL (seconds, 1), INTEROP_KEEP=1 keeps all state,
+#        INTEROP_ONLY=docker runs only the Docker daemon section (it has its own registries and images)
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
@@ -20,6 +22,7 @@ PF=${FERRY_PORT:-15050}        # ferry under test
 PX=${FAULT_FERRY_PORT:-15051}  # extra ferry instances for the fault matrix and the two-registry ferry
 PT=${TLS_FERRY_PORT:-15052}    # ferry serving TLS with client auth
 PB=${FAULTY_PORT:-15060}       # misbehaving upstreams (ocitool.py faulty), one port per mode: PB..PB+7
+PD=${DOCKER_PORT:-15090}       # Docker section: ferry (dockerd's mirror) PD, its registries PD+1..PD+3, TLS ferry PD+4
 DEAD=127.0.0.1:1               # nothing listens here
 F=127.0.0.1:$PF
 # Registry part of the image names containerd pulls. It is dead on purpose: containerd falls back to the origin
@@ -30,7 +33,7 @@ ORIGIN=$DEAD
 [[ $EUID == 0 ]] || { echo "run as root (containerd needs it)" >&2; exit 2; }
 missing=()
 for pair in docker-registry:docker-registry skopeo:skopeo containerd:containerd ctr:containerd podman:podman \
-  openssl:openssl jq:jq curl:curl python3:python3; do
+  openssl:openssl jq:jq curl:curl python3:python3 dockerd:docker.io ip:iproute2; do
   command -v "${pair%%:*}" >/dev/null || missing+=("${pair#*:}")
 done
 if ((${#missing[@]})); then
@@ -47,7 +50,8 @@ if ((${#missing[@]})); then
   )
 fi
 [[ -x $FERRY_BIN ]] || { echo "ferry binary not found: $FERRY_BIN (build it: cargo build --release)" >&2; exit 2; }
-for p in "$P1" "$P2" "$PF" "$PX" "$PT" $((PF + 1000)) $((PX + 1000)) $((PT + 1000)) $(seq "$PB" $((PB + 7))); do
+for p in "$P1" "$P2" "$PF" "$PX" "$PT" $((PF + 1000)) $((PX + 1000)) $((PT + 1000)) $(seq "$PB" $((PB + 7))) \
+  $(seq "$PD" $((PD + 4))) $((PD + 1000)) $((PD + 1004)); do
   port_busy "$p" && { echo "port 127.0.0.1:$p is in use; set PRIMARY_PORT/SECONDARY_PORT/FERRY_PORT/..." >&2; exit 2; }
 done
 
@@ -64,6 +68,7 @@ cleanup() {
   set +e
   touch "$T/loop.stop"
   stop_all
+  ! declare -F docker_teardown >/dev/null || docker_teardown # certs.d entry, address on lo (tests/interop/docker.sh)
   awk -v t="$T" 'index($2, t) == 1 { print $2 }' /proc/mounts | sort -r | xargs -r -n1 umount -l
   if [[ -z $SUMMARY_PRINTED ]]; then
     ((rc == 0)) || (($(failed_count) > 0)) || record FAIL "suite stopped early (exit $rc) during step $STEP"
@@ -162,6 +167,14 @@ tags_list_ok() {
   echo "$body"
   jq -e '.name == "test/small" and (.tags | index("latest") != null)' <<<"$body" >/dev/null
 }
+
+if [[ ${INTEROP_ONLY:-} == docker ]]; then
+  # shellcheck source=tests/interop/docker.sh
+  source "$HERE/docker.sh"
+  step g "summary ($(elapsed "$T_START") in total)"
+  print_summary
+  (($(failed_count) == 0)); exit
+fi
 
 # === a ==================================================================================================
 step a "start primary (:$P1) and secondary (:$P2) distribution registries"
@@ -466,12 +479,7 @@ stop_bg ferry-registries
 step e.tls "ferry serving TLS (test CA) with client auth: skopeo --cert-dir --creds, containerd hosts.toml ca + header"
 TLS=$T/tls FT=127.0.0.1:$PT
 make_cert() { # make_cert NAME: a CA NAME-ca and a server certificate for 127.0.0.1 signed by it, in $TLS
-  openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=ferry interop $1 CA" \
-    -keyout "$TLS/$1-ca.key" -out "$TLS/$1-ca.crt" 2>/dev/null &&
-    openssl req -newkey rsa:2048 -nodes -subj "/CN=127.0.0.1" -keyout "$TLS/$1.key" -out "$TLS/$1.csr" 2>/dev/null &&
-    openssl x509 -req -days 2 -in "$TLS/$1.csr" -CA "$TLS/$1-ca.crt" -CAkey "$TLS/$1-ca.key" -CAcreateserial \
-      -extfile <(printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n') -out "$TLS/$1.crt" 2>/dev/null &&
-    mkdir -p "$TLS/$1-certdir" && cp "$TLS/$1-ca.crt" "$TLS/$1-certdir/ca.crt"
+  make_ca_cert "$TLS" "$1" "IP:127.0.0.1,DNS:localhost"
 }
 mkdir -p "$TLS" "$T/empty-certdir"
 check "openssl: test CA and server certificate" make_cert one
@@ -634,6 +642,10 @@ if command -v garage >/dev/null; then
 else
   check "garage installed (cargo install garage --locked, as .ci/run does)" false
 fi
+
+# === e.docker ===========================================================================================
+# shellcheck source=tests/interop/docker.sh
+source "$HERE/docker.sh"
 
 # === f ==================================================================================================
 step f "outage: pulls by tag keep running while the primary loses the manifest, goes down, then both go down"
