@@ -50,7 +50,7 @@ pub async fn handle<B>(
             }
             response
         }
-        None => route(&pull, &method, &path),
+        None => route(&pull, &method, &path).await,
     };
     tracing::info!(%method, %path, status = response.status().as_u16(), "admin request");
     response
@@ -128,12 +128,17 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
 }
 
-fn route(pull: &PullThrough, method: &Method, path: &str) -> Response<ResponseBody> {
+async fn route(pull: &PullThrough, method: &Method, path: &str) -> Response<ResponseBody> {
     match (method, path) {
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
         (&Method::GET, "/metrics") => metrics(pull),
         (&Method::GET, "/readyz") => {
-            let (ready, why) = readiness(pull);
+            // Writing the probe file can block (a slow or failing disk): blocking pool.
+            let tmp_dir = pull.cache.layout.tmp_dir();
+            let writable = tokio::task::spawn_blocking(move || cache_writable(&tmp_dir))
+                .await
+                .unwrap_or_else(|e| Err(format!("the write probe did not finish: {e}")));
+            let (ready, why) = readiness(pull, writable);
             let code = if ready {
                 StatusCode::OK
             } else {
@@ -192,19 +197,20 @@ fn route(pull: &PullThrough, method: &Method, path: &str) -> Response<ResponseBo
     }
 }
 
-/// Ready when the cache directory takes writes and (unless offline) at least one upstream
-/// is in rotation with its breaker not open.
-pub fn readiness(pull: &PullThrough) -> (bool, String) {
-    let probe = pull
-        .cache
-        .layout
-        .tmp_dir()
-        .join(format!("readyz-{}", std::process::id()));
+/// Whether the cache's temporary directory takes a small write (blocking).
+fn cache_writable(tmp_dir: &std::path::Path) -> Result<(), String> {
+    let probe = tmp_dir.join(format!("readyz-{}", std::process::id()));
     // A full disk creates the file and then fails the write: remove it either way.
     let written = std::fs::write(&probe, b"ok");
     let _ = std::fs::remove_file(&probe);
-    if let Err(e) = written {
-        return (false, format!("cache directory not writable: {e}"));
+    written.map_err(|e| format!("cache directory not writable: {e}"))
+}
+
+/// Ready when the cache directory takes writes and (unless offline) at least one upstream
+/// is in rotation with its breaker not open.
+pub fn readiness(pull: &PullThrough, cache_writable: Result<(), String>) -> (bool, String) {
+    if let Err(reason) = cache_writable {
+        return (false, reason);
     }
     if pull.settings.offline {
         return (true, "offline: serving the cache".into());
@@ -269,6 +275,7 @@ pub fn status(pull: &PullThrough) -> serde_json::Value {
         },
         "upstreams": upstreams,
         "shared_store": pull.shared.as_ref().map(|shared| shared.status()),
+        "background_tasks": {"running": pull.tasks.running(), "panics": pull.tasks.panics()},
     })
 }
 
@@ -295,6 +302,7 @@ fn metrics(pull: &PullThrough) -> Response<ResponseBody> {
         .set(usage.limit.unwrap_or(0) as i64);
     crate::metrics::catch_up(&metrics.cache_evictions, usage.evictions);
     crate::metrics::catch_up(&metrics.cache_write_failures, pull.cache.write_failures());
+    crate::metrics::catch_up(&metrics.task_panics, pull.tasks.panics());
     if let Some(shared) = &pull.shared {
         shared.mirror_into(metrics);
     }

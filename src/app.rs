@@ -55,9 +55,22 @@ impl RunningServer {
     /// including fills still running, so the cache directory is released on return.
     pub async fn wait(self) {
         for task in self.tasks {
-            let _ = task.await;
+            if let Err(error) = task.await
+                && error.is_panic()
+            {
+                let message = crate::tasks::panic_message(&error.into_panic());
+                tracing::error!(panic = %message, "a listener task panicked");
+            }
         }
-        let deadline = tokio::time::Instant::now() + FILL_DRAIN_LIMIT;
+        if !self.pull.tasks.wait_idle(FILL_DRAIN_LIMIT).await {
+            tracing::warn!(
+                running = self.pull.tasks.running(),
+                "background tasks still running after {FILL_DRAIN_LIMIT:?}; stopping anyway"
+            );
+        }
+        // Connection tasks that answered their last byte may still hold the pull flow for a
+        // moment; the cache directory's lock goes with the last of them.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
         while Arc::strong_count(&self.pull) > 1 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }

@@ -1,7 +1,8 @@
 //! The content-addressed disk cache: where things live (`layout`), how a blob fill takes
-//! bytes and commits them (`fill`), files put in place durably (`writer`), one fill per
+//! bytes and commits them (`fill`), what a cache failure was (`failure`), files put in place durably (`writer`), one fill per
 //! digest (`inflight`), reading bytes back, finished or still arriving (`reader`), and tags.
 
+pub mod failure;
 pub mod fill;
 pub mod index;
 pub mod inflight;
@@ -11,6 +12,7 @@ pub mod reader;
 pub mod tags;
 pub mod writer;
 
+pub use failure::CacheFailure;
 pub use fill::{BlobFill, FillHandle, FillPhase, FillProgress};
 pub use index::{LruIndex, Reservation, Usage};
 pub use inflight::{Inflight, JoinOutcome};
@@ -220,7 +222,11 @@ impl Cache {
                 }
                 Ok(Some((file, size)))
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                // Evicted (or removed by hand) after the index last saw it.
+                self.index.forget(digest);
+                Ok(None)
+            }
             Err(e) => Err(e),
         }
     }

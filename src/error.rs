@@ -24,9 +24,9 @@ pub enum FerryError {
     /// digest did not match; the connection must be cut, never completed.
     #[error("blob transfer abandoned mid-stream: {0}")]
     MidStream(String),
-    /// The local cache failed (disk I/O). The client may retry.
+    /// The local cache failed (disk I/O, with its cause kept). The client may retry.
     #[error("cache failure: {0}")]
-    Cache(String),
+    Cache(#[from] crate::cache::CacheFailure),
 }
 
 impl FerryError {
@@ -38,7 +38,13 @@ impl FerryError {
         }
     }
 
-    pub fn cache(context: &str, error: impl std::fmt::Display) -> Self {
-        FerryError::Cache(format!("{context}: {error}"))
+    /// A cache failure with the I/O error that caused it.
+    pub fn cache(context: &str, error: std::io::Error) -> Self {
+        FerryError::Cache(crate::cache::CacheFailure::io(context, error))
+    }
+
+    /// A cache failure of the cache's own making (no I/O error underneath).
+    pub fn cache_reason(reason: impl Into<String>) -> Self {
+        FerryError::Cache(crate::cache::CacheFailure::new(reason))
     }
 }

@@ -28,5 +28,6 @@ pub mod oci;
 pub mod pull;
 pub mod server;
 pub mod shared;
+pub mod tasks;
 pub mod upstream;
 pub mod warm;

@@ -77,6 +77,7 @@ pub struct Metrics {
     pub cache_limit_bytes: Gauge,
     pub cache_evictions: Counter,
     pub cache_write_failures: Counter,
+    pub task_panics: Counter,
 }
 
 impl Default for Metrics {
@@ -96,6 +97,7 @@ impl Default for Metrics {
             cache_limit_bytes: Gauge::default(),
             cache_evictions: Counter::default(),
             cache_write_failures: Counter::default(),
+            task_panics: Counter::default(),
             store_reads: Family::default(),
             store_uploads: Family::default(),
             store_bytes: Family::default(),
@@ -192,6 +194,11 @@ impl Default for Metrics {
             "ferry_cache_write_failures",
             "Fills abandoned because the cache could not take the bytes",
             metrics.cache_write_failures.clone(),
+        );
+        registry.register(
+            "ferry_task_panics",
+            "Background tasks (fills, shared store uploads) that panicked",
+            metrics.task_panics.clone(),
         );
         Metrics {
             registry,

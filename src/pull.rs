@@ -61,6 +61,8 @@ pub struct PullThrough {
     pub metrics: std::sync::Arc<crate::metrics::Metrics>,
     /// The shared store (second cache tier), if configured.
     pub shared: Option<Arc<crate::shared::SharedStore>>,
+    /// Fills and uploads running beside requests (tracked, panics counted).
+    pub tasks: Arc<crate::tasks::TaskSupervisor>,
     manifest_fetches: KeyedLocks,
 }
 
@@ -72,12 +74,17 @@ impl PullThrough {
         metrics: std::sync::Arc<crate::metrics::Metrics>,
         shared: Option<Arc<crate::shared::SharedStore>>,
     ) -> Self {
+        let tasks = shared
+            .as_ref()
+            .map(|store| store.tasks.clone())
+            .unwrap_or_default();
         PullThrough {
             cache,
             registries,
             metrics,
             settings,
             shared,
+            tasks,
             manifest_fetches: KeyedLocks::default(),
         }
     }

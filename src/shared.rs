@@ -146,6 +146,8 @@ pub struct SharedStore {
     /// uploaded at most once a minute per replica.
     recent_tag_uploads: moka::sync::Cache<String, String>,
     pub counters: StoreCounters,
+    /// Uploads and clean-ups run as tracked background tasks (shared with the pull flow).
+    pub tasks: Arc<crate::tasks::TaskSupervisor>,
 }
 
 impl SharedStore {
@@ -192,6 +194,7 @@ impl SharedStore {
                 .time_to_live(Duration::from_secs(60))
                 .build(),
             counters: StoreCounters::default(),
+            tasks: Arc::default(),
         })
     }
 
@@ -427,7 +430,7 @@ impl SharedStore {
             .fetch_add(1, Ordering::Relaxed);
         tracing::error!(store = %self.config.url, %path, %detail, "corrupt object in the shared store; removing it and fetching from upstream");
         let store = self.clone();
-        tokio::spawn(async move {
+        self.tasks.spawn("removing a corrupt shared store object", async move {
             if let Err(e) = store.store.delete(&path).await {
                 tracing::warn!(%path, error = %e, "could not remove a corrupt shared store object");
             }
@@ -592,7 +595,7 @@ impl SharedStore {
             return;
         }
         let store = self.clone();
-        tokio::spawn(async move {
+        self.tasks.spawn("shared store upload", async move {
             let permit = store.upload_slots.clone().acquire_owned().await;
             let result = if store.admit() {
                 upload.await

@@ -3,6 +3,7 @@
 //! readers take the newest bytes from memory and older ones from the file. Commit checks size
 //! and digest, releases the last byte to readers, then makes the file durable and renames it.
 
+use super::failure::CacheFailure;
 use super::index::{LruIndex, Reservation};
 use super::layout::Layout;
 use super::writer::{CommitError, TemporaryFile, rename_durably};
@@ -250,7 +251,7 @@ struct WorkerState {
     /// Bytes hashed.
     hashed: AtomicU64,
     /// The first write failure, if any; later writes are skipped.
-    write_error: Mutex<Option<String>>,
+    write_error: Mutex<Option<CacheFailure>>,
     /// Signalled after every batch either worker finishes.
     advanced: Notify,
 }
@@ -347,17 +348,19 @@ impl BlobFill {
     /// (it passes through uncached, evicting nothing), claims disk for the start of it (so
     /// a full disk shows before any reader gets a byte), and tells readers where the bytes
     /// come from. Space against the cache size is held as bytes arrive (`push`).
-    pub async fn begin(&mut self, total: Option<u64>, upstream: &str) -> Result<(), String> {
+    pub async fn begin(&mut self, total: Option<u64>, upstream: &str) -> Result<(), CacheFailure> {
         if let (Some(bytes), Some(limit)) = (total, self.index.limit())
             && bytes > limit
         {
-            return Err(format!(
+            return Err(CacheFailure::new(format!(
                 "{bytes} bytes announced, more than the whole cache ({limit} bytes): served without caching"
-            ));
+            )));
         }
         if self.reservation.is_none() {
             self.reservation = Some(self.index.try_reserve(0).ok_or_else(|| {
-                "no room within the cache size (fills in progress and pins hold it)".to_owned()
+                CacheFailure::new(
+                    "no room within the cache size (fills in progress and pins hold it)",
+                )
             })?);
             self.reserved = 0;
         }
@@ -365,7 +368,7 @@ impl BlobFill {
             let claim = bytes.min(PREALLOCATE_MAX);
             preallocate(self.handle.file.clone(), claim)
                 .await
-                .map_err(|e| format!("preallocating {claim} bytes: {e}"))?;
+                .map_err(|e| CacheFailure::io(format!("preallocating {claim} bytes"), e))?;
         }
         self.total = total;
         self.progress.send_modify(|p| {
@@ -378,7 +381,7 @@ impl BlobFill {
     }
 
     /// Accepts the next bytes of the blob. Waits only when the workers fall far behind.
-    pub async fn push(&mut self, chunk: Bytes) -> Result<(), String> {
+    pub async fn push(&mut self, chunk: Bytes) -> Result<(), CacheFailure> {
         if chunk.is_empty() {
             return Ok(());
         }
@@ -399,17 +402,17 @@ impl BlobFill {
     }
 
     /// Grows the reservation to cover what was received (a step ahead), evicting if needed.
-    fn hold_space(&mut self) -> Result<(), String> {
+    fn hold_space(&mut self) -> Result<(), CacheFailure> {
         let more = (self.received - self.reserved).div_ceil(RESERVE_STEP) * RESERVE_STEP;
         let index = self.index.clone();
         let Some(reservation) = self.reservation.as_mut() else {
-            return Err("a fill received bytes before it began".to_owned());
+            return Err(CacheFailure::new("a fill received bytes before it began"));
         };
         if !index.try_grow(reservation, more) {
-            return Err(format!(
+            return Err(CacheFailure::new(format!(
                 "no room for {} bytes within the cache size (fills in progress and pins hold it)",
                 self.received
-            ));
+            )));
         }
         self.reserved += more;
         Ok(())
@@ -430,7 +433,7 @@ impl BlobFill {
     }
 
     /// Hands the current batch to both workers.
-    fn dispatch(&mut self) -> Result<(), String> {
+    fn dispatch(&mut self) -> Result<(), CacheFailure> {
         if self.batch.is_empty() {
             return Ok(());
         }
@@ -439,14 +442,14 @@ impl BlobFill {
         self.batch_len = 0;
         let hashed = self.hashes.send(HashJob::Update(batch.clone())).is_ok();
         if !(hashed && self.writes.send(WriteJob::Append(batch)).is_ok()) {
-            return Err(WORKERS_STOPPED.to_owned());
+            return Err(CacheFailure::new(WORKERS_STOPPED));
         }
         Ok(())
     }
 
     /// Drops bytes from memory once they are in the file, and waits while the slower worker
     /// is more than `MAX_AHEAD` behind.
-    async fn keep_up(&mut self) -> Result<(), String> {
+    async fn keep_up(&mut self) -> Result<(), CacheFailure> {
         loop {
             if let Some(error) = self.write_error() {
                 return Err(error);
@@ -461,7 +464,7 @@ impl BlobFill {
         }
     }
 
-    fn write_error(&self) -> Option<String> {
+    fn write_error(&self) -> Option<CacheFailure> {
         self.workers
             .write_error
             .lock()
@@ -470,7 +473,7 @@ impl BlobFill {
     }
 
     /// Starts over from byte 0 (the content was wrong and no reader saw any of it).
-    pub fn restart(&mut self) -> Result<(), String> {
+    pub fn restart(&mut self) -> Result<(), CacheFailure> {
         debug_assert!(self.published == 0, "restarting a fill readers have seen");
         self.batch.clear();
         self.batch_len = 0;
@@ -482,7 +485,7 @@ impl BlobFill {
         *self.handle.recent() = RecentBytes::default();
         let reset = self.hashes.send(HashJob::Reset).is_ok();
         if !(reset && self.writes.send(WriteJob::Truncate).is_ok()) {
-            return Err(WORKERS_STOPPED.to_owned());
+            return Err(CacheFailure::new(WORKERS_STOPPED));
         }
         Ok(())
     }
@@ -491,7 +494,8 @@ impl BlobFill {
     /// readers have the last byte. On a mismatch nothing appears under the final name.
     /// (Writeback was started as the bytes came, so the fsync finds little left to do.)
     pub async fn commit(&mut self) -> Result<(), CommitError> {
-        self.dispatch().map_err(io::Error::other)?;
+        self.dispatch()
+            .map_err(|f| io::Error::other(f.to_string()))?;
         if let Some(expected) = self.total
             && expected != self.received
         {
@@ -571,7 +575,7 @@ async fn preallocate(file: Arc<File>, len: u64) -> io::Result<()> {
 fn write_worker(file: Arc<File>, jobs: mpsc::Receiver<WriteJob>, state: Arc<WorkerState>) {
     let mut end = 0u64;
     let mut flushed = 0u64;
-    let mut failed: Option<String> = None;
+    let mut failed: Option<CacheFailure> = None;
     for job in jobs {
         match job {
             WriteJob::Append(batch) => {
@@ -592,10 +596,10 @@ fn write_worker(file: Arc<File>, jobs: mpsc::Receiver<WriteJob>, state: Arc<Work
                         state.written.store(end, Ordering::Release);
                     }
                     Err(e) => {
-                        let message = format!("writing a fill: {e}");
-                        failed = Some(message.clone());
+                        let failure = CacheFailure::io("writing a fill", e);
+                        failed = Some(failure.clone());
                         *state.write_error.lock().unwrap_or_else(|p| p.into_inner()) =
-                            Some(message);
+                            Some(failure);
                     }
                 }
                 state.advanced.notify_one();
@@ -606,16 +610,20 @@ fn write_worker(file: Arc<File>, jobs: mpsc::Receiver<WriteJob>, state: Arc<Work
                 if failed.is_none()
                     && let Err(e) = file.set_len(0)
                 {
-                    let message = format!("truncating a fill: {e}");
-                    failed = Some(message.clone());
-                    *state.write_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(message);
+                    let failure = CacheFailure::io("truncating a fill", e);
+                    failed = Some(failure.clone());
+                    *state.write_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(failure);
                 }
                 state.written.store(0, Ordering::Release);
                 state.advanced.notify_one();
             }
             WriteJob::Sync(reply) => {
                 let result = match &failed {
-                    Some(message) => Err(io::Error::other(message.clone())),
+                    // The first write error again, with its kind (ENOSPC stays StorageFull).
+                    Some(failure) => Err(io::Error::new(
+                        failure.io_kind().unwrap_or(io::ErrorKind::Other),
+                        failure.to_string(),
+                    )),
                     None => file.sync_all(),
                 };
                 let _ = reply.send(result);

@@ -164,14 +164,34 @@ impl LruIndex {
         victims
     }
 
+    /// Unlinks evicted blobs. Their space is already accounted for; the unlinks (which can
+    /// take milliseconds for a large file) run on the blocking pool when called from async
+    /// code, so a fill that evicts never stalls a worker thread.
     fn delete(&self, victims: Vec<Digest>) {
-        for digest in victims {
-            let path = (self.blob_path)(&digest);
-            match std::fs::remove_file(&path) {
-                Ok(()) => tracing::debug!(%digest, "evicted"),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => tracing::warn!(%digest, error = %e, "cannot delete an evicted blob"),
+        if victims.is_empty() {
+            return;
+        }
+        let paths: Vec<(Digest, std::path::PathBuf)> = victims
+            .into_iter()
+            .map(|digest| {
+                let path = (self.blob_path)(&digest);
+                (digest, path)
+            })
+            .collect();
+        let unlink = move || {
+            for (digest, path) in paths {
+                match std::fs::remove_file(&path) {
+                    Ok(()) => tracing::debug!(%digest, "evicted"),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => tracing::warn!(%digest, error = %e, "cannot delete an evicted blob"),
+                }
             }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn_blocking(unlink);
+            }
+            Err(_) => unlink(),
         }
     }
 

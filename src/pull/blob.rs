@@ -10,7 +10,7 @@ use super::passthrough::{
 use super::{PullThrough, Source};
 use crate::cache::fill::HOLD_UNTIL_VERIFIED_BYTES;
 use crate::cache::reader::{read_fill, read_range};
-use crate::cache::{BlobFill, CommitError, FillPhase, FillProgress, JoinOutcome};
+use crate::cache::{BlobFill, CacheFailure, CommitError, FillPhase, FillProgress, JoinOutcome};
 use crate::error::FerryError;
 use crate::oci::{Digest, DigestVerifier, ErrorCode, RepositoryName};
 use crate::shared::{SharedStore, StoreRead};
@@ -122,7 +122,7 @@ impl PullThrough {
         range: Option<RangeSpec>,
         head: bool,
     ) -> Result<BlobAnswer, FerryError> {
-        if let Some(answer) = self.cached_blob(digest, range, head)? {
+        if let Some(answer) = self.cached_blob(digest, range, head).await? {
             return Ok(answer);
         }
         if self.settings.offline {
@@ -139,8 +139,8 @@ impl PullThrough {
         }
         let handle = match self.join_fill(registry, name, digest) {
             FillJoin::Cached => {
-                return self.cached_blob(digest, None, false)?.ok_or_else(|| {
-                    FerryError::Cache(format!("blob {digest} vanished right after its fill"))
+                return self.cached_blob(digest, None, false).await?.ok_or_else(|| {
+                    FerryError::cache_reason(format!("blob {digest} vanished right after its fill"))
                 });
             }
             FillJoin::CacheBroken => return self.uncached_blob(registry, name, digest).await,
@@ -166,11 +166,13 @@ impl PullThrough {
                     FillPhase::Failed(error) => Err(shared_error(&error)),
                     _ => {
                         let mut answer =
-                            self.cached_blob(digest, None, false)?.ok_or_else(|| {
-                                FerryError::Cache(format!(
-                                    "blob {digest} vanished right after its fill"
-                                ))
-                            })?;
+                            self.cached_blob(digest, None, false)
+                                .await?
+                                .ok_or_else(|| {
+                                    FerryError::cache_reason(format!(
+                                        "blob {digest} vanished right after its fill"
+                                    ))
+                                })?;
                         // It came from upstream just now (a miss), though read back from disk.
                         answer.source = Source::Upstream(upstream);
                         Ok(answer)
@@ -249,7 +251,7 @@ impl PullThrough {
                     total: None,
                     contributors: Vec::new(),
                 };
-                tokio::spawn(fill.run(self.clone()));
+                self.tasks.spawn("blob fill", fill.run(self.clone()));
                 FillJoin::Fill(handle)
             }
         }
@@ -287,7 +289,7 @@ impl PullThrough {
                     _ => return Err(shared_error(&error)),
                 }
             }
-            match self.cached_blob(digest, Some(range), false)? {
+            match self.cached_blob(digest, Some(range), false).await? {
                 Some(answer) => return Ok(answer),
                 // Committed and evicted at once (a tiny cache): fill again.
                 None => continue,
@@ -330,16 +332,23 @@ impl PullThrough {
         })
     }
 
-    fn cached_blob(
-        &self,
+    async fn cached_blob(
+        self: &Arc<Self>,
         digest: &Digest,
         range: Option<RangeSpec>,
         head: bool,
     ) -> Result<Option<BlobAnswer>, FerryError> {
-        let Some((file, size)) = self
-            .cache
-            .open_blob(digest)
-            .map_err(|e| FerryError::cache("opening a cached blob", e))?
+        // open, stat and the occasional mtime refresh are filesystem calls that can block:
+        // they run on the blocking pool, not on the workers serving every other request.
+        let opened = {
+            let pull = self.clone();
+            let digest = digest.clone();
+            tokio::task::spawn_blocking(move || pull.cache.open_blob(&digest))
+                .await
+                .map_err(|e| FerryError::cache("opening a cached blob", std::io::Error::other(e)))?
+        };
+        let Some((file, size)) =
+            opened.map_err(|e| FerryError::cache("opening a cached blob", e))?
         else {
             return Ok(None);
         };
@@ -468,7 +477,7 @@ enum AttemptEnd {
     /// The content is wrong and readers already have bytes: the fill is over.
     WrongSeen(UpstreamFailure),
     /// The cache could not take the bytes (disk full, I/O error).
-    Cache(String),
+    Cache(CacheFailure),
 }
 
 /// What a successful header phase hands to the body phase.
@@ -594,7 +603,7 @@ impl Fill {
                     self.blame_contributors(upstreams, &client, &failure, started.elapsed());
                     failures.push(failure);
                     if let Err(e) = self.fill.restart() {
-                        return Err(FerryError::Cache(format!("restarting a fill: {e}")));
+                        return Err(FerryError::Cache(e));
                     }
                     self.total = None;
                 }
@@ -654,7 +663,7 @@ impl Fill {
         match self.fill.commit().await {
             Ok(()) => StoreAttempt::Committed,
             Err(CommitError::Io(e)) => {
-                StoreAttempt::Failed(FerryError::Cache(format!("committing a fill: {e}")))
+                StoreAttempt::Failed(FerryError::cache("committing a fill", e))
             }
             Err(mismatch) => {
                 shared.report_corrupt(shared.blob_path(&self.digest), mismatch.to_string());
@@ -763,7 +772,7 @@ impl Fill {
         };
         match self.fill.commit().await {
             Ok(()) => AttemptEnd::Committed,
-            Err(CommitError::Io(e)) => AttemptEnd::Cache(format!("committing a fill: {e}")),
+            Err(CommitError::Io(e)) => AttemptEnd::Cache(CacheFailure::io("committing a fill", e)),
             Err(mismatch @ CommitError::SizeMismatch { .. }) => wrong(
                 &self.fill,
                 UpstreamFailure::new(upstream, FailureKind::BodyBroken, mismatch.to_string()),

@@ -57,6 +57,20 @@ pub fn classify(error: &FerryError) -> (StatusCode, ErrorCode) {
             (status, code)
         }
         FerryError::MidStream(_) => (StatusCode::BAD_GATEWAY, ErrorCode::Unavailable),
+        // A full, read-only or inaccessible disk is a condition the operator fixes and the
+        // client may retry through (503); anything else in the cache is ferry's fault (500).
+        FerryError::Cache(failure)
+            if failure.is_out_of_space()
+                || matches!(
+                    failure.io_kind(),
+                    Some(
+                        std::io::ErrorKind::ReadOnlyFilesystem
+                            | std::io::ErrorKind::PermissionDenied
+                    )
+                ) =>
+        {
+            (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable)
+        }
         FerryError::Cache(_) => (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Unavailable),
     }
 }
@@ -87,8 +101,36 @@ fn fallback_500() -> Response<ResponseBody> {
 pub fn or_500(built: Result<Response<ResponseBody>, http::Error>) -> Response<ResponseBody> {
     built.unwrap_or_else(|e| {
         error_response(
-            &FerryError::Cache(format!("building a response: {e}")),
+            &FerryError::cache_reason(format!("building a response: {e}")),
             false,
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_failures_keep_their_cause_and_map_to_a_status_once() {
+        let status = |errno| {
+            classify(&FerryError::cache(
+                "writing a fill",
+                std::io::Error::from_raw_os_error(errno),
+            ))
+            .0
+        };
+        assert_eq!(status(libc::ENOSPC), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(status(libc::EDQUOT), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(status(libc::EROFS), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(status(libc::EACCES), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(status(libc::EIO), StatusCode::INTERNAL_SERVER_ERROR);
+        let own = FerryError::cache_reason("no room within the cache size");
+        assert_eq!(classify(&own).0, StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(
+            FerryError::cache("reading", std::io::Error::from_raw_os_error(libc::ENOSPC))
+                .to_string()
+                .contains("No space left")
+        );
+    }
 }
