@@ -236,6 +236,11 @@ impl LruIndex {
     }
 
     /// Forgets a blob removed by someone else (`ferry cache rm`, quarantine).
+    /// Whether `digest` is committed as far as the index knows (no disk access).
+    pub fn contains(&self, digest: &Digest) -> bool {
+        self.lock().entries.contains_key(digest)
+    }
+
     pub fn forget(&self, digest: &Digest) {
         let mut state = self.lock();
         if let Some(entry) = state.entries.remove(digest) {

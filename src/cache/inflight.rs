@@ -32,28 +32,35 @@ impl Inflight {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Joins the fill for `digest`, or starts the one `create` returns. `is_cached` is
-    /// checked under the lock so a fill that just committed is never repeated.
-    pub fn join_or_start<E>(
+    /// The fill running for `digest`, if any.
+    pub fn join(&self, digest: &Digest) -> Option<Arc<FillHandle>> {
+        self.lock().get(digest).cloned()
+    }
+
+    /// Starts `fill` for `digest` unless another request started one meanwhile (joined) or
+    /// the blob was committed meanwhile (`is_cached`, checked under the lock, must not touch
+    /// the disk: the index knows a commit before its fill is finished). A fill not started
+    /// is handed back so the caller can drop it off the async workers.
+    pub fn start(
         &self,
         digest: &Digest,
         is_cached: impl FnOnce() -> bool,
-        create: impl FnOnce() -> Result<BlobFill, E>,
-    ) -> Result<JoinOutcome, E> {
+        fill: BlobFill,
+    ) -> (JoinOutcome, Option<BlobFill>) {
         let mut fills = self.lock();
         if let Some(handle) = fills.get(digest) {
-            return Ok(JoinOutcome::Joined(handle.clone()));
+            return (JoinOutcome::Joined(handle.clone()), Some(fill));
         }
         if is_cached() {
-            return Ok(JoinOutcome::AlreadyCached);
+            return (JoinOutcome::AlreadyCached, Some(fill));
         }
-        let fill = create()?;
         let handle = fill.handle();
         fills.insert(digest.clone(), handle.clone());
-        Ok(JoinOutcome::Started {
+        let started = JoinOutcome::Started {
             handle,
             fill: Box::new(fill),
-        })
+        };
+        (started, None)
     }
 
     /// Forgets the fill for `digest` (after commit or failure), so later requests either

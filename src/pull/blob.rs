@@ -137,7 +137,7 @@ impl PullThrough {
         if let Some(range) = range {
             return self.range_after_fill(registry, name, digest, range).await;
         }
-        let handle = match self.join_fill(registry, name, digest) {
+        let handle = match self.join_fill(registry, name, digest).await {
             FillJoin::Cached => {
                 return self.cached_blob(digest, None, false).await?.ok_or_else(|| {
                     FerryError::cache_reason(format!("blob {digest} vanished right after its fill"))
@@ -212,33 +212,53 @@ impl PullThrough {
     }
 
     /// Joins the fill for `digest`, or starts one on its own task (it finishes and commits
-    /// even if the client that started it goes away).
-    fn join_fill(
+    /// even if the client that started it goes away). Checking the disk and creating the
+    /// fill's file happen on the blocking pool, never under the in-flight map's lock.
+    async fn join_fill(
         self: &Arc<Self>,
         registry: &str,
         name: &RepositoryName,
         digest: &Digest,
     ) -> FillJoin {
-        let blob_path = self.cache.layout.blob_path(digest);
-        let outcome = match self.cache.inflight.join_or_start(
-            digest,
-            || blob_path.exists(),
-            || {
+        if let Some(handle) = self.cache.inflight.join(digest) {
+            return FillJoin::Fill(handle);
+        }
+        let prepared = {
+            let pull = self.clone();
+            let digest = digest.clone();
+            tokio::task::spawn_blocking(move || {
+                let blob_path = pull.cache.layout.blob_path(&digest);
+                if blob_path.exists() {
+                    return Ok(None);
+                }
                 BlobFill::create(
-                    &self.cache.layout,
-                    digest,
+                    &pull.cache.layout,
+                    &digest,
                     &blob_path,
-                    self.cache.index.clone(),
+                    pull.cache.index.clone(),
                 )
-            },
-        ) {
-            Ok(outcome) => outcome,
+                .map(Some)
+            })
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+        };
+        let fill = match prepared {
+            Ok(Some(fill)) => fill,
+            Ok(None) => return FillJoin::Cached,
             Err(e) => {
                 self.cache.note_write_failure();
                 tracing::error!(%digest, error = %e, "cache failure: cannot start a fill; serving straight from upstream");
                 return FillJoin::CacheBroken;
             }
         };
+        let (outcome, unused) =
+            self.cache
+                .inflight
+                .start(digest, || self.cache.index.contains(digest), fill);
+        if let Some(unused) = unused {
+            // Its temporary file is removed on drop: a filesystem call, so not here.
+            tokio::task::spawn_blocking(move || drop(unused));
+        }
         match outcome {
             JoinOutcome::AlreadyCached => FillJoin::Cached,
             JoinOutcome::Joined(handle) => FillJoin::Fill(handle),
@@ -271,7 +291,7 @@ impl PullThrough {
     ) -> Result<BlobAnswer, FerryError> {
         let mut last_error = None;
         for _ in 0..RANGE_FILL_ROUNDS {
-            let ended = match self.join_fill(registry, name, digest) {
+            let ended = match self.join_fill(registry, name, digest).await {
                 FillJoin::Cached => FillPhase::Complete,
                 FillJoin::CacheBroken => return self.uncached_blob(registry, name, digest).await,
                 FillJoin::Fill(handle) => fill_end(&mut handle.progress.clone()).await?,
