@@ -17,6 +17,7 @@ mod flapping;
 mod fleet;
 mod hostile;
 mod outage_modes;
+mod properties;
 mod registries;
 mod shared_store;
 mod third_party_client;

@@ -861,12 +861,8 @@ pub(crate) async fn open_at(
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("")
                 .to_owned();
-            let expected_start = format!("bytes {offset}-");
-            let ok = content_range.starts_with(&expected_start)
-                && match total {
-                    Some(total) => content_range.ends_with(&format!("-{}/{total}", total - 1)),
-                    None => true,
-                };
+            let ok = crate::upstream::client::ContentRange::parse(&content_range)
+                .is_some_and(|range| range.answers_resume_from(offset, total));
             if ok {
                 Ok((response, 0))
             } else {

@@ -96,6 +96,29 @@ impl Challenge {
     }
 }
 
+/// A token server's JSON answer: the token (`token`, or OAuth2's `access_token`) and its
+/// lifetime in seconds if given. The token must be usable as a header value.
+pub fn parse_token_response(body: &[u8]) -> Result<(String, Option<u64>), String> {
+    #[derive(serde::Deserialize)]
+    struct TokenResponse {
+        token: Option<String>,
+        access_token: Option<String>,
+        expires_in: Option<u64>,
+    }
+    let parsed: TokenResponse =
+        serde_json::from_slice(body).map_err(|e| format!("token body is not JSON: {e}"))?;
+    let token = parsed
+        .token
+        .filter(|t| !t.is_empty())
+        .or(parsed.access_token)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| "token response has no token".to_owned())?;
+    if http::HeaderValue::from_str(&format!("Bearer {token}")).is_err() {
+        return Err("token server returned a token that is not a valid header value".into());
+    }
+    Ok((token, parsed.expires_in))
+}
+
 /// Parses `key="value", key2=value2` where quoted values may contain commas.
 fn parse_auth_params(input: &str) -> HashMap<String, String> {
     let mut params = HashMap::new();
@@ -240,20 +263,7 @@ impl TokenCache {
                 return Err(format!("token server answered {status}"));
             }
             let body = read_capped(response, MAX_TOKEN_BODY_BYTES).await?;
-            #[derive(serde::Deserialize)]
-            struct TokenResponse {
-                token: Option<String>,
-                access_token: Option<String>,
-                expires_in: Option<u64>,
-            }
-            let parsed: TokenResponse = serde_json::from_slice(&body)
-                .map_err(|e| format!("token body is not JSON: {e}"))?;
-            let token = parsed
-                .token
-                .or(parsed.access_token)
-                .filter(|t| !t.is_empty())
-                .ok_or_else(|| "token response has no token".to_owned())?;
-            Ok((token, parsed.expires_in))
+            parse_token_response(&body)
         };
         let (token, expires_in) = tokio::time::timeout(timeout, fetch)
             .await

@@ -294,6 +294,50 @@ impl UpstreamClient {
     }
 }
 
+/// A `Content-Range: bytes FIRST-LAST/COMPLETE` header (COMPLETE may be `*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ContentRange {
+    pub first: u64,
+    pub last: u64,
+    pub complete_length: Option<u64>,
+}
+
+impl ContentRange {
+    /// `None` for anything but one satisfied byte range with `first <= last < complete`.
+    pub fn parse(header: &str) -> Option<ContentRange> {
+        let rest = header.trim().strip_prefix("bytes ")?.trim_start();
+        let (span, complete) = rest.split_once('/')?;
+        let (first, last) = span.split_once('-')?;
+        let digits = |s: &str| -> Option<u64> {
+            (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| s.parse().ok())
+                .flatten()
+        };
+        let (first, last) = (digits(first)?, digits(last)?);
+        let complete_length = match complete {
+            "*" => None,
+            n => Some(digits(n)?),
+        };
+        let consistent = first <= last && complete_length.is_none_or(|n| last < n);
+        consistent.then_some(ContentRange {
+            first,
+            last,
+            complete_length,
+        })
+    }
+
+    /// Whether this answers `bytes=<offset>-` of a blob of `total` bytes (if known).
+    pub fn answers_resume_from(&self, offset: u64, total: Option<u64>) -> bool {
+        self.first == offset
+            && match total {
+                Some(total) => {
+                    self.complete_length == Some(total) && total.checked_sub(1) == Some(self.last)
+                }
+                None => true,
+            }
+    }
+}
+
 /// The `Authorization` value for HTTP basic authentication.
 fn basic_authorization(username: &str, password: &str) -> String {
     use base64::Engine as _;
