@@ -587,3 +587,61 @@ async fn metrics_forget_closed_direct_registries() {
     );
     assert!(named.contains(registries[79].as_str()));
 }
+
+/// A body of unannounced length can be larger than the whole cache: it evicts at most half
+/// the cache before it is served uncached, while a small one is still cached.
+#[tokio::test]
+async fn a_blob_of_unannounced_length_evicts_at_most_half_the_cache() {
+    let upstream = FakeRegistry::start().await;
+    let older = pseudo_random_bytes(100_000, 480);
+    let older_digest = upstream.put_blob(older.clone());
+    let newer = pseudo_random_bytes(100_000, 481);
+    let newer_digest = upstream.put_blob(newer.clone());
+    let small = pseudo_random_bytes(60_000, 482);
+    let small_digest = upstream.put_blob(small.clone());
+    let huge = pseudo_random_bytes(900_000, 483);
+    let huge_digest = upstream.put_blob(huge.clone());
+    upstream.fault(&format!("/blobs/{small_digest}"), Fault::NoContentLength);
+    upstream.fault(&format!("/blobs/{huge_digest}"), Fault::NoContentLength);
+    let proxy = TestProxy::start_with(&[&upstream], |c| c.cache_size = Some(300_000)).await;
+    let fetch = |digest: &ferry::oci::Digest| {
+        let url = proxy.url(&format!("/v2/chunked/test/blobs/{digest}"));
+        async move {
+            client()
+                .get(url)
+                .send()
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap()
+        }
+    };
+    assert!(fetch(&older_digest).await[..] == older[..]);
+    assert!(fetch(&newer_digest).await[..] == newer[..]);
+    assert!(
+        fetch(&huge_digest).await[..] == huge[..],
+        "served whole, uncached"
+    );
+    let hits = upstream.hits(&format!("/blobs/{newer_digest}"));
+    assert!(fetch(&newer_digest).await[..] == newer[..]);
+    assert_eq!(
+        upstream.hits(&format!("/blobs/{newer_digest}")),
+        hits,
+        "the unannounced body evicted the whole cache"
+    );
+    assert!(fetch(&small_digest).await[..] == small[..]);
+    let cached: Vec<_> = proxy.rehash_cache();
+    assert!(cached.iter().all(|(_, ok)| *ok));
+    assert!(
+        cached
+            .iter()
+            .any(|(path, _)| path.to_string_lossy().contains(small_digest.hex())),
+        "a small body of unannounced length is still cached: {cached:?}"
+    );
+    assert!(
+        !cached
+            .iter()
+            .any(|(path, _)| path.to_string_lossy().contains(huge_digest.hex()))
+    );
+}

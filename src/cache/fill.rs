@@ -405,6 +405,18 @@ impl BlobFill {
     fn hold_space(&mut self) -> Result<(), CacheFailure> {
         let more = (self.received - self.reserved).div_ceil(RESERVE_STEP) * RESERVE_STEP;
         let index = self.index.clone();
+        // A body of unannounced length may be larger than the whole cache: once it passes
+        // half the cache size it is served without caching, so it can evict at most that.
+        if self.total.is_none()
+            && let Some(limit) = index.limit()
+            && self.received > limit / 2
+        {
+            return Err(CacheFailure::new(format!(
+                "a blob of unannounced length passed half the cache size ({} of {limit} bytes): \
+                 served without caching",
+                self.received
+            )));
+        }
         let Some(reservation) = self.reservation.as_mut() else {
             return Err(CacheFailure::new("a fill received bytes before it began"));
         };
