@@ -112,6 +112,7 @@ pub async fn start_with_shutdown(
     .map_err(StartError::Upstreams)?;
     let settings = PullSettings {
         tag_ttl: config.tag_ttl,
+        referrers_ttl: config.referrers_ttl,
         max_stale: config.max_stale,
         offline: config.offline,
     };

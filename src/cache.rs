@@ -1,6 +1,7 @@
 //! The content-addressed disk cache: where things live (`layout`), how a blob fill takes
 //! bytes and commits them (`fill`), what a cache failure was (`failure`), files put in place durably (`writer`), one fill per
-//! digest (`inflight`), reading bytes back, finished or still arriving (`reader`), and tags.
+//! digest (`inflight`), reading bytes back, finished or still arriving (`reader`), tags, and
+//! the last referrers list per subject (`referrers`).
 
 pub mod failure;
 pub mod fill;
@@ -9,6 +10,7 @@ pub mod inflight;
 pub mod layout;
 pub mod pins;
 pub mod reader;
+pub mod referrers;
 pub mod tags;
 pub mod writer;
 
@@ -43,6 +45,7 @@ pub struct CachedManifest {
 pub struct Cache {
     pub layout: Layout,
     pub tags: TagStore,
+    pub referrers: referrers::ReferrersStore,
     pub inflight: Inflight,
     /// Sizes and recency of committed blobs; enforces `cache_size`.
     pub index: std::sync::Arc<LruIndex>,
@@ -72,9 +75,11 @@ impl Cache {
         let index = std::sync::Arc::new(LruIndex::new(size_limit, move |digest| {
             Layout::blob_path_under(&blobs_root, digest)
         }));
+        let referrers = referrers::ReferrersStore::new(layout.referrers_dir());
         Ok(Cache {
             layout,
             tags,
+            referrers,
             inflight: Inflight::default(),
             index,
             manifests: moka::sync::Cache::builder()

@@ -15,6 +15,9 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:5000";
 pub const DEFAULT_REGISTRY: &str = "docker.io";
 pub const DOCKER_HUB_URL: &str = "https://registry-1.docker.io";
 pub const DEFAULT_TAG_TTL: Duration = Duration::from_secs(60);
+/// How long a referrers list is served without asking an upstream again (new signatures
+/// and SBOMs appear as they are pushed).
+pub const DEFAULT_REFERRERS_TTL: Duration = Duration::from_secs(30);
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -35,6 +38,8 @@ pub struct Config {
     pub cache_size: Option<u64>,
     pub registry: String,
     pub tag_ttl: Duration,
+    /// How long a referrers list is served from the cache before asking again.
+    pub referrers_ttl: Duration,
     /// Oldest tag mapping served when no upstream can confirm it; `None` = unlimited.
     pub max_stale: Option<Duration>,
     pub offline: bool,
@@ -523,6 +528,11 @@ impl Config {
             None => ("tag_ttl", file.tag_ttl.as_ref()),
         };
         let tag_ttl = duration(ttl_key, ttl_value, DEFAULT_TAG_TTL);
+        let referrers_ttl = duration(
+            "referrers_ttl",
+            file.referrers_ttl.as_ref(),
+            DEFAULT_REFERRERS_TTL,
+        );
         let bad_source_skip = duration(
             "bad_source_skip",
             file.bad_source_skip.as_ref(),
@@ -1055,6 +1065,7 @@ impl Config {
                 cache_size,
                 registry,
                 tag_ttl,
+                referrers_ttl,
                 max_stale,
                 offline: overrides.offline || file.offline.unwrap_or(false),
                 admin_listen,
@@ -1142,6 +1153,7 @@ impl Config {
             ),
             registry: Some(self.registry.clone()),
             tag_ttl: Some(humantime::format_duration(self.tag_ttl).to_string()),
+            referrers_ttl: Some(humantime::format_duration(self.referrers_ttl).to_string()),
             failover_on_not_found: Some(self.pool.failover_on_not_found),
             bad_source_skip: Some(
                 humantime::format_duration(self.pool.bad_source_skip).to_string(),

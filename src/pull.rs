@@ -5,6 +5,7 @@
 pub mod blob;
 pub mod manifest;
 pub mod passthrough;
+pub mod referrers;
 pub mod singleflight;
 
 pub use blob::{BlobAnswer, RangeSpec};
@@ -44,6 +45,7 @@ impl std::fmt::Display for Source {
 #[derive(Debug, Clone)]
 pub struct PullSettings {
     pub tag_ttl: Duration,
+    pub referrers_ttl: Duration,
     /// Oldest tag mapping served without an upstream confirming it; `None` = unlimited.
     pub max_stale: Option<Duration>,
     /// Never contact an upstream.

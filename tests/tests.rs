@@ -18,6 +18,7 @@ mod fleet;
 mod hostile;
 mod outage_modes;
 mod properties;
+mod referrers;
 mod registries;
 mod shared_store;
 mod third_party_client;

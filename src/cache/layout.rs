@@ -63,6 +63,10 @@ impl Layout {
         self.root.join("tags")
     }
 
+    pub fn referrers_dir(&self) -> PathBuf {
+        self.root.join("referrers")
+    }
+
     pub fn tmp_dir(&self) -> PathBuf {
         self.root.join("tmp")
     }

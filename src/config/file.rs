@@ -14,6 +14,8 @@ pub struct ConfigFile {
     pub registry: Option<String>,
     /// How long a tag's digest is trusted before a HEAD revalidates it, e.g. "60s".
     pub tag_ttl: Option<String>,
+    /// How long a referrers list is served before asking an upstream again (default 30s).
+    pub referrers_ttl: Option<String>,
     /// Try the next upstream when one answers 404 (default true).
     pub failover_on_not_found: Option<bool>,
     /// How long an upstream that sent bad bytes for a digest is skipped for it, e.g. "5m".

@@ -200,6 +200,24 @@ async fn dispatch<B>(
             };
             Ok((or_500(response.body(body)), answer.source))
         }
+        Route::Referrers { name, subject } => {
+            let filter = crate::pull::referrers::artifact_type_filter(request.uri().query())?;
+            let (registry, name) = origin(pull, client, name, request.uri().query())?;
+            let answer = pull.referrers(&registry, &name, &subject, filter).await?;
+            let mut response = builder(StatusCode::OK)
+                .header(CONTENT_TYPE, crate::oci::media_type::OCI_INDEX)
+                .header(CONTENT_LENGTH, answer.body.len());
+            if answer.filtered {
+                response =
+                    response.header(crate::pull::referrers::OCI_FILTERS_APPLIED, "artifactType");
+            }
+            let body = if head {
+                head_body()
+            } else {
+                full_body(answer.body)
+            };
+            Ok((or_500(response.body(body)), answer.source))
+        }
         Route::Upload => unreachable_upload(),
     }
 }

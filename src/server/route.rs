@@ -19,6 +19,11 @@ pub enum Route {
     TagList {
         name: RepositoryName,
     },
+    /// `/v2/<name>/referrers/<digest>` (OCI distribution 1.1).
+    Referrers {
+        name: RepositoryName,
+        subject: Digest,
+    },
     /// `/v2/<name>/blobs/uploads/...`: pushing, which a pull-through cache does not do.
     Upload,
 }
@@ -30,6 +35,7 @@ impl Route {
             Route::Manifest { .. } => "manifest",
             Route::Blob { .. } => "blob",
             Route::TagList { .. } => "tags",
+            Route::Referrers { .. } => "referrers",
             Route::Upload => "upload",
         }
     }
@@ -54,6 +60,12 @@ pub fn parse(path: &str) -> Result<Route, FerryError> {
         && (after.is_empty() || after.starts_with('/'))
     {
         return Ok(Route::Upload);
+    }
+    if let Some((name, subject)) = rest.rsplit_once("/referrers/") {
+        return Ok(Route::Referrers {
+            name: name_of(name)?,
+            subject: digest_of(subject)?,
+        });
     }
     if let Some((name, reference)) = rest.rsplit_once("/manifests/") {
         let name = name_of(name)?;

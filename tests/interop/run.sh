@@ -293,6 +293,11 @@ check "GET manifest of unknown repo -> 404" http_is 404 GET /v2/test/does-not-ex
 check "GET unknown tag of known repo -> 404" http_is 404 GET /v2/test/small/manifests/no-such-tag
 check "GET unknown blob -> 404" http_is 404 GET "/v2/test/small/blobs/$ZERO"
 check "HEAD unknown blob -> 404" http_is 404 HEAD "/v2/test/small/blobs/$ZERO"
+referrers_absent() { # distribution 2.8 has no referrers API: 404 for the client, neither upstream blamed
+  http_is 404 GET "/v2/test/small/referrers/$(expect_digest small)" || return 1
+  cu "http://127.0.0.1:$((PF + 1000))/status" | jq -e '[.upstreams[].breaker.consecutive_failures] | all(. == 0)'
+}
+check "GET referrers of test/small (distribution 2.8 lacks the API) -> 404, no upstream blamed" referrers_absent
 
 # === d.ttl ==============================================================================================
 step d.ttl "tag revalidation: a moved tag is seen after --tag-ttl (${TAG_TTL}s)"

@@ -70,6 +70,10 @@ struct State {
     manifests: HashMap<(String, String), (String, Bytes)>,
     blobs: HashMap<String, Bytes>,
     tags: HashMap<String, Vec<String>>,
+    /// (repository, subject digest) -> referrer descriptors, when `referrers_api` is on.
+    referrers: HashMap<(String, String), Vec<serde_json::Value>>,
+    /// Serve `/referrers/` (OCI distribution 1.1); off = 404, like distribution 2.8.
+    referrers_api: bool,
     /// (path substring, fault, matching requests it still applies to; `None` = all).
     faults: Vec<(String, Fault, Option<usize>)>,
     requests: Vec<RecordedRequest>,
@@ -217,6 +221,23 @@ impl FakeRegistry {
     }
 
     /// Injects `fault` on every request whose path contains `path_contains`.
+    /// Serves the referrers API; `subject`'s list in `repo` gains a descriptor of
+    /// `artifact_type` (digest `referrer`).
+    pub fn put_referrer(&self, repo: &str, subject: &str, referrer: &str, artifact_type: &str) {
+        let mut state = self.state.lock().unwrap();
+        state.referrers_api = true;
+        state
+            .referrers
+            .entry((repo.to_owned(), subject.to_owned()))
+            .or_default()
+            .push(serde_json::json!({
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "digest": referrer,
+                "size": 512,
+                "artifactType": artifact_type,
+            }));
+    }
+
     pub fn fault(&self, path_contains: &str, fault: Fault) {
         self.state()
             .faults
@@ -455,6 +476,46 @@ async fn handle(
             }
         };
     }
+    if let Some((repo, subject)) = rest.rsplit_once("/referrers/") {
+        let (api, descriptors) = {
+            let state = state.lock().unwrap();
+            let descriptors = state
+                .referrers
+                .get(&(repo.to_owned(), subject.to_owned()))
+                .cloned()
+                .unwrap_or_default();
+            (state.referrers_api, descriptors)
+        };
+        if !api {
+            return full(StatusCode::NOT_FOUND, "404 page not found\n");
+        }
+        let filter = query_param(query.as_deref(), "artifactType");
+        let manifests: Vec<_> = descriptors
+            .into_iter()
+            .filter(|d| {
+                filter
+                    .as_ref()
+                    .is_none_or(|f| d["artifactType"] == f.as_str())
+            })
+            .collect();
+        let body = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": manifests,
+        })
+        .to_string();
+        let mut response = full(StatusCode::OK, body);
+        response.headers_mut().insert(
+            "content-type",
+            "application/vnd.oci.image.index.v1+json".parse().unwrap(),
+        );
+        if filter.is_some() {
+            response
+                .headers_mut()
+                .insert("oci-filters-applied", "artifactType".parse().unwrap());
+        }
+        return response;
+    }
     if let Some((repo, reference)) = rest.rsplit_once("/manifests/") {
         let found = state
             .lock()
@@ -503,7 +564,33 @@ fn query_param(query: Option<&str>, key: &str) -> Option<String> {
         .split('&')
         .filter_map(|kv| kv.split_once('='))
         .find(|(k, _)| *k == key)
-        .map(|(_, v)| v.to_owned())
+        .map(|(_, v)| percent_decoded(v))
+}
+
+fn percent_decoded(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok());
+        match (bytes[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (b'+', _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// A 200 (or 206 for a Range) carrying `body`, shaped by `fault`.
