@@ -22,10 +22,13 @@ pub enum StartError {
         path: String,
         source: std::io::Error,
     },
-    #[error("cannot listen on {addr}: {source}")]
+    /// The OS error is part of the message, not a `source`, so it is printed once.
+    #[error("cannot listen on {addr} for the {listener} (move it with {flag}): {error}")]
     Bind {
         addr: SocketAddr,
-        source: std::io::Error,
+        listener: &'static str,
+        flag: &'static str,
+        error: std::io::Error,
     },
     #[error("cannot set up upstreams: {0}")]
     Upstreams(String),
@@ -81,13 +84,34 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     start_with_shutdown(config, std::future::pending()).await
 }
 
-async fn bind(addr: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAddr), StartError> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|source| StartError::Bind { addr, source })?;
-    let bound = listener
-        .local_addr()
-        .map_err(|source| StartError::Bind { addr, source })?;
+/// Which listener is bound, for the message when it cannot be.
+#[derive(Clone, Copy)]
+enum Listener {
+    Registry,
+    Admin,
+}
+
+async fn bind(
+    addr: SocketAddr,
+    which: Listener,
+) -> Result<(tokio::net::TcpListener, SocketAddr), StartError> {
+    let failed = |error| {
+        let (listener, flag) = match which {
+            Listener::Registry => ("registry API", "--listen or `listen`"),
+            Listener::Admin => (
+                "admin API",
+                "--admin-listen or `admin_listen`, \"off\" to disable it",
+            ),
+        };
+        StartError::Bind {
+            addr,
+            listener,
+            flag,
+            error,
+        }
+    };
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(failed)?;
+    let bound = listener.local_addr().map_err(failed)?;
     Ok((listener, bound))
 }
 
@@ -125,9 +149,9 @@ pub async fn start_with_shutdown(
     let pull = Arc::new(PullThrough::new(
         cache, registries, settings, metrics, shared,
     ));
-    let (listener, addr) = bind(config.listen).await?;
+    let (listener, addr) = bind(config.listen, Listener::Registry).await?;
     let admin = match config.admin_listen {
-        Some(admin_addr) => Some(bind(admin_addr).await?),
+        Some(admin_addr) => Some(bind(admin_addr, Listener::Admin).await?),
         None => None,
     };
 

@@ -15,7 +15,7 @@ pub mod tags;
 pub mod writer;
 
 pub use failure::CacheFailure;
-pub use fill::{BlobFill, FillHandle, FillPhase, FillProgress};
+pub use fill::{BlobFill, FillFailure, FillHandle, FillPhase, FillProgress};
 pub use index::{LruIndex, Reservation, Usage};
 pub use inflight::{Inflight, JoinOutcome};
 pub use layout::Layout;

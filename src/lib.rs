@@ -3,19 +3,27 @@
 //!
 //! # Layout
 //!
-//! A request travels `server -> pull -> {cache, upstream} -> oci`:
+//! A request travels `server -> pull -> {cache, upstream} -> oci`. Every module uses only
+//! modules below it; `scripts/check-layers` (run by `.ci/run`) fails on any back edge.
+//! From the bottom:
 //!
-//! - [`server`]: accepts connections, routes and validates paths ([`server::route`]), one
-//!   handler per endpoint ([`server::handler`]); the only error-to-HTTP mapping is
-//!   [`server::response`].
-//! - [`pull`]: the pull-through flow. Hits are served from the cache; misses walk the
-//!   upstreams in order, are verified, and are committed while streaming to clients.
-//! - [`cache`]: the content-addressed disk cache (layout, the blob fill that hashes, writes
-//!   and commits, one fill per digest, readers of fills and files, manifests, tag records).
-//! - [`upstream`]: one client per upstream (timeouts, token auth, redirects), failure
-//!   classification, and the ordered pool.
-//! - [`oci`]: digests, names, media types and error codes, with no I/O.
-//! - [`config`] and [`app`]: validated settings, and wiring them into a running server.
+//! 1. [`oci`] (digests, names, registry names, media types, error codes; no I/O),
+//!    [`metrics`] and [`tasks`] (tracked background work).
+//! 2. [`cache`]: the content-addressed disk cache (layout, the blob fill that hashes, writes
+//!    and commits, one fill per digest, readers of fills and files, manifests, tag records,
+//!    referrers lists); and [`upstream`]: one client per upstream (its settings, timeouts,
+//!    token auth, redirects, reach), failure classification, breakers and the ordered pool.
+//!    Neither uses the other.
+//! 3. [`shared`]: the fleet's shared S3-API store, a second cache tier.
+//! 4. [`error`]: ferry's error, saying who failed (client, upstreams, cache).
+//! 5. [`pull`]: the pull-through flow. Hits are served from the cache; misses walk the
+//!    upstreams in order, are verified, and are committed while streaming to clients.
+//! 6. [`server`]: accepts connections within limits, routes and validates paths
+//!    ([`server::route`]), one handler per endpoint ([`server::handler`]); the only
+//!    error-to-HTTP mapping is [`server::response`]. Then [`admin`], the admin API.
+//! 7. [`config`] (validated settings, built from the file, flags and environment) and
+//!    [`maintenance`] (the cache tools), then [`warm`], then [`app`], which wires a
+//!    configuration into a running server.
 
 pub mod admin;
 pub mod app;

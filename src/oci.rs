@@ -1,10 +1,11 @@
 //! OCI distribution vocabulary with no I/O: digests, repository names and tags,
-//! manifest media types and Accept negotiation, and the spec's error codes.
+//! manifest media types and Accept negotiation, the spec's error codes, and registry names.
 
 pub mod digest;
 pub mod error_code;
 pub mod media_type;
 pub mod name;
+pub mod registry;
 
 pub use digest::{Digest, DigestAlgorithm, DigestVerifier};
 pub use error_code::ErrorCode;

@@ -41,6 +41,25 @@ impl std::fmt::Display for Source {
     }
 }
 
+/// A blob body on its way to a client.
+pub type BlobStream =
+    std::pin::Pin<Box<dyn futures_util::Stream<Item = std::io::Result<bytes::Bytes>> + Send>>;
+
+/// The client's error when no upstream could give a blob: 404 only when all said so.
+pub(crate) fn blob_error(
+    exhausted: crate::upstream::UpstreamsExhausted,
+    digest: &crate::oci::Digest,
+) -> crate::error::FerryError {
+    if exhausted.all_not_found() {
+        crate::error::FerryError::client(
+            crate::oci::ErrorCode::BlobUnknown,
+            format!("blob {digest} is not known to any upstream"),
+        )
+    } else {
+        crate::error::FerryError::Upstreams(exhausted)
+    }
+}
+
 /// How the pull-through flow treats tags and upstreams.
 #[derive(Debug, Clone)]
 pub struct PullSettings {

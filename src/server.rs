@@ -9,7 +9,7 @@ pub mod response;
 pub mod route;
 pub mod tls;
 
-use crate::config::ClientLimits;
+use crate::server::limits::ClientLimits;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;

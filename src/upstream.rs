@@ -13,6 +13,7 @@ pub mod pool;
 pub mod reach;
 pub mod registries;
 pub mod route;
+pub mod settings;
 
 pub use client::{BodyChunks, UpstreamClient};
 pub use failure::{FailureKind, UpstreamFailure, UpstreamsExhausted};

@@ -266,3 +266,34 @@ fn upstream_groups_on_the_command_line_and_in_the_file() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("NAME=URL"));
 }
+
+/// A second ferry on the same host finds the admin port taken: the message names the admin
+/// listener and the setting that moves it, and prints the OS error once.
+#[test]
+fn a_taken_admin_port_is_named_with_the_flag_that_moves_it() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let admin = taken.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let output = ferry()
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            &admin,
+            "--upstream",
+            "http://127.0.0.1:9",
+            "--cache-dir",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!("cannot listen on {admin} for the admin API")),
+        "{stderr}"
+    );
+    assert!(stderr.contains("--admin-listen"), "{stderr}");
+    assert_eq!(stderr.matches("os error 98").count(), 1, "{stderr}");
+}

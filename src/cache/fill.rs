@@ -7,7 +7,6 @@ use super::failure::CacheFailure;
 use super::index::{LruIndex, Reservation};
 use super::layout::Layout;
 use super::writer::{CommitError, TemporaryFile, rename_durably};
-use crate::error::FerryError;
 use crate::oci::{Digest, DigestAlgorithm, DigestVerifier};
 use bytes::Bytes;
 use std::collections::VecDeque;
@@ -68,7 +67,25 @@ pub enum FillPhase {
     Complete,
     /// Failed; readers stop. Before `Streaming` this is an ordinary error response,
     /// after it the readers' connections are cut.
-    Failed(Arc<FerryError>),
+    Failed(FillFailure),
+}
+
+/// Why a fill failed. Readers need one distinction: the cache itself failed (they continue
+/// straight from upstream), or the content could not be had (the error to pass on, kept as
+/// the caller made it, e.g. every upstream failing or bad bytes after some were sent).
+#[derive(Debug, Clone)]
+pub enum FillFailure {
+    Cache(CacheFailure),
+    Content(Arc<dyn std::error::Error + Send + Sync>),
+}
+
+impl std::fmt::Display for FillFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FillFailure::Cache(failure) => write!(f, "cache failure: {failure}"),
+            FillFailure::Content(error) => error.fmt(f),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -569,9 +586,9 @@ impl BlobFill {
     }
 
     /// Announces a failure to readers.
-    pub fn announce_failure(&self, error: FerryError) {
+    pub fn announce_failure(&self, failure: FillFailure) {
         self.progress
-            .send_modify(|p| p.phase = FillPhase::Failed(Arc::new(error)));
+            .send_modify(|p| p.phase = FillPhase::Failed(failure));
     }
 }
 

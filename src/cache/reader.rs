@@ -171,7 +171,7 @@ impl FillReadState {
             .clone();
         if let FillPhase::Failed(error) = snapshot.phase {
             return Err(io::Error::other(FillFailed {
-                cache_failure: matches!(*error, crate::error::FerryError::Cache(_)),
+                cache_failure: matches!(error, super::fill::FillFailure::Cache(_)),
                 message: error.to_string(),
             }));
         }
@@ -323,9 +323,9 @@ mod tests {
             body[..body.len() - 1],
             "bytes from memory and file, in order"
         );
-        fill.announce_failure(crate::error::FerryError::MidStream(
-            "digest mismatch".into(),
-        ));
+        fill.announce_failure(crate::cache::FillFailure::Content(std::sync::Arc::new(
+            io::Error::other("digest mismatch"),
+        )));
         let end = stream.next().await.expect("an error, not a clean end");
         assert!(end.is_err(), "a body whose digest failed must be cut");
     }

@@ -7,23 +7,19 @@
 use super::passthrough::{
     FallbackContext, continue_from_upstream_on_cache_failure, open_tail, stream_tail,
 };
-use super::{PullThrough, Source};
+use super::{BlobStream, PullThrough, Source, blob_error};
 use crate::cache::fill::HOLD_UNTIL_VERIFIED_BYTES;
 use crate::cache::reader::{read_fill, read_range};
-use crate::cache::{BlobFill, CacheFailure, CommitError, FillPhase, FillProgress, JoinOutcome};
+use crate::cache::{
+    BlobFill, CacheFailure, CommitError, FillFailure, FillPhase, FillProgress, JoinOutcome,
+};
 use crate::error::FerryError;
 use crate::oci::{Digest, DigestVerifier, ErrorCode, RepositoryName};
 use crate::shared::{SharedStore, StoreRead};
-use crate::upstream::{
-    AttemptPlan, FailureKind, Route, UpstreamFailure, Upstreams, UpstreamsExhausted,
-};
-use bytes::Bytes;
-use futures_util::Stream;
+use crate::upstream::{AttemptPlan, FailureKind, Route, UpstreamFailure, Upstreams};
 use futures_util::StreamExt;
-use http::{HeaderMap, Method, StatusCode};
+use http::{HeaderMap, Method};
 use std::future::Future;
-use std::io;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Instant;
@@ -45,8 +41,6 @@ enum FillJoin {
     CacheBroken,
     Fill(Arc<crate::cache::FillHandle>),
 }
-
-pub type BlobStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
 
 /// A client's `Range: bytes=...` request, before it is resolved against the blob's size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -160,10 +154,10 @@ impl PullThrough {
                 upstream,
             } if total <= VERIFY_BEFORE_HEADERS_BYTES => {
                 return match fill_end(&mut progress).await? {
-                    FillPhase::Failed(error) if matches!(*error, FerryError::Cache(_)) => {
+                    FillPhase::Failed(FillFailure::Cache(_)) => {
                         self.uncached_blob(registry, name, digest).await
                     }
-                    FillPhase::Failed(error) => Err(shared_error(&error)),
+                    FillPhase::Failed(failure) => Err(fill_error(&failure)),
                     _ => {
                         let mut answer =
                             self.cached_blob(digest, None, false)
@@ -184,10 +178,10 @@ impl PullThrough {
                 (Some(snapshot.received), Source::Upstream(upstream))
             }
             FillPhase::Complete => (Some(snapshot.received), Source::Cache),
-            FillPhase::Failed(error) if matches!(*error, FerryError::Cache(_)) => {
+            FillPhase::Failed(FillFailure::Cache(_)) => {
                 return self.uncached_blob(registry, name, digest).await;
             }
-            FillPhase::Failed(error) => return Err(shared_error(&error)),
+            FillPhase::Failed(failure) => return Err(fill_error(&failure)),
             FillPhase::Connecting => {
                 return Err(FerryError::MidStream("fill never started".into()));
             }
@@ -296,17 +290,17 @@ impl PullThrough {
                 FillJoin::CacheBroken => return self.uncached_blob(registry, name, digest).await,
                 FillJoin::Fill(handle) => fill_end(&mut handle.progress.clone()).await?,
             };
-            if let FillPhase::Failed(error) = ended {
-                match &*error {
+            if let FillPhase::Failed(failure) = ended {
+                match fill_error(&failure) {
                     FerryError::Cache(_) => {
                         return self.uncached_blob(registry, name, digest).await;
                     }
                     // Bad bytes or a break after some arrived: a new fill may succeed.
-                    FerryError::MidStream(_) => {
-                        last_error = Some(shared_error(&error));
+                    error @ FerryError::MidStream(_) => {
+                        last_error = Some(error);
                         continue;
                     }
-                    _ => return Err(shared_error(&error)),
+                    error => return Err(error),
                 }
             }
             match self.cached_blob(digest, Some(range), false).await? {
@@ -444,18 +438,18 @@ fn range_not_satisfiable(size: u64) -> FerryError {
     FerryError::RangeNotSatisfiable { size }
 }
 
-pub(crate) fn blob_error(exhausted: UpstreamsExhausted, digest: &Digest) -> FerryError {
-    if exhausted.all_not_found() {
-        FerryError::client(
-            ErrorCode::BlobUnknown,
-            format!("blob {digest} is not known to any upstream"),
-        )
-    } else {
-        FerryError::Upstreams(exhausted)
+/// Rebuilds a fill's error for one of its readers (the original is shared by all).
+/// The error a reader of a failed fill passes on: the one the fill's owner met.
+fn fill_error(failure: &FillFailure) -> FerryError {
+    match failure {
+        FillFailure::Cache(failure) => FerryError::Cache(failure.clone()),
+        FillFailure::Content(error) => error
+            .downcast_ref::<FerryError>()
+            .map(shared_error)
+            .unwrap_or_else(|| FerryError::MidStream(error.to_string())),
     }
 }
 
-/// Rebuilds a fill's error for one of its readers (the original is shared by all).
 fn shared_error(error: &FerryError) -> FerryError {
     match error {
         FerryError::Client {
@@ -547,7 +541,10 @@ impl Fill {
                 } else {
                     tracing::warn!(digest = %self.digest, error = %error, "blob fill failed; nothing committed");
                 }
-                self.fill.announce_failure(error);
+                self.fill.announce_failure(match error {
+                    FerryError::Cache(failure) => FillFailure::Cache(failure),
+                    other => FillFailure::Content(Arc::new(other)),
+                });
             }
         }
     }
@@ -567,7 +564,8 @@ impl Fill {
             .first_success_in(plan, failures, |client| {
                 let suffix = suffix.clone();
                 async move {
-                    let (response, skip) = open_at(&client, name, &suffix, offset, total).await?;
+                    let (response, skip) =
+                        client.get_from_offset(name, &suffix, offset, total).await?;
                     Ok(OpenedSource {
                         client,
                         response,
@@ -826,52 +824,6 @@ async fn next_or_publish<F: Future>(fill: &mut BlobFill, next: F) -> F::Output {
             fill.publish();
             next.await
         }
-    }
-}
-
-/// Sends `GET blobs/<digest>` to `client`, with `Range: bytes=<offset>-` when resuming,
-/// and checks the answer: 200 for a fresh start; 206 with a matching `Content-Range` for a
-/// resume, or 200 (the upstream ignored Range), in which case `offset` bytes are skipped.
-pub(crate) async fn open_at(
-    client: &crate::upstream::UpstreamClient,
-    name: &RepositoryName,
-    suffix: &str,
-    offset: u64,
-    total: Option<u64>,
-) -> Result<(reqwest::Response, u64), UpstreamFailure> {
-    let mut headers = HeaderMap::new();
-    if offset > 0
-        && let Ok(value) = http::HeaderValue::from_str(&format!("bytes={offset}-"))
-    {
-        headers.insert(http::header::RANGE, value);
-    }
-    let response = client
-        .send(Method::GET, name, suffix, None, headers)
-        .await?;
-    let bad =
-        |detail: String| UpstreamFailure::new(client.name(), FailureKind::BadResponse, detail);
-    match (offset, response.status()) {
-        (0, StatusCode::OK) => Ok((response, 0)),
-        (0, status) => Err(bad(format!("answered {status} to a plain GET"))),
-        (_, StatusCode::OK) => Ok((response, offset)),
-        (_, StatusCode::PARTIAL_CONTENT) => {
-            let content_range = response
-                .headers()
-                .get(http::header::CONTENT_RANGE)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-                .to_owned();
-            let ok = crate::upstream::client::ContentRange::parse(&content_range)
-                .is_some_and(|range| range.answers_resume_from(offset, total));
-            if ok {
-                Ok((response, 0))
-            } else {
-                Err(bad(format!(
-                    "answered 206 with Content-Range {content_range:?} to bytes={offset}-"
-                )))
-            }
-        }
-        (_, status) => Err(bad(format!("answered {status} to a Range request"))),
     }
 }
 

@@ -4,8 +4,7 @@
 //! sent (re-read from the fill) plus the rest, and the last chunk is held back until
 //! the digest matches, so a wrong body is cut, never completed.
 
-use super::PullThrough;
-use super::blob::{BlobStream, blob_error, open_at};
+use super::{BlobStream, PullThrough, blob_error};
 use crate::cache::FillHandle;
 use crate::cache::reader::FillFailed;
 use crate::error::FerryError;
@@ -40,7 +39,7 @@ pub async fn open_tail(
         .first_success_in(&mut plan, &mut failures, |client| {
             let suffix = suffix.clone();
             async move {
-                let (response, skip) = open_at(&client, name, &suffix, offset, total).await?;
+                let (response, skip) = client.get_from_offset(name, &suffix, offset, total).await?;
                 let announced = response
                     .content_length()
                     .map(|len| if skip > 0 { len } else { offset + len });

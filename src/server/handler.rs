@@ -8,10 +8,10 @@ use super::response::{
 use super::route::{self, Route};
 use crate::error::FerryError;
 use crate::oci::media_type::AcceptList;
+use crate::oci::registry::canonical_registry;
 use crate::oci::{ErrorCode, RepositoryName};
 use crate::pull::manifest::DOCKER_CONTENT_DIGEST;
 use crate::pull::{PullThrough, RangeSpec, Source};
-use crate::upstream::canonical_registry;
 use http::header::{
     ACCEPT_RANGES, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, ETAG, LINK, LOCATION, RANGE,
 };
@@ -318,7 +318,7 @@ fn origin(
             format!("{} may not pull from registry {registry}", client.principal),
         ));
     }
-    let name = if registry == crate::upstream::registries::DOCKER_HUB {
+    let name = if registry == crate::oci::registry::DOCKER_HUB {
         name.with_docker_hub_library_prefix()
     } else {
         name

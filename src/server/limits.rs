@@ -13,7 +13,27 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
-use crate::config::ClientLimits;
+/// Limits on client connections, from the config (`client_*`, `max_connections*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientLimits {
+    /// A request's headers (and a new connection's first request) must arrive within this.
+    pub header_timeout: Duration,
+    /// A connection on which no byte moves either way for this long is closed.
+    pub idle_timeout: Duration,
+    pub max_connections: usize,
+    pub max_connections_per_client: usize,
+}
+
+impl Default for ClientLimits {
+    fn default() -> Self {
+        ClientLimits {
+            header_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 4096,
+            max_connections_per_client: 1024,
+        }
+    }
+}
 
 /// Counts open connections, in all and per client address.
 #[derive(Debug)]
@@ -207,9 +227,10 @@ pub fn raise_open_file_limit() -> io::Result<u64> {
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    if limit.rlim_cur < limit.rlim_max {
+    let ceiling = open_file_ceiling(limit.rlim_max);
+    if limit.rlim_cur < ceiling {
         let raised = libc::rlimit {
-            rlim_cur: limit.rlim_max,
+            rlim_cur: ceiling,
             rlim_max: limit.rlim_max,
         };
         // SAFETY: as above.
@@ -221,6 +242,20 @@ pub fn raise_open_file_limit() -> io::Result<u64> {
     // rlim_t is u64 on Linux and macOS but narrower on some targets.
     #[allow(clippy::unnecessary_cast)]
     Ok(limit.rlim_cur as u64)
+}
+
+/// The highest soft limit `setrlimit` accepts: the hard limit.
+#[cfg(not(target_vendor = "apple"))]
+fn open_file_ceiling(hard: libc::rlim_t) -> libc::rlim_t {
+    hard
+}
+
+/// The highest soft limit `setrlimit` accepts. macOS reports an unlimited hard limit but
+/// refuses (EINVAL) a soft limit above `OPEN_MAX` (10240), as its setrlimit(2) documents.
+#[cfg(target_vendor = "apple")]
+fn open_file_ceiling(hard: libc::rlim_t) -> libc::rlim_t {
+    const OPEN_MAX: libc::rlim_t = 10240;
+    hard.min(OPEN_MAX)
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! Registry authentication: parsing `WWW-Authenticate` challenges, fetching Docker-style
 //! bearer tokens (anonymous or with basic credentials), and caching them until they expire.
 
-use crate::config::Credentials;
+use super::settings::Credentials;
 use moka::Expiry;
 use moka::future::Cache;
 use std::collections::HashMap;
@@ -221,7 +221,7 @@ impl TokenCache {
     pub async fn fetch(
         &self,
         http: &reqwest::Client,
-        upstream: &crate::config::UpstreamConfig,
+        upstream: &super::settings::UpstreamConfig,
         params: &HashMap<String, String>,
         scope: &str,
         credentials: Option<&Credentials>,

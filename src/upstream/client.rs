@@ -5,11 +5,11 @@ use super::auth::{Challenge, TokenCache};
 use super::breaker::BreakerConfig;
 use super::failure::{FailureKind, UpstreamFailure};
 use super::health::UpstreamHealth;
-use crate::config::UpstreamConfig;
+use super::settings::UpstreamConfig;
 use crate::oci::RepositoryName;
 use bytes::{Bytes, BytesMut};
 use http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
-use http::{HeaderMap, HeaderValue, Method};
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use std::time::Duration;
 
 /// Most redirects followed for one request (Docker Hub, ECR, GHCR send one to object storage).
@@ -248,6 +248,50 @@ impl UpstreamClient {
                 }
             },
             None => Ok(None),
+        }
+    }
+
+    /// Sends `GET blobs/<digest>` to `client`, with `Range: bytes=<offset>-` when resuming,
+    /// and checks the answer: 200 for a fresh start; 206 with a matching `Content-Range` for a
+    /// resume, or 200 (the upstream ignored Range), in which case `offset` bytes are skipped.
+    pub async fn get_from_offset(
+        &self,
+        name: &RepositoryName,
+        suffix: &str,
+        offset: u64,
+        total: Option<u64>,
+    ) -> Result<(reqwest::Response, u64), UpstreamFailure> {
+        let mut headers = HeaderMap::new();
+        if offset > 0
+            && let Ok(value) = http::HeaderValue::from_str(&format!("bytes={offset}-"))
+        {
+            headers.insert(http::header::RANGE, value);
+        }
+        let response = self.send(Method::GET, name, suffix, None, headers).await?;
+        let bad =
+            |detail: String| UpstreamFailure::new(self.name(), FailureKind::BadResponse, detail);
+        match (offset, response.status()) {
+            (0, StatusCode::OK) => Ok((response, 0)),
+            (0, status) => Err(bad(format!("answered {status} to a plain GET"))),
+            (_, StatusCode::OK) => Ok((response, offset)),
+            (_, StatusCode::PARTIAL_CONTENT) => {
+                let content_range = response
+                    .headers()
+                    .get(http::header::CONTENT_RANGE)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_owned();
+                let ok = ContentRange::parse(&content_range)
+                    .is_some_and(|range| range.answers_resume_from(offset, total));
+                if ok {
+                    Ok((response, 0))
+                } else {
+                    Err(bad(format!(
+                        "answered 206 with Content-Range {content_range:?} to bytes={offset}-"
+                    )))
+                }
+            }
+            (_, status) => Err(bad(format!("answered {status} to a Range request"))),
         }
     }
 

@@ -96,7 +96,9 @@ impl UpstreamHealth {
                 recent.pop_front();
             }
             recent.push_back(RecordedFailure {
-                at_unix_ms: crate::cache::tags::unix_ms(SystemTime::now()),
+                at_unix_ms: SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |since| since.as_millis() as u64),
                 reason: failure.reason(),
                 detail: failure.detail.clone(),
             });

@@ -8,7 +8,7 @@ use super::breaker::{Admission, BreakerConfig};
 use super::client::UpstreamClient;
 use super::failure::{UpstreamFailure, UpstreamsExhausted};
 use super::route::{Route, order_groups};
-use crate::config::UpstreamConfig;
+use super::settings::UpstreamConfig;
 use crate::oci::Digest;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
