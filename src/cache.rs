@@ -99,34 +99,11 @@ impl Cache {
     /// then enforces the size limit. Runs in the background at startup; requests are served
     /// meanwhile, since a hit never needs the index.
     pub fn scan_blobs(&self) -> io::Result<usize> {
-        let mut found = Vec::new();
-        for algorithm in [
-            crate::oci::DigestAlgorithm::Sha256,
-            crate::oci::DigestAlgorithm::Sha512,
-        ] {
-            let dir = self.layout.root().join("blobs").join(algorithm.as_str());
-            let Ok(prefixes) = std::fs::read_dir(&dir) else {
-                continue;
-            };
-            for prefix in prefixes.flatten() {
-                let Ok(files) = std::fs::read_dir(prefix.path()) else {
-                    continue;
-                };
-                for file in files.flatten() {
-                    let name = file.file_name();
-                    let Some(name) = name.to_str() else { continue };
-                    let Ok(digest) = format!("{}:{name}", algorithm.as_str()).parse::<Digest>()
-                    else {
-                        continue;
-                    };
-                    let Ok(metadata) = file.metadata() else {
-                        continue;
-                    };
-                    let modified = metadata.modified().unwrap_or(std::time::UNIX_EPOCH);
-                    found.push((modified, digest, metadata.len()));
-                }
-            }
-        }
+        let mut found: Vec<_> = layout::content_files(self.layout.root())?
+            .into_iter()
+            .filter(|file| !file.is_manifest)
+            .map(|file| (file.modified, file.digest, file.size))
+            .collect();
         found.sort_by_key(|(modified, _, _)| *modified);
         let count = found.len();
         for (_, digest, size) in found {

@@ -3,7 +3,7 @@
 //! atomic filesystem operation (a rename into `quarantine/`, an unlink, a rename of a new
 //! `pins.json` over the old one), and readers holding a file open keep reading it.
 
-use crate::cache::layout::Layout;
+use crate::cache::layout::{ContentFile, Layout, content_files};
 use crate::cache::pins::Pins;
 use crate::cache::tags::TagRecord;
 use crate::oci::{Digest, DigestVerifier};
@@ -11,44 +11,6 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
-
-/// A file of content under `blobs/` or `manifests/`.
-#[derive(Debug, Clone)]
-pub struct ContentFile {
-    pub digest: Digest,
-    pub path: PathBuf,
-    pub size: u64,
-    pub modified: SystemTime,
-    pub is_manifest: bool,
-}
-
-pub fn content_files(root: &Path) -> io::Result<Vec<ContentFile>> {
-    let mut files = Vec::new();
-    for (kind, is_manifest) in [("blobs", false), ("manifests", true)] {
-        for algorithm in ["sha256", "sha512"] {
-            let Ok(prefixes) = std::fs::read_dir(root.join(kind).join(algorithm)) else {
-                continue;
-            };
-            for prefix in prefixes.flatten() {
-                for file in std::fs::read_dir(prefix.path())?.flatten() {
-                    let name = file.file_name().to_string_lossy().to_string();
-                    let Ok(digest) = format!("{algorithm}:{name}").parse::<Digest>() else {
-                        continue;
-                    };
-                    let metadata = file.metadata()?;
-                    files.push(ContentFile {
-                        digest,
-                        path: file.path(),
-                        size: metadata.len(),
-                        modified: metadata.modified().unwrap_or(SystemTime::UNIX_EPOCH),
-                        is_manifest,
-                    });
-                }
-            }
-        }
-    }
-    Ok(files)
-}
 
 pub fn tag_records(root: &Path) -> io::Result<Vec<TagRecord>> {
     let mut records = Vec::new();

@@ -1,9 +1,10 @@
 //! Where everything lives under the cache directory. Paths are built only from validated
 //! digests and hashes, so no request can name a path outside the cache.
 //!
-//! `blobs/<alg>/<2 hex>/<hex>`, `manifests/<alg>/<2 hex>/<hex>` (+ `.type`), `tags/<2 hex>/<hash>.json`, `tmp/`.
+//! `blobs/<alg>/<2 hex>/<hex>`, `manifests/<alg>/<2 hex>/<hex>` (+ `.type`), `tags/<2 hex>/<hash>.json`,
+//! `referrers/<2 hex>/<hash>.json`, `tmp/`; and the one walk over the content files.
 
-use crate::oci::Digest;
+use crate::oci::{Digest, DigestAlgorithm};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -89,6 +90,67 @@ impl Layout {
         }
         Ok(removed)
     }
+}
+
+/// A file of content under `blobs/` or `manifests/`.
+#[derive(Debug, Clone)]
+pub struct ContentFile {
+    pub digest: Digest,
+    pub path: PathBuf,
+    pub size: u64,
+    pub modified: std::time::SystemTime,
+    pub is_manifest: bool,
+}
+
+/// `None` for something removed meanwhile; other errors stay errors.
+fn skip_vanished<T>(result: io::Result<T>) -> io::Result<Option<T>> {
+    match result {
+        Ok(value) => Ok(Some(value)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Every blob and manifest file under `root` whose name is its digest: the one walk of the
+/// content tree that the startup scan, `ls`, `du`, `gc` and `verify` share. Files removed
+/// while the walk runs (eviction, gc) are skipped; other I/O errors are returned.
+pub fn content_files(root: &Path) -> io::Result<Vec<ContentFile>> {
+    let mut files = Vec::new();
+    for (kind, is_manifest) in [("blobs", false), ("manifests", true)] {
+        for algorithm in [DigestAlgorithm::Sha256, DigestAlgorithm::Sha512] {
+            let dir = root.join(kind).join(algorithm.as_str());
+            let Some(prefixes) = skip_vanished(std::fs::read_dir(&dir))? else {
+                continue;
+            };
+            for prefix in prefixes {
+                let Some(entries) = skip_vanished(std::fs::read_dir(prefix?.path()))? else {
+                    continue;
+                };
+                for entry in entries {
+                    let entry = entry?;
+                    let name = entry.file_name();
+                    // `<hex>.type` files and strays are not content.
+                    let Some(digest) = name
+                        .to_str()
+                        .and_then(|n| format!("{}:{n}", algorithm.as_str()).parse::<Digest>().ok())
+                    else {
+                        continue;
+                    };
+                    let Some(metadata) = skip_vanished(entry.metadata())? else {
+                        continue;
+                    };
+                    files.push(ContentFile {
+                        digest,
+                        path: entry.path(),
+                        size: metadata.len(),
+                        modified: metadata.modified().unwrap_or(std::time::UNIX_EPOCH),
+                        is_manifest,
+                    });
+                }
+            }
+        }
+    }
+    Ok(files)
 }
 
 #[cfg(test)]
