@@ -2,6 +2,7 @@
 //! concurrent misses, clients streaming while a fill is under way, tag TTLs with HEAD
 //! revalidation, stale-if-error, and a clean directory after restarts.
 
+use crate::support::get_body;
 use crate::support::{
     FakeRegistry, Fault, TestProxy, client, pseudo_random_bytes, put_image, rehash_cache_dir,
 };
@@ -97,16 +98,7 @@ async fn concurrent_misses_make_one_upstream_fetch() {
         } else {
             proxy.url(&format!("/v2/c/m/manifests/{manifest}"))
         };
-        tasks.push(tokio::spawn(async move {
-            client()
-                .get(url)
-                .send()
-                .await
-                .unwrap()
-                .bytes()
-                .await
-                .unwrap()
-        }));
+        tasks.push(tokio::spawn(async move { get_body(url).await }));
     }
     for task in tasks {
         assert!(manifest.matches(&task.await.unwrap()));
@@ -212,14 +204,7 @@ async fn stale_tags_are_served_when_every_upstream_fails() {
         client().get(&url).send().await.unwrap().status(),
         StatusCode::OK
     );
-    client()
-        .get(proxy.url(&format!("/v2/stale/ok/blobs/{layer_digest}")))
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    get_body(proxy.url(&format!("/v2/stale/ok/blobs/{layer_digest}"))).await;
 
     primary.fault("/v2/", Fault::Status(503));
     secondary.stop();
@@ -252,22 +237,8 @@ async fn tags_and_content_survive_a_restart_and_leftovers_are_swept() {
     let upstream = FakeRegistry::start().await;
     let (manifest, layer_digest, layer) = put_image(&[&upstream], "keep/me", "v1", 27);
     let proxy = TestProxy::start(&[&upstream]).await;
-    client()
-        .get(proxy.url("/v2/keep/me/manifests/v1"))
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
-    client()
-        .get(proxy.url(&format!("/v2/keep/me/blobs/{layer_digest}")))
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    get_body(proxy.url("/v2/keep/me/manifests/v1")).await;
+    get_body(proxy.url(&format!("/v2/keep/me/blobs/{layer_digest}"))).await;
     let cache_dir = proxy.stop().await;
     // Simulate a crash mid-fill: a half-written temporary file.
     std::fs::write(
@@ -330,14 +301,7 @@ async fn a_blob_with_a_wrong_length_is_not_committed() {
     secondary.put_blob(blob.clone());
     primary.fault("/blobs/", Fault::Truncate { after: 10_000 });
     let proxy = TestProxy::start(&[&primary, &secondary]).await;
-    let body = client()
-        .get(proxy.url(&format!("/v2/l/m/blobs/{digest}")))
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    let body = get_body(proxy.url(&format!("/v2/l/m/blobs/{digest}"))).await;
     assert_eq!(body, blob);
     let cached = proxy.rehash_cache();
     assert_eq!(cached.len(), 1);
@@ -365,14 +329,7 @@ async fn a_manifest_damaged_on_disk_is_fetched_again_never_served() {
 
     let proxy = TestProxy::start_urls(&[upstream.url()], cache_dir, |_| {}).await;
     for _ in 0..2 {
-        let body = client()
-            .get(proxy.url(&url))
-            .send()
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap();
+        let body = get_body(proxy.url(&url)).await;
         assert!(manifest.matches(&body), "damaged bytes were served");
     }
     assert_eq!(

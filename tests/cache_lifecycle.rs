@@ -2,6 +2,7 @@
 //! eviction that never breaks an image (evicted blobs are fetched again), and recency and
 //! content that survive a restart.
 
+use crate::support::get_body;
 use crate::support::{FakeRegistry, Fault, TestProxy, client, pseudo_random_bytes};
 use ferry::oci::Digest;
 use std::sync::Arc;
@@ -67,14 +68,7 @@ async fn the_size_bound_holds_during_concurrent_fills_and_reads() {
             let bytes = bytes.clone();
             tasks.push(tokio::spawn(async move {
                 tokio::time::sleep(Duration::from_millis((i as u64 * 7 + round * 40) % 120)).await;
-                let body = client()
-                    .get(url)
-                    .send()
-                    .await
-                    .unwrap()
-                    .bytes()
-                    .await
-                    .unwrap();
+                let body = get_body(url).await;
                 assert!(body == bytes, "wrong bytes under eviction");
             }));
         }
@@ -106,16 +100,7 @@ async fn evicting_a_blob_does_not_break_its_image() {
     let other = pseudo_random_bytes(300_000, 951);
     let other_digest = upstream.put_blob(other.clone());
     let proxy = TestProxy::start_with(&[&upstream], |c| c.cache_size = Some(350_000)).await;
-    let get = |path: String| async move {
-        client()
-            .get(path)
-            .send()
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap()
-    };
+    let get = |path: String| async move { get_body(path).await };
     assert_eq!(
         get(proxy.url(&format!("/v2/ev/img/blobs/{layer}"))).await,
         layer_bytes
@@ -160,14 +145,7 @@ async fn the_index_is_rebuilt_after_a_restart_and_keeps_the_bound() {
     }
     let proxy = TestProxy::start(&[&upstream]).await;
     for digest in &digests {
-        client()
-            .get(proxy.url(&format!("/v2/r/i/blobs/{digest}")))
-            .send()
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap();
+        get_body(proxy.url(&format!("/v2/r/i/blobs/{digest}"))).await;
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let cache = proxy.stop().await;

@@ -2,6 +2,7 @@
 //! pinning an image that then survives size pressure and pulls offline; verify catching a
 //! flipped byte and a truncated file; ls, du, gc and rm.
 
+use crate::support::get_body;
 use crate::support::{FakeRegistry, TestProxy, client, image_manifest, pseudo_random_bytes};
 use ferry::oci::media_type::{OCI_INDEX, OCI_MANIFEST};
 use std::process::Command;
@@ -98,14 +99,7 @@ async fn warm_pin_survives_pressure_and_pulls_offline() {
     let proxy =
         TestProxy::start_urls(&[upstream.url()], cache, |c| c.cache_size = Some(1_800_000)).await;
     for digest in &others {
-        let body = client()
-            .get(proxy.url(&format!("/v2/other/blobs/{digest}")))
-            .send()
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap();
+        let body = get_body(proxy.url(&format!("/v2/other/blobs/{digest}"))).await;
         assert!(digest.matches(&body));
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -178,23 +172,9 @@ async fn verify_finds_a_flipped_byte_and_a_truncated_file() {
     let other = upstream.put_blob(pseudo_random_bytes(50_000, 1201));
     let proxy = TestProxy::start(&[&upstream]).await;
     for digest in [&layer, &other] {
-        client()
-            .get(proxy.url(&format!("/v2/v/r/blobs/{digest}")))
-            .send()
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap();
+        get_body(proxy.url(&format!("/v2/v/r/blobs/{digest}"))).await;
     }
-    client()
-        .get(proxy.url("/v2/v/r/manifests/t"))
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    get_body(proxy.url("/v2/v/r/manifests/t")).await;
     let cache = proxy.stop().await;
     let clean = ferry(&["cache", "verify"], cache.path());
     assert!(
@@ -229,14 +209,7 @@ async fn verify_finds_a_flipped_byte_and_a_truncated_file() {
     );
     // And a server on this cache fetches them again.
     let proxy = TestProxy::start_urls(&[upstream.url()], cache, |_| {}).await;
-    let body = client()
-        .get(proxy.url(&format!("/v2/v/r/blobs/{layer}")))
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    let body = get_body(proxy.url(&format!("/v2/v/r/blobs/{layer}"))).await;
     assert!(layer.matches(&body));
 }
 
@@ -259,24 +232,10 @@ async fn rm_removes_an_image_but_keeps_shared_blobs() {
     let proxy = TestProxy::start(&[&upstream]).await;
     for repo in ["a/one", "a/two"] {
         let url = proxy.url(&format!("/v2/{repo}/manifests/v1"));
-        client()
-            .get(url)
-            .send()
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap();
+        get_body(url).await;
     }
     for digest in own.iter().chain([&shared_digest]) {
-        client()
-            .get(proxy.url(&format!("/v2/a/one/blobs/{digest}")))
-            .send()
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap();
+        get_body(proxy.url(&format!("/v2/a/one/blobs/{digest}"))).await;
     }
     let cache = proxy.stop().await;
     let out = ferry(&["cache", "rm", "docker.io/a/one:v1"], cache.path());

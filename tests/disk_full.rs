@@ -5,6 +5,7 @@
 //! without it the test says so and does nothing.
 
 use crate::support::fake_registry::Fault;
+use crate::support::get_body;
 use crate::support::{FakeRegistry, TestProxy, client, pseudo_random_bytes, rehash_cache_dir};
 use std::process::Command;
 
@@ -114,14 +115,7 @@ async fn full_disk_case(chunked: bool) {
     assert_eq!(cached.len(), 2, "{cached:?}");
     assert!(cached.iter().all(|(_, ok)| *ok));
     let before = upstream.hits(&format!("/blobs/{big_digest}"));
-    client()
-        .get(&url)
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    get_body(&url).await;
     assert_eq!(
         upstream.hits(&format!("/blobs/{big_digest}")),
         before,

@@ -2,6 +2,7 @@
 //! work by rendezvous hashing, so each blob or tag has one owner, the next member takes over
 //! when the owner fails, and a host tier in front of AZ ferries fetches each blob once.
 
+use crate::support::get_body;
 use crate::support::{FakeRegistry, TestProxy, client, pseudo_random_bytes, put_image};
 use ferry::oci::Digest;
 use ferry::upstream::route::rendezvous_weight;
@@ -47,14 +48,7 @@ async fn each_blob_goes_to_its_owner_and_the_next_member_takes_over() {
     for (digest, bytes) in &blobs {
         let owner = owner_of(&urls, &digest.to_string());
         owned[owner] += 1;
-        let body = client()
-            .get(proxy.url(&format!("/v2/g/r/blobs/{digest}")))
-            .send()
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap();
+        let body = get_body(proxy.url(&format!("/v2/g/r/blobs/{digest}"))).await;
         assert_eq!(&body[..], &bytes[..]);
         let path = format!("/blobs/{digest}");
         assert_eq!(members[owner].hits(&path), 1, "the owner served {digest}");
@@ -164,14 +158,7 @@ async fn hosts_in_front_of_az_replicas_fetch_each_blob_from_the_registry_once() 
             let url = host.url(&format!("/v2/fleet/app/blobs/{digest}"));
             let bytes = bytes.clone();
             pulls.push(tokio::spawn(async move {
-                let body = client()
-                    .get(url)
-                    .send()
-                    .await
-                    .unwrap()
-                    .bytes()
-                    .await
-                    .unwrap();
+                let body = get_body(url).await;
                 assert_eq!(&body[..], &bytes[..]);
             }));
         }

@@ -2,6 +2,7 @@
 //! and reading stops there; slow, silent, idle and never-reading clients lose their
 //! connections, and connections beyond the caps are refused.
 
+use crate::support::get_body;
 use crate::support::{FakeRegistry, Fault, TestProxy, client, pseudo_random_bytes, put_image};
 use ferry::upstream::auth::MAX_TOKEN_BODY_BYTES;
 use std::time::Duration;
@@ -606,16 +607,7 @@ async fn a_blob_of_unannounced_length_evicts_at_most_half_the_cache() {
     let proxy = TestProxy::start_with(&[&upstream], |c| c.cache_size = Some(300_000)).await;
     let fetch = |digest: &ferry::oci::Digest| {
         let url = proxy.url(&format!("/v2/chunked/test/blobs/{digest}"));
-        async move {
-            client()
-                .get(url)
-                .send()
-                .await
-                .unwrap()
-                .bytes()
-                .await
-                .unwrap()
-        }
+        async move { get_body(url).await }
     };
     assert!(fetch(&older_digest).await[..] == older[..]);
     assert!(fetch(&newer_digest).await[..] == newer[..]);

@@ -3,6 +3,7 @@
 //! primary, attempts are bounded, `--offline` and `max_stale` behave, and shutdown lets
 //! in-flight downloads finish.
 
+use crate::support::get_body;
 use crate::support::{FakeRegistry, Fault, TestProxy, client, pseudo_random_bytes, put_image};
 use ferry::upstream::breaker::BreakerConfig;
 use reqwest::{Method, StatusCode};
@@ -260,14 +261,7 @@ async fn resume_continues_with_range_and_accepts_an_upstream_that_ignores_it() {
         },
     );
     let proxy = TestProxy::start(&[&primary, &secondary]).await;
-    let body = client()
-        .get(proxy.url(&format!("/v2/r/s/blobs/{digest}")))
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    let body = get_body(proxy.url(&format!("/v2/r/s/blobs/{digest}"))).await;
     assert_eq!(body, blob, "one uninterrupted, correct body");
     let resume = secondary
         .requests()
@@ -297,14 +291,7 @@ async fn resume_skips_the_prefix_when_the_next_upstream_ignores_range() {
     );
     secondary.fault("/blobs/", Fault::IgnoreRange);
     let proxy = TestProxy::start(&[&primary, &secondary]).await;
-    let body = client()
-        .get(proxy.url(&format!("/v2/r/s/blobs/{digest}")))
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    let body = get_body(proxy.url(&format!("/v2/r/s/blobs/{digest}"))).await;
     assert_eq!(body, blob, "the first N bytes of the 200 were skipped");
     let resume = secondary
         .requests()
@@ -361,22 +348,8 @@ async fn offline_serves_the_cache_and_never_contacts_upstreams() {
     let upstream = FakeRegistry::start().await;
     let (manifest, layer_digest, layer) = put_image(&[&upstream], "off/line", "v1", 76);
     let online = TestProxy::start(&[&upstream]).await;
-    client()
-        .get(online.url("/v2/off/line/manifests/v1"))
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
-    client()
-        .get(online.url(&format!("/v2/off/line/blobs/{layer_digest}")))
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    get_body(online.url("/v2/off/line/manifests/v1")).await;
+    get_body(online.url(&format!("/v2/off/line/blobs/{layer_digest}"))).await;
     let cache = online.stop().await;
     let hits = upstream.requests().len();
 
@@ -485,14 +458,7 @@ async fn a_drip_feeding_upstream_is_abandoned_for_a_faster_one() {
     })
     .await;
     let started = Instant::now();
-    let body = client()
-        .get(proxy.url(&format!("/v2/d/r/blobs/{digest}")))
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    let body = get_body(proxy.url(&format!("/v2/d/r/blobs/{digest}"))).await;
     assert_eq!(body, blob);
     assert!(
         started.elapsed() < Duration::from_secs(5),
@@ -543,23 +509,9 @@ async fn metrics_show_failovers_per_upstream_counts_and_cache_hits() {
     let (_, layer_digest, layer) = put_image(&[&primary, &secondary], "m/x", "v1", 82);
     primary.fault("/v2/", Fault::Status(503));
     let proxy = TestProxy::start(&[&primary, &secondary]).await;
-    client()
-        .get(proxy.url("/v2/m/x/manifests/v1"))
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    get_body(proxy.url("/v2/m/x/manifests/v1")).await;
     for _ in 0..2 {
-        let body = client()
-            .get(proxy.url(&format!("/v2/m/x/blobs/{layer_digest}")))
-            .send()
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap();
+        let body = get_body(proxy.url(&format!("/v2/m/x/blobs/{layer_digest}"))).await;
         assert_eq!(body, layer);
     }
     let admin = proxy.server.as_ref().unwrap().admin_addr.unwrap();

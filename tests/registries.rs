@@ -2,6 +2,7 @@
 //! prefix, cache keys that never mix registries, unknown registries refused, and a two-tier
 //! (host ferry → AZ ferry → registry) pull that fetches each blob from the registry once.
 
+use crate::support::get_body;
 use crate::support::{
     FakeRegistry, TestProxy, client, direct_to, image_manifest, pseudo_random_bytes, put_image,
 };
@@ -190,14 +191,8 @@ async fn a_two_tier_pull_fetches_each_blob_from_the_registry_once() {
                 .unwrap();
             assert!(manifest.matches(&response.bytes().await.unwrap()));
             for blob in [config, layer] {
-                let body = client()
-                    .get(host.url(&format!("/v2/org/tool/blobs/{blob}?ns=ghcr.io")))
-                    .send()
-                    .await
-                    .unwrap()
-                    .bytes()
-                    .await
-                    .unwrap();
+                let body =
+                    get_body(host.url(&format!("/v2/org/tool/blobs/{blob}?ns=ghcr.io"))).await;
                 assert!(blob.matches(&body));
             }
         }
@@ -383,14 +378,7 @@ async fn direct_registry_over_tls_with_a_private_ca() {
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(digest_header(&response), manifest.to_string());
-    let body = client()
-        .get(proxy.url(&format!("/v2/direct/app/blobs/{layer}?ns={registry}")))
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    let body = get_body(proxy.url(&format!("/v2/direct/app/blobs/{layer}?ns={registry}"))).await;
     assert_eq!(body.as_ref(), layer_bytes.as_slice());
     // The configured default registry is unaffected, and other registries are still refused.
     assert_eq!(hub.hits("/v2/direct/app/manifests/v1"), 0);

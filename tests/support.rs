@@ -127,6 +127,18 @@ pub async fn get_blob(
     request.send().await.unwrap()
 }
 
+/// GETs `url` and returns the whole body (the test fails on any transport error).
+pub async fn get_body(url: impl reqwest::IntoUrl) -> bytes::Bytes {
+    client()
+        .get(url)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap()
+}
+
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
