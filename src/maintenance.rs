@@ -6,6 +6,7 @@
 use crate::cache::layout::{ContentFile, Layout, content_files};
 use crate::cache::pins::Pins;
 use crate::cache::tags::TagRecord;
+pub use crate::oci::ImageRef;
 use crate::oci::{Digest, DigestVerifier};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{self, Read};
@@ -242,53 +243,6 @@ pub fn gc(root: &Path, target: u64) -> io::Result<(usize, u64)> {
     Ok((removed, freed))
 }
 
-/// A parsed image reference: `[registry/]repository[:tag]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ImageRef {
-    pub registry: String,
-    pub repository: String,
-    pub tag: String,
-}
-
-impl ImageRef {
-    pub fn parse(input: &str, default_registry: &str) -> Result<ImageRef, String> {
-        let (rest, tag) = match input.rsplit_once(':') {
-            Some((rest, tag)) if !tag.contains('/') => (rest, tag.to_owned()),
-            _ => (input, "latest".to_owned()),
-        };
-        let (registry, repository) = match rest.split_once('/') {
-            Some((first, path))
-                if first.contains('.') || first.contains(':') || first == "localhost" =>
-            {
-                (first.to_owned(), path.to_owned())
-            }
-            _ => (default_registry.to_owned(), rest.to_owned()),
-        };
-        let registry = match registry.as_str() {
-            "index.docker.io" | "registry-1.docker.io" => "docker.io".to_owned(),
-            _ => registry,
-        };
-        let repository = if registry == "docker.io" && !repository.contains('/') {
-            format!("library/{repository}")
-        } else {
-            repository
-        };
-        crate::oci::RepositoryName::parse(&repository).map_err(|e| e.to_string())?;
-        crate::oci::Tag::parse(&tag).map_err(|e| e.to_string())?;
-        Ok(ImageRef {
-            registry,
-            repository,
-            tag,
-        })
-    }
-}
-
-impl std::fmt::Display for ImageRef {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}:{}", self.registry, self.repository, self.tag)
-    }
-}
-
 /// Removes an image's tag, and its manifests and blobs that no other cached tag needs.
 /// Returns the number of files removed.
 pub fn remove_image(root: &Path, image: &ImageRef) -> io::Result<usize> {
@@ -346,26 +300,6 @@ pub fn unpin(root: &Path, image: &ImageRef) -> io::Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn image_references() {
-        let r = ImageRef::parse("alpine", "docker.io").unwrap();
-        assert_eq!(
-            (r.registry.as_str(), r.repository.as_str(), r.tag.as_str()),
-            ("docker.io", "library/alpine", "latest")
-        );
-        let r = ImageRef::parse("ghcr.io/org/app:v1", "docker.io").unwrap();
-        assert_eq!(
-            (r.registry.as_str(), r.repository.as_str(), r.tag.as_str()),
-            ("ghcr.io", "org/app", "v1")
-        );
-        let r = ImageRef::parse("localhost:5000/team/x", "docker.io").unwrap();
-        assert_eq!(
-            (r.registry.as_str(), r.repository.as_str(), r.tag.as_str()),
-            ("localhost:5000", "team/x", "latest")
-        );
-        assert!(ImageRef::parse("Bad/Name", "docker.io").is_err());
-    }
 
     #[test]
     fn references_of_manifests_and_indexes() {

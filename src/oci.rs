@@ -3,10 +3,12 @@
 
 pub mod digest;
 pub mod error_code;
+pub mod image_ref;
 pub mod media_type;
 pub mod name;
 pub mod registry;
 
 pub use digest::{Digest, DigestAlgorithm, DigestVerifier};
 pub use error_code::ErrorCode;
+pub use image_ref::ImageRef;
 pub use name::{Reference, RepositoryName, Tag};

@@ -4,8 +4,8 @@
 //! (or the chosen ones), fetches every blob, reports progress, and optionally pins.
 
 use crate::cache::pins::Pins;
-use crate::maintenance::ImageRef;
 use crate::oci::Digest;
+use crate::oci::ImageRef;
 use crate::oci::media_type::ALL_MANIFEST_TYPES;
 use std::io::{IsTerminal, Write};
 use std::path::Path;
