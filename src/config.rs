@@ -192,11 +192,13 @@ impl Config {
             })
         };
 
-        let (listen_key, listen_value) = match (&overrides.listen, &file.listen) {
-            (Some(v), _) => ("--listen", v.clone()),
-            (None, Some(v)) => ("listen", v.clone()),
-            (None, None) => ("listen", DEFAULT_LISTEN.to_owned()),
-        };
+        let (listen_key, listen_value) = flag_over_file(
+            ("--listen", overrides.listen.as_ref()),
+            ("listen", file.listen.as_ref()),
+        );
+        let listen_value = listen_value
+            .map_or(DEFAULT_LISTEN, String::as_str)
+            .to_owned();
         let listen = match listen_value.parse::<SocketAddr>() {
             Ok(addr) => Some(addr),
             Err(_) => {
@@ -218,11 +220,11 @@ impl Config {
             problem("cache_dir", "", "must not be empty".into());
         }
 
-        let (size_key, size_value) = match (&overrides.cache_size, &file.cache_size) {
-            (Some(v), _) => ("--cache-size", Some(v.clone())),
-            (None, v) => ("cache_size", v.clone()),
-        };
-        let cache_size = match size_value.as_deref() {
+        let (size_key, size_value) = flag_over_file(
+            ("--cache-size", overrides.cache_size.as_ref()),
+            ("cache_size", file.cache_size.as_ref()),
+        );
+        let cache_size = match size_value.map(String::as_str) {
             None | Some("unlimited") => None,
             Some(text) => match parse_size(text) {
                 Ok(0) => {
@@ -253,26 +255,23 @@ impl Config {
             );
         }
 
+        const ANY_DURATION: DurationRule = DurationRule {
+            zero_allowed: true,
+            off_word: None,
+        };
         let mut duration = |key: &str, value: Option<&String>, default: Duration| -> Duration {
-            match value {
-                None => default,
-                Some(text) => match humantime::parse_duration(text) {
-                    Ok(d) => d,
-                    Err(e) => {
-                        problem(
-                            key,
-                            text,
-                            format!("expected a duration such as 30s or 500ms ({e})"),
-                        );
-                        default
-                    }
-                },
-            }
+            let Some(text) = value else { return default };
+            parse_duration_setting(text, ANY_DURATION)
+                .map(|d| d.unwrap_or(default))
+                .unwrap_or_else(|reason| {
+                    problem(key, text, reason);
+                    default
+                })
         };
-        let (ttl_key, ttl_value) = match &overrides.tag_ttl {
-            Some(v) => ("--tag-ttl", Some(v)),
-            None => ("tag_ttl", file.tag_ttl.as_ref()),
-        };
+        let (ttl_key, ttl_value) = flag_over_file(
+            ("--tag-ttl", overrides.tag_ttl.as_ref()),
+            ("tag_ttl", file.tag_ttl.as_ref()),
+        );
         let tag_ttl = duration(ttl_key, ttl_value, DEFAULT_TAG_TTL);
         let referrers_ttl = duration(
             "referrers_ttl",
@@ -338,30 +337,16 @@ impl Config {
             Duration::from_secs(10),
         );
         let mut optional_duration =
-            |key: &str, value: Option<&String>, off_word: &str| -> Option<Duration> {
+            |key: &str, value: Option<&String>, off_word: &'static str| -> Option<Duration> {
                 let text = value?;
-                if text == off_word {
-                    return None;
-                }
-                match humantime::parse_duration(text) {
-                    Ok(d) if !d.is_zero() => Some(d),
-                    Ok(_) => {
-                        problem(
-                            key,
-                            text,
-                            format!("must be greater than zero, or \"{off_word}\""),
-                        );
-                        None
-                    }
-                    Err(e) => {
-                        problem(
-                            key,
-                            text,
-                            format!("expected a duration such as 30s, or \"{off_word}\" ({e})"),
-                        );
-                        None
-                    }
-                }
+                let rule = DurationRule {
+                    zero_allowed: false,
+                    off_word: Some(off_word),
+                };
+                parse_duration_setting(text, rule).unwrap_or_else(|reason| {
+                    problem(key, text, reason);
+                    None
+                })
             };
         let max_stale = optional_duration("max_stale", file.max_stale.as_ref(), "unlimited");
         let hedge_delay = optional_duration("hedge_delay", file.hedge_delay.as_ref(), "off");
@@ -377,11 +362,13 @@ impl Config {
                 DEFAULT_MIN_TRANSFER_RATE
             }),
         };
-        let (admin_key, admin_value) = match (&overrides.admin_listen, &file.admin_listen) {
-            (Some(v), _) => ("--admin-listen", v.clone()),
-            (None, Some(v)) => ("admin_listen", v.clone()),
-            (None, None) => ("admin_listen", DEFAULT_ADMIN_LISTEN.to_owned()),
-        };
+        let (admin_key, admin_value) = flag_over_file(
+            ("--admin-listen", overrides.admin_listen.as_ref()),
+            ("admin_listen", file.admin_listen.as_ref()),
+        );
+        let admin_value = admin_value
+            .map_or(DEFAULT_ADMIN_LISTEN, String::as_str)
+            .to_owned();
         let admin_listen = if admin_value == "off" {
             None
         } else {
@@ -617,23 +604,18 @@ impl Config {
                     None
                 }
             };
-            let mut timeout = |field: &str, value: Option<&String>, default: Duration| match value {
-                None => default,
-                Some(text) => match humantime::parse_duration(text) {
-                    Ok(d) if !d.is_zero() => d,
-                    Ok(_) => {
-                        field_problem(field, text, "must be greater than zero".into());
+            const POSITIVE_DURATION: DurationRule = DurationRule {
+                zero_allowed: false,
+                off_word: None,
+            };
+            let mut timeout = |field: &str, value: Option<&String>, default: Duration| {
+                let Some(text) = value else { return default };
+                parse_duration_setting(text, POSITIVE_DURATION)
+                    .map(|d| d.unwrap_or(default))
+                    .unwrap_or_else(|reason| {
+                        field_problem(field, text, reason);
                         default
-                    }
-                    Err(e) => {
-                        field_problem(
-                            field,
-                            text,
-                            format!("expected a duration such as 30s ({e})"),
-                        );
-                        default
-                    }
-                },
+                    })
             };
             let connect_timeout = timeout(
                 "connect_timeout",
@@ -659,17 +641,12 @@ impl Config {
             };
             let password_command_ttl = match &upstream.password_command_ttl {
                 None => DEFAULT_PASSWORD_COMMAND_TTL,
-                Some(text) => match humantime::parse_duration(text) {
-                    Ok(d) => d,
-                    Err(e) => {
-                        field_problem(
-                            "password_command_ttl",
-                            text,
-                            format!("expected a duration ({e})"),
-                        );
+                Some(text) => parse_duration_setting(text, ANY_DURATION)
+                    .map(|d| d.unwrap_or(DEFAULT_PASSWORD_COMMAND_TTL))
+                    .unwrap_or_else(|reason| {
+                        field_problem("password_command_ttl", text, reason);
                         DEFAULT_PASSWORD_COMMAND_TTL
-                    }
-                },
+                    }),
             };
             let credentials = match resolve_password(upstream) {
                 Ok(None) => None,
@@ -1167,6 +1144,47 @@ fn default_upstream_name(url: &reqwest::Url) -> String {
         (Some(host), Some(port)) => format!("{host}:{port}"),
         (Some(host), None) => host.to_owned(),
         _ => url.to_string(),
+    }
+}
+
+/// The value of a setting that has a flag and a file key: the flag's if given, else the
+/// file's (`None`: neither, the default applies), with the name to report problems under.
+fn flag_over_file<'a>(
+    flag: (&'static str, Option<&'a String>),
+    file: (&'static str, Option<&'a String>),
+) -> (&'static str, Option<&'a String>) {
+    match flag {
+        (key, Some(value)) => (key, Some(value)),
+        (_, None) => file,
+    }
+}
+
+/// What a duration setting accepts besides a positive duration.
+#[derive(Clone, Copy)]
+struct DurationRule {
+    zero_allowed: bool,
+    /// A word meaning "none" (`off`, `unlimited`).
+    off_word: Option<&'static str>,
+}
+
+/// Parses a duration setting: `Ok(None)` for the off word, `Err(reason)` for anything the
+/// rule refuses. The one duration parser behind every duration in the file and on flags.
+fn parse_duration_setting(text: &str, rule: DurationRule) -> Result<Option<Duration>, String> {
+    if rule.off_word == Some(text) {
+        return Ok(None);
+    }
+    let or_off = rule
+        .off_word
+        .map(|word| format!(", or \"{word}\""))
+        .unwrap_or_default();
+    match humantime::parse_duration(text) {
+        Ok(d) if d.is_zero() && !rule.zero_allowed => {
+            Err(format!("must be greater than zero{or_off}"))
+        }
+        Ok(d) => Ok(Some(d)),
+        Err(e) => Err(format!(
+            "expected a duration such as 30s or 500ms{or_off} ({e})"
+        )),
     }
 }
 
