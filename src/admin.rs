@@ -16,8 +16,8 @@ use std::sync::Arc;
 /// localhost, and the token drain and undrain require, if one is set.
 #[derive(Debug, Default)]
 pub struct AdminAccess {
-    pub hosts: Vec<String>,
-    pub token: Option<String>,
+    pub(crate) hosts: Vec<String>,
+    pub(crate) token: Option<String>,
 }
 
 pub async fn handle<B>(

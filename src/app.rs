@@ -42,7 +42,7 @@ pub enum StartError {
 pub struct RunningServer {
     pub addr: SocketAddr,
     pub admin_addr: Option<SocketAddr>,
-    pub pull: Arc<PullThrough>,
+    pub(crate) pull: Arc<PullThrough>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }

@@ -36,19 +36,19 @@ const RECENCY_PERSIST_INTERVAL: std::time::Duration = std::time::Duration::from_
 /// A committed manifest: its bytes and its media type.
 #[derive(Debug, Clone)]
 pub struct CachedManifest {
-    pub digest: Digest,
-    pub media_type: String,
-    pub body: bytes::Bytes,
+    pub(crate) digest: Digest,
+    pub(crate) media_type: String,
+    pub(crate) body: bytes::Bytes,
 }
 
 /// The whole cache: the directory layout, tag mappings and fills in progress.
 pub struct Cache {
-    pub layout: Layout,
-    pub tags: TagStore,
-    pub referrers: referrers::ReferrersStore,
-    pub inflight: Inflight,
+    pub(crate) layout: Layout,
+    pub(crate) tags: TagStore,
+    pub(crate) referrers: referrers::ReferrersStore,
+    pub(crate) inflight: Inflight,
     /// Sizes and recency of committed blobs; enforces `cache_size`.
-    pub index: std::sync::Arc<LruIndex>,
+    pub(crate) index: std::sync::Arc<LruIndex>,
     /// Recently used manifests, by digest (a copy of what is on disk).
     manifests: moka::sync::Cache<Digest, CachedManifest>,
     /// Fills abandoned because the cache could not take the bytes (disk full, I/O errors).

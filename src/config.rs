@@ -58,7 +58,7 @@ pub struct Config {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// Client authentication for the registry listener; `None` = open.
     pub client_auth: Option<std::sync::Arc<crate::server::client_auth::ClientAuth>>,
-    pub shutdown_grace: Duration,
+    pub(crate) shutdown_grace: Duration,
     /// Caps and timeouts for client connections, on both listeners.
     pub client_limits: ClientLimits,
     pub health_probe_interval: Option<Duration>,
@@ -68,7 +68,7 @@ pub struct Config {
     /// every registry without configured upstreams.
     pub direct: Option<DirectRegistries>,
     /// The top-level `ca_file` (the default for upstreams and direct registries).
-    pub ca_file: Option<PathBuf>,
+    pub(crate) ca_file: Option<PathBuf>,
     /// The shared store (second cache tier), if any.
     pub shared_store: Option<crate::shared::SharedStoreConfig>,
 }
@@ -129,9 +129,9 @@ pub struct Overrides {
 /// One invalid setting: where it came from, the offending value, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigProblem {
-    pub key: String,
-    pub value: String,
-    pub reason: String,
+    pub(crate) key: String,
+    pub(crate) value: String,
+    pub(crate) reason: String,
 }
 
 impl fmt::Display for ConfigProblem {

@@ -81,7 +81,7 @@ pub struct ImageListing {
     pub repository: String,
     pub tag: String,
     pub digest: String,
-    pub media_type: String,
+    pub(crate) media_type: String,
     /// Bytes of its manifests and blobs present in the cache.
     pub cached_bytes: u64,
     /// Digests it needs that are not cached (evicted or never pulled).

@@ -12,72 +12,72 @@ use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
-    pub route: String,
-    pub method: String,
-    pub status: u16,
+    pub(crate) route: String,
+    pub(crate) method: String,
+    pub(crate) status: u16,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CacheLabels {
     /// `manifest` or `blob`.
-    pub kind: String,
+    pub(crate) kind: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SourceLabels {
     /// `cache` or `upstream`.
-    pub source: String,
+    pub(crate) source: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct UpstreamOutcomeLabels {
-    pub registry: String,
-    pub upstream: String,
+    pub(crate) registry: String,
+    pub(crate) upstream: String,
     /// `ok`, or the failure reason (`server_error`, `header_timeout`, ...).
-    pub outcome: String,
+    pub(crate) outcome: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FailoverLabels {
-    pub registry: String,
-    pub upstream: String,
-    pub reason: String,
+    pub(crate) registry: String,
+    pub(crate) upstream: String,
+    pub(crate) reason: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct UpstreamLabels {
-    pub registry: String,
-    pub upstream: String,
+    pub(crate) registry: String,
+    pub(crate) upstream: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StoreEventLabels {
     /// `hit`, `miss` or `error` for reads; `ok`, `failed` or `dropped` for uploads;
     /// `read` or `uploaded` for bytes.
-    pub event: String,
+    pub(crate) event: String,
 }
 
 pub struct Metrics {
     registry: Registry,
-    pub store_reads: Family<StoreEventLabels, Counter>,
-    pub store_uploads: Family<StoreEventLabels, Counter>,
-    pub store_bytes: Family<StoreEventLabels, Counter>,
-    pub store_corrupt_objects: Counter,
-    pub store_breaker_open: Gauge,
-    pub requests: Family<RequestLabels, Counter>,
-    pub cache_hits: Family<CacheLabels, Counter>,
-    pub cache_misses: Family<CacheLabels, Counter>,
-    pub served_bytes: Family<SourceLabels, Counter>,
-    pub upstream_requests: Family<UpstreamOutcomeLabels, Counter>,
-    pub failovers: Family<FailoverLabels, Counter>,
-    pub fill_seconds: Histogram,
-    pub fill_bytes: Histogram,
-    pub breaker_open: Family<UpstreamLabels, Gauge>,
-    pub cache_bytes: Gauge,
-    pub cache_limit_bytes: Gauge,
-    pub cache_evictions: Counter,
-    pub cache_write_failures: Counter,
-    pub task_panics: Counter,
+    pub(crate) store_reads: Family<StoreEventLabels, Counter>,
+    pub(crate) store_uploads: Family<StoreEventLabels, Counter>,
+    pub(crate) store_bytes: Family<StoreEventLabels, Counter>,
+    pub(crate) store_corrupt_objects: Counter,
+    pub(crate) store_breaker_open: Gauge,
+    pub(crate) requests: Family<RequestLabels, Counter>,
+    pub(crate) cache_hits: Family<CacheLabels, Counter>,
+    pub(crate) cache_misses: Family<CacheLabels, Counter>,
+    pub(crate) served_bytes: Family<SourceLabels, Counter>,
+    pub(crate) upstream_requests: Family<UpstreamOutcomeLabels, Counter>,
+    pub(crate) failovers: Family<FailoverLabels, Counter>,
+    pub(crate) fill_seconds: Histogram,
+    pub(crate) fill_bytes: Histogram,
+    pub(crate) breaker_open: Family<UpstreamLabels, Gauge>,
+    pub(crate) cache_bytes: Gauge,
+    pub(crate) cache_limit_bytes: Gauge,
+    pub(crate) cache_evictions: Counter,
+    pub(crate) cache_write_failures: Counter,
+    pub(crate) task_panics: Counter,
 }
 
 impl Default for Metrics {

@@ -63,27 +63,27 @@ pub(crate) fn blob_error(
 /// How the pull-through flow treats tags and upstreams.
 #[derive(Debug, Clone)]
 pub struct PullSettings {
-    pub tag_ttl: Duration,
-    pub referrers_ttl: Duration,
+    pub(crate) tag_ttl: Duration,
+    pub(crate) referrers_ttl: Duration,
     /// Oldest tag mapping served without an upstream confirming it; `None` = unlimited.
-    pub max_stale: Option<Duration>,
+    pub(crate) max_stale: Option<Duration>,
     /// Never contact an upstream.
-    pub offline: bool,
+    pub(crate) offline: bool,
 }
 
 /// How long a presigned blob URL handed to a client stays valid.
 const BLOB_REDIRECT_LIFETIME: Duration = Duration::from_secs(300);
 
 pub struct PullThrough {
-    pub cache: Cache,
+    pub(crate) cache: Cache,
     /// Each registry's ordered upstreams.
-    pub registries: Registries,
-    pub settings: PullSettings,
-    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
+    pub(crate) registries: Registries,
+    pub(crate) settings: PullSettings,
+    pub(crate) metrics: std::sync::Arc<crate::metrics::Metrics>,
     /// The shared store (second cache tier), if configured.
-    pub shared: Option<Arc<crate::shared::SharedStore>>,
+    pub(crate) shared: Option<Arc<crate::shared::SharedStore>>,
     /// Fills and uploads running beside requests (tracked, panics counted).
-    pub tasks: Arc<crate::tasks::TaskSupervisor>,
+    pub(crate) tasks: Arc<crate::tasks::TaskSupervisor>,
     manifest_fetches: KeyedLocks,
 }
 

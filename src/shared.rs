@@ -111,8 +111,8 @@ pub enum StoreRead<T> {
 
 /// A blob body from the store.
 pub struct StoreBody {
-    pub size: u64,
-    pub chunks: BoxStream<'static, Result<Bytes, String>>,
+    pub(crate) size: u64,
+    pub(crate) chunks: BoxStream<'static, Result<Bytes, String>>,
 }
 
 #[derive(Default)]
@@ -124,15 +124,15 @@ struct Breaker {
 /// Counters for `/admin/upstreams` and `/metrics`.
 #[derive(Default)]
 pub struct StoreCounters {
-    pub hits: AtomicU64,
-    pub misses: AtomicU64,
-    pub errors: AtomicU64,
-    pub bytes_read: AtomicU64,
-    pub bytes_uploaded: AtomicU64,
-    pub uploads: AtomicU64,
-    pub upload_failures: AtomicU64,
-    pub uploads_dropped: AtomicU64,
-    pub corrupt_objects: AtomicU64,
+    pub(crate) hits: AtomicU64,
+    pub(crate) misses: AtomicU64,
+    pub(crate) errors: AtomicU64,
+    pub(crate) bytes_read: AtomicU64,
+    pub(crate) bytes_uploaded: AtomicU64,
+    pub(crate) uploads: AtomicU64,
+    pub(crate) upload_failures: AtomicU64,
+    pub(crate) uploads_dropped: AtomicU64,
+    pub(crate) corrupt_objects: AtomicU64,
 }
 
 pub struct SharedStore {
@@ -145,9 +145,9 @@ pub struct SharedStore {
     /// Tag records uploaded lately (key -> digest): a confirmation of an unchanged tag is
     /// uploaded at most once a minute per replica.
     recent_tag_uploads: moka::sync::Cache<String, String>,
-    pub counters: StoreCounters,
+    pub(crate) counters: StoreCounters,
     /// Uploads and clean-ups run as tracked background tasks (shared with the pull flow).
-    pub tasks: Arc<crate::tasks::TaskSupervisor>,
+    pub(crate) tasks: Arc<crate::tasks::TaskSupervisor>,
 }
 
 impl SharedStore {

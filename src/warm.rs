@@ -21,8 +21,8 @@ pub struct WarmOptions {
 
 /// What one image needed, once warmed.
 pub struct Warmed {
-    pub image: ImageRef,
-    pub digests: Vec<Digest>,
+    pub(crate) image: ImageRef,
+    pub(crate) digests: Vec<Digest>,
     pub bytes: u64,
 }
 

@@ -91,8 +91,8 @@ impl std::fmt::Display for FillFailure {
 #[derive(Debug, Clone)]
 pub struct FillProgress {
     /// Bytes shown to readers so far (in memory or in the file).
-    pub received: u64,
-    pub phase: FillPhase,
+    pub(crate) received: u64,
+    pub(crate) phase: FillPhase,
 }
 
 impl FillProgress {
@@ -180,8 +180,8 @@ impl RecentBytes {
 
 /// What readers of a fill hold: the growing file, the newest bytes, and the progress.
 pub struct FillHandle {
-    pub file: Arc<File>,
-    pub progress: watch::Receiver<FillProgress>,
+    pub(crate) file: Arc<File>,
+    pub(crate) progress: watch::Receiver<FillProgress>,
     recent: Mutex<RecentBytes>,
 }
 

@@ -37,13 +37,13 @@ struct State {
 /// Cache usage, for `/admin/upstreams`, `ferry cache du` and tests.
 #[derive(Debug, Clone, Copy, serde::Serialize)]
 pub struct Usage {
-    pub limit: Option<u64>,
-    pub committed: u64,
-    pub pinned: u64,
-    pub reserved: u64,
-    pub blobs: usize,
-    pub evictions: u64,
-    pub evicted_bytes: u64,
+    pub(crate) limit: Option<u64>,
+    pub(crate) committed: u64,
+    pub(crate) pinned: u64,
+    pub(crate) reserved: u64,
+    pub(crate) blobs: usize,
+    pub(crate) evictions: u64,
+    pub(crate) evicted_bytes: u64,
 }
 
 pub struct LruIndex {

@@ -95,11 +95,11 @@ impl Layout {
 /// A file of content under `blobs/` or `manifests/`.
 #[derive(Debug, Clone)]
 pub struct ContentFile {
-    pub digest: Digest,
-    pub path: PathBuf,
-    pub size: u64,
-    pub modified: std::time::SystemTime,
-    pub is_manifest: bool,
+    pub(crate) digest: Digest,
+    pub(crate) path: PathBuf,
+    pub(crate) size: u64,
+    pub(crate) modified: std::time::SystemTime,
+    pub(crate) is_manifest: bool,
 }
 
 /// `None` for something removed meanwhile; other errors stay errors.

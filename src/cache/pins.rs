@@ -12,7 +12,7 @@ use std::path::Path;
 #[derive(Debug, Default, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Pins {
     /// Image reference (as given to `ferry warm --pin`) -> digests it needs.
-    pub images: BTreeMap<String, Vec<String>>,
+    pub(crate) images: BTreeMap<String, Vec<String>>,
 }
 
 pub const PINS_FILE: &str = "pins.json";

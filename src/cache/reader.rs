@@ -18,8 +18,8 @@ use tokio::task::JoinHandle;
 #[derive(Debug, thiserror::Error)]
 #[error("blob fill failed: {message}")]
 pub struct FillFailed {
-    pub cache_failure: bool,
-    pub message: String,
+    pub(crate) cache_failure: bool,
+    pub(crate) message: String,
 }
 
 /// Bytes read per trip to the blocking pool (and handed out of a fill's memory at once).

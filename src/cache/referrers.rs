@@ -17,11 +17,11 @@ const MEMORY_ENTRIES: usize = 4096;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ReferrersKey {
-    pub registry: String,
-    pub repository: String,
-    pub subject: String,
+    pub(crate) registry: String,
+    pub(crate) repository: String,
+    pub(crate) subject: String,
     /// The `artifactType` filter the client asked for, if any.
-    pub artifact_type: Option<String>,
+    pub(crate) artifact_type: Option<String>,
 }
 
 impl ReferrersKey {
@@ -44,14 +44,14 @@ impl ReferrersKey {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReferrersRecord {
-    pub key: ReferrersKey,
+    pub(crate) key: ReferrersKey,
     /// The image index, as served to clients (already filtered when `filtered`).
-    pub body: String,
+    pub(crate) body: String,
     /// Whether `artifactType` was applied (`OCI-Filters-Applied: artifactType`).
-    pub filtered: bool,
+    pub(crate) filtered: bool,
     /// When an upstream answered it (milliseconds since the Unix epoch).
-    pub fetched_at_unix_ms: u64,
-    pub upstream: String,
+    pub(crate) fetched_at_unix_ms: u64,
+    pub(crate) upstream: String,
 }
 
 impl ReferrersRecord {

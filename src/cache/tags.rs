@@ -32,14 +32,14 @@ impl TagKey {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TagRecord {
-    pub registry: String,
-    pub repository: String,
-    pub tag: String,
-    pub digest: String,
-    pub media_type: String,
+    pub(crate) registry: String,
+    pub(crate) repository: String,
+    pub(crate) tag: String,
+    pub(crate) digest: String,
+    pub(crate) media_type: String,
     /// When an upstream last confirmed this mapping (milliseconds since the Unix epoch).
-    pub fetched_at_unix_ms: u64,
-    pub upstream: String,
+    pub(crate) fetched_at_unix_ms: u64,
+    pub(crate) upstream: String,
 }
 
 impl TagRecord {

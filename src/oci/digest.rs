@@ -39,8 +39,8 @@ pub struct Digest {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid digest {input:?}: {reason}")]
 pub struct DigestParseError {
-    pub input: String,
-    pub reason: &'static str,
+    pub(crate) input: String,
+    pub(crate) reason: &'static str,
 }
 
 impl Digest {

@@ -5,9 +5,9 @@
 /// A parsed image reference: `[registry/]repository[:tag]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageRef {
-    pub registry: String,
-    pub repository: String,
-    pub tag: String,
+    pub(crate) registry: String,
+    pub(crate) repository: String,
+    pub(crate) tag: String,
 }
 
 impl ImageRef {

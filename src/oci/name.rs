@@ -15,9 +15,9 @@ pub struct RepositoryName(String);
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid {what} {input:?}: {reason}")]
 pub struct NameError {
-    pub what: &'static str,
-    pub input: String,
-    pub reason: &'static str,
+    pub(crate) what: &'static str,
+    pub(crate) input: String,
+    pub(crate) reason: &'static str,
 }
 
 fn name_error(what: &'static str, input: &str, reason: &'static str) -> NameError {

@@ -97,14 +97,14 @@ impl RangeSpec {
 }
 
 pub struct BlobAnswer {
-    pub digest: Digest,
+    pub(crate) digest: Digest,
     /// The blob's full size, when known (an upstream may stream without a length).
-    pub size: Option<u64>,
+    pub(crate) size: Option<u64>,
     /// The inclusive span being sent, for a 206.
-    pub range: Option<(u64, u64)>,
+    pub(crate) range: Option<(u64, u64)>,
     /// `None` for HEAD.
-    pub body: Option<BlobStream>,
-    pub source: Source,
+    pub(crate) body: Option<BlobStream>,
+    pub(crate) source: Source,
 }
 
 impl PullThrough {

@@ -22,15 +22,15 @@ use std::time::SystemTime;
 pub const DOCKER_CONTENT_DIGEST: &str = "docker-content-digest";
 
 pub struct ManifestAnswer {
-    pub manifest: CachedManifest,
-    pub source: Source,
+    pub(crate) manifest: CachedManifest,
+    pub(crate) source: Source,
 }
 
 /// A forwarded tag list: the body and the upstream's pagination `Link`, if any.
 pub struct TagListAnswer {
-    pub body: Bytes,
-    pub link: Option<HeaderValue>,
-    pub source: Source,
+    pub(crate) body: Bytes,
+    pub(crate) link: Option<HeaderValue>,
+    pub(crate) source: Source,
 }
 
 impl PullThrough {

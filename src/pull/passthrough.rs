@@ -17,11 +17,11 @@ use std::sync::Arc;
 
 /// An upstream body positioned at `offset` of the blob.
 pub struct UpstreamTail {
-    pub body: BodyChunks,
-    pub skip: u64,
+    pub(crate) body: BodyChunks,
+    pub(crate) skip: u64,
     /// The blob's full size, when the upstream said.
-    pub total: Option<u64>,
-    pub upstream: String,
+    pub(crate) total: Option<u64>,
+    pub(crate) upstream: String,
 }
 
 /// Opens the blob at `offset` on the first upstream that serves it.
@@ -151,14 +151,14 @@ pub fn stream_tail(
 
 /// What a reader of a fill needs to carry on from upstream if the fill fails in the cache.
 pub struct FallbackContext {
-    pub pull: Arc<PullThrough>,
-    pub registry: String,
-    pub name: RepositoryName,
-    pub digest: Digest,
+    pub(crate) pull: Arc<PullThrough>,
+    pub(crate) registry: String,
+    pub(crate) name: RepositoryName,
+    pub(crate) digest: Digest,
     /// The blob's size, when known.
-    pub total: Option<u64>,
+    pub(crate) total: Option<u64>,
     /// The fill, for re-hashing what the reader already sent.
-    pub fill: Arc<FillHandle>,
+    pub(crate) fill: Arc<FillHandle>,
 }
 
 /// Wraps a fill reader: if the fill fails because of the cache, the reader continues from

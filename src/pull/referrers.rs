@@ -19,9 +19,9 @@ const MAX_ARTIFACT_TYPE_LEN: usize = 255;
 
 /// A referrers list to send: an image index, and whether `artifactType` was applied.
 pub struct ReferrersAnswer {
-    pub body: bytes::Bytes,
-    pub filtered: bool,
-    pub source: Source,
+    pub(crate) body: bytes::Bytes,
+    pub(crate) filtered: bool,
+    pub(crate) source: Source,
 }
 
 /// The `artifactType` filter of a referrers request's query, validated as a media type.

@@ -76,17 +76,17 @@ pub struct Breaker {
 /// A snapshot for status pages.
 #[derive(Debug, Clone, Copy)]
 pub struct BreakerSnapshot {
-    pub state: BreakerState,
-    pub consecutive_failures: u32,
+    pub(crate) state: BreakerState,
+    pub(crate) consecutive_failures: u32,
     /// Time left before an open breaker lets a probe through.
-    pub retry_in: Option<Duration>,
+    pub(crate) retry_in: Option<Duration>,
 }
 
 /// A state change worth logging.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Transition {
-    pub from: BreakerState,
-    pub to: BreakerState,
+    pub(crate) from: BreakerState,
+    pub(crate) to: BreakerState,
 }
 
 impl Breaker {

@@ -34,9 +34,9 @@ pub enum FailureKind {
 /// One failed attempt at one upstream.
 #[derive(Debug, Clone)]
 pub struct UpstreamFailure {
-    pub upstream: String,
-    pub kind: FailureKind,
-    pub detail: String,
+    pub(crate) upstream: String,
+    pub(crate) kind: FailureKind,
+    pub(crate) detail: String,
 }
 
 impl UpstreamFailure {
@@ -128,10 +128,10 @@ impl fmt::Display for UpstreamFailure {
 /// Every upstream was tried (or skipped) and none succeeded.
 #[derive(Debug, Clone, thiserror::Error)]
 pub struct UpstreamsExhausted {
-    pub failures: Vec<UpstreamFailure>,
+    pub(crate) failures: Vec<UpstreamFailure>,
     /// Upstreams never asked (attempts ran out first): they might have the content, so
     /// "not found" is not the answer while any is left.
-    pub untried: Vec<String>,
+    pub(crate) untried: Vec<String>,
 }
 
 impl UpstreamsExhausted {

@@ -18,9 +18,9 @@ const SERVING_OTHERS_WITHIN: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct RecordedFailure {
-    pub at_unix_ms: u64,
-    pub reason: &'static str,
-    pub detail: String,
+    pub(crate) at_unix_ms: u64,
+    pub(crate) reason: &'static str,
+    pub(crate) detail: String,
 }
 
 #[derive(Debug)]

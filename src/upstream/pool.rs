@@ -23,7 +23,7 @@ const MAX_BAD_SOURCES: usize = 10_000;
 #[derive(Debug, Clone)]
 pub struct PoolSettings {
     pub failover_on_not_found: bool,
-    pub bad_source_skip: Duration,
+    pub(crate) bad_source_skip: Duration,
     /// Attempts allowed beyond one per upstream (resuming from the same upstream, etc.).
     pub retry_budget: usize,
     /// Start the next upstream alongside one that has not answered within this delay.

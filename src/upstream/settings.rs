@@ -55,8 +55,8 @@ impl DirectRegistries {
 /// Extra trusted CA certificates for an upstream, read from a PEM bundle at start.
 #[derive(Clone)]
 pub struct UpstreamCa {
-    pub path: PathBuf,
-    pub certificates: Vec<reqwest::Certificate>,
+    pub(crate) path: PathBuf,
+    pub(crate) certificates: Vec<reqwest::Certificate>,
 }
 
 impl UpstreamCa {
@@ -88,7 +88,7 @@ impl fmt::Debug for UpstreamCa {
 #[derive(Clone)]
 pub struct UpstreamConfig {
     /// Short name used in logs and errors (default: the URL's host:port).
-    pub name: String,
+    pub(crate) name: String,
     /// Base URL without a trailing slash, e.g. `https://registry-1.docker.io`.
     pub url: reqwest::Url,
     /// The registry it serves (`docker.io`, `ghcr.io`, ...), canonical form.
@@ -101,12 +101,12 @@ pub struct UpstreamConfig {
     pub rate_window: Duration,
     pub credentials: Option<Credentials>,
     /// CA certificates trusted for this upstream in addition to the system's.
-    pub ca: Option<UpstreamCa>,
+    pub(crate) ca: Option<UpstreamCa>,
     /// Follow redirects to https URLs only (direct registries, which clients name).
     pub https_redirects_only: bool,
     /// Connect only to public addresses, checked after resolution (and for the token realm
     /// and redirects): on for direct registries, optional for configured ones.
-    pub public_addresses_only: bool,
+    pub(crate) public_addresses_only: bool,
     /// The group this upstream belongs to: consecutive members share one priority slot.
     pub group: Option<String>,
 }
@@ -125,8 +125,8 @@ pub struct Credentials {
 
 /// Runs a credential helper and caches its output.
 pub struct PasswordCommand {
-    pub command: String,
-    pub ttl: Duration,
+    pub(crate) command: String,
+    pub(crate) ttl: Duration,
     cached: std::sync::Mutex<Option<(String, std::time::Instant)>>,
 }
 
