@@ -69,6 +69,7 @@ impl Drop for TemporaryFile {
 
 /// Reserves `len` bytes of disk for `file` (its length stays as written). A file system
 /// without `fallocate` is not an error; running out of space is.
+#[cfg(target_os = "linux")]
 pub fn preallocate(file: &File, len: u64) -> io::Result<()> {
     use std::os::fd::AsRawFd;
     // SAFETY: fallocate only reads its integer arguments; the descriptor stays open while
@@ -91,9 +92,17 @@ pub fn preallocate(file: &File, len: u64) -> io::Result<()> {
     }
 }
 
+/// Without `fallocate` (macOS, the BSDs) nothing is reserved up front: the disk fills as the
+/// bytes are written, and running out of space is reported by the write or the fsync.
+#[cfg(not(target_os = "linux"))]
+pub fn preallocate(_file: &File, _len: u64) -> io::Result<()> {
+    Ok(())
+}
+
 /// Asks the kernel to start writing `[offset, offset + len)` to disk now, without waiting,
 /// so the fsync at commit finds little left to do. Only a hint: errors are ignored (the
 /// fsync reports any real one).
+#[cfg(target_os = "linux")]
 pub fn start_writeback(file: &File, offset: u64, len: u64) {
     use std::os::fd::AsRawFd;
     if len == 0 {
@@ -110,6 +119,11 @@ pub fn start_writeback(file: &File, offset: u64, len: u64) {
         );
     }
 }
+
+/// Without `sync_file_range` (macOS, the BSDs) there is no early writeback: the fsync at
+/// commit writes everything.
+#[cfg(not(target_os = "linux"))]
+pub fn start_writeback(_file: &File, _offset: u64, _len: u64) {}
 
 /// Renames `from` to `to` (creating `to`'s directory) and fsyncs the directory, so the
 /// rename survives a power loss.
