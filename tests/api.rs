@@ -1,6 +1,7 @@
 //! The pull side of the distribution API as clients see it: ping, headers, validation
 //! errors, rejected pushes, Range, tag lists, Accept merging and `?ns=`.
 
+use crate::support::get_url;
 use crate::support::{FakeRegistry, TestProxy, client, put_image};
 use ferry::oci::media_type::{DOCKER_MANIFEST_LIST, DOCKER_MANIFEST_V2, OCI_INDEX, OCI_MANIFEST};
 use reqwest::StatusCode;
@@ -31,7 +32,7 @@ async fn raw_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
 async fn ping_answers_with_api_version() {
     let upstream = FakeRegistry::start().await;
     let proxy = TestProxy::start(&[&upstream]).await;
-    let response = client().get(proxy.url("/v2/")).send().await.unwrap();
+    let response = get_url(proxy.url("/v2/")).await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(
         response.headers()["docker-distribution-api-version"],
@@ -397,11 +398,7 @@ async fn docker_schema2_and_manifest_lists_keep_their_types() {
         ("d/image", DOCKER_MANIFEST_V2),
     ] {
         for _ in 0..2 {
-            let response = client()
-                .get(proxy.url(&format!("/v2/{repo}/manifests/1")))
-                .send()
-                .await
-                .unwrap();
+            let response = get_url(proxy.url(&format!("/v2/{repo}/manifests/1"))).await;
             assert_eq!(response.headers()["content-type"], media_type);
         }
     }
@@ -416,20 +413,12 @@ async fn tag_list_is_forwarded_with_pagination_and_failover() {
     }
     primary.fault("/p/q/tags/list", crate::support::Fault::Status(503));
     let proxy = TestProxy::start(&[&primary, &secondary]).await;
-    let response = client()
-        .get(proxy.url("/v2/p/q/tags/list?n=2&last=a"))
-        .send()
-        .await
-        .unwrap();
+    let response = get_url(proxy.url("/v2/p/q/tags/list?n=2&last=a")).await;
     assert_eq!(response.status(), StatusCode::OK);
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["tags"], serde_json::json!(["b", "c"]));
     assert_eq!(primary.hits("/p/q/tags/list"), 1);
-    let response = client()
-        .get(proxy.url("/v2/no/such/tags/list"))
-        .send()
-        .await
-        .unwrap();
+    let response = get_url(proxy.url("/v2/no/such/tags/list")).await;
     assert_eq!(
         error_code(response).await,
         (StatusCode::NOT_FOUND, "NAME_UNKNOWN".to_owned())

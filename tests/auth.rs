@@ -1,7 +1,8 @@
 //! Upstream authentication and redirects: the Docker token flow (anonymous and with basic
 //! credentials), token caching, and redirects that never carry the registry's token away.
 
-use crate::support::{FakeRegistry, TestProxy, basic, client, put_image};
+use crate::support::get_url;
+use crate::support::{FakeRegistry, TestProxy, basic, put_image};
 use ferry::config::Credentials;
 use reqwest::StatusCode;
 
@@ -11,18 +12,10 @@ async fn anonymous_token_flow_and_token_reuse() {
     let (manifest, layer_digest, layer) = put_image(&[&upstream], "private/app", "v1", 30);
     upstream.require_token("tok-anon", None);
     let proxy = TestProxy::start(&[&upstream]).await;
-    let response = client()
-        .get(proxy.url("/v2/private/app/manifests/v1"))
-        .send()
-        .await
-        .unwrap();
+    let response = get_url(proxy.url("/v2/private/app/manifests/v1")).await;
     assert_eq!(response.status(), StatusCode::OK);
     assert!(manifest.matches(&response.bytes().await.unwrap()));
-    let blob = client()
-        .get(proxy.url(&format!("/v2/private/app/blobs/{layer_digest}")))
-        .send()
-        .await
-        .unwrap();
+    let blob = get_url(proxy.url(&format!("/v2/private/app/blobs/{layer_digest}"))).await;
     assert_eq!(blob.bytes().await.unwrap(), layer);
     assert_eq!(
         upstream.hits("/token"),
@@ -48,11 +41,7 @@ async fn token_flow_with_basic_credentials() {
     upstream.require_token("tok-ci", Some(("ci", "s3cret")));
 
     let anonymous = TestProxy::start(&[&upstream]).await;
-    let response = client()
-        .get(anonymous.url("/v2/private/app/manifests/v1"))
-        .send()
-        .await
-        .unwrap();
+    let response = get_url(anonymous.url("/v2/private/app/manifests/v1")).await;
     assert_eq!(
         response.status(),
         StatusCode::BAD_GATEWAY,
@@ -63,11 +52,7 @@ async fn token_flow_with_basic_credentials() {
         c.upstreams[0].credentials = Some(Credentials::fixed("ci", "s3cret"))
     })
     .await;
-    let response = client()
-        .get(proxy.url("/v2/private/app/manifests/v1"))
-        .send()
-        .await
-        .unwrap();
+    let response = get_url(proxy.url("/v2/private/app/manifests/v1")).await;
     assert_eq!(response.status(), StatusCode::OK);
     assert!(manifest.matches(&response.bytes().await.unwrap()));
     let sent = upstream
@@ -91,11 +76,7 @@ async fn redirects_are_followed_without_the_registry_token() {
     registry.require_token("tok-secret", None);
     registry.redirect_blobs_to(&object_store);
     let proxy = TestProxy::start(&[&registry]).await;
-    let blob = client()
-        .get(proxy.url(&format!("/v2/r/x/blobs/{layer_digest}")))
-        .send()
-        .await
-        .unwrap();
+    let blob = get_url(proxy.url(&format!("/v2/r/x/blobs/{layer_digest}"))).await;
     assert_eq!(blob.status(), StatusCode::OK);
     assert_eq!(blob.bytes().await.unwrap(), layer);
     let at_store = object_store.requests();
@@ -127,11 +108,7 @@ async fn an_upstream_limited_to_https_redirects_refuses_a_plain_http_one() {
         c.upstreams[0].https_redirects_only = true;
     })
     .await;
-    let blob = client()
-        .get(proxy.url(&format!("/v2/r/y/blobs/{layer_digest}")))
-        .send()
-        .await
-        .unwrap();
+    let blob = get_url(proxy.url(&format!("/v2/r/y/blobs/{layer_digest}"))).await;
     assert!(blob.status().is_server_error(), "{}", blob.status());
     let body = blob.text().await.unwrap();
     assert!(body.contains("redirect"), "{body}");
@@ -162,21 +139,13 @@ async fn a_credential_helper_supplies_the_password_and_reruns_when_refused() {
         })
     })
     .await;
-    let response = client()
-        .get(proxy.url("/v2/private/ecr/manifests/v1"))
-        .send()
-        .await
-        .unwrap();
+    let response = get_url(proxy.url("/v2/private/ecr/manifests/v1")).await;
     assert_eq!(response.status(), StatusCode::OK);
     assert!(manifest.matches(&response.bytes().await.unwrap()));
     // The password rotates; the cached helper output is refused once, then the helper runs again.
     upstream.require_token("tok-ecr-2", Some(("AWS", "second-password")));
     std::fs::write(&secret, "second-password\n").unwrap();
-    let response = client()
-        .get(proxy.url(&format!("/v2/private/ecr/blobs/{layer_digest}")))
-        .send()
-        .await
-        .unwrap();
+    let response = get_url(proxy.url(&format!("/v2/private/ecr/blobs/{layer_digest}"))).await;
     assert_eq!(
         response.status(),
         StatusCode::OK,

@@ -3,6 +3,7 @@
 //! revalidation, stale-if-error, and a clean directory after restarts.
 
 use crate::support::get_body;
+use crate::support::get_url;
 use crate::support::{
     FakeRegistry, Fault, TestProxy, client, pseudo_random_bytes, put_image, rehash_cache_dir,
 };
@@ -72,7 +73,7 @@ async fn concurrent_misses_make_one_upstream_fetch() {
         let proxy = proxy.clone();
         let url = proxy.url(&format!("/v2/c/d/blobs/{digest}"));
         tasks.push(tokio::spawn(async move {
-            let response = client().get(url).send().await.unwrap();
+            let response = get_url(url).await;
             assert_eq!(response.status(), StatusCode::OK);
             response.bytes().await.unwrap()
         }));
@@ -121,11 +122,7 @@ async fn the_client_receives_bytes_while_the_fill_is_under_way() {
         },
     );
     let proxy = TestProxy::start(&[&upstream]).await;
-    let mut response = client()
-        .get(proxy.url(&format!("/v2/s/t/blobs/{digest}")))
-        .send()
-        .await
-        .unwrap();
+    let mut response = get_url(proxy.url(&format!("/v2/s/t/blobs/{digest}"))).await;
     assert_eq!(response.status(), StatusCode::OK);
     // The upstream is paused half way; the client must already have bytes.
     let mut received = Vec::new();
@@ -162,23 +159,14 @@ async fn tags_are_revalidated_with_head_after_their_ttl() {
     };
     let url = proxy.url("/v2/t/ttl/manifests/latest");
 
-    assert_eq!(
-        digest_of(client().get(&url).send().await.unwrap()),
-        first.to_string()
-    );
+    assert_eq!(digest_of(get_url(&url).await), first.to_string());
     // Within the TTL: no upstream contact.
-    assert_eq!(
-        digest_of(client().get(&url).send().await.unwrap()),
-        first.to_string()
-    );
+    assert_eq!(digest_of(get_url(&url).await), first.to_string());
     assert_eq!(upstream.hits("/manifests/latest"), 1);
 
     // After the TTL, unchanged: one HEAD, no GET.
     tokio::time::sleep(Duration::from_millis(400)).await;
-    assert_eq!(
-        digest_of(client().get(&url).send().await.unwrap()),
-        first.to_string()
-    );
+    assert_eq!(digest_of(get_url(&url).await), first.to_string());
     assert_eq!(upstream.hits_with(Method::HEAD, "/manifests/latest"), 1);
     assert_eq!(upstream.hits_with(Method::GET, "/manifests/latest"), 1);
 
@@ -186,10 +174,7 @@ async fn tags_are_revalidated_with_head_after_their_ttl() {
     let (second, _, _) = put_image(&[&upstream], "t/ttl", "latest", 25);
     assert_ne!(first, second);
     tokio::time::sleep(Duration::from_millis(400)).await;
-    assert_eq!(
-        digest_of(client().get(&url).send().await.unwrap()),
-        second.to_string()
-    );
+    assert_eq!(digest_of(get_url(&url).await), second.to_string());
 }
 
 #[tokio::test]
@@ -200,16 +185,13 @@ async fn stale_tags_are_served_when_every_upstream_fails() {
     let proxy =
         TestProxy::start_with(&[&primary, &secondary], |c| c.tag_ttl = Duration::ZERO).await;
     let url = proxy.url("/v2/stale/ok/manifests/v1");
-    assert_eq!(
-        client().get(&url).send().await.unwrap().status(),
-        StatusCode::OK
-    );
+    assert_eq!(get_url(&url).await.status(), StatusCode::OK);
     get_body(proxy.url(&format!("/v2/stale/ok/blobs/{layer_digest}"))).await;
 
     primary.fault("/v2/", Fault::Status(503));
     secondary.stop();
     for _ in 0..2 {
-        let response = client().get(&url).send().await.unwrap();
+        let response = get_url(&url).await;
         assert_eq!(response.status(), StatusCode::OK);
         assert_eq!(
             response.headers()["docker-content-digest"],
@@ -217,18 +199,10 @@ async fn stale_tags_are_served_when_every_upstream_fails() {
         );
         assert!(manifest.matches(&response.bytes().await.unwrap()));
     }
-    let blob = client()
-        .get(proxy.url(&format!("/v2/stale/ok/blobs/{layer_digest}")))
-        .send()
-        .await
-        .unwrap();
+    let blob = get_url(proxy.url(&format!("/v2/stale/ok/blobs/{layer_digest}"))).await;
     assert_eq!(blob.bytes().await.unwrap(), layer);
     // A tag never seen before cannot be invented.
-    let response = client()
-        .get(proxy.url("/v2/stale/ok/manifests/v2"))
-        .send()
-        .await
-        .unwrap();
+    let response = get_url(proxy.url("/v2/stale/ok/manifests/v2")).await;
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
 }
 
@@ -255,11 +229,7 @@ async fn tags_and_content_survive_a_restart_and_leftovers_are_swept() {
             .count(),
         0
     );
-    let response = client()
-        .get(proxy.url("/v2/keep/me/manifests/v1"))
-        .send()
-        .await
-        .unwrap();
+    let response = get_url(proxy.url("/v2/keep/me/manifests/v1")).await;
     assert_eq!(
         response.status(),
         StatusCode::OK,
@@ -269,11 +239,7 @@ async fn tags_and_content_survive_a_restart_and_leftovers_are_swept() {
         response.headers()["docker-content-digest"],
         manifest.to_string().as_str()
     );
-    let blob = client()
-        .get(proxy.url(&format!("/v2/keep/me/blobs/{layer_digest}")))
-        .send()
-        .await
-        .unwrap();
+    let blob = get_url(proxy.url(&format!("/v2/keep/me/blobs/{layer_digest}"))).await;
     assert_eq!(blob.bytes().await.unwrap(), layer);
     assert!(
         rehash_cache_dir(proxy.cache_dir.path())
@@ -314,7 +280,7 @@ async fn a_manifest_damaged_on_disk_is_fetched_again_never_served() {
     let (manifest, _, _) = put_image(&[&upstream], "damaged/disk", "v1", 26);
     let proxy = TestProxy::start(&[&upstream]).await;
     let url = format!("/v2/damaged/disk/manifests/{manifest}");
-    let body = client().get(proxy.url(&url)).send().await.unwrap();
+    let body = get_url(proxy.url(&url)).await;
     assert!(manifest.matches(&body.bytes().await.unwrap()));
     let cache_dir = proxy.stop().await;
     // Bit rot (or a stray write) on disk while the server is down.

@@ -3,7 +3,8 @@
 //! content that survive a restart.
 
 use crate::support::get_body;
-use crate::support::{FakeRegistry, Fault, TestProxy, client, pseudo_random_bytes};
+use crate::support::get_url;
+use crate::support::{FakeRegistry, Fault, TestProxy, pseudo_random_bytes};
 use ferry::oci::Digest;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -120,11 +121,7 @@ async fn evicting_a_blob_does_not_break_its_image() {
             .join(layer.hex())
             .exists()
     );
-    let response = client()
-        .get(proxy.url("/v2/ev/img/manifests/v1"))
-        .send()
-        .await
-        .unwrap();
+    let response = get_url(proxy.url("/v2/ev/img/manifests/v1")).await;
     assert_eq!(
         response.headers()["docker-content-digest"],
         manifest.to_string().as_str()

@@ -3,7 +3,8 @@
 //! flipped byte and a truncated file; ls, du, gc and rm.
 
 use crate::support::get_body;
-use crate::support::{FakeRegistry, TestProxy, client, image_manifest, pseudo_random_bytes};
+use crate::support::get_url;
+use crate::support::{FakeRegistry, TestProxy, image_manifest, pseudo_random_bytes};
 use ferry::oci::media_type::{OCI_INDEX, OCI_MANIFEST};
 use std::process::Command;
 use std::time::Duration;
@@ -123,11 +124,7 @@ async fn warm_pin_survives_pressure_and_pulls_offline() {
     // Offline, with the upstream gone: the pinned image pulls by tag.
     upstream.stop();
     let offline = TestProxy::start_urls(&[upstream.url()], cache, |c| c.offline = true).await;
-    let index = client()
-        .get(offline.url("/v2/ci/agent/manifests/v1"))
-        .send()
-        .await
-        .unwrap();
+    let index = get_url(offline.url("/v2/ci/agent/manifests/v1")).await;
     assert_eq!(index.status(), 200);
     for digest in &agent[1..] {
         let kind = if offline
@@ -142,11 +139,7 @@ async fn warm_pin_survives_pressure_and_pulls_offline() {
         } else {
             "blobs"
         };
-        let response = client()
-            .get(offline.url(&format!("/v2/ci/agent/{kind}/{digest}")))
-            .send()
-            .await
-            .unwrap();
+        let response = get_url(offline.url(&format!("/v2/ci/agent/{kind}/{digest}"))).await;
         assert_eq!(response.status(), 200, "{kind} {digest}");
         assert!(digest.matches(&response.bytes().await.unwrap()));
     }

@@ -6,7 +6,8 @@
 
 use crate::support::fake_registry::Fault;
 use crate::support::get_body;
-use crate::support::{FakeRegistry, TestProxy, client, pseudo_random_bytes, rehash_cache_dir};
+use crate::support::get_url;
+use crate::support::{FakeRegistry, TestProxy, pseudo_random_bytes, rehash_cache_dir};
 use std::process::Command;
 
 /// A tmpfs mounted for one test, unmounted (then its directory removed) on drop.
@@ -78,7 +79,7 @@ async fn full_disk_case(chunked: bool) {
     let proxy = TestProxy::start_urls(&[upstream.url()], cache, |_| {}).await;
     let url = proxy.url(&format!("/v2/full/disk/blobs/{big_digest}"));
     for attempt in 0..2 {
-        let response = client().get(&url).send().await.unwrap();
+        let response = get_url(&url).await;
         assert_eq!(response.status(), 200);
         assert_eq!(
             response.bytes().await.unwrap(),
@@ -103,13 +104,9 @@ async fn full_disk_case(chunked: bool) {
 
     // Space returns: caching resumes without a restart.
     std::fs::remove_file(&filler).unwrap();
-    let response = client().get(&url).send().await.unwrap();
+    let response = get_url(&url).await;
     assert_eq!(response.bytes().await.unwrap(), big);
-    let response = client()
-        .get(proxy.url(&format!("/v2/full/disk/blobs/{small_digest}")))
-        .send()
-        .await
-        .unwrap();
+    let response = get_url(proxy.url(&format!("/v2/full/disk/blobs/{small_digest}"))).await;
     assert_eq!(response.bytes().await.unwrap(), small);
     let cached = rehash_cache_dir(&cache_path);
     assert_eq!(cached.len(), 2, "{cached:?}");
@@ -145,11 +142,7 @@ async fn readyz_on_a_full_disk_leaves_no_probe_file() {
         let _ = filler.write_all(&[0u8; 1]);
     }
     let admin = proxy.server.as_ref().unwrap().admin_addr.unwrap();
-    let response = client()
-        .get(format!("http://{admin}/readyz"))
-        .send()
-        .await
-        .unwrap();
+    let response = get_url(format!("http://{admin}/readyz")).await;
     assert_eq!(response.status(), reqwest::StatusCode::SERVICE_UNAVAILABLE);
     assert!(response.text().await.unwrap().contains("not writable"));
     let leftovers: Vec<_> = std::fs::read_dir(cache_path.join("tmp"))

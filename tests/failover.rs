@@ -1,6 +1,7 @@
 //! Failover: every trigger on the primary sends the request to the secondary without the
 //! client noticing; when every upstream fails the client gets the most meaningful error.
 
+use crate::support::get_url;
 use crate::support::{FakeRegistry, Fault, TestProxy, client, pseudo_random_bytes, put_image};
 use ferry::oci::media_type::OCI_MANIFEST;
 use reqwest::StatusCode;
@@ -198,11 +199,7 @@ async fn fails_over_on_connect_timeout() {
     })
     .await;
     let started = Instant::now();
-    let response = client()
-        .get(proxy.url("/v2/ci/agent/manifests/stable"))
-        .send()
-        .await
-        .unwrap();
+    let response = get_url(proxy.url("/v2/ci/agent/manifests/stable")).await;
     assert_eq!(response.status(), StatusCode::OK);
     assert!(
         started.elapsed() < Duration::from_secs(5),
@@ -265,11 +262,7 @@ async fn not_found_failover_can_be_disabled() {
     })
     .await;
     // `failover_on_not_found` is read when the upstream pool is built, via the config.
-    let response = client()
-        .get(proxy.url("/v2/only/secondary/manifests/v1"))
-        .send()
-        .await
-        .unwrap();
+    let response = get_url(proxy.url("/v2/only/secondary/manifests/v1")).await;
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
     assert_eq!(secondary.hits("/manifests/"), 0);
 }
@@ -316,17 +309,9 @@ async fn an_upstream_failure_does_not_poison_later_requests() {
     let (manifest, layer_digest, layer) = put_image(&[&upstream], "a/b", "c", 12);
     upstream.fault("/v2/", Fault::Status(500));
     let proxy = TestProxy::start(&[&upstream]).await;
-    let response = client()
-        .get(proxy.url("/v2/a/b/manifests/c"))
-        .send()
-        .await
-        .unwrap();
+    let response = get_url(proxy.url("/v2/a/b/manifests/c")).await;
     assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
-    let response = client()
-        .get(proxy.url(&format!("/v2/a/b/blobs/{layer_digest}")))
-        .send()
-        .await
-        .unwrap();
+    let response = get_url(proxy.url(&format!("/v2/a/b/blobs/{layer_digest}"))).await;
     assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
     upstream.clear_faults();
     pull_ok(&proxy, "a/b", "c", &manifest, (&layer_digest, &layer)).await;
@@ -345,7 +330,7 @@ async fn large_blob_corrupt_after_streaming_is_cut_and_the_retry_uses_the_next_u
 
     // Bytes already flowed when the digest turned out wrong: the connection is cut,
     // the body never completes with the wrong bytes.
-    let response = client().get(&url).send().await.unwrap();
+    let response = get_url(&url).await;
     assert_eq!(response.status(), StatusCode::OK);
     let body = response.bytes().await;
     assert!(
@@ -356,7 +341,7 @@ async fn large_blob_corrupt_after_streaming_is_cut_and_the_retry_uses_the_next_u
     assert!(proxy.rehash_cache().is_empty(), "nothing may be committed");
 
     // The retry skips the bad primary for this digest and succeeds from the secondary.
-    let response = client().get(&url).send().await.unwrap();
+    let response = get_url(&url).await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.bytes().await.unwrap(), big);
     assert_eq!(
@@ -379,21 +364,13 @@ async fn manifest_by_digest_with_wrong_bytes_is_never_served() {
     secondary.put_manifest("m/x", None, OCI_MANIFEST, body.clone());
     primary.fault("/manifests/", Fault::Corrupt);
     let proxy = TestProxy::start(&[&primary, &secondary]).await;
-    let response = client()
-        .get(proxy.url(&format!("/v2/m/x/manifests/{digest}")))
-        .send()
-        .await
-        .unwrap();
+    let response = get_url(proxy.url(&format!("/v2/m/x/manifests/{digest}"))).await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.text().await.unwrap(), body);
     // Only the secondary's (good) copy is cached.
     secondary.stop();
     primary.stop();
-    let response = client()
-        .get(proxy.url(&format!("/v2/m/x/manifests/{digest}")))
-        .send()
-        .await
-        .unwrap();
+    let response = get_url(proxy.url(&format!("/v2/m/x/manifests/{digest}"))).await;
     assert_eq!(response.text().await.unwrap(), body);
 }
 
@@ -404,20 +381,13 @@ async fn the_fault_proxy_works_in_front_of_a_registry() {
     let faulty = FakeRegistry::start_proxy("127.0.0.1:0", &registry.url()).await;
     faulty.fault("/blobs/", Fault::Corrupt);
     // Directly: the proxy serves the registry's manifest and corrupts its blobs.
-    let direct = client()
-        .get(format!("{}/v2/proxied/app/manifests/v1", faulty.url()))
-        .send()
-        .await
-        .unwrap();
+    let direct = get_url(format!("{}/v2/proxied/app/manifests/v1", faulty.url())).await;
     assert!(manifest.matches(&direct.bytes().await.unwrap()));
-    let blob = client()
-        .get(format!(
-            "{}/v2/proxied/app/blobs/{layer_digest}",
-            faulty.url()
-        ))
-        .send()
-        .await
-        .unwrap();
+    let blob = get_url(format!(
+        "{}/v2/proxied/app/blobs/{layer_digest}",
+        faulty.url()
+    ))
+    .await;
     assert_ne!(blob.bytes().await.unwrap(), layer);
     // Through ferry with the faulty proxy as primary: verified bytes from the registry.
     let urls = vec![faulty.url(), registry.url()];

@@ -2,6 +2,7 @@
 //! never no resort, for a request and for a fill's resume; and a Range request on a blob
 //! still filling never completes from unverified bytes.
 
+use crate::support::get_url;
 use crate::support::{FakeRegistry, Fault, TestProxy, client, get_blob, pseudo_random_bytes};
 use ferry::upstream::breaker::BreakerConfig;
 use reqwest::StatusCode;
@@ -184,7 +185,7 @@ async fn a_range_during_a_corrupt_fill_never_gets_unverified_bytes() {
     let url = proxy.url(&format!("/v2/a/b/blobs/{digest}"));
 
     // A whole-blob reader starts the fill and receives bytes (so they are in the file).
-    let mut whole = client().get(&url).send().await.unwrap();
+    let mut whole = get_url(&url).await;
     assert_eq!(whole.status(), StatusCode::OK);
     let mut received = 0usize;
     while received < 1024 * 1024 {
@@ -257,7 +258,7 @@ async fn a_range_during_an_honest_fill_is_answered_after_the_commit() {
     );
     let proxy = TestProxy::start(&[&primary]).await;
     let url = proxy.url(&format!("/v2/a/b/blobs/{digest}"));
-    let mut whole = client().get(&url).send().await.unwrap();
+    let mut whole = get_url(&url).await;
     let mut received = 0usize;
     while received < 1024 * 1024 {
         received += whole.chunk().await.unwrap().expect("bytes flow").len();

@@ -3,6 +3,7 @@
 //! when the owner fails, and a host tier in front of AZ ferries fetches each blob once.
 
 use crate::support::get_body;
+use crate::support::get_url;
 use crate::support::{FakeRegistry, TestProxy, client, pseudo_random_bytes, put_image};
 use ferry::oci::Digest;
 use ferry::upstream::route::rendezvous_weight;
@@ -75,11 +76,7 @@ async fn each_blob_goes_to_its_owner_and_the_next_member_takes_over() {
         .iter()
         .filter(|(d, _)| owner_of(&urls, &d.to_string()) == 0)
     {
-        let response = client()
-            .get(proxy.url(&format!("/v2/g/r/blobs/{digest}")))
-            .send()
-            .await
-            .unwrap();
+        let response = get_url(proxy.url(&format!("/v2/g/r/blobs/{digest}"))).await;
         assert_eq!(response.status(), StatusCode::OK);
         assert_eq!(&response.bytes().await.unwrap()[..], &bytes[..]);
         let path = format!("/blobs/{digest}");

@@ -3,7 +3,8 @@
 //! connections, and connections beyond the caps are refused.
 
 use crate::support::get_body;
-use crate::support::{FakeRegistry, Fault, TestProxy, client, pseudo_random_bytes, put_image};
+use crate::support::get_url;
+use crate::support::{FakeRegistry, Fault, TestProxy, pseudo_random_bytes, put_image};
 use ferry::upstream::auth::MAX_TOKEN_BODY_BYTES;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -18,11 +19,7 @@ async fn an_endless_token_body_is_not_read_past_the_cap() {
     upstream.require_token("tok", None);
     upstream.fault("/token", Fault::EndlessBody);
     let proxy = TestProxy::start(&[&upstream]).await;
-    let response = client()
-        .get(proxy.url("/v2/private/app/manifests/v1"))
-        .send()
-        .await
-        .unwrap();
+    let response = get_url(proxy.url("/v2/private/app/manifests/v1")).await;
     assert!(response.status().is_server_error(), "{}", response.status());
     let body = response.text().await.unwrap();
     assert!(body.contains("token body longer than"), "{body}");
@@ -133,7 +130,7 @@ async fn connections_beyond_the_cap_are_refused_and_places_are_freed() {
     );
     drop(held.pop());
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let response = client().get(proxy.url("/v2/")).send().await.unwrap();
+    let response = get_url(proxy.url("/v2/")).await;
     assert_eq!(response.status(), reqwest::StatusCode::OK);
 }
 
@@ -150,11 +147,7 @@ async fn a_client_that_never_reads_is_closed_after_the_idle_timeout() {
     })
     .await;
     // Cache it first, so the stalled download is a plain hit.
-    let warm = client()
-        .get(proxy.url(&format!("/v2/a/b/blobs/{digest}")))
-        .send()
-        .await
-        .unwrap();
+    let warm = get_url(proxy.url(&format!("/v2/a/b/blobs/{digest}"))).await;
     assert_eq!(warm.bytes().await.unwrap().len(), 32 * 1024 * 1024);
     tokio::time::sleep(Duration::from_millis(100)).await;
     let mut stalled = TcpStream::connect(proxy_addr(&proxy)).await.unwrap();
@@ -172,7 +165,7 @@ async fn a_client_that_never_reads_is_closed_after_the_idle_timeout() {
     );
     // After the idle timeout the stalled connection is gone and the place is free again.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let response = client().get(proxy.url("/v2/")).send().await.unwrap();
+    let response = get_url(proxy.url("/v2/")).await;
     assert_eq!(response.status(), reqwest::StatusCode::OK);
     drop(stalled);
 }
@@ -199,7 +192,7 @@ async fn a_pause_on_the_upstream_side_does_not_count_as_client_idleness() {
     .await;
     let download = tokio::spawn({
         let url = proxy.url(&format!("/v2/a/b/blobs/{digest}"));
-        async move { client().get(url).send().await.unwrap().bytes().await }
+        async move { get_url(url).await.bytes().await }
     });
     tokio::time::sleep(Duration::from_millis(1500)).await;
     release.notify_one();
@@ -284,11 +277,7 @@ async fn credentials_are_never_sent_to_a_realm_on_another_host() {
         c.upstreams[0].credentials = Some(ferry::config::Credentials::fixed("ci", "s3cret"));
     })
     .await;
-    let response = client()
-        .get(proxy.url("/v2/private/app/manifests/v1"))
-        .send()
-        .await
-        .unwrap();
+    let response = get_url(proxy.url("/v2/private/app/manifests/v1")).await;
     assert!(response.status().is_server_error());
     let body = response.text().await.unwrap();
     assert!(body.contains("credentials are not sent"), "{body}");
@@ -315,11 +304,7 @@ async fn over_long_names_are_refused_before_reaching_an_upstream() {
         "valid on its own; too long with a registry host"
     );
     for _ in 0..10 {
-        let response = client()
-            .get(proxy.url(&format!("/v2/{name}/manifests/latest")))
-            .send()
-            .await
-            .unwrap();
+        let response = get_url(proxy.url(&format!("/v2/{name}/manifests/latest"))).await;
         assert_eq!(response.status(), reqwest::StatusCode::BAD_REQUEST);
         assert!(response.text().await.unwrap().contains("NAME_INVALID"));
     }
@@ -338,11 +323,7 @@ async fn a_small_wrong_blob_is_a_clear_502_before_any_header() {
     let digest = upstream.put_blob(crate::support::pseudo_random_bytes(100_000, 44));
     upstream.fault("/blobs/", Fault::FlipByte { at: 10 });
     let proxy = TestProxy::start(&[&upstream]).await;
-    let response = client()
-        .get(proxy.url(&format!("/v2/a/b/blobs/{digest}")))
-        .send()
-        .await
-        .unwrap();
+    let response = get_url(proxy.url(&format!("/v2/a/b/blobs/{digest}"))).await;
     assert_eq!(response.status(), reqwest::StatusCode::BAD_GATEWAY);
     let body = response.text().await.unwrap();
     assert!(body.contains("digest_mismatch"), "{body}");
@@ -361,7 +342,7 @@ async fn an_announced_length_is_a_claim_not_a_reason_to_evict() {
     let proxy = TestProxy::start_with(&[&upstream], |c| c.cache_size = Some(300_000)).await;
     let fetch = |digest: &ferry::oci::Digest| {
         let url = proxy.url(&format!("/v2/claim/test/blobs/{digest}"));
-        async move { client().get(url).send().await.unwrap().bytes().await }
+        async move { get_url(url).await.bytes().await }
     };
     assert!(fetch(&kept_digest).await.unwrap()[..] == kept[..]);
     let kept_hits = upstream.hits(&format!("/blobs/{kept_digest}"));
@@ -428,11 +409,8 @@ async fn direct_registries_never_connect_to_internal_addresses() {
             "manifests/v1",
             "blobs/sha256:0000000000000000000000000000000000000000000000000000000000000000",
         ] {
-            let response = client()
-                .get(proxy.url(&format!("/v2/internal/app/{path}?ns={registry}")))
-                .send()
-                .await
-                .unwrap();
+            let response =
+                get_url(proxy.url(&format!("/v2/internal/app/{path}?ns={registry}"))).await;
             assert_eq!(response.status(), 503, "{registry} {path}");
             let body = response.text().await.unwrap();
             assert!(
@@ -452,11 +430,8 @@ async fn direct_registries_never_connect_to_internal_addresses() {
         c.direct = Some(crate::support::direct_to(&[&by_address], None, true))
     })
     .await;
-    let response = client()
-        .get(permissive.url(&format!("/v2/internal/app/manifests/v1?ns={by_address}")))
-        .send()
-        .await
-        .unwrap();
+    let response =
+        get_url(permissive.url(&format!("/v2/internal/app/manifests/v1?ns={by_address}"))).await;
     assert!(response.status().is_server_error());
     assert!(accepted.load(std::sync::atomic::Ordering::SeqCst) > 0);
 }
@@ -471,19 +446,11 @@ async fn errors_for_one_repository_do_not_open_a_serving_upstreams_breaker() {
     put_image(&[&primary], "good/app", "v1", 46);
     primary.fault("/v2/bad/", Fault::Status(500));
     let proxy = TestProxy::start(&[&primary, &secondary]).await;
-    let good = client()
-        .get(proxy.url("/v2/good/app/manifests/v1"))
-        .send()
-        .await
-        .unwrap();
+    let good = get_url(proxy.url("/v2/good/app/manifests/v1")).await;
     assert_eq!(good.status(), 200);
     // Twice the breaker's threshold of requests the primary fails, in a burst.
     for i in 0..10 {
-        let response = client()
-            .get(proxy.url(&format!("/v2/bad/app/manifests/t{i}")))
-            .send()
-            .await
-            .unwrap();
+        let response = get_url(proxy.url(&format!("/v2/bad/app/manifests/t{i}"))).await;
         assert!(!response.status().is_success());
     }
     let status = proxy.admin_status().await;
@@ -554,24 +521,18 @@ async fn metrics_forget_closed_direct_registries() {
     })
     .await;
     for registry in &registries {
-        let response = client()
-            .get(proxy.url(&format!("/v2/some/app/manifests/v1?ns={registry}")))
-            .send()
-            .await
-            .unwrap();
+        let response =
+            get_url(proxy.url(&format!("/v2/some/app/manifests/v1?ns={registry}"))).await;
         assert!(response.status().is_server_error(), "{registry}");
     }
-    let metrics = client()
-        .get(format!(
-            "http://{}/metrics",
-            proxy.server.as_ref().unwrap().admin_addr.unwrap()
-        ))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_url(format!(
+        "http://{}/metrics",
+        proxy.server.as_ref().unwrap().admin_addr.unwrap()
+    ))
+    .await
+    .text()
+    .await
+    .unwrap();
     let named: std::collections::BTreeSet<&str> = registries
         .iter()
         .map(String::as_str)

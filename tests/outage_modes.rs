@@ -4,6 +4,7 @@
 //! in-flight downloads finish.
 
 use crate::support::get_body;
+use crate::support::get_url;
 use crate::support::{FakeRegistry, Fault, TestProxy, client, pseudo_random_bytes, put_image};
 use ferry::upstream::breaker::BreakerConfig;
 use reqwest::{Method, StatusCode};
@@ -42,11 +43,7 @@ async fn an_open_breaker_skips_a_dead_primary_until_its_probe_succeeds() {
     })
     .await;
     for i in 0..3 {
-        let response = client()
-            .get(proxy.url(&format!("/v2/b/r/manifests/t{i}")))
-            .send()
-            .await
-            .unwrap();
+        let response = get_url(proxy.url(&format!("/v2/b/r/manifests/t{i}"))).await;
         assert_eq!(response.status(), StatusCode::OK);
     }
     let status = admin_status(&proxy).await;
@@ -62,11 +59,7 @@ async fn an_open_breaker_skips_a_dead_primary_until_its_probe_succeeds() {
     let hits_before = primary.hits("/manifests/");
     let started = Instant::now();
     for i in 3..6 {
-        let response = client()
-            .get(proxy.url(&format!("/v2/b/r/manifests/t{i}")))
-            .send()
-            .await
-            .unwrap();
+        let response = get_url(proxy.url(&format!("/v2/b/r/manifests/t{i}"))).await;
         assert_eq!(response.status(), StatusCode::OK);
     }
     assert!(
@@ -78,11 +71,7 @@ async fn an_open_breaker_skips_a_dead_primary_until_its_probe_succeeds() {
     // After the cooldown one probe goes to the primary; it is healthy again, so it closes.
     primary.clear_faults();
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let response = client()
-        .get(proxy.url("/v2/b/r/manifests/t6"))
-        .send()
-        .await
-        .unwrap();
+    let response = get_url(proxy.url("/v2/b/r/manifests/t6")).await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(primary.hits("/manifests/t6"), 1);
     assert_eq!(
@@ -97,22 +86,14 @@ async fn when_every_breaker_is_open_ferry_still_tries_in_order() {
     put_image(&[&only], "o/r", "v1", 70);
     only.fault("/v2/", Fault::Status(503));
     let proxy = TestProxy::start_with(&[&only], |c| c.pool.breaker.threshold = 1).await;
-    let response = client()
-        .get(proxy.url("/v2/o/r/manifests/v1"))
-        .send()
-        .await
-        .unwrap();
+    let response = get_url(proxy.url("/v2/o/r/manifests/v1")).await;
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(
         admin_status(&proxy).await["upstreams"][0]["breaker"]["state"],
         "open"
     );
     only.clear_faults();
-    let response = client()
-        .get(proxy.url("/v2/o/r/manifests/v1"))
-        .send()
-        .await
-        .unwrap();
+    let response = get_url(proxy.url("/v2/o/r/manifests/v1")).await;
     assert_eq!(
         response.status(),
         StatusCode::OK,
@@ -133,11 +114,7 @@ async fn drain_and_undrain_through_the_admin_api() {
         StatusCode::OK
     );
     assert_eq!(admin_status(&proxy).await["upstreams"][0]["drained"], true);
-    let response = client()
-        .get(proxy.url("/v2/d/r/manifests/a"))
-        .send()
-        .await
-        .unwrap();
+    let response = get_url(proxy.url("/v2/d/r/manifests/a")).await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(
         primary.hits("/manifests/"),
@@ -148,22 +125,14 @@ async fn drain_and_undrain_through_the_admin_api() {
         admin_post(&proxy, &format!("/admin/upstreams/{name}/undrain")).await,
         StatusCode::OK
     );
-    client()
-        .get(proxy.url("/v2/d/r/manifests/b"))
-        .send()
-        .await
-        .unwrap();
+    get_url(proxy.url("/v2/d/r/manifests/b")).await;
     assert_eq!(primary.hits("/manifests/b"), 1);
     assert_eq!(
         admin_post(&proxy, "/admin/upstreams/nope/drain").await,
         StatusCode::NOT_FOUND
     );
     let admin = proxy.server.as_ref().unwrap().admin_addr.unwrap();
-    let get_drain = client()
-        .get(format!("http://{admin}/admin/upstreams/{name}/drain"))
-        .send()
-        .await
-        .unwrap();
+    let get_drain = get_url(format!("http://{admin}/admin/upstreams/{name}/drain")).await;
     assert_eq!(get_drain.status(), StatusCode::METHOD_NOT_ALLOWED);
 }
 
@@ -179,17 +148,9 @@ async fn hedging_starts_the_next_upstream_alongside_a_slow_one() {
     })
     .await;
     let started = Instant::now();
-    let response = client()
-        .get(proxy.url("/v2/h/r/manifests/v1"))
-        .send()
-        .await
-        .unwrap();
+    let response = get_url(proxy.url("/v2/h/r/manifests/v1")).await;
     assert_eq!(response.status(), StatusCode::OK);
-    let blob = client()
-        .get(proxy.url(&format!("/v2/h/r/blobs/{layer_digest}")))
-        .send()
-        .await
-        .unwrap();
+    let blob = get_url(proxy.url(&format!("/v2/h/r/blobs/{layer_digest}"))).await;
     assert_eq!(blob.bytes().await.unwrap(), layer);
     assert!(
         started.elapsed() < Duration::from_secs(2),
@@ -229,11 +190,7 @@ async fn attempts_are_bounded_when_every_upstream_keeps_breaking() {
         },
     );
     let proxy = TestProxy::start_with(&[&a, &b], |c| c.pool.retry_budget = 2).await;
-    let response = client()
-        .get(proxy.url(&format!("/v2/x/y/blobs/{digest}")))
-        .send()
-        .await
-        .unwrap();
+    let response = get_url(proxy.url(&format!("/v2/x/y/blobs/{digest}"))).await;
     assert!(
         response.bytes().await.is_err(),
         "every source breaks: the client is cut"
@@ -330,11 +287,7 @@ async fn the_background_probe_opens_a_breaker_without_client_traffic() {
         "closed"
     );
     assert!(primary.hits_with(Method::GET, "/v2/") >= 3);
-    let response = client()
-        .get(proxy.url("/v2/p/r/manifests/v1"))
-        .send()
-        .await
-        .unwrap();
+    let response = get_url(proxy.url("/v2/p/r/manifests/v1")).await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(
         primary.hits("/manifests/"),
@@ -358,11 +311,7 @@ async fn offline_serves_the_cache_and_never_contacts_upstreams() {
         c.tag_ttl = Duration::ZERO;
     })
     .await;
-    let response = client()
-        .get(offline.url("/v2/off/line/manifests/v1"))
-        .send()
-        .await
-        .unwrap();
+    let response = get_url(offline.url("/v2/off/line/manifests/v1")).await;
     assert_eq!(
         response.status(),
         StatusCode::OK,
@@ -372,17 +321,9 @@ async fn offline_serves_the_cache_and_never_contacts_upstreams() {
         response.headers()["docker-content-digest"],
         manifest.to_string().as_str()
     );
-    let blob = client()
-        .get(offline.url(&format!("/v2/off/line/blobs/{layer_digest}")))
-        .send()
-        .await
-        .unwrap();
+    let blob = get_url(offline.url(&format!("/v2/off/line/blobs/{layer_digest}"))).await;
     assert_eq!(blob.bytes().await.unwrap(), layer);
-    let missing = client()
-        .get(offline.url("/v2/off/line/manifests/v2"))
-        .send()
-        .await
-        .unwrap();
+    let missing = get_url(offline.url("/v2/off/line/manifests/v2")).await;
     assert_eq!(missing.status(), StatusCode::NOT_FOUND);
     let body = missing.text().await.unwrap();
     assert!(
@@ -406,33 +347,18 @@ async fn max_stale_bounds_how_old_a_stale_tag_may_be() {
     })
     .await;
     assert_eq!(
-        client()
-            .get(proxy.url("/v2/m/s/manifests/v1"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        get_url(proxy.url("/v2/m/s/manifests/v1")).await.status(),
         StatusCode::OK
     );
     upstream.fault("/v2/", Fault::Status(503));
     assert_eq!(
-        client()
-            .get(proxy.url("/v2/m/s/manifests/v1"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        get_url(proxy.url("/v2/m/s/manifests/v1")).await.status(),
         StatusCode::OK,
         "young enough: served stale"
     );
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(
-        client()
-            .get(proxy.url("/v2/m/s/manifests/v1"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        get_url(proxy.url("/v2/m/s/manifests/v1")).await.status(),
         StatusCode::SERVICE_UNAVAILABLE,
         "older than max_stale: not served"
     );
@@ -486,8 +412,7 @@ async fn shutdown_lets_in_flight_downloads_finish() {
     );
     let mut proxy = TestProxy::start(&[&upstream]).await;
     let url = proxy.url(&format!("/v2/g/r/blobs/{digest}"));
-    let download =
-        tokio::spawn(async move { client().get(url).send().await.unwrap().bytes().await });
+    let download = tokio::spawn(async move { get_url(url).await.bytes().await });
     tokio::time::sleep(Duration::from_millis(200)).await;
     let addr = proxy.server.as_ref().unwrap().addr;
     proxy.server.take().unwrap().shutdown().await;
@@ -515,11 +440,8 @@ async fn metrics_show_failovers_per_upstream_counts_and_cache_hits() {
         assert_eq!(body, layer);
     }
     let admin = proxy.server.as_ref().unwrap().admin_addr.unwrap();
-    let text = client()
-        .get(format!("http://{admin}/metrics"))
-        .send()
+    let text = get_url(format!("http://{admin}/metrics"))
         .await
-        .unwrap()
         .text()
         .await
         .unwrap();

@@ -2,7 +2,8 @@
 //! failover past an upstream without the API, the `artifactType` filter, a short-lived cache
 //! that is served when every upstream is down, offline, and two tiers.
 
-use crate::support::{FakeRegistry, Fault, TestProxy, client};
+use crate::support::get_url;
+use crate::support::{FakeRegistry, Fault, TestProxy};
 use std::time::Duration;
 
 const SUBJECT: &str = "sha256:5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e";
@@ -17,11 +18,7 @@ fn with_referrers(registry: &FakeRegistry) {
 }
 
 async fn referrers(proxy: &TestProxy, query: &str) -> (u16, Option<String>, serde_json::Value) {
-    let response = client()
-        .get(proxy.url(&format!("/v2/app/web/referrers/{SUBJECT}{query}")))
-        .send()
-        .await
-        .unwrap();
+    let response = get_url(proxy.url(&format!("/v2/app/web/referrers/{SUBJECT}{query}"))).await;
     let status = response.status().as_u16();
     if status == 200 {
         assert_eq!(

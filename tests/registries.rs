@@ -3,6 +3,7 @@
 //! (host ferry → AZ ferry → registry) pull that fetches each blob from the registry once.
 
 use crate::support::get_body;
+use crate::support::get_url;
 use crate::support::{
     FakeRegistry, TestProxy, client, direct_to, image_manifest, pseudo_random_bytes, put_image,
 };
@@ -82,16 +83,8 @@ async fn ns_and_path_prefix_route_to_each_registry_and_caches_never_mix() {
     let cache = proxy.stop().await;
     let proxy =
         TestProxy::start_urls(&urls, cache, |c| c.tag_ttl = std::time::Duration::ZERO).await;
-    let hub_tag = client()
-        .get(proxy.url("/v2/org/app/manifests/v1?ns=docker.io"))
-        .send()
-        .await
-        .unwrap();
-    let ghcr_tag = client()
-        .get(proxy.url("/v2/org/app/manifests/v1?ns=ghcr.io"))
-        .send()
-        .await
-        .unwrap();
+    let hub_tag = get_url(proxy.url("/v2/org/app/manifests/v1?ns=docker.io")).await;
+    let ghcr_tag = get_url(proxy.url("/v2/org/app/manifests/v1?ns=ghcr.io")).await;
     assert_eq!(digest_header(&hub_tag), hub_manifest.to_string());
     assert_eq!(digest_header(&ghcr_tag), ghcr_manifest.to_string());
 }
@@ -103,22 +96,14 @@ async fn an_unknown_registry_gets_a_clear_error() {
     let (manifest, _, _) = put_image(&[&hub], "org/app", "v1", 2002);
     // A single-registry ferry serves whatever ns the client names (its hosts.toml host).
     let single = TestProxy::start(&[&hub]).await;
-    let response = client()
-        .get(single.url("/v2/org/app/manifests/v1?ns=registry.internal:5000"))
-        .send()
-        .await
-        .unwrap();
+    let response = get_url(single.url("/v2/org/app/manifests/v1?ns=registry.internal:5000")).await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(digest_header(&response), manifest.to_string());
     // With several registries, an unknown one is refused.
     let urls = vec![hub.url(), format!("ghcr.io={}", ghcr.url())];
     let proxy = TestProxy::start_urls(&urls, tempfile::tempdir().unwrap(), |_| {}).await;
     let hub_requests = hub.requests().len();
-    let response = client()
-        .get(proxy.url("/v2/org/app/manifests/v1?ns=quay.io"))
-        .send()
-        .await
-        .unwrap();
+    let response = get_url(proxy.url("/v2/org/app/manifests/v1?ns=quay.io")).await;
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
     let body = response.text().await.unwrap();
     assert!(
@@ -177,18 +162,11 @@ async fn a_two_tier_pull_fetches_each_blob_from_the_registry_once() {
     )
     .await;
     for host in [&host_a, &host_b] {
-        let index = client()
-            .get(host.url("/v2/org/tool/manifests/v2?ns=ghcr.io"))
-            .send()
-            .await
-            .unwrap();
+        let index = get_url(host.url("/v2/org/tool/manifests/v2?ns=ghcr.io")).await;
         assert_eq!(index.status(), StatusCode::OK);
         for (manifest, config, layer) in &blobs {
-            let response = client()
-                .get(host.url(&format!("/v2/org/tool/manifests/{manifest}?ns=ghcr.io")))
-                .send()
-                .await
-                .unwrap();
+            let response =
+                get_url(host.url(&format!("/v2/org/tool/manifests/{manifest}?ns=ghcr.io"))).await;
             assert!(manifest.matches(&response.bytes().await.unwrap()));
             for blob in [config, layer] {
                 let body =
@@ -230,7 +208,7 @@ async fn client_authentication_for_a_shared_cache() {
     .await;
     let url = proxy.url("/v2/shared/app/manifests/v1");
 
-    let refused = client().get(proxy.url("/v2/")).send().await.unwrap();
+    let refused = get_url(proxy.url("/v2/")).await;
     assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(
         refused.headers()["www-authenticate"],
@@ -371,22 +349,14 @@ async fn direct_registry_over_tls_with_a_private_ca() {
     })
     .await;
 
-    let response = client()
-        .get(proxy.url(&format!("/v2/direct/app/manifests/v1?ns={registry}")))
-        .send()
-        .await
-        .unwrap();
+    let response = get_url(proxy.url(&format!("/v2/direct/app/manifests/v1?ns={registry}"))).await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(digest_header(&response), manifest.to_string());
     let body = get_body(proxy.url(&format!("/v2/direct/app/blobs/{layer}?ns={registry}"))).await;
     assert_eq!(body.as_ref(), layer_bytes.as_slice());
     // The configured default registry is unaffected, and other registries are still refused.
     assert_eq!(hub.hits("/v2/direct/app/manifests/v1"), 0);
-    let refused = client()
-        .get(proxy.url("/v2/direct/app/manifests/v1?ns=other.example"))
-        .send()
-        .await
-        .unwrap();
+    let refused = get_url(proxy.url("/v2/direct/app/manifests/v1?ns=other.example")).await;
     assert_eq!(refused.status(), StatusCode::NOT_FOUND);
     let body: serde_json::Value = refused.json().await.unwrap();
     assert_eq!(body["errors"][0]["code"], "NAME_UNKNOWN");
@@ -426,11 +396,7 @@ async fn direct_registry_without_its_ca_is_an_upstream_failure_not_a_client_erro
     })
     .await;
 
-    let response = client()
-        .get(proxy.url(&format!("/v2/direct/app/manifests/v1?ns={registry}")))
-        .send()
-        .await
-        .unwrap();
+    let response = get_url(proxy.url(&format!("/v2/direct/app/manifests/v1?ns={registry}"))).await;
     assert_eq!(
         response.status(),
         StatusCode::SERVICE_UNAVAILABLE,
@@ -452,11 +418,7 @@ async fn direct_registry_without_its_ca_is_an_upstream_failure_not_a_client_erro
         "localhost:5000",
         "2130706433",
     ] {
-        let response = client()
-            .get(proxy.url(&format!("/v2/direct/app/manifests/v1?ns={ns}")))
-            .send()
-            .await
-            .unwrap();
+        let response = get_url(proxy.url(&format!("/v2/direct/app/manifests/v1?ns={ns}"))).await;
         assert_eq!(response.status(), StatusCode::NOT_FOUND, "{ns}");
     }
 }

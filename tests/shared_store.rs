@@ -3,6 +3,7 @@
 //! detected and refetched; a dead store never fails a pull; a 3-node cluster loses a node.
 
 use crate::support::garage::{CuttingRelay, Garage};
+use crate::support::get_url;
 use crate::support::{FakeRegistry, TestProxy, client, pseudo_random_bytes, put_image};
 use ferry::oci::Digest;
 use ferry::shared::SharedStoreConfig;
@@ -169,11 +170,8 @@ async fn a_corrupt_object_in_the_store_is_detected_and_the_upstream_supplies_the
     let status = second.admin_status().await;
     assert_eq!(status["shared_store"]["corrupt_objects"], 2, "{status}");
     let admin = second.server.as_ref().unwrap().admin_addr.unwrap();
-    let metrics = client()
-        .get(format!("http://{admin}/metrics"))
-        .send()
+    let metrics = get_url(format!("http://{admin}/metrics"))
         .await
-        .unwrap()
         .text()
         .await
         .unwrap();
@@ -218,14 +216,11 @@ async fn a_dead_store_never_fails_a_pull() {
         status["shared_store"]["errors"].as_u64().unwrap() >= 1,
         "{status}"
     );
-    let ready = client()
-        .get(format!(
-            "http://{}/readyz",
-            proxy.server.as_ref().unwrap().admin_addr.unwrap()
-        ))
-        .send()
-        .await
-        .unwrap();
+    let ready = get_url(format!(
+        "http://{}/readyz",
+        proxy.server.as_ref().unwrap().admin_addr.unwrap()
+    ))
+    .await;
     assert_eq!(
         ready.status(),
         200,

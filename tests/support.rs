@@ -127,6 +127,11 @@ pub async fn get_blob(
     request.send().await.unwrap()
 }
 
+/// GETs `url` (the test fails on a transport error; any status is returned).
+pub async fn get_url(url: impl reqwest::IntoUrl) -> reqwest::Response {
+    client().get(url).send().await.unwrap()
+}
+
 /// GETs `url` and returns the whole body (the test fails on any transport error).
 pub async fn get_body(url: impl reqwest::IntoUrl) -> bytes::Bytes {
     client()
