@@ -102,6 +102,19 @@ pub struct ContentFile {
     pub(crate) is_manifest: bool,
 }
 
+/// Where a small JSON record keyed by `parts` lives under `dir`: a SHA-256 of the parts
+/// names it (`<dir>/<2 hex>/<hash>.json`), so any key maps to a fixed-shape path inside the
+/// cache. Tag records and referrers lists both use it.
+pub fn record_path(dir: &Path, parts: &[&[u8]]) -> PathBuf {
+    use sha2::Digest as _;
+    let mut hasher = sha2::Sha256::new();
+    for part in parts {
+        hasher.update(part);
+    }
+    let stem = hex::encode(hasher.finalize());
+    dir.join(&stem[..2]).join(format!("{stem}.json"))
+}
+
 /// `None` for something removed meanwhile; other errors stay errors.
 fn skip_vanished<T>(result: io::Result<T>) -> io::Result<Option<T>> {
     match result {

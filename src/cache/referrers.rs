@@ -5,7 +5,6 @@
 use super::layout::Layout;
 use super::writer::write_file_atomically;
 use serde::{Deserialize, Serialize};
-use sha2::Digest as _;
 use std::collections::HashMap;
 use std::io;
 use std::path::PathBuf;
@@ -22,24 +21,6 @@ pub struct ReferrersKey {
     pub(crate) subject: String,
     /// The `artifactType` filter the client asked for, if any.
     pub(crate) artifact_type: Option<String>,
-}
-
-impl ReferrersKey {
-    fn file_stem(&self) -> String {
-        let mut hasher = sha2::Sha256::new();
-        for part in [&self.registry, &self.repository, &self.subject] {
-            hasher.update(part.as_bytes());
-            hasher.update([0]);
-        }
-        match &self.artifact_type {
-            Some(filter) => {
-                hasher.update([1]);
-                hasher.update(filter.as_bytes());
-            }
-            None => hasher.update([2]),
-        }
-        hex::encode(hasher.finalize())
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,8 +56,15 @@ impl ReferrersStore {
     }
 
     fn path(&self, key: &ReferrersKey) -> PathBuf {
-        let stem = key.file_stem();
-        self.dir.join(&stem[..2]).join(format!("{stem}.json"))
+        let mut parts: Vec<&[u8]> = Vec::new();
+        for part in [&key.registry, &key.repository, &key.subject] {
+            parts.extend([part.as_bytes(), &[0u8]]);
+        }
+        match &key.artifact_type {
+            Some(filter) => parts.extend([&[1u8][..], filter.as_bytes()]),
+            None => parts.push(&[2u8]),
+        }
+        super::layout::record_path(&self.dir, &parts)
     }
 
     fn memory(&self) -> std::sync::MutexGuard<'_, HashMap<ReferrersKey, ReferrersRecord>> {

@@ -4,7 +4,6 @@
 use super::layout::Layout;
 use super::writer::write_file_atomically;
 use serde::{Deserialize, Serialize};
-use sha2::Digest as _;
 use std::collections::HashMap;
 use std::io;
 use std::path::PathBuf;
@@ -16,18 +15,6 @@ pub struct TagKey {
     pub registry: String,
     pub repository: String,
     pub tag: String,
-}
-
-impl TagKey {
-    /// File name stem: a hash of the key, so any tag maps to a fixed-shape path in the cache.
-    fn file_stem(&self) -> String {
-        let mut hasher = sha2::Sha256::new();
-        for part in [&self.registry, &self.repository, &self.tag] {
-            hasher.update(part.as_bytes());
-            hasher.update([0]);
-        }
-        hex::encode(hasher.finalize())
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -91,8 +78,9 @@ impl TagStore {
     }
 
     fn path(&self, key: &TagKey) -> PathBuf {
-        let stem = key.file_stem();
-        self.dir.join(&stem[..2]).join(format!("{stem}.json"))
+        let parts = [&key.registry, &key.repository, &key.tag];
+        let separated: Vec<&[u8]> = parts.iter().flat_map(|p| [p.as_bytes(), &[0u8]]).collect();
+        super::layout::record_path(&self.dir, &separated)
     }
 
     fn memory(&self) -> std::sync::MutexGuard<'_, HashMap<TagKey, TagRecord>> {
@@ -163,6 +151,24 @@ impl TagStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tag_records_path_is_stable_across_versions() {
+        // Caches written by earlier versions must still be found: the golden hash is
+        // sha256("docker.io\0library/alpine\03\0").
+        let store = TagStore::new(PathBuf::from("/c/tags"));
+        let key = TagKey {
+            registry: "docker.io".into(),
+            repository: "library/alpine".into(),
+            tag: "3".into(),
+        };
+        assert_eq!(
+            store.path_of(&key),
+            PathBuf::from(
+                "/c/tags/d2/d25525440751c7abdc4307980de47f02c13bbae613cb8dafb69190acbaad1cb6.json"
+            )
+        );
+    }
 
     #[tokio::test]
     async fn records_survive_a_new_store() {
