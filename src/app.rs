@@ -2,6 +2,10 @@
 //! clients, binds the registry and admin listeners, starts the optional health probe, and
 //! returns a handle with the bound addresses and a shutdown.
 
+pub mod config_files;
+
+pub use config_files::load_config;
+
 use crate::cache::Cache;
 use crate::config::Config;
 use crate::pull::{PullSettings, PullThrough};

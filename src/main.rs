@@ -283,7 +283,7 @@ fn load_config(args: &ServeArgs) -> Result<Config, ExitCode> {
         cache_size: args.cache_size.clone(),
         direct_registries: args.direct_registries.clone(),
     };
-    Config::load(args.config.as_deref(), &overrides).map_err(|errors| {
+    ferry::app::load_config(args.config.as_deref(), &overrides).map_err(|errors| {
         eprint!("ferry: {errors}");
         ExitCode::from(2)
     })

@@ -216,7 +216,7 @@ proptest! {
             }],
             ..Default::default()
         };
-        let _ = ferry::config::Config::from_file(file, &ferry::config::Overrides::default());
+        let _ = ferry::config::Config::parse(&file, &ferry::config::Overrides::default());
     }
 
     #[test]

@@ -44,7 +44,9 @@ impl TestProxy {
             admin_listen: Some("127.0.0.1:0".into()),
             ..Default::default()
         };
-        let mut config = Config::from_file(Default::default(), &overrides).unwrap();
+        let mut config = Config::parse(&Default::default(), &overrides)
+            .without_files()
+            .unwrap();
         for upstream in &mut config.upstreams {
             upstream.connect_timeout = Duration::from_secs(2);
             upstream.header_timeout = Duration::from_secs(2);
