@@ -21,9 +21,10 @@
 //! 6. [`server`]: accepts connections within limits, routes and validates paths
 //!    ([`server::route`]), one handler per endpoint ([`server::handler`]); the only
 //!    error-to-HTTP mapping is [`server::response`]. Then [`admin`], the admin API.
-//! 7. [`config`] (validated settings, built from the file, flags and environment) and
-//!    [`maintenance`] (the cache tools), then [`warm`], then [`app`], which wires a
-//!    configuration into a running server.
+//! 7. [`config`] (validated settings from the parsed file and flags; it reads no files and
+//!    lists the ones the settings name) and [`maintenance`] (the cache tools), then
+//!    [`warm`], then [`app`], which reads the config file and the files it names
+//!    ([`app::config_files`]) and wires the configuration into a running server.
 
 pub mod admin;
 pub mod app;
