@@ -85,6 +85,46 @@ async fn an_upstream_without_the_api_is_passed_over_not_blamed() {
     );
 }
 
+/// An upstream that pages its list (`Link: <...>; rel="next"`): ferry follows the pages and
+/// serves one index with every referrer, filtered or not, and keeps it as one list.
+#[tokio::test]
+async fn a_paged_list_is_followed_to_the_end_and_served_whole() {
+    let upstream = FakeRegistry::start().await;
+    let referrers_made: Vec<String> = (1..=5).map(|i| format!("sha256:{i:064x}")).collect();
+    for (i, digest) in referrers_made.iter().enumerate() {
+        let kind = if i % 2 == 0 { SIG_TYPE } else { SBOM_TYPE };
+        upstream.put_referrer("app/web", SUBJECT, digest, kind);
+    }
+    upstream.paginate_referrers(2);
+    let proxy = TestProxy::start(&[&upstream]).await;
+    let (status, _, index) = referrers(&proxy, "").await;
+    assert_eq!(status, 200, "{index}");
+    assert_eq!(digests(&index), referrers_made);
+    assert_eq!(upstream.hits("/referrers/"), 3, "three pages of two");
+
+    let (status, filters, index) = referrers(
+        &proxy,
+        &format!("?artifactType={}", SIG_TYPE.replace('+', "%2B")),
+    )
+    .await;
+    assert_eq!(status, 200, "{index}");
+    assert_eq!(filters.as_deref(), Some("artifactType"));
+    assert_eq!(
+        digests(&index),
+        [
+            referrers_made[0].clone(),
+            referrers_made[2].clone(),
+            referrers_made[4].clone()
+        ],
+        "the filter is kept on every page"
+    );
+
+    // Kept as one list: asked again within the TTL, no page is fetched again.
+    let before = upstream.hits("/referrers/");
+    assert_eq!(digests(&referrers(&proxy, "").await.2).len(), 5);
+    assert_eq!(upstream.hits("/referrers/"), before);
+}
+
 /// No upstream has the API: a 404 with an OCI error body, so clients fall back to the
 /// `sha256-<hex>` tag schema.
 #[tokio::test]

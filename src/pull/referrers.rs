@@ -56,33 +56,140 @@ pub fn artifact_type_filter(query: Option<&str>) -> Result<Option<String>, Ferry
     }
 }
 
-/// Checks an upstream's referrers answer and applies `artifact_type` if the upstream did
-/// not: the body is an image index with a `manifests` array. Returns the body to serve.
-fn accept_index(
-    upstream: &str,
-    body: &[u8],
-    artifact_type: Option<&str>,
+/// Most pages of one upstream's referrers list that are followed (`Link: <...>; rel="next"`);
+/// a longer list is refused as a bad response rather than served cut short.
+const MAX_REFERRERS_PAGES: usize = 32;
+
+/// The pages of an upstream's referrers answer, merged into one image index.
+struct ReferrersPages {
+    upstream: String,
+    artifact_type: Option<String>,
+    /// Whether the upstream applied `artifact_type` (its `OCI-Filters-Applied`).
     applied_upstream: bool,
-) -> Result<(String, bool), UpstreamFailure> {
-    let bad = |detail: &str| UpstreamFailure::new(upstream, FailureKind::BadResponse, detail);
-    let mut index: serde_json::Value =
-        serde_json::from_slice(body).map_err(|_| bad("referrers answer is not JSON"))?;
-    let Some(manifests) = index
-        .get_mut("manifests")
-        .and_then(serde_json::Value::as_array_mut)
-    else {
-        return Err(bad("referrers answer is not an image index (no manifests)"));
-    };
-    match artifact_type {
-        Some(wanted) if !applied_upstream => {
-            manifests.retain(|descriptor| {
-                descriptor.get("artifactType").and_then(|t| t.as_str()) == Some(wanted)
-            });
-            Ok((index.to_string(), true))
+    /// The first page as sent, served unchanged when it is the only page and unfiltered.
+    first_page: Option<bytes::Bytes>,
+    index: Option<serde_json::Value>,
+    pages: usize,
+    bytes: usize,
+}
+
+impl ReferrersPages {
+    fn new(upstream: &str, artifact_type: Option<String>, applied_upstream: bool) -> Self {
+        ReferrersPages {
+            upstream: upstream.to_owned(),
+            artifact_type,
+            applied_upstream,
+            first_page: None,
+            index: None,
+            pages: 0,
+            bytes: 0,
         }
-        Some(_) => Ok((String::from_utf8_lossy(body).into_owned(), true)),
-        None => Ok((String::from_utf8_lossy(body).into_owned(), false)),
     }
+
+    fn bad(&self, detail: &str) -> UpstreamFailure {
+        UpstreamFailure::new(&self.upstream, FailureKind::BadResponse, detail)
+    }
+
+    /// Adds one page: it must be an image index with a `manifests` array.
+    fn add_page(&mut self, body: bytes::Bytes) -> Result<(), UpstreamFailure> {
+        self.pages += 1;
+        self.bytes += body.len();
+        if self.pages > MAX_REFERRERS_PAGES || self.bytes > MAX_MANIFEST_BYTES {
+            return Err(self.bad("referrers list longer than ferry follows (32 pages, 4 MiB)"));
+        }
+        let mut page: serde_json::Value =
+            serde_json::from_slice(&body).map_err(|_| self.bad("referrers answer is not JSON"))?;
+        let Some(manifests) = page
+            .get_mut("manifests")
+            .and_then(serde_json::Value::as_array_mut)
+        else {
+            return Err(self.bad("referrers answer is not an image index (no manifests)"));
+        };
+        match &mut self.index {
+            None => {
+                self.first_page = Some(body);
+                self.index = Some(page);
+            }
+            Some(index) => {
+                let more = std::mem::take(manifests);
+                if let Some(all) = index
+                    .get_mut("manifests")
+                    .and_then(serde_json::Value::as_array_mut)
+                {
+                    all.extend(more);
+                }
+                self.first_page = None;
+            }
+        }
+        Ok(())
+    }
+
+    /// The index to serve, and whether `artifactType` was applied (here, when the upstream
+    /// did not).
+    fn finish(self) -> Result<(String, bool), UpstreamFailure> {
+        let (Some(mut index), first_page) = (self.index, self.first_page) else {
+            return Err(UpstreamFailure::new(
+                &self.upstream,
+                FailureKind::BadResponse,
+                "referrers answer has no pages",
+            ));
+        };
+        match (&self.artifact_type, first_page) {
+            (Some(wanted), _) if !self.applied_upstream => {
+                if let Some(manifests) = index
+                    .get_mut("manifests")
+                    .and_then(serde_json::Value::as_array_mut)
+                {
+                    manifests.retain(|descriptor| {
+                        descriptor.get("artifactType").and_then(|t| t.as_str())
+                            == Some(wanted.as_str())
+                    });
+                }
+                Ok((index.to_string(), true))
+            }
+            (filter, Some(body)) => Ok((
+                String::from_utf8_lossy(&body).into_owned(),
+                filter.is_some(),
+            )),
+            (filter, None) => Ok((index.to_string(), filter.is_some())),
+        }
+    }
+}
+
+/// The query of the next page an upstream names in `Link: <URL>; rel="next"`, if any. Only
+/// the query is used: the next page is asked of the same upstream at the same path, so a
+/// link cannot send ferry elsewhere.
+fn next_page_query(headers: &HeaderMap, expected_path: &str) -> Result<Option<String>, String> {
+    for value in headers.get_all(http::header::LINK) {
+        let Ok(value) = value.to_str() else { continue };
+        for link in value.split(',') {
+            let mut parts = link.split(';');
+            let target = parts.next().unwrap_or("").trim();
+            let is_next = parts.any(|param| {
+                let param = param.trim().replace(' ', "");
+                param == "rel=\"next\"" || param == "rel=next"
+            });
+            if !is_next {
+                continue;
+            }
+            let Some(target) = target.strip_prefix('<').and_then(|t| t.strip_suffix('>')) else {
+                return Err("referrers Link header is not <URL>; rel=\"next\"".into());
+            };
+            let base = reqwest::Url::parse("http://upstream.invalid/")
+                .map_err(|e| format!("cannot resolve the referrers Link ({e})"))?;
+            let url = base
+                .join(target)
+                .map_err(|_| "referrers Link names no URL".to_owned())?;
+            if !url.path().ends_with(expected_path) {
+                return Err(format!(
+                    "referrers Link leaves the referrers path ({})",
+                    url.path()
+                ));
+            }
+            return Ok(url.query().map(str::to_owned));
+        }
+    }
+    Ok(None)
 }
 
 impl PullThrough {
@@ -128,7 +235,7 @@ impl PullThrough {
                 let (suffix, query, filter) =
                     (suffix.clone(), query.clone(), artifact_type.clone());
                 async move {
-                    let response = client
+                    let mut response = client
                         .send(
                             Method::GET,
                             name,
@@ -144,12 +251,30 @@ impl PullThrough {
                             .iter()
                             .filter_map(|v| v.to_str().ok())
                             .any(|v| v.split(',').any(|f| f.trim() == "artifactType"));
-                    let body = client
-                        .body(response)
-                        .read_to_end(MAX_MANIFEST_BYTES)
-                        .await?;
-                    let (body, filtered) =
-                        accept_index(client.name(), &body, filter.as_deref(), applied_upstream)?;
+                    let mut pages =
+                        ReferrersPages::new(client.name(), filter.clone(), applied_upstream);
+                    let expected_path = format!("/v2/{name}/{suffix}");
+                    loop {
+                        let next = next_page_query(response.headers(), &expected_path).map_err(
+                            |detail| {
+                                UpstreamFailure::new(
+                                    client.name(),
+                                    FailureKind::BadResponse,
+                                    detail,
+                                )
+                            },
+                        )?;
+                        let body = client
+                            .body(response)
+                            .read_to_end(MAX_MANIFEST_BYTES)
+                            .await?;
+                        pages.add_page(body)?;
+                        let Some(next) = next else { break };
+                        response = client
+                            .send(Method::GET, name, &suffix, Some(&next), HeaderMap::new())
+                            .await?;
+                    }
+                    let (body, filtered) = pages.finish()?;
                     Ok(ReferrersRecord {
                         key: ReferrersKey {
                             registry: registry.to_owned(),
@@ -229,14 +354,68 @@ mod tests {
             ]
         })
         .to_string();
-        let (filtered, applied) =
-            accept_index("u", body.as_bytes(), Some("application/b"), false).unwrap();
+        let merge = |filter: Option<&str>, pages: &[&str]| {
+            let mut merged = ReferrersPages::new("u", filter.map(str::to_owned), false);
+            for page in pages {
+                merged.add_page(bytes::Bytes::from(page.to_string()))?;
+            }
+            merged.finish()
+        };
+        let (filtered, applied) = merge(Some("application/b"), &[&body]).unwrap();
         assert!(applied);
         assert!(filtered.contains("sha256:bb") && !filtered.contains("sha256:aa"));
-        let (whole, applied) = accept_index("u", body.as_bytes(), None, false).unwrap();
+        let (whole, applied) = merge(None, &[&body]).unwrap();
         assert!(!applied);
-        assert_eq!(whole, body);
-        assert!(accept_index("u", b"{}", None, false).is_err());
-        assert!(accept_index("u", b"<html>", None, false).is_err());
+        assert_eq!(whole, body, "a single unfiltered page is served as sent");
+        assert!(merge(None, &["{}"]).is_err());
+        assert!(merge(None, &["<html>"]).is_err());
+
+        // Pages are merged in order, and a list longer than the page bound is refused.
+        let page = |digest: &str| {
+            serde_json::json!({"schemaVersion": 2, "manifests": [{"digest": digest}]}).to_string()
+        };
+        let (merged, _) = merge(None, &[&page("sha256:01"), &page("sha256:02")]).unwrap();
+        let merged: serde_json::Value = serde_json::from_str(&merged).unwrap();
+        assert_eq!(merged["manifests"][0]["digest"], "sha256:01");
+        assert_eq!(merged["manifests"][1]["digest"], "sha256:02");
+        let many: Vec<String> = (0..=MAX_REFERRERS_PAGES)
+            .map(|_| page("sha256:03"))
+            .collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        assert!(merge(None, &many).is_err());
+    }
+
+    #[test]
+    fn the_next_page_is_asked_of_the_same_upstream_and_path() {
+        let path = "/v2/app/web/referrers/sha256:5e";
+        let headers = |link: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(http::header::LINK, link.parse().unwrap());
+            headers
+        };
+        assert_eq!(next_page_query(&HeaderMap::new(), path), Ok(None));
+        assert_eq!(
+            next_page_query(
+                &headers(&format!("<{path}?n=2&last=b>; rel=\"next\"")),
+                path
+            ),
+            Ok(Some("n=2&last=b".to_owned()))
+        );
+        assert_eq!(
+            next_page_query(
+                &headers(&format!(
+                    "<https://elsewhere.example{path}?page=2>; rel=next"
+                )),
+                path
+            ),
+            Ok(Some("page=2".to_owned())),
+            "only the query is used: the host is the upstream's"
+        );
+        assert_eq!(
+            next_page_query(&headers("</v2/app/web/referrers/x>; rel=\"prev\""), path),
+            Ok(None)
+        );
+        assert!(next_page_query(&headers("</v2/other/manifests/x>; rel=\"next\""), path).is_err());
+        assert!(next_page_query(&headers("nonsense; rel=\"next\""), path).is_err());
     }
 }

@@ -74,6 +74,8 @@ struct State {
     referrers: HashMap<(String, String), Vec<serde_json::Value>>,
     /// Serve `/referrers/` (OCI distribution 1.1); off = 404, like distribution 2.8.
     referrers_api: bool,
+    /// Referrers per page (`?page=K`, with a `Link: <...>; rel="next"` to the next page).
+    referrers_page_size: Option<usize>,
     /// (path substring, fault, matching requests it still applies to; `None` = all).
     faults: Vec<(String, Fault, Option<usize>)>,
     requests: Vec<RecordedRequest>,
@@ -220,7 +222,11 @@ impl FakeRegistry {
         }
     }
 
-    /// Injects `fault` on every request whose path contains `path_contains`.
+    /// Serves referrers lists `per_page` descriptors at a time, linking each page to the next.
+    pub fn paginate_referrers(&self, per_page: usize) {
+        self.state.lock().unwrap().referrers_page_size = Some(per_page);
+    }
+
     /// Serves the referrers API; `subject`'s list in `repo` gains a descriptor of
     /// `artifact_type` (digest `referrer`).
     pub fn put_referrer(&self, repo: &str, subject: &str, referrer: &str, artifact_type: &str) {
@@ -477,20 +483,20 @@ async fn handle(
         };
     }
     if let Some((repo, subject)) = rest.rsplit_once("/referrers/") {
-        let (api, descriptors) = {
+        let (api, descriptors, page_size) = {
             let state = state.lock().unwrap();
             let descriptors = state
                 .referrers
                 .get(&(repo.to_owned(), subject.to_owned()))
                 .cloned()
                 .unwrap_or_default();
-            (state.referrers_api, descriptors)
+            (state.referrers_api, descriptors, state.referrers_page_size)
         };
         if !api {
             return full(StatusCode::NOT_FOUND, "404 page not found\n");
         }
         let filter = query_param(query.as_deref(), "artifactType");
-        let manifests: Vec<_> = descriptors
+        let mut manifests: Vec<_> = descriptors
             .into_iter()
             .filter(|d| {
                 filter
@@ -498,6 +504,32 @@ async fn handle(
                     .is_none_or(|f| d["artifactType"] == f.as_str())
             })
             .collect();
+        let mut next_page = None;
+        if let Some(per_page) = page_size {
+            let page: usize = query_param(query.as_deref(), "page")
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(0);
+            let all = std::mem::take(&mut manifests);
+            manifests = all
+                .iter()
+                .skip(page * per_page)
+                .take(per_page)
+                .cloned()
+                .collect();
+            if all.len() > (page + 1) * per_page {
+                let keep_filter = query
+                    .as_deref()
+                    .unwrap_or("")
+                    .split('&')
+                    .filter(|pair| pair.starts_with("artifactType="))
+                    .map(|pair| format!("&{pair}"))
+                    .collect::<String>();
+                next_page = Some(format!(
+                    "</v2/{repo}/referrers/{subject}?page={}{keep_filter}>; rel=\"next\"",
+                    page + 1
+                ));
+            }
+        }
         let body = serde_json::json!({
             "schemaVersion": 2,
             "mediaType": "application/vnd.oci.image.index.v1+json",
@@ -513,6 +545,9 @@ async fn handle(
             response
                 .headers_mut()
                 .insert("oci-filters-applied", "artifactType".parse().unwrap());
+        }
+        if let Some(link) = next_page {
+            response.headers_mut().insert("link", link.parse().unwrap());
         }
         return response;
     }
