@@ -5,7 +5,7 @@
 use crate::support::get_body;
 use crate::support::get_url;
 use crate::support::{
-    FakeRegistry, Fault, TestProxy, client, pseudo_random_bytes, put_image, rehash_cache_dir,
+    FakeRegistry, Fault, TestProxy, pseudo_random_bytes, put_image, rehash_cache_dir,
 };
 use ferry::oci::Digest;
 use reqwest::{Method, StatusCode};
@@ -18,39 +18,17 @@ async fn content_is_fetched_once_then_served_from_disk() {
     let upstream = FakeRegistry::start().await;
     let (manifest, layer_digest, layer) = put_image(&[&upstream], "once/only", "v1", 20);
     let proxy = TestProxy::start(&[&upstream]).await;
-    let http = client();
     for _ in 0..3 {
-        let body = http
-            .get(proxy.url(&format!("/v2/once/only/blobs/{layer_digest}")))
-            .send()
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap();
+        let body = get_body(proxy.url(&format!("/v2/once/only/blobs/{layer_digest}"))).await;
         assert_eq!(body, layer);
-        let body = http
-            .get(proxy.url(&format!("/v2/once/only/manifests/{manifest}")))
-            .send()
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap();
+        let body = get_body(proxy.url(&format!("/v2/once/only/manifests/{manifest}"))).await;
         assert!(manifest.matches(&body));
     }
     assert_eq!(upstream.hits(&format!("/blobs/{layer_digest}")), 1);
     assert_eq!(upstream.hits(&format!("/manifests/{manifest}")), 1);
     // Digests are immutable: even with the upstream gone, they are served.
     upstream.stop();
-    let body = http
-        .get(proxy.url(&format!("/v2/once/only/blobs/{layer_digest}")))
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    let body = get_body(proxy.url(&format!("/v2/once/only/blobs/{layer_digest}"))).await;
     assert_eq!(body, layer);
 }
 

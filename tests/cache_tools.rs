@@ -4,6 +4,7 @@
 
 use crate::support::get_body;
 use crate::support::get_url;
+use crate::support::stdout_of_success;
 use crate::support::{FakeRegistry, TestProxy, image_manifest, pseudo_random_bytes};
 use ferry::oci::media_type::{OCI_INDEX, OCI_MANIFEST};
 use std::process::Command;
@@ -66,11 +67,7 @@ async fn warm_pin_survives_pressure_and_pulls_offline() {
         .args(["ci/agent:v1"])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "warm failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    stdout_of_success(&out);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("done") && stderr.contains("MiB/s"),
@@ -146,11 +143,7 @@ async fn warm_pin_survives_pressure_and_pulls_offline() {
     // Unpin makes it evictable again.
     let cache = offline.stop().await;
     let out = ferry(&["cache", "unpin", "ci/agent:v1"], cache.path());
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    stdout_of_success(&out);
     let out = ferry(&["cache", "gc", "--to", "0"], cache.path());
     assert!(out.status.success());
     let du = ferry(&["cache", "du", "--json"], cache.path());
@@ -232,11 +225,7 @@ async fn rm_removes_an_image_but_keeps_shared_blobs() {
     }
     let cache = proxy.stop().await;
     let out = ferry(&["cache", "rm", "docker.io/a/one:v1"], cache.path());
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    stdout_of_success(&out);
     let exists = |d: &ferry::oci::Digest| {
         cache
             .path()
@@ -281,11 +270,7 @@ async fn warm_through_a_running_server_pins_for_that_server() {
         .arg("team/app:v1")
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    stdout_of_success(&out);
     // Only the arm64 half was fetched (index + arm64 manifest, config, layer).
     assert_eq!(
         upstream.hits(&format!("/manifests/{}", digests[1])),

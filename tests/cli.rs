@@ -1,6 +1,7 @@
 //! The `ferry` binary itself: help and version, `check-config`, exit code 2 with every
 //! problem listed before anything binds, and a clean exit on SIGTERM.
 
+use crate::support::stdout_of_success;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -49,12 +50,7 @@ fn check_config_prints_the_effective_configuration_without_secrets() {
         ])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let printed = String::from_utf8_lossy(&out.stdout);
+    let printed = stdout_of_success(&out);
     assert!(printed.contains("tag_ttl = \"5m\""), "{printed}");
     // Flags replace the file's upstreams, in the order given.
     let first = printed.find("127.0.0.1:9").expect("first upstream");
@@ -196,12 +192,7 @@ fn check_config_shows_auth_files_but_never_a_credential_helpers_command() {
         .arg(&path)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let printed = String::from_utf8_lossy(&out.stdout);
+    let printed = stdout_of_success(&out);
     assert!(
         printed.contains(&format!("auth_users_file = \"{}\"", users.display())),
         "{printed}"
@@ -226,12 +217,7 @@ fn upstream_groups_on_the_command_line_and_in_the_file() {
         ])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let printed = String::from_utf8_lossy(&out.stdout);
+    let printed = stdout_of_success(&out);
     let tables: Vec<&str> = printed.split("[[upstream]]").skip(1).collect();
     assert_eq!(tables.len(), 3, "{printed}");
     assert!(tables[0].contains("az-a") && tables[0].contains("group = \"az\""));

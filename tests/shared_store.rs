@@ -50,6 +50,11 @@ async fn get(proxy: &TestProxy, path: &str) -> reqwest::Response {
         .unwrap()
 }
 
+/// The whole body of a GET through `proxy` (the test fails on any transport error).
+async fn get_bytes(proxy: &TestProxy, path: &str) -> bytes::Bytes {
+    get(proxy, path).await.bytes().await.unwrap()
+}
+
 #[tokio::test]
 async fn a_second_replica_serves_what_the_first_fetched_even_with_every_upstream_down() {
     let garage = Garage::start().await;
@@ -61,11 +66,7 @@ async fn a_second_replica_serves_what_the_first_fetched_even_with_every_upstream
     let first = replica(&registry, &garage, 0).await;
     assert_eq!(get(&first, "/v2/team/app/manifests/v1").await.status(), 200);
     for (digest, bytes) in [(&layer_digest, &layer), (&big_digest, &big)] {
-        let body = get(&first, &format!("/v2/team/app/blobs/{digest}"))
-            .await
-            .bytes()
-            .await
-            .unwrap();
+        let body = get_bytes(&first, &format!("/v2/team/app/blobs/{digest}")).await;
         assert_eq!(&body[..], &bytes[..]);
     }
     // Two blobs, one manifest and one tag record go up in the background.
@@ -75,11 +76,7 @@ async fn a_second_replica_serves_what_the_first_fetched_even_with_every_upstream
     // A new replica, empty disk, same store: no upstream request at all.
     let second = replica(&registry, &garage, 0).await;
     for (digest, bytes) in [(&layer_digest, &layer), (&big_digest, &big)] {
-        let body = get(&second, &format!("/v2/team/app/blobs/{digest}"))
-            .await
-            .bytes()
-            .await
-            .unwrap();
+        let body = get_bytes(&second, &format!("/v2/team/app/blobs/{digest}")).await;
         assert!(body[..] == bytes[..], "{digest} from the store");
     }
     let by_digest = get(&second, &format!("/v2/team/app/manifests/{manifest}")).await;
@@ -106,11 +103,7 @@ async fn a_second_replica_serves_what_the_first_fetched_even_with_every_upstream
         by_tag.headers()["docker-content-digest"],
         manifest.to_string().as_str()
     );
-    let body = get(&third, &format!("/v2/team/app/blobs/{layer_digest}"))
-        .await
-        .bytes()
-        .await
-        .unwrap();
+    let body = get_bytes(&third, &format!("/v2/team/app/blobs/{layer_digest}")).await;
     assert_eq!(&body[..], &layer[..]);
 }
 
@@ -124,11 +117,7 @@ async fn a_corrupt_object_in_the_store_is_detected_and_the_upstream_supplies_the
     let big_digest = registry.put_blob(big.clone());
     let first = replica(&registry, &garage, 0).await;
     for digest in [&small_digest, &big_digest] {
-        get(&first, &format!("/v2/c/r/blobs/{digest}"))
-            .await
-            .bytes()
-            .await
-            .unwrap();
+        get_bytes(&first, &format!("/v2/c/r/blobs/{digest}")).await;
     }
     wait_for_store_counter(&first, "uploads", 2).await;
 
@@ -143,11 +132,7 @@ async fn a_corrupt_object_in_the_store_is_detected_and_the_upstream_supplies_the
 
     let second = replica(&registry, &garage, 0).await;
     // Small: verified before any byte goes out, so the client gets the right blob at once.
-    let body = get(&second, &format!("/v2/c/r/blobs/{small_digest}"))
-        .await
-        .bytes()
-        .await
-        .unwrap();
+    let body = get_bytes(&second, &format!("/v2/c/r/blobs/{small_digest}")).await;
     assert_eq!(&body[..], &small[..]);
     assert_eq!(registry.hits(&format!("/blobs/{small_digest}")), 2);
     // Large: bytes flowed before the check, so that body is cut, never completed wrong;
@@ -161,11 +146,7 @@ async fn a_corrupt_object_in_the_store_is_detected_and_the_upstream_supplies_the
         "a corrupt body must not complete as the blob"
     );
     assert!(first_try.is_err(), "the corrupt large body must be cut");
-    let body = get(&second, &format!("/v2/c/r/blobs/{big_digest}"))
-        .await
-        .bytes()
-        .await
-        .unwrap();
+    let body = get_bytes(&second, &format!("/v2/c/r/blobs/{big_digest}")).await;
     assert!(body[..] == big[..], "{} bytes", body.len());
     let status = second.admin_status().await;
     assert_eq!(status["shared_store"]["corrupt_objects"], 2, "{status}");
@@ -196,20 +177,12 @@ async fn a_dead_store_never_fails_a_pull() {
     for _ in 0..4 {
         let response = get(&proxy, "/v2/d/s/manifests/v1").await;
         assert_eq!(response.status(), StatusCode::OK);
-        let body = get(&proxy, &format!("/v2/d/s/blobs/{layer_digest}"))
-            .await
-            .bytes()
-            .await
-            .unwrap();
+        let body = get_bytes(&proxy, &format!("/v2/d/s/blobs/{layer_digest}")).await;
         assert_eq!(&body[..], &layer[..]);
     }
     // A second replica, store still down: straight to the upstream.
     let second = replica(&registry, &garage, 0).await;
-    let body = get(&second, &format!("/v2/d/s/blobs/{layer_digest}"))
-        .await
-        .bytes()
-        .await
-        .unwrap();
+    let body = get_bytes(&second, &format!("/v2/d/s/blobs/{layer_digest}")).await;
     assert_eq!(&body[..], &layer[..]);
     let status = proxy.admin_status().await;
     assert!(
@@ -232,11 +205,7 @@ async fn a_dead_store_never_fails_a_pull() {
     let fresh = pseudo_random_bytes(50_000, 421);
     let fresh_digest: Digest = registry.put_blob(fresh.clone());
     let third = replica(&registry, &garage, 0).await;
-    get(&third, &format!("/v2/d/s/blobs/{fresh_digest}"))
-        .await
-        .bytes()
-        .await
-        .unwrap();
+    get_bytes(&third, &format!("/v2/d/s/blobs/{fresh_digest}")).await;
     wait_for_store_counter(&third, "uploads", 1).await;
 }
 
@@ -247,11 +216,7 @@ async fn a_three_node_cluster_with_one_node_killed_keeps_serving() {
     let blob = pseudo_random_bytes(3 * 1024 * 1024, 430);
     let digest = registry.put_blob(blob.clone());
     let first = replica(&registry, &garage, 0).await;
-    get(&first, &format!("/v2/k/n/blobs/{digest}"))
-        .await
-        .bytes()
-        .await
-        .unwrap();
+    get_bytes(&first, &format!("/v2/k/n/blobs/{digest}")).await;
     wait_for_store_counter(&first, "uploads", 1).await;
     let hits = registry.hits(&format!("/blobs/{digest}"));
 
@@ -262,11 +227,7 @@ async fn a_three_node_cluster_with_one_node_killed_keeps_serving() {
     let mut store = garage.store_config(1, "fleet");
     store.request_timeout = Duration::from_secs(30);
     let second = replica_with(&registry, store).await;
-    let body = get(&second, &format!("/v2/k/n/blobs/{digest}"))
-        .await
-        .bytes()
-        .await
-        .unwrap();
+    let body = get_bytes(&second, &format!("/v2/k/n/blobs/{digest}")).await;
     assert!(body[..] == blob[..], "{} bytes", body.len());
     assert_eq!(
         registry.hits(&format!("/blobs/{digest}")),
@@ -282,11 +243,7 @@ async fn the_store_dying_mid_read_or_mid_upload_never_fails_a_pull() {
     let blob = pseudo_random_bytes(20 * 1024 * 1024, 440);
     let digest = registry.put_blob(blob.clone());
     let first = replica(&registry, &garage, 0).await;
-    get(&first, &format!("/v2/m/r/blobs/{digest}"))
-        .await
-        .bytes()
-        .await
-        .unwrap();
+    get_bytes(&first, &format!("/v2/m/r/blobs/{digest}")).await;
     wait_for_store_counter(&first, "uploads", 1).await;
 
     // Mid-read: the second replica reaches the store through a relay that cuts every
@@ -302,11 +259,7 @@ async fn the_store_dying_mid_read_or_mid_upload_never_fails_a_pull() {
     };
     let store = through_relay(&garage);
     let second = replica_with(&registry, store).await;
-    let body = get(&second, &format!("/v2/m/r/blobs/{digest}"))
-        .await
-        .bytes()
-        .await
-        .unwrap();
+    let body = get_bytes(&second, &format!("/v2/m/r/blobs/{digest}")).await;
     assert!(body[..] == blob[..], "{} bytes", body.len());
     assert!(
         relay.cuts.load(Ordering::SeqCst) >= 1,
@@ -334,11 +287,7 @@ async fn the_store_dying_mid_read_or_mid_upload_never_fails_a_pull() {
     let fresh_digest = registry.put_blob(fresh.clone());
     let store = through_relay(&garage);
     let third = replica_with(&registry, store).await;
-    let body = get(&third, &format!("/v2/m/r/blobs/{fresh_digest}"))
-        .await
-        .bytes()
-        .await
-        .unwrap();
+    let body = get_bytes(&third, &format!("/v2/m/r/blobs/{fresh_digest}")).await;
     assert!(body[..] == fresh[..], "{} bytes", body.len());
     wait_for_store_counter(&third, "upload_failures", 1).await;
     let path = object_store::path::Path::from(format!("fleet/blobs/sha256/{}", fresh_digest.hex()));
@@ -358,11 +307,7 @@ async fn blob_redirect_sends_clients_and_host_ferries_to_the_store() {
     let blob = pseudo_random_bytes(4 * 1024 * 1024, 450);
     let digest = registry.put_blob(blob.clone());
     let first = replica(&registry, &garage, 0).await;
-    get(&first, &format!("/v2/x/y/blobs/{digest}"))
-        .await
-        .bytes()
-        .await
-        .unwrap();
+    get_bytes(&first, &format!("/v2/x/y/blobs/{digest}")).await;
     wait_for_store_counter(&first, "uploads", 1).await;
 
     let mut store = garage.store_config(0, "fleet");
@@ -395,11 +340,7 @@ async fn blob_redirect_sends_clients_and_host_ferries_to_the_store() {
     // A host-tier ferry whose upstream is the redirecting replica follows it too.
     let host =
         TestProxy::start_urls(&[redirecting.url("")], tempfile::tempdir().unwrap(), |_| {}).await;
-    let body = get(&host, &format!("/v2/x/y/blobs/{digest}"))
-        .await
-        .bytes()
-        .await
-        .unwrap();
+    let body = get_bytes(&host, &format!("/v2/x/y/blobs/{digest}")).await;
     assert!(body[..] == blob[..], "{} bytes", body.len());
     assert_eq!(
         host.rehash_cache().len(),
@@ -431,11 +372,7 @@ async fn cache_du_ls_and_verify_see_the_stores_side() {
     let (_, layer_digest, layer) = put_image(&[&registry], "inv/app", "v7", 460);
     let first = replica(&registry, &garage, 0).await;
     assert_eq!(get(&first, "/v2/inv/app/manifests/v7").await.status(), 200);
-    get(&first, &format!("/v2/inv/app/blobs/{layer_digest}"))
-        .await
-        .bytes()
-        .await
-        .unwrap();
+    get_bytes(&first, &format!("/v2/inv/app/blobs/{layer_digest}")).await;
     wait_for_store_counter(&first, "uploads", 3).await;
 
     let cache = |args: &[&str]| {
