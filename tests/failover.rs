@@ -7,14 +7,16 @@ use ferry::oci::media_type::OCI_MANIFEST;
 use reqwest::StatusCode;
 use std::time::{Duration, Instant};
 
-/// What a pull through ferry needs: the manifest by tag and by digest, and the layer.
+/// What a pull of `repo:tag` through ferry needs: the manifest by tag and by digest, and
+/// the layer, each checked against what was put.
 async fn pull_ok(
     proxy: &TestProxy,
-    repo: &str,
-    tag: &str,
+    image: &str,
     manifest: &ferry::oci::Digest,
-    layer: (&ferry::oci::Digest, &[u8]),
+    layer_digest: &ferry::oci::Digest,
+    layer: &[u8],
 ) {
+    let (repo, tag) = image.rsplit_once(':').unwrap();
     let http = client();
     let by_tag = http
         .get(proxy.url(&format!("/v2/{repo}/manifests/{tag}")))
@@ -34,12 +36,12 @@ async fn pull_ok(
         .unwrap();
     assert_eq!(by_digest.status(), StatusCode::OK);
     let blob = http
-        .get(proxy.url(&format!("/v2/{repo}/blobs/{}", layer.0)))
+        .get(proxy.url(&format!("/v2/{repo}/blobs/{layer_digest}")))
         .send()
         .await
         .unwrap();
     assert_eq!(blob.status(), StatusCode::OK);
-    assert_eq!(blob.bytes().await.unwrap(), layer.1);
+    assert_eq!(blob.bytes().await.unwrap(), layer);
 }
 
 async fn assert_fails_over(fault: Fault, label: &str) {
@@ -56,14 +58,7 @@ async fn assert_fails_over_with(faults: &[(&str, Fault)], label: &str) {
         primary.fault(path, fault.clone());
     }
     let proxy = TestProxy::start(&[&primary, &secondary]).await;
-    pull_ok(
-        &proxy,
-        "ci/agent",
-        "stable",
-        &manifest,
-        (&layer_digest, &layer),
-    )
-    .await;
+    pull_ok(&proxy, "ci/agent:stable", &manifest, &layer_digest, &layer).await;
     assert!(
         primary.hits("/manifests/stable") >= 1,
         "{label}: primary was not tried first"
@@ -140,14 +135,7 @@ async fn fails_over_on_corrupt_bytes_and_wrong_digest_header() {
         put_image(&[&primary, &secondary], "ci/agent", "stable", 8);
     primary.fault("/manifests/", Fault::WrongDigestHeader);
     let proxy = TestProxy::start(&[&primary, &secondary]).await;
-    pull_ok(
-        &proxy,
-        "ci/agent",
-        "stable",
-        &manifest,
-        (&layer_digest, &layer),
-    )
-    .await;
+    pull_ok(&proxy, "ci/agent:stable", &manifest, &layer_digest, &layer).await;
     assert_eq!(primary.hits("/manifests/stable"), 1);
     assert_eq!(secondary.hits("/manifests/stable"), 1);
 }
@@ -161,14 +149,7 @@ async fn fails_over_on_connection_refused() {
     drop(dead); // nothing listens there any more: connection refused
     let urls = vec![dead_url, secondary.url()];
     let proxy = TestProxy::start_urls(&urls, tempfile::tempdir().unwrap(), |_| {}).await;
-    pull_ok(
-        &proxy,
-        "ci/agent",
-        "stable",
-        &manifest,
-        (&layer_digest, &layer),
-    )
-    .await;
+    pull_ok(&proxy, "ci/agent:stable", &manifest, &layer_digest, &layer).await;
 }
 
 #[tokio::test]
@@ -206,14 +187,7 @@ async fn fails_over_on_connect_timeout() {
         "connect timeout not applied: {:?}",
         started.elapsed()
     );
-    pull_ok(
-        &proxy,
-        "ci/agent",
-        "stable",
-        &manifest,
-        (&layer_digest, &layer),
-    )
-    .await;
+    pull_ok(&proxy, "ci/agent:stable", &manifest, &layer_digest, &layer).await;
     drop(listener);
 }
 
@@ -225,26 +199,12 @@ async fn the_seed_outage_test_image_deleted_from_primary() {
         put_image(&[&primary, &secondary], "ci/agent", "stable", 10);
     let proxy =
         TestProxy::start_with(&[&primary, &secondary], |c| c.tag_ttl = Duration::ZERO).await;
-    pull_ok(
-        &proxy,
-        "ci/agent",
-        "stable",
-        &manifest,
-        (&layer_digest, &layer),
-    )
-    .await;
+    pull_ok(&proxy, "ci/agent:stable", &manifest, &layer_digest, &layer).await;
     assert_eq!(secondary.hits("/manifests/"), 0);
     primary.delete_image("ci/agent", "stable");
     primary.remove_blob(&layer_digest);
     for _ in 0..3 {
-        pull_ok(
-            &proxy,
-            "ci/agent",
-            "stable",
-            &manifest,
-            (&layer_digest, &layer),
-        )
-        .await;
+        pull_ok(&proxy, "ci/agent:stable", &manifest, &layer_digest, &layer).await;
     }
     assert!(
         secondary.hits("/manifests/stable") >= 1,
@@ -314,7 +274,7 @@ async fn an_upstream_failure_does_not_poison_later_requests() {
     let response = get_url(proxy.url(&format!("/v2/a/b/blobs/{layer_digest}"))).await;
     assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
     upstream.clear_faults();
-    pull_ok(&proxy, "a/b", "c", &manifest, (&layer_digest, &layer)).await;
+    pull_ok(&proxy, "a/b:c", &manifest, &layer_digest, &layer).await;
 }
 
 #[tokio::test]
@@ -392,12 +352,5 @@ async fn the_fault_proxy_works_in_front_of_a_registry() {
     // Through ferry with the faulty proxy as primary: verified bytes from the registry.
     let urls = vec![faulty.url(), registry.url()];
     let proxy = TestProxy::start_urls(&urls, tempfile::tempdir().unwrap(), |_| {}).await;
-    pull_ok(
-        &proxy,
-        "proxied/app",
-        "v1",
-        &manifest,
-        (&layer_digest, &layer),
-    )
-    .await;
+    pull_ok(&proxy, "proxied/app:v1", &manifest, &layer_digest, &layer).await;
 }
