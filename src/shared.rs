@@ -25,6 +25,10 @@ const BREAKER_COOLDOWN: Duration = Duration::from_secs(15);
 const UPLOADS_AT_ONCE: usize = 2;
 const UPLOADS_QUEUED: usize = 256;
 
+/// How long a read waits by default for the store's first answer, and then for each piece of
+/// a blob body, before the miss goes to the upstreams (`shared_store_answer_timeout`).
+pub const DEFAULT_ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Multipart upload part size (S3's minimum is 5 MiB) and parts in flight per upload.
 const UPLOAD_PART_BYTES: usize = 8 * 1024 * 1024;
 const UPLOAD_PARTS_IN_FLIGHT: usize = 1;
@@ -42,6 +46,9 @@ pub struct SharedStoreConfig {
     pub secret_access_key: Option<String>,
     /// Per-request timeout (the store is a cache: a slow store is skipped, not waited for).
     pub request_timeout: Duration,
+    /// Longest a read waits for the store's answer, and then between pieces of a blob body,
+    /// before the request carries on without the store (which counts as a store failure).
+    pub answer_timeout: Duration,
     /// Answer blob GETs the store holds with a redirect to a presigned URL.
     pub blob_redirect: bool,
 }
@@ -80,6 +87,7 @@ impl SharedStoreConfig {
             access_key_id: env(&["AWS_ACCESS_KEY_ID"]),
             secret_access_key: env(&["AWS_SECRET_ACCESS_KEY"]),
             request_timeout,
+            answer_timeout: DEFAULT_ANSWER_TIMEOUT.min(request_timeout),
             blob_redirect: false,
         })
     }
@@ -274,6 +282,23 @@ impl SharedStore {
         }
     }
 
+    /// `request`'s answer, or `None` (a store failure, recorded) when the store has not
+    /// answered within `answer_timeout`: a cache tier must not slow a miss down.
+    async fn within_answer_timeout<T>(
+        &self,
+        what: &str,
+        request: impl std::future::Future<Output = T>,
+    ) -> Option<T> {
+        match tokio::time::timeout(self.config.answer_timeout, request).await {
+            Ok(answer) => Some(answer),
+            Err(_) => {
+                let waited = format!("no answer within {:?}", self.config.answer_timeout);
+                self.record_failure(what, &waited);
+                None
+            }
+        }
+    }
+
     /// The breaker's state for `/admin/upstreams`.
     pub fn status(&self) -> serde_json::Value {
         let breaker = self.lock_breaker();
@@ -344,7 +369,13 @@ impl SharedStore {
         if !self.admit() {
             return StoreRead::Unavailable;
         }
-        match self.store.get(&self.blob_path(digest)).await {
+        let Some(answer) = self
+            .within_answer_timeout("reading a blob", self.store.get(&self.blob_path(digest)))
+            .await
+        else {
+            return StoreRead::Unavailable;
+        };
+        match answer {
             Ok(result) => {
                 self.record_success();
                 self.counters.hits.fetch_add(1, Ordering::Relaxed);
@@ -353,6 +384,7 @@ impl SharedStore {
                     .into_stream()
                     .map(|chunk| chunk.map_err(|e| e.to_string()))
                     .boxed();
+                let chunks = with_idle_timeout(chunks, self.config.answer_timeout);
                 StoreRead::Found(StoreBody { size, chunks })
             }
             Err(object_store::Error::NotFound { .. }) => {
@@ -385,6 +417,16 @@ impl SharedStore {
         if !self.admit() {
             return StoreRead::Unavailable;
         }
+        self.within_answer_timeout("reading an object", self.read_small(path, limit))
+            .await
+            .unwrap_or(StoreRead::Unavailable)
+    }
+
+    async fn read_small(
+        &self,
+        path: &ObjectPath,
+        limit: usize,
+    ) -> StoreRead<(Bytes, Option<String>)> {
         let result = match self.store.get(path).await {
             Ok(result) => result,
             Err(object_store::Error::NotFound { .. }) => {
@@ -450,7 +492,10 @@ impl SharedStore {
         }
         let path = self.blob_path(digest);
         // Only redirect to an object that exists: a dangling redirect fails the client.
-        match self.store.head(&path).await {
+        match self
+            .within_answer_timeout("checking a blob", self.store.head(&path))
+            .await?
+        {
             Ok(_) => self.record_success(),
             Err(object_store::Error::NotFound { .. }) => return None,
             Err(e) => {
@@ -627,4 +672,21 @@ impl SharedStore {
             }
         });
     }
+}
+
+/// `chunks`, ending with an error when the store sends nothing for `idle` (a stalled body is
+/// a failed read: the upstreams continue from the bytes already received).
+fn with_idle_timeout(
+    chunks: BoxStream<'static, Result<Bytes, String>>,
+    idle: Duration,
+) -> BoxStream<'static, Result<Bytes, String>> {
+    futures_util::stream::unfold(Some(chunks), move |state| async move {
+        let mut chunks = state?;
+        match tokio::time::timeout(idle, chunks.next()).await {
+            Ok(Some(chunk)) => Some((chunk, Some(chunks))),
+            Ok(None) => None,
+            Err(_) => Some((Err(format!("no data from the store for {idle:?}")), None)),
+        }
+    })
+    .boxed()
 }

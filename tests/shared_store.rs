@@ -209,6 +209,89 @@ async fn a_dead_store_never_fails_a_pull() {
     wait_for_store_counter(&third, "uploads", 1).await;
 }
 
+/// A store that takes connections and never answers (overloaded, not down) costs each miss
+/// `shared_store_answer_timeout`, not the minute-long request timeout, and once its breaker
+/// opens, nothing. (Waiting for the request timeout would outlast the test client's 20 s.)
+#[tokio::test]
+async fn a_store_that_never_answers_costs_a_miss_only_the_answer_timeout() {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    let holder = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((connection, _)) = silent.accept().await {
+            held.push(connection);
+        }
+    });
+    let registry = FakeRegistry::start().await;
+    let mut store =
+        SharedStoreConfig::from_env("s3://fleet/silent", Duration::from_secs(60)).unwrap();
+    store.endpoint = Some(format!("http://{silent_addr}"));
+    store.region = Some("garage".into());
+    store.access_key_id = Some("GK0000".into());
+    store.secret_access_key = Some("secret".into());
+    store.answer_timeout = Duration::from_millis(300);
+    let proxy = replica_with(&registry, store).await;
+    for seed in 0..4 {
+        let blob = pseudo_random_bytes(64 * 1024, 900 + seed);
+        let digest = registry.put_blob(blob.clone());
+        let body = get_bytes(&proxy, &format!("/v2/s/l/blobs/{digest}")).await;
+        assert!(body[..] == blob[..], "blob {seed}: {} bytes", body.len());
+    }
+    let status = proxy.admin_status().await;
+    assert_eq!(status["shared_store"]["state"], "open", "{status}");
+    assert!(
+        status["shared_store"]["errors"].as_u64().unwrap() >= 3,
+        "{status}"
+    );
+    holder.abort();
+}
+
+/// A store whose blob body stalls mid-way: after `shared_store_answer_timeout` without data the
+/// upstream continues from the bytes already received (a Range request), and the client gets
+/// every byte.
+#[tokio::test]
+async fn a_store_body_that_stalls_is_continued_from_the_upstream() {
+    let garage = Garage::start().await;
+    let registry = FakeRegistry::start().await;
+    let blob = pseudo_random_bytes(4 * 1024 * 1024, 910);
+    let digest = registry.put_blob(blob.clone());
+    let first = replica(&registry, &garage, 0).await;
+    get_bytes(&first, &format!("/v2/t/u/blobs/{digest}")).await;
+    wait_for_store_counter(&first, "uploads", 1).await;
+    let hits_before = registry.hits(&format!("/blobs/{digest}"));
+
+    let relay = CuttingRelay::start(garage.nodes[0].s3_port).await;
+    relay
+        .cut_downstream_after
+        .store(1024 * 1024, Ordering::SeqCst);
+    relay.stall_instead_of_cut.store(true, Ordering::SeqCst);
+    let mut store = garage.store_config(0, "fleet");
+    store.endpoint = Some(relay.endpoint());
+    store.request_timeout = Duration::from_secs(60);
+    store.answer_timeout = Duration::from_millis(500);
+    let second = replica_with(&registry, store).await;
+    let body = get_bytes(&second, &format!("/v2/t/u/blobs/{digest}")).await;
+    assert!(body[..] == blob[..], "{} bytes", body.len());
+    assert!(
+        relay.cuts.load(Ordering::SeqCst) >= 1,
+        "the store's body stalled"
+    );
+    assert_eq!(
+        registry.hits(&format!("/blobs/{digest}")),
+        hits_before + 1,
+        "the upstream finished the body"
+    );
+    let ranged = registry
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.ends_with(&format!("/blobs/{digest}")))
+        .any(|r| r.headers.contains_key("range"));
+    assert!(
+        ranged,
+        "the upstream continued from where the store stalled"
+    );
+}
+
 #[tokio::test]
 async fn a_three_node_cluster_with_one_node_killed_keeps_serving() {
     let mut garage = Garage::start_cluster(3).await;
@@ -226,6 +309,7 @@ async fn a_three_node_cluster_with_one_node_killed_keeps_serving() {
     // usual 5 s, and this test is about where the bytes come from, not how fast.
     let mut store = garage.store_config(1, "fleet");
     store.request_timeout = Duration::from_secs(30);
+    store.answer_timeout = Duration::from_secs(30);
     let second = replica_with(&registry, store).await;
     let body = get_bytes(&second, &format!("/v2/k/n/blobs/{digest}")).await;
     assert!(body[..] == blob[..], "{} bytes", body.len());

@@ -92,6 +92,9 @@ pub struct ConfigFile {
     pub shared_store_secret_access_key_file: Option<String>,
     /// Per-request timeout for the store, e.g. "10s".
     pub shared_store_timeout: Option<String>,
+    /// Longest a read waits for the store's answer (and between pieces of a blob) before the
+    /// miss goes to the upstreams, e.g. "2s".
+    pub shared_store_answer_timeout: Option<String>,
     /// Answer blob GETs the store holds with a 307 to a presigned URL.
     pub blob_redirect: Option<bool>,
     #[serde(default, rename = "upstream")]

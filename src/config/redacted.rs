@@ -134,6 +134,10 @@ impl Config {
                 .shared_store
                 .as_ref()
                 .map(|s| humantime::format_duration(s.request_timeout).to_string()),
+            shared_store_answer_timeout: self
+                .shared_store
+                .as_ref()
+                .map(|s| humantime::format_duration(s.answer_timeout).to_string()),
             blob_redirect: self.shared_store.as_ref().map(|s| s.blob_redirect),
             direct_registries: self
                 .direct

@@ -4,7 +4,7 @@
 use super::Overrides;
 use super::file::ConfigFile;
 use super::named_files::SecretSource;
-use super::values::Problems;
+use super::values::{POSITIVE_DURATION, Problems};
 use crate::shared::SharedStoreConfig;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -82,7 +82,14 @@ pub(crate) fn parse(
         (None, Some(_)) => None,
         (None, None) => from_env.secret_access_key.clone(),
     };
+    let answer_timeout = problems.duration(
+        "shared_store_answer_timeout",
+        file.shared_store_answer_timeout.as_ref(),
+        POSITIVE_DURATION,
+        from_env.answer_timeout,
+    );
     let config = SharedStoreConfig {
+        answer_timeout,
         endpoint,
         region: file.shared_store_region.clone().or(from_env.region.clone()),
         access_key_id: file

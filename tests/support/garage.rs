@@ -245,6 +245,9 @@ impl Garage {
             access_key_id: Some(self.key_id.clone()),
             secret_access_key: Some(self.secret.clone()),
             request_timeout: Duration::from_secs(5),
+            // As long as a request may take: the suite loads both cores, and these tests are
+            // about the store's content, not its speed.
+            answer_timeout: Duration::from_secs(5),
             blob_redirect: false,
         }
     }
@@ -280,6 +283,9 @@ pub struct CuttingRelay {
     /// Cut each new connection after this many bytes from ferry to Garage (uploads).
     pub cut_upstream_after: std::sync::Arc<std::sync::atomic::AtomicU64>,
     pub cuts: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// At a limit, hold the connection open and silent instead of cutting it (a store that
+    /// stalls rather than dies).
+    pub stall_instead_of_cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -292,13 +298,16 @@ impl CuttingRelay {
         let down = Arc::new(AtomicU64::new(u64::MAX));
         let up = Arc::new(AtomicU64::new(u64::MAX));
         let cuts = Arc::new(AtomicU64::new(0));
-        let (down_limit, up_limit, cut_count) = (down.clone(), up.clone(), cuts.clone());
+        let stall = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (down_limit, up_limit, cut_count, stall_flag) =
+            (down.clone(), up.clone(), cuts.clone(), stall.clone());
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
-                let (down_limit, up_limit, cut_count) = (
+                let (down_limit, up_limit, cut_count, stalls) = (
                     down_limit.load(Ordering::SeqCst),
                     up_limit.load(Ordering::SeqCst),
                     cut_count.clone(),
+                    stall_flag.load(Ordering::SeqCst),
                 );
                 tokio::spawn(async move {
                     let Ok(server) =
@@ -308,8 +317,10 @@ impl CuttingRelay {
                     };
                     let (client_read, client_write) = client.into_split();
                     let (server_read, server_write) = server.into_split();
-                    let upload = relay(client_read, server_write, up_limit);
-                    let download = relay(server_read, client_write, down_limit);
+                    // A stall keeps the sockets (owned by the relay futures) open and silent.
+                    let stall = stalls.then(|| cut_count.clone());
+                    let upload = relay(client_read, server_write, up_limit, stall.clone());
+                    let download = relay(server_read, client_write, down_limit, stall);
                     let cut = tokio::select! {
                         cut = upload => cut,
                         cut = download => cut,
@@ -325,6 +336,7 @@ impl CuttingRelay {
             cut_downstream_after: down,
             cut_upstream_after: up,
             cuts,
+            stall_instead_of_cut: stall,
             task,
         }
     }
@@ -341,11 +353,13 @@ impl Drop for CuttingRelay {
 }
 
 /// Copies `from` to `to` until EOF or `limit` bytes; true if it stopped at the limit (the
-/// caller then drops both sockets: a cut).
+/// caller then drops both sockets: a cut). With `stall`, reaching the limit counts there and
+/// then holds both halves open, sending nothing, for good.
 async fn relay(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     limit: u64,
+    stall: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
 ) -> bool {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut sent = 0u64;
@@ -366,6 +380,10 @@ async fn relay(
         }
         sent += n.min(room) as u64;
         if sent >= limit {
+            if let Some(stalls) = &stall {
+                stalls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                std::future::pending::<()>().await;
+            }
             return true;
         }
     }
