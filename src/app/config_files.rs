@@ -58,6 +58,8 @@ struct LoadedFiles {
 }
 
 impl LoadedFiles {
+    /// Only for valid settings: every upstream then has a URL, so `config.upstreams` and
+    /// `self.upstreams` (one per table) pair up in order.
     fn fill_in(self, config: &mut Config) {
         config.admin_token = self.admin_token;
         config.client_auth = self.client_auth;
@@ -77,60 +79,49 @@ impl LoadedFiles {
 }
 
 fn read_named_files(named: &NamedFiles, problems: &mut Vec<ConfigProblem>) -> LoadedFiles {
-    let mut problem = |key: &str, value: &str, reason: String| {
-        problems.push(ConfigProblem {
-            key: key.to_owned(),
-            value: value.to_owned(),
-            reason,
-        })
-    };
     if let Some((cert, key)) = &named.tls
         && let Err(reason) = crate::server::tls::ReloadingTls::load(cert, key)
     {
-        problem(
-            "tls_cert_file / tls_key_file",
-            &cert.display().to_string(),
-            reason,
-        );
+        report(problems, "tls_cert_file / tls_key_file", cert, reason);
     }
     let admin_token = match admin_token(named.admin_token_file.as_deref()) {
         Ok(token) => token,
         Err(reason) => {
             let path = named.admin_token_file.as_deref().unwrap_or(Path::new(""));
-            problem("admin_token_file", &path.display().to_string(), reason);
+            report(problems, "admin_token_file", path, reason);
             None
         }
     };
     let client_auth = named
         .client_auth
         .as_ref()
-        .and_then(|files| client_auth(files, &mut problem));
-    let mut load_ca = |key: &str, path: &Path| match UpstreamCa::load(path) {
-        Ok(ca) => Some(ca),
-        Err(reason) => {
-            problem(key, &path.display().to_string(), reason);
-            None
-        }
-    };
-    let default_ca = named.ca_file.as_deref().and_then(|p| load_ca("ca_file", p));
+        .and_then(|files| client_auth(files, problems));
+    let default_ca = named
+        .ca_file
+        .as_deref()
+        .and_then(|path| load_ca("ca_file", path, problems));
     let mut upstreams = Vec::new();
     for upstream in &named.upstreams {
         let ca = upstream
             .ca_file
             .as_deref()
-            .and_then(|path| load_ca(&format!("{}.ca_file", upstream.key), path));
-        upstreams.push((ca, None));
-    }
-    for (upstream, loaded) in named.upstreams.iter().zip(&mut upstreams) {
-        let Some((username, source)) = &upstream.password else {
-            continue;
+            .and_then(|path| load_ca(&format!("{}.ca_file", upstream.key), path, problems));
+        let credentials = match &upstream.password {
+            None => None,
+            Some((username, source)) => match read_secret(source) {
+                Ok(password) => Some(Credentials::fixed(username, &password)),
+                Err((field, value, reason)) => {
+                    report(
+                        problems,
+                        &format!("{}.{field}", upstream.key),
+                        value,
+                        reason,
+                    );
+                    None
+                }
+            },
         };
-        match read_secret(source) {
-            Ok(password) => loaded.1 = Some(Credentials::fixed(username, &password)),
-            Err((field, value, reason)) => {
-                problem(&format!("{}.{field}", upstream.key), &value, reason)
-            }
-        }
+        upstreams.push((ca, credentials));
     }
     let shared_store_secret = named
         .shared_store_secret
@@ -138,7 +129,7 @@ fn read_named_files(named: &NamedFiles, problems: &mut Vec<ConfigProblem>) -> Lo
         .and_then(|(key, source)| match read_secret(source) {
             Ok(secret) => Some(secret),
             Err((_, value, reason)) => {
-                problem(key, &value, reason);
+                report(problems, key, value, reason);
                 None
             }
         });
@@ -149,6 +140,26 @@ fn read_named_files(named: &NamedFiles, problems: &mut Vec<ConfigProblem>) -> Lo
         upstreams,
         shared_store_secret,
     }
+}
+
+/// Adds the problem `key = value: reason`.
+fn report(
+    problems: &mut Vec<ConfigProblem>,
+    key: &str,
+    value: impl AsRef<std::ffi::OsStr>,
+    reason: String,
+) {
+    problems.push(ConfigProblem {
+        key: key.to_owned(),
+        value: value.as_ref().to_string_lossy().into_owned(),
+        reason,
+    });
+}
+
+fn load_ca(key: &str, path: &Path, problems: &mut Vec<ConfigProblem>) -> Option<UpstreamCa> {
+    UpstreamCa::load(path)
+        .map_err(|reason| report(problems, key, path, reason))
+        .ok()
 }
 
 /// `FERRY_ADMIN_TOKEN` if set and not empty, else the file's first line.
@@ -169,21 +180,26 @@ fn admin_token(file: Option<&Path>) -> Result<Option<AdminToken>, String> {
 /// The users and tokens, with each user's `client_access` rules applied.
 fn client_auth(
     files: &ClientAuthFiles,
-    problem: &mut impl FnMut(&str, &str, String),
+    problems: &mut Vec<ConfigProblem>,
 ) -> Option<Arc<ClientAuth>> {
     let mut auth = match ClientAuth::load(files.tokens_file.as_deref(), files.users_file.as_deref())
     {
         Ok(auth) => auth,
         Err(reason) => {
             let path = files.users_file.as_ref().or(files.tokens_file.as_ref());
-            let value = path.map(|p| p.display().to_string()).unwrap_or_default();
-            problem("auth_users_file / auth_tokens_file", &value, reason);
+            let value = path.map(|p| p.as_os_str()).unwrap_or_default();
+            report(
+                problems,
+                "auth_users_file / auth_tokens_file",
+                value,
+                reason,
+            );
             return None;
         }
     };
     for (user, registries) in &files.registry_rules {
         if let Err(reason) = auth.restrict(user, registries.clone()) {
-            problem(&format!("client_access.{user}"), user, reason);
+            report(problems, &format!("client_access.{user}"), user, reason);
         }
     }
     Some(Arc::new(auth))
@@ -238,6 +254,9 @@ mod tests {
             ca_file = "{not_pem}"
             username = "ci"
             password_file = "{missing}"
+            [[upstream]]
+            url = "ftp://not-http"
+            ca_file = "{missing}"
             "#,
             missing = dir.path().join("missing.pem").display(),
             not_pem = not_pem.display(),
@@ -247,11 +266,13 @@ mod tests {
         assert_eq!(
             keys,
             [
+                "upstream[1].url",
                 "direct_registries",
                 "tls_cert_file / tls_key_file",
                 "ca_file",
                 "upstream[0].ca_file",
-                "upstream[0].password_file"
+                "upstream[0].password_file",
+                "upstream[1].ca_file",
             ],
             "{err}"
         );

@@ -69,12 +69,11 @@ pub(crate) fn parse(
     let mut upstreams = Vec::new();
     let mut secrets = Vec::new();
     for (key, upstream) in upstream_tables(file, overrides, problems) {
-        if let Some((config, named)) =
-            parse_one(&key, &upstream, default_registry, defaults, problems)
-        {
-            upstreams.push(config);
-            secrets.push(named);
-        }
+        let (config, named) = parse_one(&key, &upstream, default_registry, defaults, problems);
+        // An upstream without a valid URL makes the settings an error, but its files are
+        // still checked so that every problem is reported at once.
+        secrets.push(named);
+        upstreams.extend(config);
     }
     check_groups(&upstreams, problems);
     let mut seen = std::collections::HashSet::new();
@@ -144,14 +143,15 @@ fn upstream_tables(
     tables
 }
 
-/// One upstream table; `None` when its URL is missing or invalid (reported).
+/// One upstream table (`None` when its URL is missing or invalid, reported), and what it
+/// names outside the config file.
 fn parse_one(
     key: &str,
     upstream: &UpstreamFile,
     default_registry: &str,
     defaults: &UpstreamDefaults,
     problems: &mut Problems,
-) -> Option<(UpstreamConfig, UpstreamSecrets)> {
+) -> (Option<UpstreamConfig>, UpstreamSecrets) {
     let field = |name: &str| format!("{key}.{name}");
     let url = parse_url(&field("url"), upstream.url.as_deref(), problems);
     let mut timeout = |name: &str, value: Option<&String>, default: Duration| {
@@ -200,7 +200,14 @@ fn parse_one(
             "expected a name of letters, digits, '-', '_' or '.'",
         );
     }
-    let url = url?;
+    let named = UpstreamSecrets {
+        key: key.to_owned(),
+        ca_file: upstream.ca_file.as_ref().map(PathBuf::from),
+        password,
+    };
+    let Some(url) = url else {
+        return (None, named);
+    };
     let config = UpstreamConfig {
         group: upstream.group.clone(),
         name: upstream
@@ -220,12 +227,7 @@ fn parse_one(
         https_redirects_only: false,
         public_addresses_only: upstream.public_addresses_only.unwrap_or(false),
     };
-    let named = UpstreamSecrets {
-        key: key.to_owned(),
-        ca_file: upstream.ca_file.as_ref().map(PathBuf::from),
-        password,
-    };
-    Some((config, named))
+    (Some(config), named)
 }
 
 fn parse_url(key: &str, text: Option<&str>, problems: &mut Problems) -> Option<reqwest::Url> {
@@ -259,6 +261,12 @@ fn credentials(
     problems: &mut Problems,
 ) -> (Option<Credentials>, Option<(String, SecretSource)>) {
     let field = |name: &str| format!("{key}.{name}");
+    let command_ttl = problems.duration(
+        &field("password_command_ttl"),
+        upstream.password_command_ttl.as_ref(),
+        ANY_DURATION,
+        DEFAULT_PASSWORD_COMMAND_TTL,
+    );
     let sources = [
         &upstream.password,
         &upstream.password_env,
@@ -292,12 +300,7 @@ fn credentials(
         return (Some(Credentials::fixed(&username, password)), None);
     }
     if let Some(command) = &upstream.password_command {
-        let ttl = problems.duration(
-            &field("password_command_ttl"),
-            upstream.password_command_ttl.as_ref(),
-            ANY_DURATION,
-            DEFAULT_PASSWORD_COMMAND_TTL,
-        );
+        let ttl = command_ttl;
         let credentials = Credentials {
             username,
             // Run lazily, at first use; the empty password marks "from the command".

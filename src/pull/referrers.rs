@@ -64,8 +64,6 @@ const MAX_REFERRERS_PAGES: usize = 32;
 struct ReferrersPages {
     upstream: String,
     artifact_type: Option<String>,
-    /// Whether the upstream applied `artifact_type` (its `OCI-Filters-Applied`).
-    applied_upstream: bool,
     /// The first page as sent, served unchanged when it is the only page and unfiltered.
     first_page: Option<bytes::Bytes>,
     index: Option<serde_json::Value>,
@@ -74,11 +72,10 @@ struct ReferrersPages {
 }
 
 impl ReferrersPages {
-    fn new(upstream: &str, artifact_type: Option<String>, applied_upstream: bool) -> Self {
+    fn new(upstream: &str, artifact_type: Option<String>) -> Self {
         ReferrersPages {
             upstream: upstream.to_owned(),
             artifact_type,
-            applied_upstream,
             first_page: None,
             index: None,
             pages: 0,
@@ -135,7 +132,8 @@ impl ReferrersPages {
             ));
         };
         match (&self.artifact_type, first_page) {
-            (Some(wanted), _) if !self.applied_upstream => {
+            // Applied here even when the upstream says it filtered: a later page may not be.
+            (Some(wanted), _) => {
                 if let Some(manifests) = index
                     .get_mut("manifests")
                     .and_then(serde_json::Value::as_array_mut)
@@ -147,49 +145,98 @@ impl ReferrersPages {
                 }
                 Ok((index.to_string(), true))
             }
-            (filter, Some(body)) => Ok((
-                String::from_utf8_lossy(&body).into_owned(),
-                filter.is_some(),
-            )),
-            (filter, None) => Ok((index.to_string(), filter.is_some())),
+            (None, Some(body)) => Ok((String::from_utf8_lossy(&body).into_owned(), false)),
+            (None, None) => Ok((index.to_string(), false)),
         }
     }
 }
 
-/// The query of the next page an upstream names in `Link: <URL>; rel="next"`, if any. Only
-/// the query is used: the next page is asked of the same upstream at the same path, so a
-/// link cannot send ferry elsewhere.
-fn next_page_query(headers: &HeaderMap, expected_path: &str) -> Result<Option<String>, String> {
+/// The query of the next page an upstream names in `Link: <URL>; rel="next"` (RFC 8288), if
+/// any. The link is resolved against `request_url` and must name the same path; only its
+/// query is used (without `ns`, which ferry adds itself), on the same upstream, so a link
+/// cannot send ferry elsewhere.
+fn next_page_query(
+    headers: &HeaderMap,
+    request_url: &reqwest::Url,
+) -> Result<Option<String>, String> {
     for value in headers.get_all(http::header::LINK) {
         let Ok(value) = value.to_str() else { continue };
-        for link in value.split(',') {
-            let mut parts = link.split(';');
-            let target = parts.next().unwrap_or("").trim();
-            let is_next = parts.any(|param| {
-                let param = param.trim().replace(' ', "");
-                param == "rel=\"next\"" || param == "rel=next"
-            });
-            if !is_next {
+        for (target, params) in link_values(value)? {
+            if !params.iter().any(|(name, value)| {
+                name.eq_ignore_ascii_case("rel")
+                    && value
+                        .split_ascii_whitespace()
+                        .any(|rel| rel.eq_ignore_ascii_case("next"))
+            }) {
                 continue;
             }
-            let Some(target) = target.strip_prefix('<').and_then(|t| t.strip_suffix('>')) else {
-                return Err("referrers Link header is not <URL>; rel=\"next\"".into());
-            };
-            let base = reqwest::Url::parse("http://upstream.invalid/")
-                .map_err(|e| format!("cannot resolve the referrers Link ({e})"))?;
-            let url = base
+            let url = request_url
                 .join(target)
-                .map_err(|_| "referrers Link names no URL".to_owned())?;
-            if !url.path().ends_with(expected_path) {
+                .map_err(|_| format!("referrers Link names no URL ({target:?})"))?;
+            let decoded = |path: &str| path.replace("%3A", ":").replace("%3a", ":");
+            if decoded(url.path()) != decoded(request_url.path()) {
                 return Err(format!(
                     "referrers Link leaves the referrers path ({})",
                     url.path()
                 ));
             }
-            return Ok(url.query().map(str::to_owned));
+            let query: Vec<String> = url
+                .query()
+                .unwrap_or("")
+                .split('&')
+                .filter(|pair| !pair.is_empty() && *pair != "ns" && !pair.starts_with("ns="))
+                .map(str::to_owned)
+                .collect();
+            return Ok(Some(query.join("&")));
         }
     }
     Ok(None)
+}
+
+/// One item of a `Link` header: its target and its `name=value` parameters.
+type LinkValue<'a> = (&'a str, Vec<(&'a str, String)>);
+
+/// The `<target>; name=value; ...` items of one `Link` header value. Commas inside `<...>`
+/// or a quoted parameter do not split items.
+fn link_values(value: &str) -> Result<Vec<LinkValue<'_>>, String> {
+    let malformed = || format!("referrers Link header is not <URL>; rel=\"next\" ({value:?})");
+    let mut items = Vec::new();
+    let mut rest = value.trim_start();
+    while !rest.is_empty() {
+        let inner = rest.strip_prefix('<').ok_or_else(malformed)?;
+        let close = inner.find('>').ok_or_else(malformed)?;
+        let target = &inner[..close];
+        rest = &inner[close + 1..];
+        let mut params = Vec::new();
+        loop {
+            rest = rest.trim_start();
+            match rest.chars().next() {
+                Some(';') => rest = &rest[1..],
+                Some(',') => {
+                    rest = rest[1..].trim_start();
+                    break;
+                }
+                None => break,
+                Some(_) => return Err(malformed()),
+            }
+            let (name, after) = rest.split_once('=').ok_or_else(malformed)?;
+            let after = after.trim_start();
+            let (param, remaining) = match after.strip_prefix('"') {
+                Some(quoted) => {
+                    let end = quoted.find('"').ok_or_else(malformed)?;
+                    (quoted[..end].to_owned(), &quoted[end + 1..])
+                }
+                None => {
+                    let end = after.find([';', ',']).unwrap_or(after.len());
+                    (after[..end].trim().to_owned(), &after[end..])
+                }
+            };
+            params.push((name.trim(), param));
+            rest = remaining;
+        }
+        items.push((target, params));
+    }
+    Ok(items)
 }
 
 impl PullThrough {
@@ -244,26 +291,20 @@ impl PullThrough {
                             HeaderMap::new(),
                         )
                         .await?;
-                    let applied_upstream = filter.is_some()
-                        && response
-                            .headers()
-                            .get_all(OCI_FILTERS_APPLIED)
-                            .iter()
-                            .filter_map(|v| v.to_str().ok())
-                            .any(|v| v.split(',').any(|f| f.trim() == "artifactType"));
-                    let mut pages =
-                        ReferrersPages::new(client.name(), filter.clone(), applied_upstream);
-                    let expected_path = format!("/v2/{name}/{suffix}");
+                    let mut pages = ReferrersPages::new(client.name(), filter.clone());
+                    let bad = |detail: String| {
+                        UpstreamFailure::new(client.name(), FailureKind::BadResponse, detail)
+                    };
+                    let mut queries_seen = std::collections::HashSet::new();
                     loop {
-                        let next = next_page_query(response.headers(), &expected_path).map_err(
-                            |detail| {
-                                UpstreamFailure::new(
-                                    client.name(),
-                                    FailureKind::BadResponse,
-                                    detail,
-                                )
-                            },
-                        )?;
+                        let request_url = response.url().clone();
+                        let next =
+                            next_page_query(response.headers(), &request_url).map_err(bad)?;
+                        if let Some(next) = &next
+                            && !queries_seen.insert(next.clone())
+                        {
+                            return Err(bad(format!("referrers Link names a page again ({next})")));
+                        }
                         let body = client
                             .body(response)
                             .read_to_end(MAX_MANIFEST_BYTES)
@@ -355,7 +396,7 @@ mod tests {
         })
         .to_string();
         let merge = |filter: Option<&str>, pages: &[&str]| {
-            let mut merged = ReferrersPages::new("u", filter.map(str::to_owned), false);
+            let mut merged = ReferrersPages::new("u", filter.map(str::to_owned));
             for page in pages {
                 merged.add_page(bytes::Bytes::from(page.to_string()))?;
             }
@@ -387,35 +428,50 @@ mod tests {
 
     #[test]
     fn the_next_page_is_asked_of_the_same_upstream_and_path() {
-        let path = "/v2/app/web/referrers/sha256:5e";
-        let headers = |link: &str| {
+        let request = reqwest::Url::parse(
+            "https://registry.example/prefix/v2/library/app/referrers/sha256:5e?ns=docker.io",
+        )
+        .unwrap();
+        let path = request.path().to_owned();
+        let next = |link: &str| {
             let mut headers = HeaderMap::new();
             headers.insert(http::header::LINK, link.parse().unwrap());
-            headers
+            next_page_query(&headers, &request)
         };
-        assert_eq!(next_page_query(&HeaderMap::new(), path), Ok(None));
+        let some = |query: &str| Ok(Some(query.to_owned()));
+        assert_eq!(next_page_query(&HeaderMap::new(), &request), Ok(None));
         assert_eq!(
-            next_page_query(
-                &headers(&format!("<{path}?n=2&last=b>; rel=\"next\"")),
-                path
-            ),
-            Ok(Some("n=2&last=b".to_owned()))
+            next(&format!("<{path}?n=2&last=b>; rel=\"next\"")),
+            some("n=2&last=b")
         );
         assert_eq!(
-            next_page_query(
-                &headers(&format!(
-                    "<https://elsewhere.example{path}?page=2>; rel=next"
-                )),
-                path
-            ),
-            Ok(Some("page=2".to_owned())),
+            next(&format!(
+                "<https://elsewhere.example{path}?page=2>; rel=next"
+            )),
+            some("page=2"),
             "only the query is used: the host is the upstream's"
         );
         assert_eq!(
-            next_page_query(&headers("</v2/app/web/referrers/x>; rel=\"prev\""), path),
-            Ok(None)
+            next("<?n=2&last=a,b>; REL=\"Next\""),
+            some("n=2&last=a,b"),
+            "RFC 8288: relative to the request, a comma inside <>"
         );
-        assert!(next_page_query(&headers("</v2/other/manifests/x>; rel=\"next\""), path).is_err());
-        assert!(next_page_query(&headers("nonsense; rel=\"next\""), path).is_err());
+        assert_eq!(
+            next(&format!(
+                "<{path}?x=1>; rel=\"prev\", <{path}?x=3&ns=quay.io>; title=\"a, b\"; rel=\"last next\""
+            )),
+            some("x=3"),
+            "the second item, with ns dropped (ferry adds it)"
+        );
+        assert_eq!(
+            next(&format!("<{}?x=1>; rel=next", path.replace(':', "%3A"))),
+            some("x=1"),
+            "a percent-encoded digest is the same path"
+        );
+        assert_eq!(next(&format!("<{path}?x=1>; rel=\"prev\"")), Ok(None));
+        assert!(next("</v2/library/app/manifests/x>; rel=\"next\"").is_err());
+        assert!(next("</prefix/v2/library/other/referrers/sha256:5e>; rel=next").is_err());
+        assert!(next("nonsense; rel=\"next\"").is_err());
+        assert!(next("<unterminated; rel=\"next\"").is_err());
     }
 }
