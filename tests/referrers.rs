@@ -125,6 +125,44 @@ async fn a_paged_list_is_followed_to_the_end_and_served_whole() {
     assert_eq!(upstream.hits("/referrers/"), before);
 }
 
+/// An upstream whose pages link back to a page already read is a bad answer, given up after
+/// two requests, and the next upstream's list is served.
+#[tokio::test]
+async fn a_paginator_that_loops_is_given_up_and_the_next_upstream_serves() {
+    let looping = FakeRegistry::start().await;
+    let secondary = FakeRegistry::start().await;
+    with_referrers(&looping);
+    looping.loop_referrer_links();
+    with_referrers(&secondary);
+    let proxy = TestProxy::start(&[&looping, &secondary]).await;
+    let (status, _, index) = referrers(&proxy, "").await;
+    assert_eq!(status, 200, "{index}");
+    assert_eq!(digests(&index), [SIGNATURE, SBOM]);
+    assert_eq!(
+        looping.hits("/referrers/"),
+        2,
+        "the first page, then the repeated one"
+    );
+    assert_eq!(secondary.hits("/referrers/"), 1);
+}
+
+/// A 404 from an upstream without the API means "not here", not "no referrers": it moves on
+/// even with `failover_on_not_found = false` (which makes a manifest's 404 final).
+#[tokio::test]
+async fn a_missing_api_is_passed_over_even_when_not_found_is_final() {
+    let primary = FakeRegistry::start().await;
+    let secondary = FakeRegistry::start().await;
+    with_referrers(&secondary);
+    let proxy = TestProxy::start_with(&[&primary, &secondary], |c| {
+        c.pool.failover_on_not_found = false
+    })
+    .await;
+    let (status, _, index) = referrers(&proxy, "").await;
+    assert_eq!(status, 200, "{index}");
+    assert_eq!(digests(&index), [SIGNATURE, SBOM]);
+    assert_eq!(primary.hits("/referrers/"), 1);
+}
+
 /// No upstream has the API: a 404 with an OCI error body, so clients fall back to the
 /// `sha256-<hex>` tag schema.
 #[tokio::test]

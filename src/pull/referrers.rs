@@ -278,7 +278,7 @@ impl PullThrough {
             url.query().map(str::to_owned)
         });
         let fetched = upstreams
-            .first_success(Route::Digest(subject), |client| {
+            .first_success_past_missing_api(Route::Digest(subject), |client| {
                 let (suffix, query, filter) =
                     (suffix.clone(), query.clone(), artifact_type.clone());
                 async move {

@@ -290,6 +290,22 @@ impl Upstreams {
         outcome: &Result<T, UpstreamFailure>,
         latency: Duration,
     ) {
+        self.record_with(
+            client,
+            outcome,
+            latency,
+            self.settings.failover_on_not_found,
+        )
+    }
+
+    /// `record`, with `failover_on_not_found` saying whether a 404 moves to the next upstream.
+    fn record_with<T>(
+        &self,
+        client: &UpstreamClient,
+        outcome: &Result<T, UpstreamFailure>,
+        latency: Duration,
+        failover_on_not_found: bool,
+    ) {
         let outcome_label = match outcome {
             Ok(_) => "ok",
             Err(failure) => failure.reason(),
@@ -306,7 +322,7 @@ impl Upstreams {
             Ok(_) => client.health().record_success(Some(latency)),
             Err(failure) => {
                 client.health().record_failure(failure);
-                if failure.may_try_next(self.settings.failover_on_not_found) {
+                if failure.may_try_next(failover_on_not_found) {
                     self.metrics
                         .failovers
                         .get_or_create(&crate::metrics::FailoverLabels {
@@ -320,7 +336,7 @@ impl Upstreams {
                     upstream = %failure.upstream,
                     reason = failure.reason(),
                     detail = %failure.detail,
-                    may_try_next = failure.may_try_next(self.settings.failover_on_not_found),
+                    may_try_next = failure.may_try_next(failover_on_not_found),
                     "upstream attempt failed"
                 );
             }
@@ -337,14 +353,43 @@ impl Upstreams {
         F: FnMut(Arc<UpstreamClient>) -> Fut,
         Fut: Future<Output = Result<T, UpstreamFailure>>,
     {
+        self.first_success_where(route, self.settings.failover_on_not_found, attempt)
+            .await
+    }
+
+    /// `first_success` for an API an upstream may lack (OCI 1.1's referrers): a 404 there
+    /// means "not implemented here", so it always moves to the next upstream, whatever
+    /// `failover_on_not_found` says.
+    pub async fn first_success_past_missing_api<T, F, Fut>(
+        &self,
+        route: Route<'_>,
+        attempt: F,
+    ) -> Result<T, UpstreamsExhausted>
+    where
+        F: FnMut(Arc<UpstreamClient>) -> Fut,
+        Fut: Future<Output = Result<T, UpstreamFailure>>,
+    {
+        self.first_success_where(route, true, attempt).await
+    }
+
+    async fn first_success_where<T, F, Fut>(
+        &self,
+        route: Route<'_>,
+        failover_on_not_found: bool,
+        attempt: F,
+    ) -> Result<T, UpstreamsExhausted>
+    where
+        F: FnMut(Arc<UpstreamClient>) -> Fut,
+        Fut: Future<Output = Result<T, UpstreamFailure>>,
+    {
         let mut plan = self.plan(route);
         let mut failures = Vec::new();
         match self
-            .first_success_in(&mut plan, &mut failures, attempt)
+            .attempt_in_order(&mut plan, &mut failures, failover_on_not_found, attempt)
             .await
         {
             Some(value) => Ok(value),
-            None => Err(plan.exhausted(failures, self.settings.failover_on_not_found)),
+            None => Err(plan.exhausted(failures, failover_on_not_found)),
         }
     }
 
@@ -355,6 +400,22 @@ impl Upstreams {
         &self,
         plan: &mut AttemptPlan,
         failures: &mut Vec<UpstreamFailure>,
+        attempt: F,
+    ) -> Option<T>
+    where
+        F: FnMut(Arc<UpstreamClient>) -> Fut,
+        Fut: Future<Output = Result<T, UpstreamFailure>>,
+    {
+        let failover_on_not_found = self.settings.failover_on_not_found;
+        self.attempt_in_order(plan, failures, failover_on_not_found, attempt)
+            .await
+    }
+
+    async fn attempt_in_order<T, F, Fut>(
+        &self,
+        plan: &mut AttemptPlan,
+        failures: &mut Vec<UpstreamFailure>,
+        failover_on_not_found: bool,
         mut attempt: F,
     ) -> Option<T>
     where
@@ -400,11 +461,11 @@ impl Upstreams {
             let Some((client, outcome, latency)) = finished else {
                 continue;
             };
-            self.record(&client, &outcome, latency);
+            self.record_with(&client, &outcome, latency, failover_on_not_found);
             match outcome {
                 Ok(value) => return Some(value),
                 Err(failure) => {
-                    let may_try_next = failure.may_try_next(self.settings.failover_on_not_found);
+                    let may_try_next = failure.may_try_next(failover_on_not_found);
                     failures.push(failure);
                     if !may_try_next {
                         return None;

@@ -76,6 +76,8 @@ struct State {
     referrers_api: bool,
     /// Referrers per page (`?page=K`, with a `Link: <...>; rel="next"` to the next page).
     referrers_page_size: Option<usize>,
+    /// Every referrers page links to the first page again (a broken paginator).
+    referrers_link_loop: bool,
     /// (path substring, fault, matching requests it still applies to; `None` = all).
     faults: Vec<(String, Fault, Option<usize>)>,
     requests: Vec<RecordedRequest>,
@@ -225,6 +227,13 @@ impl FakeRegistry {
     /// Serves referrers lists `per_page` descriptors at a time, linking each page to the next.
     pub fn paginate_referrers(&self, per_page: usize) {
         self.state.lock().unwrap().referrers_page_size = Some(per_page);
+    }
+
+    /// Serves referrers lists one descriptor a page, every page linking to `?page=0`.
+    pub fn loop_referrer_links(&self) {
+        let mut state = self.state.lock().unwrap();
+        state.referrers_page_size = Some(1);
+        state.referrers_link_loop = true;
     }
 
     /// Serves the referrers API; `subject`'s list in `repo` gains a descriptor of
@@ -483,14 +492,19 @@ async fn handle(
         };
     }
     if let Some((repo, subject)) = rest.rsplit_once("/referrers/") {
-        let (api, descriptors, page_size) = {
+        let (api, descriptors, page_size, link_loop) = {
             let state = state.lock().unwrap();
             let descriptors = state
                 .referrers
                 .get(&(repo.to_owned(), subject.to_owned()))
                 .cloned()
                 .unwrap_or_default();
-            (state.referrers_api, descriptors, state.referrers_page_size)
+            (
+                state.referrers_api,
+                descriptors,
+                state.referrers_page_size,
+                state.referrers_link_loop,
+            )
         };
         if !api {
             return full(StatusCode::NOT_FOUND, "404 page not found\n");
@@ -524,9 +538,9 @@ async fn handle(
                     .filter(|pair| pair.starts_with("artifactType="))
                     .map(|pair| format!("&{pair}"))
                     .collect::<String>();
+                let next = if link_loop { 0 } else { page + 1 };
                 next_page = Some(format!(
-                    "</v2/{repo}/referrers/{subject}?page={}{keep_filter}>; rel=\"next\"",
-                    page + 1
+                    "</v2/{repo}/referrers/{subject}?page={next}{keep_filter}>; rel=\"next\""
                 ));
             }
         }
