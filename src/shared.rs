@@ -376,9 +376,8 @@ impl SharedStore {
             return StoreRead::Unavailable;
         };
         match answer {
+            // A success (and a hit) once the whole body has arrived: `note_read_success`.
             Ok(result) => {
-                self.record_success();
-                self.counters.hits.fetch_add(1, Ordering::Relaxed);
                 let size = result.meta.size;
                 let chunks = result
                     .into_stream()
@@ -397,6 +396,13 @@ impl SharedStore {
                 StoreRead::Unavailable
             }
         }
+    }
+
+    /// Notes that a blob's body arrived whole: a hit, and a success for the breaker (counted
+    /// only now, so a store whose bodies stall keeps failing until its breaker opens).
+    pub fn note_read_success(&self) {
+        self.record_success();
+        self.counters.hits.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Notes that `chunks` of a blob stopped mid-way (the store went away).

@@ -678,6 +678,7 @@ impl Fill {
             shared.note_read_failure(&format!("body ended at {received} of {} bytes", body.size));
             return StoreAttempt::Continue;
         }
+        shared.note_read_success();
         match self.fill.commit().await {
             Ok(()) => StoreAttempt::Committed,
             Err(CommitError::Io(e)) => {

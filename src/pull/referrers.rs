@@ -295,7 +295,8 @@ impl PullThrough {
                     let bad = |detail: String| {
                         UpstreamFailure::new(client.name(), FailureKind::BadResponse, detail)
                     };
-                    let mut queries_seen = std::collections::HashSet::new();
+                    let mut queries_seen =
+                        std::collections::HashSet::from([query.clone().unwrap_or_default()]);
                     loop {
                         let request_url = response.url().clone();
                         let next =
@@ -311,9 +312,17 @@ impl PullThrough {
                             .await?;
                         pages.add_page(body)?;
                         let Some(next) = next else { break };
+                        // A later page that is missing is a broken list, not a missing API.
                         response = client
                             .send(Method::GET, name, &suffix, Some(&next), HeaderMap::new())
-                            .await?;
+                            .await
+                            .map_err(|failure| match failure.kind {
+                                FailureKind::NotFound => bad(format!(
+                                    "referrers page {next:?} is missing: {}",
+                                    failure.detail
+                                )),
+                                _ => failure,
+                            })?;
                     }
                     let (body, filtered) = pages.finish()?;
                     Ok(ReferrersRecord {
