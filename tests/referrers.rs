@@ -146,6 +146,32 @@ async fn a_paginator_that_loops_is_given_up_and_the_next_upstream_serves() {
     assert_eq!(secondary.hits("/referrers/"), 1);
 }
 
+/// An upstream whose later page answers 404 has the API but a broken list: a bad answer, so the
+/// next upstream's list is served, and when no other upstream has one the client is not told
+/// "no referrers API" (404) but gets an upstream error.
+#[tokio::test]
+async fn a_missing_later_page_is_a_broken_list_not_a_missing_api() {
+    let broken = FakeRegistry::start().await;
+    let without_api = FakeRegistry::start().await;
+    with_referrers(&broken);
+    broken.lose_referrer_pages_from(1);
+    let proxy = TestProxy::start(&[&broken, &without_api]).await;
+    let (status, _, body) = referrers(&proxy, "").await;
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(
+        broken.hits("/referrers/"),
+        2,
+        "the first page, then the missing one"
+    );
+
+    let complete = FakeRegistry::start().await;
+    with_referrers(&complete);
+    let proxy = TestProxy::start(&[&broken, &complete]).await;
+    let (status, _, index) = referrers(&proxy, "").await;
+    assert_eq!(status, 200, "{index}");
+    assert_eq!(digests(&index), [SIGNATURE, SBOM]);
+}
+
 /// A 404 from an upstream without the API means "not here", not "no referrers": it moves on
 /// even with `failover_on_not_found = false` (which makes a manifest's 404 final).
 #[tokio::test]

@@ -78,6 +78,8 @@ struct State {
     referrers_page_size: Option<usize>,
     /// Every referrers page links to the first page again (a broken paginator).
     referrers_link_loop: bool,
+    /// Referrers pages from this one on answer 404 (a list that lost its tail).
+    referrers_missing_from_page: Option<usize>,
     /// (path substring, fault, matching requests it still applies to; `None` = all).
     faults: Vec<(String, Fault, Option<usize>)>,
     requests: Vec<RecordedRequest>,
@@ -227,6 +229,13 @@ impl FakeRegistry {
     /// Serves referrers lists `per_page` descriptors at a time, linking each page to the next.
     pub fn paginate_referrers(&self, per_page: usize) {
         self.state.lock().unwrap().referrers_page_size = Some(per_page);
+    }
+
+    /// Serves referrers lists one descriptor a page, and answers 404 for `page` and later.
+    pub fn lose_referrer_pages_from(&self, page: usize) {
+        let mut state = self.state.lock().unwrap();
+        state.referrers_page_size = Some(1);
+        state.referrers_missing_from_page = Some(page);
     }
 
     /// Serves referrers lists one descriptor a page, every page linking to `?page=0`.
@@ -492,7 +501,7 @@ async fn handle(
         };
     }
     if let Some((repo, subject)) = rest.rsplit_once("/referrers/") {
-        let (api, descriptors, page_size, link_loop) = {
+        let (api, descriptors, page_size, link_loop, missing_from) = {
             let state = state.lock().unwrap();
             let descriptors = state
                 .referrers
@@ -504,6 +513,7 @@ async fn handle(
                 descriptors,
                 state.referrers_page_size,
                 state.referrers_link_loop,
+                state.referrers_missing_from_page,
             )
         };
         if !api {
@@ -523,6 +533,9 @@ async fn handle(
             let page: usize = query_param(query.as_deref(), "page")
                 .and_then(|p| p.parse().ok())
                 .unwrap_or(0);
+            if missing_from.is_some_and(|first_missing| page >= first_missing) {
+                return oci_error(StatusCode::NOT_FOUND, "NAME_UNKNOWN");
+            }
             let all = std::mem::take(&mut manifests);
             manifests = all
                 .iter()
