@@ -14,8 +14,8 @@ pub use named_files::{ClientAuthFiles, NamedFiles, SecretSource, UpstreamSecrets
 pub use values::parse_size;
 use values::{ANY_DURATION, Problems};
 
-use crate::upstream::PoolSettings;
 use crate::upstream::breaker::BreakerConfig;
+use crate::upstream::{Hedging, PoolSettings};
 use file::ConfigFile;
 
 // Settings types owned by the layers that use them, re-exported here where configs are built.
@@ -301,6 +301,17 @@ impl Parsed {
     }
 }
 
+/// `hedge_delay`: `auto` (the default: derived from each upstream's own times to headers),
+/// `off`, or a fixed duration.
+fn hedging(value: Option<&String>, problems: &mut Problems) -> Hedging {
+    match value.map(|v| v.trim()) {
+        None | Some("auto") => Hedging::Adaptive,
+        Some(_) => problems
+            .optional_duration("hedge_delay", value, "off")
+            .map_or(Hedging::Off, Hedging::After),
+    }
+}
+
 /// Failover, retries, hedging and the circuit breaker.
 fn pool_settings(file: &ConfigFile, problems: &mut Problems) -> PoolSettings {
     let breaker_defaults = BreakerConfig::default();
@@ -319,7 +330,11 @@ fn pool_settings(file: &ConfigFile, problems: &mut Problems) -> PoolSettings {
         retry_budget: file
             .retry_budget
             .map_or(DEFAULT_RETRY_BUDGET, |b| b as usize),
-        hedge_delay: problems.optional_duration("hedge_delay", file.hedge_delay.as_ref(), "off"),
+        hedging: hedging(file.hedge_delay.as_ref(), problems),
+        stall_floor: match &file.stall_floor {
+            None => Some(crate::upstream::DEFAULT_STALL_FLOOR),
+            some => problems.optional_duration("stall_floor", some.as_ref(), "off"),
+        },
         breaker: BreakerConfig {
             threshold,
             cooldown: problems.duration(
@@ -373,7 +388,11 @@ mod tests {
         assert!(config.pool.failover_on_not_found);
         assert!(!config.offline);
         assert_eq!(config.max_stale, None);
-        assert_eq!(config.pool.hedge_delay, None);
+        assert_eq!(config.pool.hedging, Hedging::Adaptive);
+        assert_eq!(
+            config.pool.stall_floor,
+            Some(crate::upstream::DEFAULT_STALL_FLOOR)
+        );
         assert_eq!(
             config.admin_listen.map(|a| a.to_string()).as_deref(),
             Some(DEFAULT_ADMIN_LISTEN)
@@ -441,7 +460,19 @@ mod tests {
         )
         .unwrap();
         assert_eq!(config.max_stale, Some(Duration::from_secs(7 * 86400)));
-        assert_eq!(config.pool.hedge_delay, Some(Duration::from_millis(200)));
+        assert_eq!(
+            config.pool.hedging,
+            Hedging::After(Duration::from_millis(200))
+        );
+        let off = parse(
+            "hedge_delay = \"off\"\nstall_floor = \"off\"",
+            Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(off.pool.hedging, Hedging::Off);
+        assert_eq!(off.pool.stall_floor, None);
+        let slow = parse("stall_floor = \"3s\"", Overrides::default()).unwrap();
+        assert_eq!(slow.pool.stall_floor, Some(Duration::from_secs(3)));
         assert_eq!(config.admin_listen, None);
         assert!(config.offline);
         assert_eq!(config.upstreams[0].min_transfer_rate, 1 << 20);

@@ -70,6 +70,8 @@ pub struct Metrics {
     pub(crate) served_bytes: Family<SourceLabels, Counter>,
     pub(crate) upstream_requests: Family<UpstreamOutcomeLabels, Counter>,
     pub(crate) failovers: Family<FailoverLabels, Counter>,
+    pub(crate) hedges: Family<UpstreamLabels, Counter>,
+    pub(crate) stall_resumes: Family<UpstreamLabels, Counter>,
     pub(crate) fill_seconds: Histogram,
     pub(crate) fill_bytes: Histogram,
     pub(crate) breaker_open: Family<UpstreamLabels, Gauge>,
@@ -90,6 +92,8 @@ impl Default for Metrics {
             served_bytes: Family::default(),
             upstream_requests: Family::default(),
             failovers: Family::default(),
+            hedges: Family::default(),
+            stall_resumes: Family::default(),
             fill_seconds: Histogram::new(exponential_buckets(0.01, 4.0, 9)),
             fill_bytes: Histogram::new(exponential_buckets(4096.0, 8.0, 9)),
             breaker_open: Family::default(),
@@ -161,6 +165,16 @@ impl Default for Metrics {
             metrics.failovers.clone(),
         );
         registry.register(
+            "ferry_hedges",
+            "Next upstreams started alongside a silent one, by the silent upstream",
+            metrics.hedges.clone(),
+        );
+        registry.register(
+            "ferry_stall_resumes",
+            "Blob bodies that stalled against their own pace and were resumed elsewhere, by the stalled upstream",
+            metrics.stall_resumes.clone(),
+        );
+        registry.register(
             "ferry_fill_duration_seconds",
             "Time to fill a blob into the cache",
             metrics.fill_seconds.clone(),
@@ -225,10 +239,13 @@ impl Metrics {
                 reason: (*outcome).to_owned(),
             });
         }
-        self.breaker_open.remove(&UpstreamLabels {
+        let labels = UpstreamLabels {
             registry: registry.to_owned(),
             upstream: upstream.to_owned(),
-        });
+        };
+        self.breaker_open.remove(&labels);
+        self.hedges.remove(&labels);
+        self.stall_resumes.remove(&labels);
     }
 
     pub fn encode(&self) -> String {

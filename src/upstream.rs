@@ -1,14 +1,14 @@
-//! Talking to upstream registries: one HTTP client per upstream with its own timeouts and
-//! token cache (`client`, `auth`), how failures are classified (`failure`), each upstream's
-//! health and circuit breaker (`health`, `breaker`), how a request ranks a group's members
-//! (`route`), which addresses it may reach (`reach`), and the ordered list with failover, hedging and per-digest quarantine of bad
-//! sources (`pool`).
+//! Talking to upstream registries: one HTTP client per upstream with its timeouts and token cache
+//! (`client`, `auth`), failure classification (`failure`), health and breakers (`health`,
+//! `breaker`), a body's own pace (`pace`), how a request ranks a group (`route`), reach (`reach`),
+//! and the ordered list with failover, hedging and quarantine of bad sources (`pool`).
 
 pub mod auth;
 pub mod breaker;
 pub mod client;
 pub mod failure;
 pub mod health;
+pub mod pace;
 pub mod pool;
 pub mod reach;
 pub mod registries;
@@ -17,6 +17,7 @@ pub mod settings;
 
 pub use client::{BodyChunks, UpstreamClient};
 pub use failure::{FailureKind, UpstreamFailure, UpstreamsExhausted};
-pub use pool::{AttemptPlan, PoolSettings, Upstreams};
+pub use pace::BodyPace;
+pub use pool::{AttemptPlan, DEFAULT_STALL_FLOOR, Hedging, PoolSettings, Upstreams};
 pub use registries::{Registries, RegistryPattern, canonical_registry};
 pub use route::Route;

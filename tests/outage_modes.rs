@@ -144,7 +144,7 @@ async fn hedging_starts_the_next_upstream_alongside_a_slow_one() {
     primary.fault("/v2/", Fault::DelayHeaders(Duration::from_secs(3)));
     let proxy = TestProxy::start_with(&[&primary, &secondary], |c| {
         c.upstreams[0].header_timeout = Duration::from_secs(10);
-        c.pool.hedge_delay = Some(Duration::from_millis(100));
+        c.pool.hedging = ferry::upstream::Hedging::After(Duration::from_millis(100));
     })
     .await;
     let started = Instant::now();

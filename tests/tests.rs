@@ -16,6 +16,7 @@ mod failover;
 mod flapping;
 mod fleet;
 mod hostile;
+mod link_faults;
 mod outage_modes;
 mod properties;
 mod referrers;

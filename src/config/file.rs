@@ -62,8 +62,12 @@ pub struct ConfigFile {
     pub max_connections_per_client: Option<u32>,
     /// Upstream attempts allowed per request beyond one per upstream.
     pub retry_budget: Option<u32>,
-    /// Start the next upstream alongside one silent for this long ("off" disables).
+    /// Start the next upstream alongside one silent for this long: "auto" (the default, from
+    /// each upstream's own times to headers), a duration, or "off".
     pub hedge_delay: Option<String>,
+    /// Resume a blob body from the next upstream when it stalls far beyond its own pace, and
+    /// at least this long ("off": only the body timeouts apply).
+    pub stall_floor: Option<String>,
     /// Consecutive failures that open an upstream's circuit breaker.
     pub breaker_threshold: Option<u32>,
     pub breaker_cooldown: Option<String>,

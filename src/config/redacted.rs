@@ -3,6 +3,7 @@
 
 use super::Config;
 use super::file::{ConfigFile, UpstreamFile};
+use crate::upstream::Hedging;
 
 impl Config {
     /// The effective configuration as TOML, secrets redacted (for `check-config`).
@@ -102,7 +103,12 @@ impl Config {
             max_connections: Some(self.client_limits.max_connections as u32),
             max_connections_per_client: Some(self.client_limits.max_connections_per_client as u32),
             retry_budget: Some(self.pool.retry_budget as u32),
-            hedge_delay: Some(self.pool.hedge_delay.map_or("off".to_owned(), |d| {
+            hedge_delay: Some(match self.pool.hedging {
+                Hedging::Off => "off".to_owned(),
+                Hedging::Adaptive => "auto".to_owned(),
+                Hedging::After(d) => humantime::format_duration(d).to_string(),
+            }),
+            stall_floor: Some(self.pool.stall_floor.map_or("off".to_owned(), |d| {
                 humantime::format_duration(d).to_string()
             })),
             breaker_threshold: Some(self.pool.breaker.threshold),

@@ -16,7 +16,10 @@ use crate::cache::{
 use crate::error::FerryError;
 use crate::oci::{Digest, DigestVerifier, ErrorCode, RepositoryName};
 use crate::shared::{SharedStore, StoreRead};
-use crate::upstream::{AttemptPlan, FailureKind, Route, UpstreamFailure, Upstreams};
+use crate::upstream::{
+    AttemptPlan, BodyChunks, BodyPace, FailureKind, Route, UpstreamFailure, Upstreams,
+};
+use bytes::Bytes;
 use futures_util::StreamExt;
 use http::{HeaderMap, Method};
 use std::future::Future;
@@ -129,6 +132,9 @@ impl PullThrough {
             return self.head_blob_upstream(registry, name, digest).await;
         }
         if let Some(range) = range {
+            if let Some(answer) = self.resume_from_fill(registry, name, digest, range).await? {
+                return Ok(answer);
+            }
             return self.range_after_fill(registry, name, digest, range).await;
         }
         let handle = match self.join_fill(registry, name, digest).await {
@@ -194,6 +200,7 @@ impl PullThrough {
             name: name.clone(),
             digest: digest.clone(),
             total: size,
+            start: 0,
             fill: handle,
         };
         Ok(BlobAnswer {
@@ -271,7 +278,63 @@ impl PullThrough {
         }
     }
 
-    /// A Range request on a blob not yet cached. A range is never cut short by a digest
+    /// A Range on a blob being filled that runs to its last byte (`bytes=N-`, or any range
+    /// ending there) is a resume: another tier or a client carrying on after a broken body.
+    /// It streams from the growing fill like a whole-blob body, with the same protection: its
+    /// last byte waits for the digest check and a failed check cuts it. `None` when the range
+    /// ends earlier, the blob is small or of unknown length, or the fill already ended: those
+    /// wait for the verified commit.
+    async fn resume_from_fill(
+        self: &Arc<Self>,
+        registry: &str,
+        name: &RepositoryName,
+        digest: &Digest,
+        range: RangeSpec,
+    ) -> Result<Option<BlobAnswer>, FerryError> {
+        let handle = match self.join_fill(registry, name, digest).await {
+            FillJoin::Fill(handle) => handle,
+            FillJoin::Cached | FillJoin::CacheBroken => return Ok(None),
+        };
+        let snapshot = handle
+            .progress
+            .clone()
+            .wait_for(|p| !matches!(p.phase, FillPhase::Connecting))
+            .await
+            .map_err(|_| FerryError::MidStream("the fill ended without a result".into()))?
+            .clone();
+        let (total, upstream) = match snapshot.phase {
+            FillPhase::Streaming {
+                total: Some(total),
+                upstream,
+            } if total > VERIFY_BEFORE_HEADERS_BYTES => (total, upstream),
+            _ => return Ok(None),
+        };
+        let (first, last) = range
+            .resolve(total)
+            .ok_or_else(|| range_not_satisfiable(total))?;
+        if last + 1 != total {
+            return Ok(None);
+        }
+        let reader: BlobStream = Box::pin(read_fill(handle.clone(), first, Some(total)));
+        let fallback = FallbackContext {
+            pull: self.clone(),
+            registry: registry.to_owned(),
+            name: name.clone(),
+            digest: digest.clone(),
+            total: Some(total),
+            start: first,
+            fill: handle,
+        };
+        Ok(Some(BlobAnswer {
+            digest: digest.clone(),
+            size: Some(total),
+            range: Some((first, last)),
+            body: Some(continue_from_upstream_on_cache_failure(reader, fallback)),
+            source: Source::Upstream(upstream),
+        }))
+    }
+
+    /// A Range request on a blob not yet cached that ends before its last byte. A range is never cut short by a digest
     /// check (the client would keep bytes the check later condemns), so it is served only
     /// from verified bytes: it waits for the fill to commit and reads the committed file.
     /// A fill that fails after taking bad bytes is retried (its bad source is skipped now),
@@ -486,12 +549,50 @@ enum AttemptEnd {
     Committed,
     /// The bytes received so far are kept; the next source continues with a Range request.
     Broken(UpstreamFailure),
+    /// The body stalled against its own pace and another source delivered first: the fill
+    /// continues from `next`, already open at the fill's offset.
+    Stalled {
+        failure: UpstreamFailure,
+        next: Box<Replacement>,
+    },
     /// The content is wrong (digest or size) and nothing was published to readers: start over.
     WrongUnseen(UpstreamFailure),
     /// The content is wrong and readers already have bytes: the fill is over.
     WrongSeen(UpstreamFailure),
     /// The cache could not take the bytes (disk full, I/O error).
     Cache(CacheFailure),
+}
+
+/// A source that took over a stalled body: open at the fill's offset, its first chunk read.
+struct Replacement {
+    client: Arc<crate::upstream::UpstreamClient>,
+    body: BodyChunks,
+    /// The body's length as announced before its first chunk was read.
+    content_length: Option<u64>,
+    skip: u64,
+    first: Bytes,
+}
+
+/// How a stalled body's hedge ended.
+enum StallHedge {
+    /// The stalled body spoke first (a chunk, its end, or its failure); any hedge is dropped.
+    Recovered(Result<Option<Bytes>, UpstreamFailure>),
+    /// Another source delivered first.
+    Replaced {
+        stalled: UpstreamFailure,
+        next: Box<Replacement>,
+    },
+    /// No other source could be opened: the stalled body is all there is.
+    NoOther,
+}
+
+/// The next chunk of a paced body, or the source that replaced it.
+enum PacedChunk {
+    Chunk(Result<Option<Bytes>, UpstreamFailure>),
+    Replaced {
+        stalled: UpstreamFailure,
+        next: Box<Replacement>,
+    },
 }
 
 /// What a successful header phase hands to the body phase.
@@ -590,20 +691,44 @@ impl Fill {
         }
         let mut plan = upstreams.plan(Route::Digest(&self.digest));
         let mut failures = Vec::new();
+        let mut replacement: Option<Box<Replacement>> = None;
         loop {
             let offset = self.fill.received();
-            let Some(source) = self
-                .open_source(upstreams, &mut plan, &mut failures, offset)
-                .await
-            else {
-                break;
+            let (client, body, content_length, skip, first) = match replacement.take() {
+                Some(next) => (
+                    next.client,
+                    next.body,
+                    next.content_length,
+                    next.skip,
+                    Some(next.first),
+                ),
+                None => {
+                    let Some(source) = self
+                        .open_source(upstreams, &mut plan, &mut failures, offset)
+                        .await
+                    else {
+                        break;
+                    };
+                    let body = source.client.body(source.response);
+                    let content_length = body.content_length();
+                    (source.client, body, content_length, source.skip, None)
+                }
             };
-            let client = source.client.clone();
             if offset > 0 {
                 tracing::warn!(digest = %self.digest, upstream = client.name(), offset, "resuming the blob mid-stream from another source");
             }
             let started = Instant::now();
-            match self.stream_body(&client, source).await {
+            let opened = SourceBody {
+                client: &client,
+                body,
+                content_length,
+                skip,
+                first,
+            };
+            match self
+                .stream_body(upstreams, &mut plan, &mut failures, opened)
+                .await
+            {
                 AttemptEnd::Committed => {
                     // Every source whose bytes are in the committed file served them right.
                     for name in self.contributors.iter() {
@@ -616,6 +741,14 @@ impl Fill {
                     failures.push(failure);
                     // Another source continues from here; the same one may try once more.
                     plan.requeue_once(&client);
+                }
+                AttemptEnd::Stalled { failure, next } => {
+                    tracing::warn!(digest = %self.digest, stalled = client.name(), upstream = next.client.name(), offset = self.fill.received(), "a stalled body was overtaken by another source");
+                    upstreams.record(&client, &Err::<(), _>(failure.clone()), started.elapsed());
+                    upstreams.note_stall_resume(&client);
+                    failures.push(failure);
+                    plan.requeue_once(&client);
+                    replacement = Some(next);
                 }
                 AttemptEnd::WrongUnseen(failure) => {
                     self.blame_contributors(upstreams, &client, &failure, started.elapsed());
@@ -717,17 +850,25 @@ impl Fill {
         upstreams.mark_bad_source(client.name(), &self.digest);
     }
 
-    /// Streams one source's body into the fill; at its end, verifies and commits.
+    /// Streams one source's body into the fill; at its end, verifies and commits. A body that
+    /// stalls against its own pace is hedged by the plan's next source (see `next_paced`).
     async fn stream_body(
         &mut self,
-        client: &crate::upstream::UpstreamClient,
-        source: OpenedSource,
+        upstreams: &Upstreams,
+        plan: &mut AttemptPlan,
+        failures: &mut Vec<UpstreamFailure>,
+        source: SourceBody<'_>,
     ) -> AttemptEnd {
+        let SourceBody {
+            client,
+            mut body,
+            content_length,
+            mut skip,
+            mut first,
+        } = source;
         let upstream = client.name();
-        let mut body = client.body(source.response);
-        let mut skip = source.skip;
         let offset = self.fill.received();
-        let announced_total = match body.content_length() {
+        let announced_total = match content_length {
             Some(len) if skip > 0 => Some(len),
             Some(len) => Some(offset + len),
             None => None,
@@ -751,8 +892,23 @@ impl Fill {
         let total = self.total;
         self.contributors.push(upstream.to_owned());
         let mut received = offset;
+        let mut pace = upstreams.stall_floor_for(client).map(BodyPace::new);
         loop {
-            let next = next_or_publish(&mut self.fill, body.next_chunk()).await;
+            let next = match first.take() {
+                Some(chunk) => Ok(Some(chunk)),
+                None => match self
+                    .next_paced(upstreams, plan, failures, &mut body, &mut pace)
+                    .await
+                {
+                    PacedChunk::Chunk(next) => next,
+                    PacedChunk::Replaced { stalled, next } => {
+                        return AttemptEnd::Stalled {
+                            failure: stalled,
+                            next,
+                        };
+                    }
+                },
+            };
             let mut chunk = match next {
                 Ok(Some(chunk)) => chunk,
                 Ok(None) => break,
@@ -800,6 +956,159 @@ impl Fill {
                 &self.fill,
                 UpstreamFailure::new(upstream, FailureKind::DigestMismatch, mismatch.to_string()),
             ),
+        }
+    }
+}
+
+/// One source's body as `stream_body` takes it.
+struct SourceBody<'a> {
+    client: &'a Arc<crate::upstream::UpstreamClient>,
+    body: BodyChunks,
+    /// The body's length as announced (`BodyChunks` only knows what is left once read from).
+    content_length: Option<u64>,
+    /// Leading bytes to drop (the source ignored `Range`).
+    skip: u64,
+    /// A chunk already read (by the hedge that won a stall).
+    first: Option<Bytes>,
+}
+
+impl Fill {
+    /// The body's next chunk. With a pace, a body silent for far longer than its own recent
+    /// gaps is hedged: the plan's next source opens at the fill's offset while the quiet one
+    /// is kept, and whichever delivers a byte first carries on.
+    async fn next_paced(
+        &mut self,
+        upstreams: &Upstreams,
+        plan: &mut AttemptPlan,
+        failures: &mut Vec<UpstreamFailure>,
+        body: &mut BodyChunks,
+        pace: &mut Option<BodyPace>,
+    ) -> PacedChunk {
+        let Some(judge) = pace.as_mut() else {
+            return PacedChunk::Chunk(next_or_publish(&mut self.fill, body.next_chunk()).await);
+        };
+        let stall_after = judge.stall_after();
+        let next = next_or_publish(
+            &mut self.fill,
+            tokio::time::timeout(stall_after, body.next_chunk()),
+        )
+        .await;
+        if let Ok(next) = next {
+            if matches!(next, Ok(Some(_))) {
+                judge.chunk_arrived();
+            }
+            return PacedChunk::Chunk(next);
+        }
+        let offset = self.fill.received();
+        tracing::warn!(digest = %self.digest, offset, silent_ms = stall_after.as_millis() as u64, "blob body stalled against its own pace; asking the next source alongside it");
+        match self
+            .hedge_stall(upstreams, plan, failures, body, offset, stall_after)
+            .await
+        {
+            StallHedge::Recovered(next) => {
+                judge.resumed_after_stall();
+                PacedChunk::Chunk(next)
+            }
+            StallHedge::Replaced { stalled, next } => PacedChunk::Replaced { stalled, next },
+            StallHedge::NoOther => {
+                // Nothing to hedge with: only the body timeouts judge it from here on.
+                *pace = None;
+                PacedChunk::Chunk(body.next_chunk().await)
+            }
+        }
+    }
+
+    /// Races a stalled body against the plan's next source opened at `offset`: the first to
+    /// deliver a byte wins and the other is dropped. A hedge that fails leaves the stalled body.
+    async fn hedge_stall(
+        &self,
+        upstreams: &Upstreams,
+        plan: &mut AttemptPlan,
+        failures: &mut Vec<UpstreamFailure>,
+        stalled: &mut BodyChunks,
+        offset: u64,
+        silent: std::time::Duration,
+    ) -> StallHedge {
+        let mut stalled_failure = None;
+        let opened = {
+            let opening = self.open_source(upstreams, plan, failures, offset);
+            let mut opening = std::pin::pin!(opening);
+            tokio::select! {
+                next = stalled.next_chunk() => match next {
+                    // The quiet body broke meanwhile: the hedge is the way on.
+                    Err(failure) => {
+                        stalled_failure = Some(failure);
+                        opening.await
+                    }
+                    next => return StallHedge::Recovered(next),
+                },
+                opened = &mut opening => opened,
+            }
+        };
+        let Some(source) = opened else {
+            return match stalled_failure {
+                Some(failure) => StallHedge::Recovered(Err(failure)),
+                None => StallHedge::NoOther,
+            };
+        };
+        let mut fresh = source.client.body(source.response);
+        let content_length = fresh.content_length();
+        let hedge_started = Instant::now();
+        let first = match stalled_failure {
+            Some(_) => fresh.next_chunk().await,
+            None => tokio::select! {
+                next = stalled.next_chunk() => match next {
+                    Err(failure) => {
+                        stalled_failure = Some(failure);
+                        fresh.next_chunk().await
+                    }
+                    next => return StallHedge::Recovered(next),
+                },
+                first = fresh.next_chunk() => first,
+            },
+        };
+        let first = match first {
+            Ok(Some(chunk)) if !chunk.is_empty() => chunk,
+            other => {
+                let failure = match other {
+                    Err(failure) => failure,
+                    _ => UpstreamFailure::new(
+                        source.client.name(),
+                        FailureKind::BodyBroken,
+                        "a resumed body ended before its first byte",
+                    ),
+                };
+                upstreams.record(
+                    &source.client,
+                    &Err::<(), _>(failure.clone()),
+                    hedge_started.elapsed(),
+                );
+                failures.push(failure);
+                return match stalled_failure {
+                    Some(failure) => StallHedge::Recovered(Err(failure)),
+                    None => StallHedge::Recovered(stalled.next_chunk().await),
+                };
+            }
+        };
+        let stalled = stalled_failure.unwrap_or_else(|| {
+            UpstreamFailure::new(
+                stalled.upstream(),
+                FailureKind::BodyStalled,
+                format!(
+                    "no byte for {silent:?} at offset {offset}, far beyond its own pace; {} delivered first",
+                    source.client.name()
+                ),
+            )
+        });
+        StallHedge::Replaced {
+            stalled,
+            next: Box::new(Replacement {
+                client: source.client,
+                body: fresh,
+                content_length,
+                skip: source.skip,
+                first,
+            }),
         }
     }
 }

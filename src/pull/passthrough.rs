@@ -1,8 +1,7 @@
-//! When the cache cannot take a blob (disk full, I/O errors), clients are served straight
-//! from upstream without caching: from the start, or from wherever a failed fill left them.
-//! Only whole blobs pass here, and they still get verified bytes: the hash covers what it already
-//! sent (re-read from the fill) plus the rest, and the last chunk is held back until
-//! the digest matches, so a wrong body is cut, never completed.
+//! When the cache cannot take a blob (disk full, I/O errors), clients are served straight from
+//! upstream without caching, from the start or from wherever a failed fill left them. Only bodies
+//! that run to the blob's end pass here (whole blobs, resumes); the hash covers what the fill had
+//! (re-read from it) plus the rest, and the last chunk waits for the digest: a wrong body is cut.
 
 use super::{BlobStream, PullThrough, blob_error};
 use crate::cache::FillHandle;
@@ -62,7 +61,7 @@ pub async fn open_tail(
 
 /// Streams `tail` from `offset` to the blob's end. `verifier` has hashed the blob's first
 /// `offset` bytes; the running hash must equal `digest` when the blob ends, or the stream
-/// fails before its last chunk. (Only whole blobs pass here: a range cannot be verified.)
+/// fails before its last chunk. (Only bodies that run to the blob's end pass here.)
 pub fn stream_tail(
     tail: UpstreamTail,
     offset: u64,
@@ -157,6 +156,8 @@ pub struct FallbackContext {
     pub(crate) digest: Digest,
     /// The blob's size, when known.
     pub(crate) total: Option<u64>,
+    /// The byte the reader started at: 0 for a whole blob, N for a resume (`bytes=N-`).
+    pub(crate) start: u64,
     /// The fill, for re-hashing what the reader already sent.
     pub(crate) fill: Arc<FillHandle>,
 }
@@ -171,7 +172,7 @@ pub fn continue_from_upstream_on_cache_failure(
         Cache(BlobStream),
         Upstream(BlobStream),
     }
-    let sent = 0;
+    let sent = context.start;
     Box::pin(futures_util::stream::try_unfold(
         (Phase::Cache(inner), sent, Some(context)),
         |(phase, mut sent, mut context)| async move {

@@ -417,6 +417,11 @@ pub struct BodyChunks {
 }
 
 impl BodyChunks {
+    /// The upstream this body comes from.
+    pub fn upstream(&self) -> &str {
+        &self.upstream
+    }
+
     pub fn content_length(&self) -> Option<u64> {
         self.response.content_length()
     }

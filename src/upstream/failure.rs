@@ -13,6 +13,9 @@ pub enum FailureKind {
     HeaderTimeout,
     /// Headers arrived, then the body went quiet for longer than the idle timeout.
     BodyIdleTimeout,
+    /// The body went quiet for far longer than its own recent pace, and another upstream
+    /// delivered the rest first.
+    BodyStalled,
     /// The body broke: reset, truncated, or longer than announced.
     BodyBroken,
     /// The body arrived slower than the configured minimum rate.
@@ -74,12 +77,13 @@ impl UpstreamFailure {
 
 impl FailureKind {
     /// Every value [`FailureKind::reason`] returns, and `ok`: the outcome label's values.
-    pub const OUTCOME_LABELS: [&'static str; 15] = [
+    pub const OUTCOME_LABELS: [&'static str; 16] = [
         "ok",
         "connect",
         "connect_timeout",
         "header_timeout",
         "body_idle_timeout",
+        "body_stalled",
         "body_broken",
         "too_slow",
         "not_found",
@@ -99,6 +103,7 @@ impl FailureKind {
             FailureKind::ConnectTimeout => "connect_timeout",
             FailureKind::HeaderTimeout => "header_timeout",
             FailureKind::BodyIdleTimeout => "body_idle_timeout",
+            FailureKind::BodyStalled => "body_stalled",
             FailureKind::BodyBroken => "body_broken",
             FailureKind::TooSlow => "too_slow",
             FailureKind::NotFound => "not_found",

@@ -10,6 +10,8 @@ use std::time::{Duration, SystemTime};
 
 /// How many recent failures are kept per upstream for the status page.
 const RECENT_FAILURES: usize = 16;
+/// How many recent times to headers are kept per upstream (they set its hedge delay).
+const RECENT_HEADER_TIMES: usize = 32;
 /// Breaker weight of an upstream that sent wrong bytes: it counts heavily.
 pub const BAD_BYTES_WEIGHT: u32 = 3;
 /// An error status does not count toward the breaker while the upstream served another
@@ -33,6 +35,8 @@ pub struct UpstreamHealth {
     /// Exponentially weighted mean of the time to response headers, in microseconds.
     latency_ewma_us: AtomicU64,
     last_latency_us: AtomicU64,
+    /// The latest successful times to headers, newest last (at most `RECENT_HEADER_TIMES`).
+    header_times: Mutex<VecDeque<Duration>>,
     recent: Mutex<VecDeque<RecordedFailure>>,
 }
 
@@ -46,6 +50,7 @@ impl UpstreamHealth {
             failures: AtomicU64::new(0),
             latency_ewma_us: AtomicU64::new(0),
             last_latency_us: AtomicU64::new(0),
+            header_times: Mutex::new(VecDeque::with_capacity(RECENT_HEADER_TIMES)),
             recent: Mutex::new(VecDeque::new()),
         }
     }
@@ -82,9 +87,21 @@ impl UpstreamHealth {
             let old = self.latency_ewma_us.load(Ordering::Relaxed);
             let new = if old == 0 { us } else { (old * 7 + us) / 8 };
             self.latency_ewma_us.store(new, Ordering::Relaxed);
+            let mut times = self.header_times.lock().unwrap_or_else(|p| p.into_inner());
+            if times.len() == RECENT_HEADER_TIMES {
+                times.pop_front();
+            }
+            times.push_back(latency);
         }
         let transition = self.breaker.record_success();
         self.log_transition(transition);
+    }
+
+    /// The slowest of the upstream's recent successful times to headers; `None` before its
+    /// first answer. Hedging waits a multiple of it before asking the next upstream.
+    pub fn slowest_recent_answer(&self) -> Option<Duration> {
+        let times = self.header_times.lock().unwrap_or_else(|p| p.into_inner());
+        times.iter().max().copied()
     }
 
     pub fn record_failure(&self, failure: &UpstreamFailure) {
@@ -145,6 +162,7 @@ impl UpstreamHealth {
             "latency_ms": {
                 "last": self.last_latency_us.load(Ordering::Relaxed) as f64 / 1000.0,
                 "mean": self.latency_ewma_us.load(Ordering::Relaxed) as f64 / 1000.0,
+                "slowest_recent": self.slowest_recent_answer().map(|d| d.as_secs_f64() * 1000.0),
             },
             "recent_failures": recent,
         })

@@ -1,8 +1,8 @@
 //! The ordered list of upstreams. Each request gets an [`AttemptPlan`]: upstreams in
 //! priority order (a group's members ranked for the request), drained ones left out, open
 //! breakers deferred to the last resort, recent bad sources for the digest last, and a
-//! bounded number of attempts. Attempts
-//! can be hedged: if one has no answer within the hedge delay, the next starts alongside it.
+//! bounded number of attempts. Attempts are hedged: if one has no answer within its hedge delay
+//! (by default a multiple of that upstream's own recent times to headers), the next starts beside it.
 
 use super::breaker::{Admission, BreakerConfig};
 use super::client::UpstreamClient;
@@ -26,9 +26,67 @@ pub struct PoolSettings {
     pub(crate) bad_source_skip: Duration,
     /// Attempts allowed beyond one per upstream (resuming from the same upstream, etc.).
     pub retry_budget: usize,
-    /// Start the next upstream alongside one that has not answered within this delay.
-    pub hedge_delay: Option<Duration>,
+    /// When to start the next upstream alongside one that has not answered yet.
+    pub hedging: Hedging,
+    /// A blob body that was flowing and goes quiet for far longer than its own recent gaps,
+    /// and at least this long, is resumed from the next upstream (the quiet one kept as a
+    /// hedge). `None`: only the fixed body timeouts apply.
+    pub stall_floor: Option<Duration>,
     pub breaker: BreakerConfig,
+}
+
+/// Hedging: starting the next upstream alongside one that is silent, so a blackholed upstream
+/// costs a request a fraction of a second rather than its whole header timeout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hedging {
+    Off,
+    /// After this fixed delay.
+    After(Duration),
+    /// After a delay derived from the upstream's own recent times to headers (the default).
+    Adaptive,
+}
+
+/// Adaptive hedging waits this many times the upstream's slowest recent time to headers...
+const HEDGE_FACTOR: u32 = 3;
+/// ...but at least this long (a hedge to a group's next member or to a registry costs egress)...
+pub const HEDGE_FLOOR: Duration = Duration::from_millis(250);
+/// ...and at most this long: a silent upstream costs a request no more than this.
+pub const HEDGE_CAP: Duration = Duration::from_secs(1);
+/// Before an upstream's first answer, its hedge delay is this.
+pub const HEDGE_BEFORE_FIRST_ANSWER: Duration = Duration::from_millis(500);
+/// The default `stall_floor`.
+pub const DEFAULT_STALL_FLOOR: Duration = Duration::from_secs(1);
+/// An upstream group's members are ferries with failover of their own underneath (AZ
+/// replicas): adaptive hedges and stall judgements against them wait this many times longer,
+/// so the tier below acts first and a host does not start a second fill on another replica.
+pub const GROUP_MEMBER_PATIENCE: u32 = 3;
+
+/// How much longer than a registry an upstream is given before it is judged silent.
+fn patience(client: &UpstreamClient) -> u32 {
+    if client.config().group.is_some() {
+        GROUP_MEMBER_PATIENCE
+    } else {
+        1
+    }
+}
+
+impl Hedging {
+    /// How long an attempt at `client` may stay silent before the next upstream starts.
+    pub fn delay_for(self, client: &UpstreamClient) -> Option<Duration> {
+        match self {
+            Hedging::Off => None,
+            Hedging::After(delay) => Some(delay),
+            Hedging::Adaptive => {
+                let patience = patience(client);
+                Some(match client.health().slowest_recent_answer() {
+                    None => HEDGE_BEFORE_FIRST_ANSWER * patience,
+                    Some(slowest) => {
+                        (slowest * HEDGE_FACTOR).clamp(HEDGE_FLOOR * patience, HEDGE_CAP * patience)
+                    }
+                })
+            }
+        }
+    }
 }
 
 impl Default for PoolSettings {
@@ -37,7 +95,8 @@ impl Default for PoolSettings {
             failover_on_not_found: true,
             bad_source_skip: Duration::from_secs(300),
             retry_budget: 2,
-            hedge_delay: None,
+            hedging: Hedging::Adaptive,
+            stall_floor: Some(DEFAULT_STALL_FLOOR),
             breaker: BreakerConfig::default(),
         }
     }
@@ -207,6 +266,46 @@ impl Upstreams {
 
     pub fn failover_on_not_found(&self) -> bool {
         self.settings.failover_on_not_found
+    }
+
+    /// See [`PoolSettings::stall_floor`]; longer for a group member (see
+    /// [`GROUP_MEMBER_PATIENCE`]).
+    pub fn stall_floor_for(&self, client: &UpstreamClient) -> Option<Duration> {
+        self.settings
+            .stall_floor
+            .map(|floor| floor * patience(client))
+    }
+
+    /// How long an attempt at `client` may stay silent before a hedge starts.
+    pub fn hedge_delay_for(&self, client: &UpstreamClient) -> Option<Duration> {
+        self.settings.hedging.delay_for(client)
+    }
+
+    /// Counts a body resumed elsewhere because it stalled against its own pace.
+    pub fn note_stall_resume(&self, stalled: &UpstreamClient) {
+        self.metrics
+            .stall_resumes
+            .get_or_create(&crate::metrics::UpstreamLabels {
+                registry: self.registry.clone(),
+                upstream: stalled.name().to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts a hedge: the next upstream started because `slow` was silent.
+    pub fn note_hedge(&self, slow: &UpstreamClient, delay: Duration) {
+        tracing::info!(
+            upstream = slow.name(),
+            ?delay,
+            "hedging: starting the next upstream alongside a silent one"
+        );
+        self.metrics
+            .hedges
+            .get_or_create(&crate::metrics::UpstreamLabels {
+                registry: self.registry.clone(),
+                upstream: slow.name().to_owned(),
+            })
+            .inc();
     }
 
     pub fn clients(&self) -> &[Arc<UpstreamClient>] {
@@ -431,24 +530,38 @@ impl Upstreams {
                 (client, outcome, started.elapsed())
             }
         };
+        // Attempts still waiting for an answer, with when they started, oldest first.
+        let mut pending: Vec<(Arc<UpstreamClient>, Instant)> = Vec::new();
         let mut exhausted = false;
         loop {
             if running.is_empty() {
                 match plan.next_upstream() {
-                    Some(client) => running.push(launch(client)),
+                    Some(client) => {
+                        pending.push((client.clone(), Instant::now()));
+                        running.push(launch(client));
+                    }
                     None => return None,
                 }
             }
-            let hedge = self.settings.hedge_delay.filter(|_| !exhausted);
+            // The newest attempt sets the hedge: once it has been silent for its own delay,
+            // the next upstream starts alongside it.
+            let hedge = pending
+                .last()
+                .filter(|_| !exhausted)
+                .and_then(|(client, started)| {
+                    let delay = self.settings.hedging.delay_for(client)?;
+                    Some((client.clone(), delay, *started + delay))
+                });
             let finished = match hedge {
                 None => running.next().await,
-                Some(delay) => {
+                Some((slow, delay, deadline)) => {
                     tokio::select! {
                         finished = running.next() => finished,
-                        () = tokio::time::sleep(delay) => {
+                        () = tokio::time::sleep_until(deadline.into()) => {
                             match plan.next_upstream() {
                                 Some(client) => {
-                                    tracing::info!(upstream = client.name(), ?delay, "hedging: starting the next upstream alongside a slow one");
+                                    self.note_hedge(&slow, delay);
+                                    pending.push((client.clone(), Instant::now()));
                                     running.push(launch(client));
                                 }
                                 None => exhausted = true,
@@ -461,9 +574,13 @@ impl Upstreams {
             let Some((client, outcome, latency)) = finished else {
                 continue;
             };
+            pending.retain(|(p, _)| !Arc::ptr_eq(p, &client));
             self.record_with(&client, &outcome, latency, failover_on_not_found);
             match outcome {
-                Ok(value) => return Some(value),
+                Ok(value) => {
+                    self.blame_outrun(&pending, failover_on_not_found);
+                    return Some(value);
+                }
                 Err(failure) => {
                     let may_try_next = failure.may_try_next(failover_on_not_found);
                     failures.push(failure);
@@ -472,6 +589,36 @@ impl Upstreams {
                     }
                 }
             }
+        }
+    }
+
+    /// Attempts a hedge outran are dropped unanswered. One silent for longer than its own
+    /// hedge delay counts as a header timeout, so a blackholed upstream's breaker opens after
+    /// a few hedged requests instead of each of them waiting its full header timeout.
+    fn blame_outrun(
+        &self,
+        pending: &[(Arc<UpstreamClient>, Instant)],
+        failover_on_not_found: bool,
+    ) {
+        for (client, started) in pending {
+            let silent = started.elapsed();
+            let Some(delay) = self.settings.hedging.delay_for(client) else {
+                continue;
+            };
+            if silent < delay {
+                continue;
+            }
+            let failure = UpstreamFailure::new(
+                client.name(),
+                super::failure::FailureKind::HeaderTimeout,
+                format!("silent for {silent:?}, outrun by a hedge"),
+            );
+            self.record_with(
+                client,
+                &Err::<(), _>(failure),
+                silent,
+                failover_on_not_found,
+            );
         }
     }
 }
