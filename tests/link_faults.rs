@@ -381,3 +381,65 @@ async fn the_hedge_delay_follows_the_upstream_own_times_to_headers() {
         .expect("a silent upstream is hedged after its own delay");
     assert_eq!(secondary.hits("/blobs/"), 1);
 }
+
+/// A hedge's authoritative answer does not cut a slower upstream short: with not-found
+/// failover off, a secondary's 404 arriving while the hedged primary is still working waits
+/// for the primary, which has the blob.
+#[tokio::test]
+async fn a_hedge_404_waits_for_the_slower_upstream_that_has_the_blob() {
+    let primary = FakeRegistry::start().await;
+    let secondary = FakeRegistry::start().await;
+    let blob = pseudo_random_bytes(50_000, 260);
+    let digest = primary.put_blob(blob.clone());
+    primary.fault("/blobs/", Fault::DelayHeaders(Duration::from_millis(800)));
+    let proxy = TestProxy::start_with(&[&primary, &secondary], |c| {
+        c.pool.failover_on_not_found = false;
+        c.pool.hedging = ferry::upstream::Hedging::After(Duration::from_millis(100));
+    })
+    .await;
+    let response = get_url(proxy.url(&format!("/v2/a/b/blobs/{digest}"))).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(response.bytes().await.unwrap() == blob);
+    assert_eq!(
+        secondary.hits("/blobs/"),
+        1,
+        "the hedge was asked and said 404"
+    );
+}
+
+/// An upstream that is slow but answers is not broken by the hedges it loses: the time it
+/// stayed silent raises its own hedge delay until it stops losing, and its breaker stays closed.
+#[tokio::test]
+async fn a_slow_but_healthy_upstream_outgrows_its_hedges() {
+    let primary = FakeRegistry::start().await;
+    let secondary = FakeRegistry::start().await;
+    let digests: Vec<_> = (0..8)
+        .map(|i| {
+            let bytes = pseudo_random_bytes(20_000 + i, 270 + i as u64);
+            secondary.put_blob(bytes.clone());
+            primary.put_blob(bytes)
+        })
+        .collect();
+    // 700 ms to headers: slower than the 500 ms hedge before a first answer.
+    primary.fault("/blobs/", Fault::DelayHeaders(Duration::from_millis(700)));
+    let proxy = TestProxy::start_with(&[&primary, &secondary], |c| {
+        for upstream in &mut c.upstreams {
+            upstream.header_timeout = Duration::from_secs(30);
+        }
+    })
+    .await;
+    for digest in &digests {
+        let response = get_url(proxy.url(&format!("/v2/a/b/blobs/{digest}"))).await;
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    assert_eq!(
+        breaker_state(&proxy.admin_status().await, 0),
+        "closed",
+        "a slow primary is not a dead one"
+    );
+    assert!(
+        secondary.hits("/blobs/") <= 2,
+        "the primary served once its delay had grown: secondary asked {} times",
+        secondary.hits("/blobs/")
+    );
+}

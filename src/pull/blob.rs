@@ -271,6 +271,7 @@ impl PullThrough {
                     fill,
                     total: None,
                     contributors: Vec::new(),
+                    stall_hedges: 0,
                 };
                 self.tasks.spawn("blob fill", fill.run(self.clone()));
                 FillJoin::Fill(handle)
@@ -293,7 +294,10 @@ impl PullThrough {
     ) -> Result<Option<BlobAnswer>, FerryError> {
         let handle = match self.join_fill(registry, name, digest).await {
             FillJoin::Fill(handle) => handle,
-            FillJoin::Cached | FillJoin::CacheBroken => return Ok(None),
+            FillJoin::Cached => return Ok(None),
+            FillJoin::CacheBroken => {
+                return self.uncached_blob(registry, name, digest).await.map(Some);
+            }
         };
         let snapshot = handle
             .progress
@@ -307,6 +311,16 @@ impl PullThrough {
                 total: Some(total),
                 upstream,
             } if total > VERIFY_BEFORE_HEADERS_BYTES => (total, upstream),
+            FillPhase::Failed(failure) => {
+                return match fill_error(&failure) {
+                    FerryError::Cache(_) => {
+                        self.uncached_blob(registry, name, digest).await.map(Some)
+                    }
+                    // Bad bytes after some were shown: the range path starts a new fill.
+                    FerryError::MidStream(_) => Ok(None),
+                    error => Err(error),
+                };
+            }
             _ => return Ok(None),
         };
         let (first, last) = range
@@ -542,7 +556,12 @@ struct Fill {
     total: Option<u64>,
     /// Upstreams whose bytes are in the fill; all are suspects if the digest fails.
     contributors: Vec<String>,
+    /// Stalls hedged so far (at most `MAX_STALL_HEDGES`).
+    stall_hedges: u32,
 }
+
+/// Stalls one fill may hedge; after that only the body timeouts judge its sources.
+const MAX_STALL_HEDGES: u32 = 8;
 
 /// How one upstream's attempt at the body ended.
 enum AttemptEnd {
@@ -984,6 +1003,10 @@ impl Fill {
         body: &mut BodyChunks,
         pace: &mut Option<BodyPace>,
     ) -> PacedChunk {
+        if self.stall_hedges >= MAX_STALL_HEDGES {
+            // Enough hedging for one fill: only the body timeouts judge it from here on.
+            *pace = None;
+        }
         let Some(judge) = pace.as_mut() else {
             return PacedChunk::Chunk(next_or_publish(&mut self.fill, body.next_chunk()).await);
         };
@@ -999,6 +1022,7 @@ impl Fill {
             }
             return PacedChunk::Chunk(next);
         }
+        self.stall_hedges += 1;
         let offset = self.fill.received();
         tracing::warn!(digest = %self.digest, offset, silent_ms = stall_after.as_millis() as u64, "blob body stalled against its own pace; asking the next source alongside it");
         match self
@@ -1019,7 +1043,9 @@ impl Fill {
     }
 
     /// Races a stalled body against the plan's next source opened at `offset`: the first to
-    /// deliver a byte wins and the other is dropped. A hedge that fails leaves the stalled body.
+    /// deliver a byte of the blob wins and the other is dropped. The hedge draws on a copy of
+    /// the plan, kept once the hedge was used (it won, failed, or the stalled body broke): a
+    /// stall that ends by itself spends no attempt an upstream may need later.
     async fn hedge_stall(
         &self,
         upstreams: &Upstreams,
@@ -1029,9 +1055,10 @@ impl Fill {
         offset: u64,
         silent: std::time::Duration,
     ) -> StallHedge {
+        let mut hedge_plan = plan.clone();
         let mut stalled_failure = None;
         let opened = {
-            let opening = self.open_source(upstreams, plan, failures, offset);
+            let opening = self.open_source(upstreams, &mut hedge_plan, failures, offset);
             let mut opening = std::pin::pin!(opening);
             tokio::select! {
                 next = stalled.next_chunk() => match next {
@@ -1046,6 +1073,7 @@ impl Fill {
             }
         };
         let Some(source) = opened else {
+            *plan = hedge_plan;
             return match stalled_failure {
                 Some(failure) => StallHedge::Recovered(Err(failure)),
                 None => StallHedge::NoOther,
@@ -1055,29 +1083,30 @@ impl Fill {
         let content_length = fresh.content_length();
         let hedge_started = Instant::now();
         let first = match stalled_failure {
-            Some(_) => fresh.next_chunk().await,
+            Some(_) => first_byte_past(&mut fresh, source.skip).await,
             None => tokio::select! {
                 next = stalled.next_chunk() => match next {
                     Err(failure) => {
                         stalled_failure = Some(failure);
-                        fresh.next_chunk().await
+                        first_byte_past(&mut fresh, source.skip).await
                     }
+                    // Dropping the hedge gives its attempt back: `plan` is untouched.
                     next => return StallHedge::Recovered(next),
                 },
-                first = fresh.next_chunk() => first,
+                first = first_byte_past(&mut fresh, source.skip) => first,
             },
         };
+        *plan = hedge_plan;
         let first = match first {
-            Ok(Some(chunk)) if !chunk.is_empty() => chunk,
+            Ok(Some(chunk)) => chunk,
             other => {
-                let failure = match other {
-                    Err(failure) => failure,
-                    _ => UpstreamFailure::new(
+                let failure = other.err().unwrap_or_else(|| {
+                    UpstreamFailure::new(
                         source.client.name(),
                         FailureKind::BodyBroken,
                         "a resumed body ended before its first byte",
-                    ),
-                };
+                    )
+                });
                 upstreams.record(
                     &source.client,
                     &Err::<(), _>(failure.clone()),
@@ -1106,10 +1135,29 @@ impl Fill {
                 client: source.client,
                 body: fresh,
                 content_length,
-                skip: source.skip,
+                skip: 0,
                 first,
             }),
         }
+    }
+}
+
+/// The first chunk of `body` past its first `skip` bytes (which an upstream that ignored
+/// `Range` sends again), or its end. Bounded by the body's length.
+async fn first_byte_past(
+    body: &mut BodyChunks,
+    mut skip: u64,
+) -> Result<Option<Bytes>, UpstreamFailure> {
+    loop {
+        let Some(chunk) = body.next_chunk().await? else {
+            return Ok(None);
+        };
+        let len = chunk.len() as u64;
+        if skip >= len {
+            skip -= len;
+            continue;
+        }
+        return Ok(Some(chunk.slice(skip as usize..)));
     }
 }
 

@@ -213,12 +213,14 @@ pub fn continue_from_upstream_on_cache_failure(
     ))
 }
 
-/// The rest of a whole-blob body from upstream, from `offset` on; what was already sent is
-/// re-hashed from the fill so the digest check still covers every byte.
+/// The rest of a body from upstream, from `offset` on; what the fill already had is re-hashed
+/// from it so the digest check still covers every byte. A resume reader may be ahead of the
+/// fill: the bytes between the two are fetched and hashed again, not sent twice.
 async fn continue_at(context: &FallbackContext, offset: u64) -> io::Result<BlobStream> {
     let fill = context.fill.clone();
+    let hashed = offset.min(fill.progress.borrow().received);
     let algorithm = context.digest.algorithm();
-    let verifier = tokio::task::spawn_blocking(move || fill.hash_prefix(offset, algorithm))
+    let verifier = tokio::task::spawn_blocking(move || fill.hash_prefix(hashed, algorithm))
         .await
         .map_err(|e| io::Error::other(format!("hashing task failed: {e}")))??;
     let upstreams = context
@@ -229,16 +231,41 @@ async fn continue_at(context: &FallbackContext, offset: u64) -> io::Result<BlobS
         &upstreams,
         &context.name,
         &context.digest,
-        offset,
+        hashed,
         context.total,
     )
     .await
     .map_err(|e| io::Error::other(e.to_string()))?;
-    Ok(stream_tail(
+    let rest = stream_tail(
         tail,
-        offset,
+        hashed,
         context.total,
         verifier,
         context.digest.clone(),
+    );
+    Ok(drop_leading(rest, offset - hashed))
+}
+
+/// `stream` without its first `count` bytes (hashed by it, but already held by the reader).
+fn drop_leading(stream: BlobStream, count: u64) -> BlobStream {
+    if count == 0 {
+        return stream;
+    }
+    Box::pin(futures_util::stream::try_unfold(
+        (stream, count),
+        |(mut stream, mut count)| async move {
+            loop {
+                let Some(chunk) = stream.next().await.transpose()? else {
+                    return Ok(None);
+                };
+                let len = chunk.len() as u64;
+                if count >= len {
+                    count -= len;
+                    continue;
+                }
+                let rest = chunk.slice(count as usize..);
+                return Ok(Some((rest, (stream, 0))));
+            }
+        },
     ))
 }

@@ -6,7 +6,7 @@ use super::failure::{FailureKind, UpstreamFailure};
 use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 /// How many recent failures are kept per upstream for the status page.
 const RECENT_FAILURES: usize = 16;
@@ -35,8 +35,11 @@ pub struct UpstreamHealth {
     /// Exponentially weighted mean of the time to response headers, in microseconds.
     latency_ewma_us: AtomicU64,
     last_latency_us: AtomicU64,
-    /// The latest successful times to headers, newest last (at most `RECENT_HEADER_TIMES`).
+    /// The latest times to answer, newest last (at most `RECENT_HEADER_TIMES`): real answers,
+    /// and silences a hedge cut short (a lower bound of what the answer would have taken).
     header_times: Mutex<VecDeque<Duration>>,
+    /// When the upstream last answered a request (any status that shows it is alive).
+    last_answer: Mutex<Option<Instant>>,
     recent: Mutex<VecDeque<RecordedFailure>>,
 }
 
@@ -51,6 +54,7 @@ impl UpstreamHealth {
             latency_ewma_us: AtomicU64::new(0),
             last_latency_us: AtomicU64::new(0),
             header_times: Mutex::new(VecDeque::with_capacity(RECENT_HEADER_TIMES)),
+            last_answer: Mutex::new(None),
             recent: Mutex::new(VecDeque::new()),
         }
     }
@@ -87,18 +91,37 @@ impl UpstreamHealth {
             let old = self.latency_ewma_us.load(Ordering::Relaxed);
             let new = if old == 0 { us } else { (old * 7 + us) / 8 };
             self.latency_ewma_us.store(new, Ordering::Relaxed);
-            let mut times = self.header_times.lock().unwrap_or_else(|p| p.into_inner());
-            if times.len() == RECENT_HEADER_TIMES {
-                times.pop_front();
-            }
-            times.push_back(latency);
+            self.push_answer_time(latency);
         }
+        *self.last_answer.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
         let transition = self.breaker.record_success();
         self.log_transition(transition);
     }
 
-    /// The slowest of the upstream's recent successful times to headers; `None` before its
-    /// first answer. Hedging waits a multiple of it before asking the next upstream.
+    fn push_answer_time(&self, time: Duration) {
+        let mut times = self.header_times.lock().unwrap_or_else(|p| p.into_inner());
+        if times.len() == RECENT_HEADER_TIMES {
+            times.pop_front();
+        }
+        times.push_back(time);
+    }
+
+    /// A request to this upstream stayed silent this long before a hedge answered it: its
+    /// answer would have taken at least that, so the next hedge waits longer.
+    pub fn note_silence(&self, silent: Duration) {
+        self.push_answer_time(silent);
+    }
+
+    /// Whether the upstream answered any request since `since`.
+    pub fn answered_since(&self, since: Instant) -> bool {
+        self.last_answer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some_and(|at| at >= since)
+    }
+
+    /// The slowest of the upstream's recent times to answer; `None` before its first answer.
+    /// Hedging waits a multiple of it before asking the next upstream.
     pub fn slowest_recent_answer(&self) -> Option<Duration> {
         let times = self.header_times.lock().unwrap_or_else(|p| p.into_inner());
         times.iter().max().copied()
@@ -119,6 +142,17 @@ impl UpstreamHealth {
                 reason: failure.reason(),
                 detail: failure.detail.clone(),
             });
+        }
+        let answered = !matches!(
+            failure.kind,
+            FailureKind::Connect
+                | FailureKind::ConnectTimeout
+                | FailureKind::HeaderTimeout
+                | FailureKind::BodyIdleTimeout
+                | FailureKind::BodyStalled
+        );
+        if answered {
+            *self.last_answer.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
         }
         let transition = match failure.kind {
             // The upstream is alive and answering; these say nothing about its health.

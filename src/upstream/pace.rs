@@ -28,7 +28,7 @@ impl BodyPace {
     pub fn new(floor: Duration) -> Self {
         BodyPace {
             floor,
-            cap: floor * CAP_OVER_FLOOR,
+            cap: floor.saturating_mul(CAP_OVER_FLOOR),
             last_chunk: Instant::now(),
             gaps: VecDeque::with_capacity(RECENT_GAPS),
         }
@@ -37,7 +37,9 @@ impl BodyPace {
     /// How long the body may now stay silent before it counts as stalled.
     pub fn stall_after(&self) -> Duration {
         let longest = self.gaps.iter().max().copied().unwrap_or_default();
-        (longest * PACE_FACTOR).clamp(self.floor, self.cap)
+        longest
+            .saturating_mul(PACE_FACTOR)
+            .clamp(self.floor, self.cap)
     }
 
     /// A chunk arrived: its gap joins the recent ones.

@@ -118,6 +118,7 @@ pub struct Upstreams {
 /// is tried as the last resort, in configured order, so a request fails only after every
 /// upstream was asked. Attempts are bounded by one per upstream plus the retry budget, and a
 /// second try of one upstream never takes an attempt an untried upstream still needs.
+#[derive(Clone)]
 pub struct AttemptPlan {
     order: Vec<Arc<UpstreamClient>>,
     position: usize,
@@ -533,8 +534,14 @@ impl Upstreams {
         // Attempts still waiting for an answer, with when they started, oldest first.
         let mut pending: Vec<(Arc<UpstreamClient>, Instant)> = Vec::new();
         let mut exhausted = false;
+        // Set by an answer that forbids trying further (a 404 with not-found failover off):
+        // nothing new starts, but attempts already running may still answer.
+        let mut stopped = false;
         loop {
             if running.is_empty() {
+                if stopped {
+                    return None;
+                }
                 match plan.next_upstream() {
                     Some(client) => {
                         pending.push((client.clone(), Instant::now()));
@@ -545,13 +552,14 @@ impl Upstreams {
             }
             // The newest attempt sets the hedge: once it has been silent for its own delay,
             // the next upstream starts alongside it.
-            let hedge = pending
-                .last()
-                .filter(|_| !exhausted)
-                .and_then(|(client, started)| {
-                    let delay = self.settings.hedging.delay_for(client)?;
-                    Some((client.clone(), delay, *started + delay))
-                });
+            let hedge =
+                pending
+                    .last()
+                    .filter(|_| !exhausted && !stopped)
+                    .and_then(|(client, started)| {
+                        let delay = self.settings.hedging.delay_for(client)?;
+                        Some((client.clone(), delay, started.checked_add(delay)?))
+                    });
             let finished = match hedge {
                 None => running.next().await,
                 Some((slow, delay, deadline)) => {
@@ -574,38 +582,42 @@ impl Upstreams {
             let Some((client, outcome, latency)) = finished else {
                 continue;
             };
-            pending.retain(|(p, _)| !Arc::ptr_eq(p, &client));
+            if let Some(at) = pending.iter().position(|(p, _)| Arc::ptr_eq(p, &client)) {
+                pending.remove(at);
+            }
             self.record_with(&client, &outcome, latency, failover_on_not_found);
             match outcome {
                 Ok(value) => {
-                    self.blame_outrun(&pending, failover_on_not_found);
+                    self.note_outrun(&pending, failover_on_not_found);
                     return Some(value);
                 }
                 Err(failure) => {
-                    let may_try_next = failure.may_try_next(failover_on_not_found);
-                    failures.push(failure);
-                    if !may_try_next {
-                        return None;
+                    if !failure.may_try_next(failover_on_not_found) {
+                        stopped = true;
                     }
+                    failures.push(failure);
                 }
             }
         }
     }
 
-    /// Attempts a hedge outran are dropped unanswered. One silent for longer than its own
-    /// hedge delay counts as a header timeout, so a blackholed upstream's breaker opens after
-    /// a few hedged requests instead of each of them waiting its full header timeout.
-    fn blame_outrun(
-        &self,
-        pending: &[(Arc<UpstreamClient>, Instant)],
-        failover_on_not_found: bool,
-    ) {
+    /// Attempts a hedge outran are dropped unanswered. What they showed still counts: the
+    /// time one stayed silent is a lower bound of its time to answer (so a slow but healthy
+    /// upstream's hedge delay grows until it stops losing), and one that answered nothing at
+    /// all since it started (no other request either) counts as a header timeout, so a
+    /// blackholed upstream's breaker opens after a few hedged requests.
+    fn note_outrun(&self, pending: &[(Arc<UpstreamClient>, Instant)], failover_on_not_found: bool) {
         for (client, started) in pending {
             let silent = started.elapsed();
             let Some(delay) = self.settings.hedging.delay_for(client) else {
                 continue;
             };
             if silent < delay {
+                continue;
+            }
+            let answered_since = client.health().answered_since(*started);
+            client.health().note_silence(silent);
+            if answered_since {
                 continue;
             }
             let failure = UpstreamFailure::new(
