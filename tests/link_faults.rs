@@ -443,3 +443,37 @@ async fn a_slow_but_healthy_upstream_outgrows_its_hedges() {
         secondary.hits("/blobs/")
     );
 }
+
+/// A body that has not delivered its first byte is not judged by pace: a replica answering a
+/// resume from a fill still short of that offset is silent until its fill gets there, and a
+/// hedge then would start a second fill of the blob on another replica.
+#[tokio::test]
+async fn a_body_silent_before_its_first_byte_is_not_hedged_by_pace() {
+    let primary = FakeRegistry::start().await;
+    let secondary = FakeRegistry::start().await;
+    let blob = pseudo_random_bytes(3 * MIB, 280);
+    let digest = primary.put_blob(blob.clone());
+    secondary.put_blob(blob.clone());
+    let release = Arc::new(Notify::new());
+    primary.fault(
+        "/blobs/",
+        Fault::PauseMidBody {
+            after: 0,
+            release: release.clone(),
+        },
+    );
+    let proxy = TestProxy::start_with(&[&primary, &secondary], patient).await;
+    let pull = tokio::spawn(get_url(proxy.url(&format!("/v2/a/b/blobs/{digest}"))));
+    // Three times the 1 s stall floor, with headers in and no byte yet.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        secondary.hits("/blobs/"),
+        0,
+        "no hedge before the first byte"
+    );
+    release.notify_one();
+    let response = pull.await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(response.bytes().await.unwrap() == blob);
+    assert_eq!(secondary.hits("/blobs/"), 0);
+}

@@ -914,7 +914,12 @@ impl Fill {
         let mut pace = upstreams.stall_floor_for(client).map(BodyPace::new);
         loop {
             let next = match first.take() {
-                Some(chunk) => Ok(Some(chunk)),
+                Some(chunk) => {
+                    if let Some(judge) = pace.as_mut() {
+                        judge.chunk_arrived();
+                    }
+                    Ok(Some(chunk))
+                }
                 None => match self
                     .next_paced(upstreams, plan, failures, &mut body, &mut pace)
                     .await
@@ -1007,8 +1012,12 @@ impl Fill {
             // Enough hedging for one fill: only the body timeouts judge it from here on.
             *pace = None;
         }
-        let Some(judge) = pace.as_mut() else {
-            return PacedChunk::Chunk(next_or_publish(&mut self.fill, body.next_chunk()).await);
+        let Some(judge) = pace.as_mut().filter(|judge| judge.is_flowing()) else {
+            let next = next_or_publish(&mut self.fill, body.next_chunk()).await;
+            if let (Some(judge), Ok(Some(_))) = (pace.as_mut(), &next) {
+                judge.chunk_arrived();
+            }
+            return PacedChunk::Chunk(next);
         };
         let stall_after = judge.stall_after();
         let next = next_or_publish(

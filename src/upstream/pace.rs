@@ -21,6 +21,8 @@ pub struct BodyPace {
     cap: Duration,
     last_chunk: Instant,
     gaps: VecDeque<Duration>,
+    /// A chunk has arrived: the body is flowing, and only a flowing body can stall.
+    flowing: bool,
 }
 
 impl BodyPace {
@@ -31,6 +33,7 @@ impl BodyPace {
             cap: floor.saturating_mul(CAP_OVER_FLOOR),
             last_chunk: Instant::now(),
             gaps: VecDeque::with_capacity(RECENT_GAPS),
+            flowing: false,
         }
     }
 
@@ -42,9 +45,17 @@ impl BodyPace {
             .clamp(self.floor, self.cap)
     }
 
+    /// Whether the body has delivered a chunk. Before its first byte a body is not judged by
+    /// pace: a tier that answers a resume from a fill still short of that offset is silent
+    /// until its fill gets there, and a hedge then would start a second fill of the blob.
+    pub fn is_flowing(&self) -> bool {
+        self.flowing
+    }
+
     /// A chunk arrived: its gap joins the recent ones.
     pub fn chunk_arrived(&mut self) {
         let now = Instant::now();
+        self.flowing = true;
         if self.gaps.len() == RECENT_GAPS {
             self.gaps.pop_front();
         }
@@ -68,6 +79,7 @@ mod tests {
         let floor = Duration::from_secs(1);
         let mut pace = BodyPace::new(floor);
         assert_eq!(pace.stall_after(), floor, "no history: the floor");
+        assert!(!pace.is_flowing());
         // A fast body: 5 ms gaps would allow 40 ms, but the floor holds.
         for _ in 0..10 {
             tokio::time::advance(Duration::from_millis(5)).await;
