@@ -598,3 +598,41 @@ async fn a_blob_of_unannounced_length_evicts_at_most_half_the_cache() {
             .any(|(path, _)| path.to_string_lossy().contains(huge_digest.hex()))
     );
 }
+
+/// Clients choose the method, so it must not choose metric series: made-up methods (and a
+/// 6,000-character one) all count as `other`, beside GET and HEAD (issue 19, item 4).
+#[tokio::test]
+async fn made_up_methods_do_not_make_metric_series() {
+    let upstream = FakeRegistry::start().await;
+    let proxy = TestProxy::start(&[&upstream]).await;
+    let http = crate::support::client();
+    let mut methods: Vec<String> = (0..20).map(|i| format!("MADEUP{i}")).collect();
+    methods.push("X".repeat(6000));
+    for method in &methods {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        // Any answer (or a refused request line) will do; only the metrics matter here.
+        let _ = http.request(method, proxy.url("/v2/")).send().await;
+    }
+    let _ = http.get(proxy.url("/v2/")).send().await;
+    let admin = proxy.server.as_ref().unwrap().admin_addr.unwrap();
+    let text = http
+        .get(format!("http://{admin}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let mut labels: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("ferry_requests_total{"))
+        .filter_map(|l| l.split("method=\"").nth(1)?.split('"').next())
+        .collect();
+    labels.sort_unstable();
+    labels.dedup();
+    assert!(labels.contains(&"GET"), "{text}");
+    assert!(
+        labels.iter().all(|l| ["GET", "HEAD", "other"].contains(l)),
+        "method labels: {labels:?}"
+    );
+}

@@ -38,6 +38,14 @@ impl TagRecord {
         }
     }
 
+    /// The record with a confirmation time in the future (a replica with a fast clock, or a
+    /// hand-written record in the shared store) moved back to now: it ages from here, rather
+    /// than staying fresh, and unrevalidated, until that time comes.
+    pub fn clamped_to_now(mut self) -> TagRecord {
+        self.fetched_at_unix_ms = self.fetched_at_unix_ms.min(unix_ms(SystemTime::now()));
+        self
+    }
+
     /// How long ago an upstream confirmed it (zero if the clock went backwards).
     pub fn age(&self) -> Duration {
         let now = unix_ms(SystemTime::now());
@@ -96,8 +104,8 @@ impl TagStore {
             return Some(record.clone());
         }
         let text = tokio::fs::read(self.path(key)).await.ok()?;
-        let record: TagRecord = match serde_json::from_slice(&text) {
-            Ok(record) => record,
+        let record: TagRecord = match serde_json::from_slice::<TagRecord>(&text) {
+            Ok(record) => record.clamped_to_now(),
             Err(e) => {
                 tracing::warn!(path = %self.path(key).display(), error = %e, "ignoring unreadable tag record");
                 return None;
@@ -194,6 +202,32 @@ mod tests {
             ..record.key()
         };
         assert_eq!(fresh.get(&other).await, None);
+    }
+
+    #[tokio::test]
+    async fn a_record_dated_in_the_future_ages_from_now() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::create(dir.path()).unwrap();
+        let store = TagStore::new(layout.tags_dir());
+        let record = TagRecord {
+            registry: "r".into(),
+            repository: "a/b".into(),
+            tag: "t".into(),
+            digest: "sha256:00".into(),
+            media_type: "x".into(),
+            fetched_at_unix_ms: unix_ms(SystemTime::now()) + 365 * 86_400_000,
+            upstream: "u".into(),
+        };
+        store.put(&layout, record.clone()).await.unwrap();
+        // A fresh store reads it from disk, as after a restart.
+        let fresh = TagStore::new(layout.tags_dir());
+        let loaded = fresh.get(&record.key()).await.unwrap();
+        assert!(loaded.fetched_at_unix_ms <= unix_ms(SystemTime::now()));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(
+            fresh.get(&record.key()).await.unwrap().age() >= Duration::from_millis(20),
+            "it ages, so its tag TTL runs out"
+        );
     }
 
     #[tokio::test]

@@ -147,8 +147,8 @@ impl PullThrough {
         let StoreRead::Found((body, _)) = shared.get_small(&path, 64 * 1024).await else {
             return None;
         };
-        let record: TagRecord = match serde_json::from_slice(&body) {
-            Ok(record) => record,
+        let record: TagRecord = match serde_json::from_slice::<TagRecord>(&body) {
+            Ok(record) => record.clamped_to_now(),
             Err(e) => {
                 shared.report_corrupt(path, format!("not a tag record: {e}"));
                 return None;

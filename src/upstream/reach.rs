@@ -18,7 +18,8 @@ pub fn is_public(ip: IpAddr) -> bool {
 }
 
 fn is_public_v4(ip: Ipv4Addr) -> bool {
-    let [a, b, ..] = ip.octets();
+    let [a, b, c, _] = ip.octets();
+    // The IANA IPv4 special-purpose registry's entries that are not globally reachable.
     !(ip.is_unspecified()
         || ip.is_loopback()
         || ip.is_private()
@@ -28,24 +29,46 @@ fn is_public_v4(ip: Ipv4Addr) -> bool {
         || ip.is_documentation()
         || a == 0 // "this network"
         || (a == 100 && (64..128).contains(&b)) // shared address space (CGNAT)
-        || (a == 192 && b == 0 && ip.octets()[2] == 0) // IETF protocol assignments
+        || (a == 192 && b == 0 && c == 0) // IETF protocol assignments
+        || (a == 192 && b == 88 && c == 99) // deprecated 6to4 relay anycast
+        || (a == 198 && (b & 0xfe) == 18) // benchmarking 198.18.0.0/15
         || a >= 240) // reserved
 }
 
+/// The IPv4 address an IPv6 address carries, for the forms that route to it: IPv4-mapped
+/// `::ffff:a.b.c.d` (handled by the caller), NAT64 `64:ff9b::/96` and 6to4 `2002::/16`.
+fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
+    let s = ip.segments();
+    let from = |hi: u16, lo: u16| Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo));
+    if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+        return Some(from(s[6], s[7]));
+    }
+    if s[0] == 0x2002 {
+        return Some(from(s[1], s[2]));
+    }
+    None
+}
+
 fn is_public_v6(ip: Ipv6Addr) -> bool {
-    let first = ip.segments()[0];
+    let s = ip.segments();
+    let first = s[0];
+    if let Some(v4) = embedded_v4(ip) {
+        return is_public_v4(v4);
+    }
+    // The IANA IPv6 special-purpose registry's entries that are not globally reachable.
     !(ip.is_unspecified()
         || ip.is_loopback()
         || ip.is_multicast()
+        || s[..6] == [0, 0, 0, 0, 0, 0] // IPv4-compatible ::a.b.c.d (deprecated) and ::/96
+        || (first == 0x64 && s[1] == 0xff9b && s[2] == 1) // local-use NAT64 64:ff9b:1::/48
+        || (first == 0x100 && s[1..4] == [0, 0, 0]) // discard-only 100::/64
+        || (first == 0x2001 && s[1] < 0x0200) // IETF protocol assignments 2001::/23 (Teredo too)
         || (first & 0xfe00) == 0xfc00 // unique local fc00::/7
         || (first & 0xffc0) == 0xfe80 // link-local fe80::/10
         || (first & 0xffc0) == 0xfec0 // site-local fec0::/10 (deprecated)
-        || first == 0x2001 && ip.segments()[1] == 0x0db8 // documentation
-        // NAT64 (64:ff9b::/96) embeds an IPv4 address: judge that one.
-        || (ip.segments()[..6] == [0x64, 0xff9b, 0, 0, 0, 0] && {
-            let [.., hi, lo] = ip.segments();
-            !is_public_v4(Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo)))
-        }))
+        || first == 0x2001 && s[1] == 0x0db8 // documentation 2001:db8::/32
+        || (first & 0xfff0) == 0x3ff0 // documentation 3fff::/20
+        || first == 0x5f00) // segment routing SIDs 5f00::/16
 }
 
 /// Refuses a URL whose host is a literal non-public address (names are checked by
@@ -130,6 +153,22 @@ mod tests {
             "64:ff9b::7f00:1",
             "ff02::1",
             "2001:db8::1",
+            // Gaps a hostile-upstream review found (issue 19, item 6), and the rest of the
+            // IANA special-purpose registries.
+            "198.18.0.1",
+            "198.19.255.255",
+            "192.88.99.1",
+            "64:ff9b:1::a00:1",
+            "::a00:1",
+            "::8.8.8.8",
+            "2002:a00:1::1",
+            "2002:7f00:1::",
+            "2002:a9fe:a9fe::1",
+            "2001::1",
+            "2001:0:4136:e378::1",
+            "100::1",
+            "3fff::1",
+            "5f00::1",
         ] {
             assert!(!is_public(private.parse().unwrap()), "{private}");
         }
@@ -141,6 +180,9 @@ mod tests {
             "2606:4700::1111",
             "::ffff:8.8.8.8",
             "64:ff9b::808:808",
+            "198.20.0.1",
+            "2002:808:808::1",
+            "2001:4860:4860::8888",
         ] {
             assert!(is_public(public.parse().unwrap()), "{public}");
         }
