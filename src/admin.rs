@@ -14,10 +14,20 @@ use std::sync::Arc;
 
 /// Who may use the admin API: the Host names it answers to besides addresses and
 /// localhost, and the token drain and undrain require, if one is set.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct AdminAccess {
     pub(crate) hosts: Vec<String>,
     pub(crate) token: Option<String>,
+}
+
+impl std::fmt::Debug for AdminAccess {
+    /// Says whether a token is set, never the token.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminAccess")
+            .field("hosts", &self.hosts)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 pub async fn handle<B>(
@@ -345,4 +355,20 @@ fn error(status: StatusCode, code: ErrorCode, message: &str) -> Response<Respons
             .header(CONTENT_LENGTH, body.len())
             .body(full_body(body)),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_never_shows_the_admin_token() {
+        let access = AdminAccess {
+            hosts: vec!["ferry.internal".into()],
+            token: Some("s3cr3t-admin-token".into()),
+        };
+        let shown = format!("{access:?}");
+        assert!(!shown.contains("s3cr3t"), "{shown}");
+        assert!(shown.contains("<redacted>") && shown.contains("ferry.internal"));
+    }
 }

@@ -148,12 +148,13 @@ impl Cache {
             tracing::error!(%digest, path = %body_path.display(), "cached manifest does not match its digest; ignoring it");
             return Ok(None);
         }
+        // The recorded type is a hint, checked against the body like an upstream's (a cache
+        // written before types came from the body may hold a hostile one).
+        let recorded = tokio::fs::read_to_string(self.layout.manifest_type_path(digest))
+            .await
+            .ok();
         let media_type =
-            match tokio::fs::read_to_string(self.layout.manifest_type_path(digest)).await {
-                Ok(media_type) => media_type.trim().to_owned(),
-                Err(_) => crate::oci::media_type::detect_manifest_media_type(&body)
-                    .unwrap_or_else(|| crate::oci::media_type::OCI_MANIFEST.to_owned()),
-            };
+            crate::oci::media_type::manifest_media_type(recorded.as_deref().map(str::trim), &body);
         Ok(Some(CachedManifest {
             digest: digest.clone(),
             media_type,

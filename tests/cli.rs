@@ -283,3 +283,60 @@ fn a_taken_admin_port_is_named_with_the_flag_that_moves_it() {
     assert!(stderr.contains("--admin-listen"), "{stderr}");
     assert_eq!(stderr.matches("os error 98").count(), 1, "{stderr}");
 }
+
+/// Secrets never reach a message: credentials in an upstream URL are refused without being
+/// shown (flag or file), and a TOML error (a misspelt or wrong-typed key) names the line and
+/// column, not the value (issue 19, item 8).
+#[test]
+fn config_errors_never_print_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            "[[upstream]]\nurl = \"https://bob:SECRET-ONE@r.example\"\n",
+            "SECRET-ONE",
+            "credentials",
+        ),
+        (
+            "[[upstream]]\nurl = \"https://r.example\"\nusername = \"bob\"\npasword = \"SECRET-TWO\"\n",
+            "SECRET-TWO",
+            "line 4",
+        ),
+        (
+            "[[upstream]]\nurl = \"https://r.example\"\nusername = \"bob\"\npassword = 987654321\n",
+            "987654321",
+            "line 4",
+        ),
+    ];
+    for (i, (text, secret, says)) in cases.iter().enumerate() {
+        let path = dir.path().join(format!("ferry{i}.toml"));
+        std::fs::write(&path, text).unwrap();
+        let out = ferry()
+            .args(["check-config", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "case {i}");
+        let printed = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            !printed.contains(secret),
+            "case {i} printed its secret: {printed}"
+        );
+        assert!(printed.contains(says), "case {i}: {printed}");
+    }
+    let out = ferry()
+        .args([
+            "check-config",
+            "--upstream",
+            "https://bob:SECRET-FLAG@r.example",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let printed = String::from_utf8_lossy(&out.stderr);
+    assert!(!printed.contains("SECRET-FLAG"), "{printed}");
+    assert!(printed.contains("***@r.example"), "{printed}");
+}

@@ -636,3 +636,33 @@ async fn made_up_methods_do_not_make_metric_series() {
         "method labels: {labels:?}"
     );
 }
+
+/// An upstream cannot rename a digest's media type: the body's own `mediaType` decides, for
+/// this request and for every later client of the digest (issue 19, item 2).
+#[tokio::test]
+async fn a_hostile_content_type_does_not_change_a_manifest_media_type() {
+    let upstream = FakeRegistry::start().await;
+    let (_, _, _) = put_image(&[&upstream], "org/app", "v1", 77);
+    let body = get_body(upstream.url() + "/v2/org/app/manifests/v1").await;
+    let digest = ferry::oci::Digest::sha256_of(&body);
+    // The same bytes, served again under a made-up vendor type.
+    upstream.put_manifest(
+        "org/app",
+        Some("evil"),
+        "application/vnd.evil+json",
+        String::from_utf8(body.to_vec()).unwrap(),
+    );
+    let proxy = TestProxy::start(&[&upstream]).await;
+    for path in [
+        "/v2/org/app/manifests/evil".to_owned(),
+        format!("/v2/org/app/manifests/{digest}"),
+    ] {
+        let response = get_url(proxy.url(&path)).await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(
+            response.headers()["content-type"],
+            ferry::oci::media_type::OCI_MANIFEST,
+            "{path}"
+        );
+    }
+}

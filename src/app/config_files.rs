@@ -42,8 +42,52 @@ fn read_config_file(path: &Path) -> Result<ConfigFile, ConfigProblem> {
         reason,
     };
     let text = std::fs::read_to_string(path).map_err(|e| problem(format!("cannot read: {e}")))?;
-    toml::from_str::<ConfigFile>(&text)
-        .map_err(|e| problem(format!("not valid ferry TOML: {}", e.to_string().trim())))
+    toml::from_str::<ConfigFile>(&text).map_err(|e| problem(toml_error_without_values(&e, &text)))
+}
+
+/// A TOML error without the file's text: toml quotes the offending line, and serde the
+/// offending value, either of which may be a secret (`pasword = "..."`, `password = 1234`).
+/// Says where (line and column), and the message with any value in it replaced by `…`.
+fn toml_error_without_values(error: &toml::de::Error, text: &str) -> String {
+    let at = error
+        .span()
+        .map(|span| {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            format!(" at line {line}, column {column}")
+        })
+        .unwrap_or_default();
+    let message = error.message().trim();
+    let message = if message.starts_with("invalid") {
+        without_quoted_values(message)
+    } else {
+        message.to_owned()
+    };
+    format!("not valid ferry TOML{at}: {message}")
+}
+
+/// `text` with every `...` and "..." span replaced by `…` (serde's way of quoting values).
+fn without_quoted_values(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut quote: Option<char> = None;
+    for c in text.chars() {
+        match quote {
+            Some(open) if c == open => {
+                out.push('…');
+                out.push(c);
+                quote = None;
+            }
+            Some(_) => {}
+            None => {
+                out.push(c);
+                if c == '`' || c == '"' {
+                    quote = Some(c);
+                }
+            }
+        }
+    }
+    out
 }
 
 /// What the named files hold, ready to be filled into the validated settings.

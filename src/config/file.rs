@@ -3,7 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+/// Not `Debug`: it holds secrets as written (passwords, the store's secret key).
+#[derive(Default, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConfigFile {
     pub listen: Option<String>,
@@ -105,7 +106,8 @@ pub struct ConfigFile {
     pub upstreams: Vec<UpstreamFile>,
 }
 
-#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+/// Not `Debug`: it holds the password as written.
+#[derive(Default, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamFile {
     pub url: Option<String>,

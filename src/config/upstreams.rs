@@ -235,21 +235,44 @@ fn parse_url(key: &str, text: Option<&str>, problems: &mut Problems) -> Option<r
         problems.add(key, "", "every upstream needs a url");
         return None;
     };
+    let shown = without_userinfo(text);
     match reqwest::Url::parse(text.trim_end_matches('/')) {
+        Ok(url) if !url.username().is_empty() || url.password().is_some() => {
+            problems.add(
+                key,
+                &shown,
+                "must not carry credentials (user:password@): use the upstream's username with \
+                 password_env, password_file or password_command",
+            );
+            None
+        }
         Ok(url) if matches!(url.scheme(), "http" | "https") && url.host_str().is_some() => {
             if url.query().is_some() || url.fragment().is_some() {
-                problems.add(key, text, "must not have a query or fragment");
+                problems.add(key, &shown, "must not have a query or fragment");
             }
             Some(url)
         }
         Ok(_) => {
-            problems.add(key, text, "scheme must be http or https, with a host");
+            problems.add(key, &shown, "scheme must be http or https, with a host");
             None
         }
         Err(e) => {
-            problems.add(key, text, format!("not a URL ({e})"));
+            problems.add(key, &shown, format!("not a URL ({e})"));
             None
         }
+    }
+}
+
+/// `text` with anything between `://` and the last `@` of its authority replaced by `***`, so
+/// a URL's user and password never reach a message.
+fn without_userinfo(text: &str) -> String {
+    let Some((scheme, rest)) = text.split_once("://") else {
+        return text.to_owned();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
+        None => text.to_owned(),
     }
 }
 

@@ -76,24 +76,118 @@ impl AcceptList {
     }
 }
 
+/// Docker's unsigned schema 1 type (registries send it for schema 1 bodies without signatures).
+pub const DOCKER_MANIFEST_V1: &str = "application/vnd.docker.distribution.manifest.v1+json";
+
+/// What a manifest's JSON shows of its type, read without building a tree of the document
+/// (the other fields are skipped, not kept).
+#[derive(serde::Deserialize)]
+struct ManifestShape {
+    #[serde(rename = "mediaType")]
+    media_type: Option<String>,
+    #[serde(rename = "schemaVersion")]
+    schema_version: Option<u64>,
+    manifests: Option<serde::de::IgnoredAny>,
+    config: Option<serde::de::IgnoredAny>,
+    layers: Option<serde::de::IgnoredAny>,
+}
+
+/// The families of manifests, each with the types that name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ManifestKind {
+    Index,
+    Image,
+    SchemaOne,
+}
+
+impl ManifestKind {
+    fn of_type(media_type: &str) -> Option<ManifestKind> {
+        match media_type {
+            OCI_INDEX | DOCKER_MANIFEST_LIST => Some(ManifestKind::Index),
+            OCI_MANIFEST | DOCKER_MANIFEST_V2 => Some(ManifestKind::Image),
+            DOCKER_MANIFEST_V1_SIGNED | DOCKER_MANIFEST_V1 => Some(ManifestKind::SchemaOne),
+            _ => None,
+        }
+    }
+
+    fn default_type(self) -> &'static str {
+        match self {
+            ManifestKind::Index => OCI_INDEX,
+            ManifestKind::Image => OCI_MANIFEST,
+            ManifestKind::SchemaOne => DOCKER_MANIFEST_V1_SIGNED,
+        }
+    }
+}
+
+impl ManifestShape {
+    fn read(body: &[u8]) -> Option<ManifestShape> {
+        serde_json::from_slice(body).ok()
+    }
+
+    /// The body's own `mediaType`, when it is usable as a header value.
+    fn declared(&self) -> Option<&str> {
+        self.media_type
+            .as_deref()
+            .filter(|t| is_media_type_token(t))
+    }
+
+    fn kind(&self) -> Option<ManifestKind> {
+        if self.schema_version == Some(1) {
+            Some(ManifestKind::SchemaOne)
+        } else if self.manifests.is_some() {
+            Some(ManifestKind::Index)
+        } else if self.config.is_some() || self.layers.is_some() {
+            Some(ManifestKind::Image)
+        } else {
+            None
+        }
+    }
+}
+
+/// `type/subtype` (with `+suffix`, `.`, `-`), short and printable: safe as a header value.
+fn is_media_type_token(text: &str) -> bool {
+    text.len() <= 255
+        && text.split_once('/').is_some_and(|(kind, sub)| {
+            !kind.is_empty()
+                && !sub.is_empty()
+                && text
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"/+.-_".contains(&b))
+        })
+}
+
 /// A manifest's media type from its own `mediaType` field, or inferred from its shape
 /// (OCI allows the field to be absent).
 pub fn detect_manifest_media_type(body: &[u8]) -> Option<String> {
-    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
-    let object = value.as_object()?;
-    if let Some(media_type) = object.get("mediaType").and_then(|m| m.as_str()) {
-        return Some(media_type.to_owned());
+    let shape = ManifestShape::read(body)?;
+    if let Some(declared) = shape.declared() {
+        return Some(declared.to_owned());
     }
-    if object.get("schemaVersion").and_then(|v| v.as_u64()) == Some(1) {
-        return Some(DOCKER_MANIFEST_V1_SIGNED.to_owned());
+    shape.kind().map(|kind| kind.default_type().to_owned())
+}
+
+/// A manifest's media type is a property of its bytes, the same from every upstream: the
+/// body's own `mediaType`; without one, what its shape shows, named as `content_type` says
+/// only when that is a known manifest type of the same shape (Docker schema 2 or OCI, say).
+/// Any other `Content-Type`, however official it looks, is ignored.
+pub fn manifest_media_type(content_type: Option<&str>, body: &[u8]) -> String {
+    let announced = content_type
+        .map(|t| t.split(';').next().unwrap_or("").trim())
+        .filter(|t| ManifestKind::of_type(t).is_some());
+    let Some(shape) = ManifestShape::read(body) else {
+        return announced.unwrap_or(OCI_MANIFEST).to_owned();
+    };
+    if let Some(declared) = shape.declared() {
+        return declared.to_owned();
     }
-    if object.contains_key("manifests") {
-        return Some(OCI_INDEX.to_owned());
+    match (shape.kind(), announced) {
+        (Some(kind), Some(announced)) if ManifestKind::of_type(announced) == Some(kind) => {
+            announced.to_owned()
+        }
+        (Some(kind), _) => kind.default_type().to_owned(),
+        (None, Some(announced)) => announced.to_owned(),
+        (None, None) => OCI_MANIFEST.to_owned(),
     }
-    if object.contains_key("config") || object.contains_key("layers") {
-        return Some(OCI_MANIFEST.to_owned());
-    }
-    None
 }
 
 #[cfg(test)]
@@ -148,5 +242,46 @@ mod tests {
             Some(OCI_MANIFEST)
         );
         assert_eq!(detect_manifest_media_type(b"not json"), None);
+    }
+
+    #[test]
+    fn the_media_type_comes_from_the_body_not_the_upstream() {
+        let oci = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{},"layers":[]}"#;
+        // A hostile Content-Type does not change what a digest is (issue 19, item 2).
+        assert_eq!(
+            manifest_media_type(Some("application/vnd.evil+json"), oci),
+            OCI_MANIFEST
+        );
+        assert_eq!(
+            manifest_media_type(Some(DOCKER_MANIFEST_V2), oci),
+            OCI_MANIFEST
+        );
+        // Without mediaType: the shape, named as the upstream says when that agrees.
+        let index = br#"{"schemaVersion":2,"manifests":[]}"#;
+        assert_eq!(
+            manifest_media_type(Some(DOCKER_MANIFEST_LIST), index),
+            DOCKER_MANIFEST_LIST
+        );
+        assert_eq!(
+            manifest_media_type(Some(DOCKER_MANIFEST_V2), index),
+            OCI_INDEX
+        );
+        assert_eq!(
+            manifest_media_type(Some("application/vnd.x+json"), index),
+            OCI_INDEX
+        );
+        assert_eq!(
+            manifest_media_type(Some("application/json"), index),
+            OCI_INDEX
+        );
+        let v1 = br#"{"schemaVersion":1,"name":"a"}"#;
+        assert_eq!(
+            manifest_media_type(Some(DOCKER_MANIFEST_V1), v1),
+            DOCKER_MANIFEST_V1
+        );
+        assert_eq!(manifest_media_type(None, v1), DOCKER_MANIFEST_V1_SIGNED);
+        // A declared type that could not be a header value is not used.
+        let bad = b"{\"mediaType\":\"a/b\\r\\nX-Evil: 1\",\"config\":{}}";
+        assert_eq!(manifest_media_type(None, bad), OCI_MANIFEST);
     }
 }

@@ -7,7 +7,7 @@ use super::{MAX_MANIFEST_BYTES, MAX_TAG_LIST_BYTES, PullThrough, Source};
 use crate::cache::tags::unix_ms;
 use crate::cache::{CachedManifest, TagKey, TagRecord};
 use crate::error::FerryError;
-use crate::oci::media_type::{AcceptList, detect_manifest_media_type};
+use crate::oci::media_type::{AcceptList, manifest_media_type};
 use crate::oci::{
     Digest, DigestAlgorithm, DigestVerifier, ErrorCode, Reference, RepositoryName, Tag,
 };
@@ -116,9 +116,7 @@ impl PullThrough {
             shared.report_corrupt(path, format!("bytes do not hash to {digest}"));
             return None;
         }
-        let media_type = content_type
-            .filter(|t| !t.is_empty())
-            .or_else(|| detect_manifest_media_type(&body))?;
+        let media_type = manifest_media_type(content_type.as_deref(), &body);
         let manifest = CachedManifest {
             digest: digest.clone(),
             media_type,
@@ -420,7 +418,7 @@ impl PullThrough {
                             "manifest body is not JSON",
                         ));
                     }
-                    let media_type = choose_media_type(content_type.as_deref(), &body);
+                    let media_type = manifest_media_type(content_type.as_deref(), &body);
                     Ok((
                         CachedManifest {
                             digest,
@@ -566,15 +564,6 @@ fn verify_manifest_digest(
 
 /// The manifest's media type: the upstream's Content-Type when it names a manifest type,
 /// else what the body says.
-fn choose_media_type(content_type: Option<&str>, body: &[u8]) -> String {
-    match content_type {
-        Some(ct) if ct.starts_with("application/vnd.") => ct.to_owned(),
-        _ => detect_manifest_media_type(body)
-            .or_else(|| content_type.filter(|ct| !ct.is_empty()).map(str::to_owned))
-            .unwrap_or_else(|| crate::oci::media_type::OCI_MANIFEST.to_owned()),
-    }
-}
-
 fn manifest_error(exhausted: UpstreamsExhausted, what: &str) -> FerryError {
     if exhausted.all_not_found() {
         FerryError::client(
@@ -613,18 +602,5 @@ mod tests {
         );
         assert_eq!(pagination_query(Some("ns=docker.io")), None);
         assert_eq!(pagination_query(None), None);
-    }
-
-    #[test]
-    fn media_type_prefers_vendor_content_type() {
-        let body = br#"{"manifests":[]}"#;
-        assert_eq!(
-            choose_media_type(Some("application/vnd.x+json"), body),
-            "application/vnd.x+json"
-        );
-        assert_eq!(
-            choose_media_type(Some("application/json"), body),
-            crate::oci::media_type::OCI_INDEX
-        );
     }
 }
