@@ -42,6 +42,26 @@ async fn registry_pausing_at_4_mib(seed: u64) -> (FakeRegistry, Vec<u8>, Arc<Not
     (registry, blob, release)
 }
 
+/// A primary and a secondary registry that both hold the same blob of `len` bytes.
+async fn two_registries_with_a_blob(
+    len: usize,
+    seed: u64,
+) -> (FakeRegistry, FakeRegistry, Vec<u8>, ferry::oci::Digest) {
+    let primary = FakeRegistry::start().await;
+    let secondary = FakeRegistry::start().await;
+    let blob = pseudo_random_bytes(len, seed);
+    let digest = primary.put_blob(blob.clone());
+    secondary.put_blob(blob.clone());
+    (primary, secondary, blob, digest)
+}
+
+/// The cache holds exactly one committed file, and it matches its name.
+fn assert_one_verified_file(proxy: &TestProxy) {
+    let cached = proxy.rehash_cache();
+    assert_eq!(cached.len(), 1);
+    assert!(cached[0].1, "only verified bytes are committed");
+}
+
 /// Reads from `response` until it has `want` bytes, failing if the body stops giving bytes
 /// for `quiet` (so a body held back until some later event fails the test).
 async fn read_at_least(response: &mut reqwest::Response, want: usize, quiet: Duration) -> Vec<u8> {
@@ -101,9 +121,7 @@ async fn a_resume_range_streams_from_the_growing_fill() {
     let whole = read_rest(whole, whole_start).await;
     assert!(whole == blob, "the whole body");
     assert_eq!(registry.hits("/blobs/"), 1, "one fill served both");
-    let cached = proxy.rehash_cache();
-    assert_eq!(cached.len(), 1);
-    assert!(cached[0].1);
+    assert_one_verified_file(&proxy);
 }
 
 /// The fleet case: a host ferry's first source (a replica) breaks mid-body; it resumes from
@@ -157,11 +175,7 @@ fn replica_blob_requests(registry: &FakeRegistry) -> Vec<String> {
 /// timeout (60 s here; today's code waited for it).
 #[tokio::test]
 async fn a_body_stalled_against_its_pace_resumes_from_the_next_upstream() {
-    let primary = FakeRegistry::start().await;
-    let secondary = FakeRegistry::start().await;
-    let blob = pseudo_random_bytes(8 * MIB, 242);
-    let digest = primary.put_blob(blob.clone());
-    secondary.put_blob(blob.clone());
+    let (primary, secondary, blob, digest) = two_registries_with_a_blob(8 * MIB, 242).await;
     primary.fault("/blobs/", Fault::HangMidBody { after: 3 * MIB });
     let proxy = TestProxy::start_with(&[&primary, &secondary], patient).await;
 
@@ -206,20 +220,14 @@ async fn a_body_stalled_against_its_pace_resumes_from_the_next_upstream() {
             .any(|l| l.starts_with("ferry_stall_resumes_total{") && l.contains(&stalled)),
         "the primary's stall is counted: {metrics}"
     );
-    let cached = proxy.rehash_cache();
-    assert_eq!(cached.len(), 1);
-    assert!(cached[0].1);
+    assert_one_verified_file(&proxy);
 }
 
 /// The stalled connection is kept as a hedge: when the next upstream is silent too (its
 /// request blackholed), the first one, once it speaks again, finishes the blob.
 #[tokio::test]
 async fn a_stalled_body_that_speaks_first_keeps_the_fill() {
-    let primary = FakeRegistry::start().await;
-    let secondary = FakeRegistry::start().await;
-    let blob = pseudo_random_bytes(6 * MIB, 243);
-    let digest = primary.put_blob(blob.clone());
-    secondary.put_blob(blob.clone());
+    let (primary, secondary, blob, digest) = two_registries_with_a_blob(6 * MIB, 243).await;
     let release = Arc::new(Notify::new());
     primary.fault(
         "/blobs/",
@@ -248,9 +256,7 @@ async fn a_stalled_body_that_speaks_first_keeps_the_fill() {
         .expect("the kept connection finishes the blob");
     assert!(body == blob);
     assert_eq!(primary.hits("/blobs/"), 1);
-    let cached = proxy.rehash_cache();
-    assert_eq!(cached.len(), 1);
-    assert!(cached[0].1);
+    assert_one_verified_file(&proxy);
 }
 
 /// Hedging is on by default: a blackholed primary (no answer at all; its header timeout is
@@ -449,11 +455,7 @@ async fn a_slow_but_healthy_upstream_outgrows_its_hedges() {
 /// hedge then would start a second fill of the blob on another replica.
 #[tokio::test]
 async fn a_body_silent_before_its_first_byte_is_not_hedged_by_pace() {
-    let primary = FakeRegistry::start().await;
-    let secondary = FakeRegistry::start().await;
-    let blob = pseudo_random_bytes(3 * MIB, 280);
-    let digest = primary.put_blob(blob.clone());
-    secondary.put_blob(blob.clone());
+    let (primary, secondary, blob, digest) = two_registries_with_a_blob(3 * MIB, 280).await;
     let release = Arc::new(Notify::new());
     primary.fault(
         "/blobs/",

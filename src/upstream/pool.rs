@@ -277,20 +277,9 @@ impl Upstreams {
             .map(|floor| floor * patience(client))
     }
 
-    /// How long an attempt at `client` may stay silent before a hedge starts.
-    pub fn hedge_delay_for(&self, client: &UpstreamClient) -> Option<Duration> {
-        self.settings.hedging.delay_for(client)
-    }
-
     /// Counts a body resumed elsewhere because it stalled against its own pace.
     pub fn note_stall_resume(&self, stalled: &UpstreamClient) {
-        self.metrics
-            .stall_resumes
-            .get_or_create(&crate::metrics::UpstreamLabels {
-                registry: self.registry.clone(),
-                upstream: stalled.name().to_owned(),
-            })
-            .inc();
+        self.count(&self.metrics.stall_resumes, stalled);
     }
 
     /// Counts a hedge: the next upstream started because `slow` was silent.
@@ -300,11 +289,21 @@ impl Upstreams {
             ?delay,
             "hedging: starting the next upstream alongside a silent one"
         );
-        self.metrics
-            .hedges
+        self.count(&self.metrics.hedges, slow);
+    }
+
+    fn count(
+        &self,
+        family: &prometheus_client::metrics::family::Family<
+            crate::metrics::UpstreamLabels,
+            prometheus_client::metrics::counter::Counter,
+        >,
+        client: &UpstreamClient,
+    ) {
+        family
             .get_or_create(&crate::metrics::UpstreamLabels {
                 registry: self.registry.clone(),
-                upstream: slow.name().to_owned(),
+                upstream: client.name().to_owned(),
             })
             .inc();
     }
