@@ -143,6 +143,10 @@ pub async fn start_with_shutdown(
         referrers_ttl: config.referrers_ttl,
         max_stale: config.max_stale,
         offline: config.offline,
+        track_provenance: config
+            .client_auth
+            .as_ref()
+            .is_some_and(|auth| !auth.registry_rules().is_empty()),
     };
     let shared = match &config.shared_store {
         Some(store) => Some(Arc::new(

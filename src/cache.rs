@@ -1,7 +1,7 @@
 //! The content-addressed disk cache: where things live (`layout`), how a blob fill takes
 //! bytes and commits them (`fill`), what a cache failure was (`failure`), files put in place durably (`writer`), one fill per
-//! digest (`inflight`), reading bytes back, finished or still arriving (`reader`), tags, and
-//! the last referrers list per subject (`referrers`).
+//! digest (`inflight`), reading bytes back, finished or still arriving (`reader`), tags, the last
+//! referrers list per subject (`referrers`), and who vouched for each digest (`provenance`).
 
 pub mod failure;
 pub mod fill;
@@ -9,6 +9,7 @@ pub mod index;
 pub mod inflight;
 pub mod layout;
 pub mod pins;
+pub mod provenance;
 pub mod reader;
 pub mod referrers;
 pub mod tags;
@@ -46,6 +47,8 @@ pub struct Cache {
     pub(crate) layout: Layout,
     pub(crate) tags: TagStore,
     pub(crate) referrers: referrers::ReferrersStore,
+    /// Which registries vouched for each digest (used only with `client_access` rules).
+    pub(crate) provenance: provenance::Provenance,
     pub(crate) inflight: Inflight,
     /// Sizes and recency of committed blobs; enforces `cache_size`.
     pub(crate) index: std::sync::Arc<LruIndex>,
@@ -80,6 +83,7 @@ impl Cache {
             layout,
             tags,
             referrers,
+            provenance: Default::default(),
             inflight: Inflight::default(),
             index,
             manifests: moka::sync::Cache::builder()

@@ -229,6 +229,7 @@ pub fn gc(root: &Path, target: u64) -> io::Result<(usize, u64)> {
         if pinned.contains(&blob.digest) {
             continue;
         }
+        let _ = std::fs::remove_file(crate::cache::provenance::sidecar_path(&blob.path));
         match std::fs::remove_file(&blob.path) {
             Ok(()) => {
                 removed += 1;
@@ -277,6 +278,8 @@ pub fn remove_image(root: &Path, image: &ImageRef) -> io::Result<usize> {
                 layout.blob_path(&digest),
                 layout.manifest_path(&digest),
                 layout.manifest_type_path(&digest),
+                crate::cache::provenance::sidecar_path(&layout.blob_path(&digest)),
+                crate::cache::provenance::sidecar_path(&layout.manifest_path(&digest)),
             ] {
                 if std::fs::remove_file(&path).is_ok() {
                     removed += 1;

@@ -80,6 +80,8 @@ pub struct Metrics {
     pub(crate) cache_evictions: Counter,
     pub(crate) cache_write_failures: Counter,
     pub(crate) task_panics: Counter,
+    pub(crate) provenance_confirmations: Counter,
+    pub(crate) provenance_refusals: Counter,
 }
 
 impl Default for Metrics {
@@ -102,6 +104,8 @@ impl Default for Metrics {
             cache_evictions: Counter::default(),
             cache_write_failures: Counter::default(),
             task_panics: Counter::default(),
+            provenance_confirmations: Counter::default(),
+            provenance_refusals: Counter::default(),
             store_reads: Family::default(),
             store_uploads: Family::default(),
             store_bytes: Family::default(),
@@ -133,6 +137,16 @@ impl Default for Metrics {
             "ferry_shared_store_breaker_open",
             "1 while the shared store is skipped after failures",
             metrics.store_breaker_open.clone(),
+        );
+        registry.register(
+            "ferry_provenance_confirmations",
+            "Digests a client_access user asked for that its registry confirmed with a HEAD",
+            metrics.provenance_confirmations.clone(),
+        );
+        registry.register(
+            "ferry_provenance_refusals",
+            "Digests refused to a client_access user because its registries do not have them",
+            metrics.provenance_refusals.clone(),
         );
         registry.register(
             "ferry_requests",

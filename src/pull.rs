@@ -1,10 +1,12 @@
 //! The one pull-through flow. A hit is served from the cache; a miss goes to the upstreams
 //! in order and is verified and committed on the way to the client. Manifests and tags live
-//! in `manifest`, blobs and fills in `blob`, request coalescing for manifests in `singleflight`.
+//! in `manifest`, blobs and fills in `blob`, request coalescing for manifests in `singleflight`,
+//! who may see a digest in `provenance`.
 
 pub mod blob;
 pub mod manifest;
 pub mod passthrough;
+pub mod provenance;
 pub mod referrers;
 pub mod singleflight;
 
@@ -69,6 +71,8 @@ pub struct PullSettings {
     pub(crate) max_stale: Option<Duration>,
     /// Never contact an upstream.
     pub(crate) offline: bool,
+    /// Record which registries served each digest (on when `client_access` rules exist).
+    pub(crate) track_provenance: bool,
 }
 
 /// How long a presigned blob URL handed to a client stays valid.

@@ -238,6 +238,49 @@ impl SharedStore {
         ))
     }
 
+    /// The marker that `registry` served or confirmed a digest (an empty object).
+    pub fn provenance_path(
+        &self,
+        kind: crate::cache::provenance::ContentKind,
+        digest: &Digest,
+        registry: &str,
+    ) -> ObjectPath {
+        let kind = match kind {
+            crate::cache::provenance::ContentKind::Blob => "blobs",
+            crate::cache::provenance::ContentKind::Manifest => "manifests",
+        };
+        self.path(&format!(
+            "provenance/{kind}/{}/{}/{registry}",
+            digest.algorithm().as_str(),
+            digest.hex()
+        ))
+    }
+
+    /// Whether an object exists (a HEAD), within the answer timeout.
+    pub async fn exists(&self, path: &ObjectPath) -> StoreRead<()> {
+        if !self.admit() {
+            return StoreRead::Unavailable;
+        }
+        match self
+            .within_answer_timeout("checking an object", self.store.head(path))
+            .await
+        {
+            Some(Ok(_)) => {
+                self.record_success();
+                StoreRead::Found(())
+            }
+            Some(Err(object_store::Error::NotFound { .. })) => {
+                self.record_success();
+                StoreRead::Missing
+            }
+            Some(Err(e)) => {
+                self.record_failure("checking an object", &e);
+                StoreRead::Unavailable
+            }
+            None => StoreRead::Unavailable,
+        }
+    }
+
     /// A tag record's object: registry and repository as path segments, the tag last.
     pub fn tag_path(&self, registry: &str, repository: &str, tag: &str) -> ObjectPath {
         self.path(&format!("tags/{registry}/{repository}/_tag/{tag}.json"))

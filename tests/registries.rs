@@ -476,3 +476,130 @@ async fn client_access_rules_limit_a_user_to_its_registries() {
     let unrestricted = get("ops", "pw2", "/v2/org/app/manifests/v1").await.unwrap();
     assert_eq!(unrestricted.status(), StatusCode::OK);
 }
+
+/// Finding 1 of the tenant-safety review: a user limited to registry E used to get G's
+/// private manifest and blob by asking for their digests under E's name.
+#[tokio::test]
+async fn client_access_follows_provenance_not_the_digest() {
+    let e = FakeRegistry::start().await;
+    let g = FakeRegistry::start().await;
+    let (manifest, layer, layer_bytes) = put_image(&[&g], "priv/app", "v1", 2600);
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("users");
+    std::fs::write(&users, "alice:pw\nbob:pw\ncarol:pw\n").unwrap();
+    let auth = || {
+        let mut auth = ferry::server::client_auth::ClientAuth::load(None, Some(&users)).unwrap();
+        auth.restrict("alice", vec!["e.example".into()]).unwrap();
+        auth.restrict("bob", vec!["g.example".into()]).unwrap();
+        auth.restrict("carol", vec!["e.example".into(), "g.example".into()])
+            .unwrap();
+        std::sync::Arc::new(auth)
+    };
+    let urls = vec![
+        format!("e.example={}", e.url()),
+        format!("g.example={}", g.url()),
+    ];
+    let auth_now = auth();
+    let proxy = TestProxy::start_urls(&urls, tempfile::tempdir().unwrap(), |c| {
+        c.client_auth = Some(auth_now)
+    })
+    .await;
+    let request = |method: reqwest::Method, user: &'static str, path: String| {
+        client()
+            .request(method, proxy.url(&path))
+            .basic_auth(user, Some("pw"))
+            .send()
+    };
+    let get = |user, path: String| request(reqwest::Method::GET, user, path);
+
+    // Bob pulls his image from G: it is cached.
+    assert_eq!(
+        get("bob", "/v2/g.example/priv/app/manifests/v1".into())
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    let blob = get("bob", format!("/v2/g.example/priv/app/blobs/{layer}"))
+        .await
+        .unwrap();
+    assert_eq!(blob.status(), StatusCode::OK);
+    assert_eq!(blob.bytes().await.unwrap(), layer_bytes);
+
+    // Alice knows the digests but not G: under E's name, E is asked and says no.
+    let leaks = [
+        format!("/v2/e.example/nothing/here/manifests/{manifest}"),
+        format!("/v2/e.example/nothing/here/blobs/{layer}"),
+    ];
+    for path in &leaks {
+        for method in [reqwest::Method::GET, reqwest::Method::HEAD] {
+            let response = request(method.clone(), "alice", path.clone())
+                .await
+                .unwrap();
+            assert_eq!(response.status(), StatusCode::NOT_FOUND, "{method} {path}");
+        }
+    }
+    let body: serde_json::Value = get("alice", leaks[1].clone())
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["errors"][0]["code"], "BLOB_UNKNOWN", "{body}");
+    let asked_e = |suffix: &str| {
+        e.requests()
+            .iter()
+            .filter(|r| r.method == reqwest::Method::HEAD && r.path.ends_with(suffix))
+            .count()
+    };
+    assert!(asked_e(&format!("manifests/{manifest}")) >= 1);
+    assert!(asked_e(&format!("blobs/{layer}")) >= 1);
+
+    // Once E has the same image, Alice gets it, confirmed once, then from the record.
+    put_image(&[&e], "nothing/here", "v1", 2600);
+    for _ in 0..2 {
+        let blob = get("alice", leaks[1].clone()).await.unwrap();
+        assert_eq!(blob.status(), StatusCode::OK);
+        assert_eq!(blob.bytes().await.unwrap(), layer_bytes);
+    }
+    assert_eq!(
+        asked_e(&format!("blobs/{layer}")),
+        4,
+        "three refused confirmations, then one that passed"
+    );
+    let gets_of_layer = |registry: &FakeRegistry| {
+        registry
+            .requests()
+            .iter()
+            .filter(|r| {
+                r.method == reqwest::Method::GET && r.path.ends_with(&format!("blobs/{layer}"))
+            })
+            .count()
+    };
+    assert_eq!(gets_of_layer(&e), 0, "the bytes came from the cache");
+
+    // The record survives a restart: with both registries gone, Carol (E and G) still
+    // gets what G served, and nobody is asked.
+    let cache_dir = proxy.stop().await;
+    drop(e);
+    drop(g);
+    let proxy = TestProxy::start_urls(&urls, cache_dir, |c| c.client_auth = Some(auth())).await;
+    let blob = client()
+        .get(proxy.url(&format!("/v2/g.example/priv/app/blobs/{layer}")))
+        .basic_auth("carol", Some("pw"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(blob.status(), StatusCode::OK);
+    let manifest_by_digest = client()
+        .get(proxy.url(&format!("/v2/e.example/x/y/manifests/{manifest}")))
+        .basic_auth("carol", Some("pw"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        manifest_by_digest.status(),
+        StatusCode::OK,
+        "G served it and Carol may read G"
+    );
+}

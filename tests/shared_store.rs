@@ -518,3 +518,66 @@ async fn cache_du_ls_and_verify_see_the_stores_side() {
         Err(object_store::Error::NotFound { .. })
     ));
 }
+
+/// Provenance travels through the store: a replica with an empty disk lets a user limited to
+/// G have what another replica fetched from G (with G down), and asks E, not the store's
+/// copy, for a user limited to E.
+#[tokio::test]
+async fn which_registry_served_a_digest_is_shared_through_the_store() {
+    let garage = Garage::start().await;
+    let e = FakeRegistry::start().await;
+    let g = FakeRegistry::start().await;
+    let (_, layer_digest, layer) = put_image(&[&g], "priv/app", "v1", 420);
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("users");
+    std::fs::write(&users, "alice:pw\nbob:pw\n").unwrap();
+    let auth = || {
+        let mut auth = ferry::server::client_auth::ClientAuth::load(None, Some(&users)).unwrap();
+        auth.restrict("alice", vec!["e.example".into()]).unwrap();
+        auth.restrict("bob", vec!["g.example".into()]).unwrap();
+        std::sync::Arc::new(auth)
+    };
+    let urls = vec![
+        format!("e.example={}", e.url()),
+        format!("g.example={}", g.url()),
+    ];
+    let start = |auth: std::sync::Arc<ferry::server::client_auth::ClientAuth>| {
+        let store = garage.store_config(0, "fleet");
+        TestProxy::start_urls(&urls, tempfile::tempdir().unwrap(), move |c| {
+            c.shared_store = Some(store);
+            c.client_auth = Some(auth);
+        })
+    };
+    let blob = |proxy: &TestProxy, user: &'static str, path: String| {
+        client()
+            .get(proxy.url(&path))
+            .basic_auth(user, Some("pw"))
+            .send()
+    };
+    let first = start(auth()).await;
+    let path_g = format!("/v2/g.example/priv/app/blobs/{layer_digest}");
+    let body = blob(&first, "bob", path_g.clone()).await.unwrap();
+    assert_eq!(body.bytes().await.unwrap(), layer);
+    // The blob and the marker that G served it.
+    wait_for_store_counter(&first, "uploads", 2).await;
+
+    g.stop();
+    let second = start(auth()).await;
+    let from_store = blob(&second, "bob", path_g).await.unwrap();
+    assert_eq!(from_store.status(), StatusCode::OK);
+    assert_eq!(from_store.bytes().await.unwrap(), layer);
+    let refused = blob(
+        &second,
+        "alice",
+        format!("/v2/e.example/priv/app/blobs/{layer_digest}"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(refused.status(), StatusCode::NOT_FOUND);
+    assert!(
+        e.requests()
+            .iter()
+            .any(|r| r.method == reqwest::Method::HEAD && r.path.ends_with(layer_digest.hex())),
+        "E was asked"
+    );
+}

@@ -180,6 +180,8 @@ impl LruIndex {
             .collect();
         let unlink = move || {
             for (digest, path) in paths {
+                // Its provenance goes with it (a record without content is never needed).
+                let _ = std::fs::remove_file(super::provenance::sidecar_path(&path));
                 match std::fs::remove_file(&path) {
                     Ok(()) => tracing::debug!(%digest, "evicted"),
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

@@ -9,6 +9,7 @@ use super::passthrough::{
 };
 use super::{BlobStream, PullThrough, Source, blob_error};
 use crate::cache::fill::HOLD_UNTIL_VERIFIED_BYTES;
+use crate::cache::provenance::ContentKind;
 use crate::cache::reader::{read_fill, read_range};
 use crate::cache::{
     BlobFill, CacheFailure, CommitError, FillFailure, FillPhase, FillProgress, JoinOutcome,
@@ -491,12 +492,15 @@ impl PullThrough {
             })
             .await
             .map_err(|e| blob_error(e, digest))?;
+        let source = Source::Upstream(upstream);
+        self.served_by(ContentKind::Blob, digest, registry, &source)
+            .await;
         Ok(BlobAnswer {
             digest: digest.clone(),
             size,
             range: None,
             body: None,
-            source: Source::Upstream(upstream),
+            source,
         })
     }
 }
@@ -644,6 +648,9 @@ impl Fill {
                     .observe(started.elapsed().as_secs_f64());
                 pull.metrics.fill_bytes.observe(bytes as f64);
                 self.fill.announce_complete();
+                let source = Source::Upstream(upstream.clone());
+                pull.served_by(ContentKind::Blob, &self.digest, &self.registry, &source)
+                    .await;
                 // Share it with the other replicas (after the commit: only verified bytes).
                 if let Some(shared) = &pull.shared
                     && upstream != SHARED_STORE_SOURCE

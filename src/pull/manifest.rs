@@ -4,6 +4,7 @@
 //! their TTL and served stale when every upstream fails.
 
 use super::{MAX_MANIFEST_BYTES, MAX_TAG_LIST_BYTES, PullThrough, Source};
+use crate::cache::provenance::ContentKind;
 use crate::cache::tags::unix_ms;
 use crate::cache::{CachedManifest, TagKey, TagRecord};
 use crate::error::FerryError;
@@ -44,7 +45,7 @@ impl PullThrough {
         let upstreams = self.upstreams_for(registry)?;
         match reference {
             Reference::Digest(digest) => {
-                self.manifest_by_digest(&upstreams, name, digest, accept)
+                self.manifest_by_digest(&upstreams, registry, name, digest, accept)
                     .await
             }
             Reference::Tag(tag) => {
@@ -64,6 +65,7 @@ impl PullThrough {
     async fn manifest_by_digest(
         &self,
         upstreams: &Upstreams,
+        registry: &str,
         name: &RepositoryName,
         digest: &Digest,
         accept: &AcceptList,
@@ -96,10 +98,10 @@ impl PullThrough {
             .map_err(|e| manifest_error(e, &format!("manifest {digest} of {name}")))?;
         self.store_manifest(&manifest).await;
         self.share_manifest(&manifest);
-        Ok(ManifestAnswer {
-            manifest,
-            source: Source::Upstream(upstream),
-        })
+        let source = Source::Upstream(upstream);
+        self.served_by(ContentKind::Manifest, digest, registry, &source)
+            .await;
+        Ok(ManifestAnswer { manifest, source })
     }
 
     /// The manifest from the shared store, verified against its digest and kept locally;
@@ -257,6 +259,9 @@ impl PullThrough {
             match self.head_tag(upstreams, name, tag, accept).await {
                 Ok((Some(digest), upstream)) if digest == manifest.digest => {
                     self.record_tag(&key, manifest, &upstream).await;
+                    let confirmed_by = Source::Upstream(upstream);
+                    self.served_by(ContentKind::Manifest, &digest, registry, &confirmed_by)
+                        .await;
                     return Ok(ManifestAnswer {
                         manifest: manifest.clone(),
                         source: Source::Cache,
@@ -285,10 +290,10 @@ impl PullThrough {
                 self.store_manifest(&manifest).await;
                 self.share_manifest(&manifest);
                 self.record_tag(&key, &manifest, &upstream).await;
-                Ok(ManifestAnswer {
-                    manifest,
-                    source: Source::Upstream(upstream),
-                })
+                let source = Source::Upstream(upstream);
+                self.served_by(ContentKind::Manifest, &manifest.digest, registry, &source)
+                    .await;
+                Ok(ManifestAnswer { manifest, source })
             }
             Err(exhausted) => match cached {
                 Some(manifest)

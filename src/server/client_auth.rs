@@ -142,6 +142,14 @@ impl ClientAuth {
             .collect()
     }
 
+    /// The only registries `principal` may pull from; `None` when it may pull from all.
+    pub fn allowed_registries(&self, principal: &Principal) -> Option<&[String]> {
+        match principal {
+            Principal::Token => None,
+            Principal::User(user) => self.registry_rules.get(user).map(Vec::as_slice),
+        }
+    }
+
     /// Whether `principal` may pull from `registry` (canonical name).
     pub fn may_pull(&self, principal: &Principal, registry: &str) -> bool {
         match principal {

@@ -6,6 +6,7 @@ use super::response::{
     ResponseBody, builder, empty_body, error_response, full_body, head_body, or_500,
 };
 use super::route::{self, Route};
+use crate::cache::provenance::ContentKind;
 use crate::error::FerryError;
 use crate::oci::media_type::AcceptList;
 use crate::oci::registry::canonical_registry;
@@ -113,6 +114,17 @@ async fn dispatch<B>(
         Route::Manifest { name, reference } => {
             let accept = AcceptList::from_headers(request.headers());
             let (registry, name) = origin(pull, client, name, request.uri().query())?;
+            if let crate::oci::Reference::Digest(digest) = &reference {
+                confirm_provenance(
+                    pull,
+                    client,
+                    &registry,
+                    &name,
+                    ContentKind::Manifest,
+                    digest,
+                )
+                .await?;
+            }
             let answer = pull.manifest(&registry, &name, &reference, &accept).await?;
             let manifest = answer.manifest;
             count_cache_use(pull, "manifest", &answer.source);
@@ -138,6 +150,7 @@ async fn dispatch<B>(
                 .and_then(|v| v.to_str().ok())
                 .and_then(RangeSpec::parse);
             let (registry, name) = origin(pull, client, name, request.uri().query())?;
+            confirm_provenance(pull, client, &registry, &name, ContentKind::Blob, &digest).await?;
             if !head && let Some(location) = pull.blob_redirect(&digest).await {
                 // The store holds it: the bytes go from there, not through this replica.
                 let response = builder(StatusCode::TEMPORARY_REDIRECT)
@@ -263,6 +276,23 @@ fn served_bytes(
             source: source.to_owned(),
         })
         .clone()
+}
+
+/// For a client limited by `client_access`: content by digest only when one of its
+/// registries served or confirms it (tags are kept per registry, so they need no check).
+async fn confirm_provenance(
+    pull: &PullThrough,
+    client: Option<&AuthenticatedClient<'_>>,
+    registry: &str,
+    name: &RepositoryName,
+    kind: ContentKind,
+    digest: &crate::oci::Digest,
+) -> Result<(), FerryError> {
+    let Some(allowed) = client.and_then(|c| c.auth.allowed_registries(&c.principal)) else {
+        return Ok(());
+    };
+    pull.confirm_provenance(registry, name, kind, digest, allowed)
+        .await
 }
 
 /// Which registry a request is for, and the repository name within it: a leading
