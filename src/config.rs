@@ -312,6 +312,23 @@ fn hedging(value: Option<&String>, problems: &mut Problems) -> Hedging {
     }
 }
 
+/// `memory_budget`: bytes of upstream bodies read whole, at once (half for pulls, half for
+/// lists); each half must hold the largest single body ferry reads (a 16 MiB tag list).
+fn memory_budget(value: Option<&String>, problems: &mut Problems) -> crate::upstream::MemoryBudget {
+    let smallest = 2 * crate::pull::MAX_TAG_LIST_BYTES as u64;
+    let default = crate::upstream::memory_budget::DEFAULT_MEMORY_BUDGET_BYTES;
+    let mut bytes = problems.size("memory_budget", value, default);
+    if bytes < smallest {
+        problems.add(
+            "memory_budget",
+            value.map_or("", String::as_str),
+            "must be at least 32MiB: each half must hold the largest body ferry reads whole (a 16 MiB tag list)",
+        );
+        bytes = default;
+    }
+    crate::upstream::MemoryBudget::new(bytes)
+}
+
 /// Failover, retries, hedging and the circuit breaker.
 fn pool_settings(file: &ConfigFile, problems: &mut Problems) -> PoolSettings {
     let breaker_defaults = BreakerConfig::default();
@@ -335,6 +352,7 @@ fn pool_settings(file: &ConfigFile, problems: &mut Problems) -> PoolSettings {
             None => Some(crate::upstream::DEFAULT_STALL_FLOOR),
             some => problems.optional_duration("stall_floor", some.as_ref(), "off"),
         },
+        memory: memory_budget(file.memory_budget.as_ref(), problems),
         breaker: BreakerConfig {
             threshold,
             cooldown: problems.duration(

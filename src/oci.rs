@@ -1,9 +1,11 @@
 //! OCI distribution vocabulary with no I/O: digests, repository names and tags,
-//! manifest media types and Accept negotiation, the spec's error codes, and registry names.
+//! manifest media types and Accept negotiation, the spec's error codes, registry names, and
+//! the typed shapes of tag lists and referrers indexes.
 
 pub mod digest;
 pub mod error_code;
 pub mod image_ref;
+pub mod listings;
 pub mod media_type;
 pub mod name;
 pub mod registry;

@@ -89,7 +89,16 @@ pub struct PullThrough {
     /// Fills and uploads running beside requests (tracked, panics counted).
     pub(crate) tasks: Arc<crate::tasks::TaskSupervisor>,
     manifest_fetches: KeyedLocks,
+    /// One upstream fetch at a time per identical tag-list or referrers request.
+    list_fetches: KeyedLocks,
+    /// Tag lists just fetched, for the identical requests that waited on the fetch.
+    recent_tag_lists: moka::sync::Cache<String, manifest::TagListAnswer>,
 }
+
+/// How long a fetched tag list answers identical requests that waited for it.
+const TAG_LIST_SHARING: Duration = Duration::from_secs(1);
+/// Bytes of just-fetched tag lists kept for waiting requests.
+const TAG_LIST_SHARING_BYTES: u64 = 16 * 1024 * 1024;
 
 impl PullThrough {
     pub fn new(
@@ -111,6 +120,14 @@ impl PullThrough {
             shared,
             tasks,
             manifest_fetches: KeyedLocks::default(),
+            list_fetches: KeyedLocks::default(),
+            recent_tag_lists: moka::sync::Cache::builder()
+                .max_capacity(TAG_LIST_SHARING_BYTES)
+                .time_to_live(TAG_LIST_SHARING)
+                .weigher(|key: &String, answer: &manifest::TagListAnswer| {
+                    u32::try_from(key.len() + answer.body.len() + 256).unwrap_or(u32::MAX)
+                })
+                .build(),
         }
     }
 

@@ -1,13 +1,15 @@
 //! Talking to upstream registries: one HTTP client per upstream with its timeouts and token cache
 //! (`client`, `auth`), failure classification (`failure`), health and breakers (`health`,
 //! `breaker`), a body's own pace (`pace`), how a request ranks a group (`route`), reach (`reach`),
-//! and the ordered list with failover, hedging and quarantine of bad sources (`pool`).
+//! the ordered list with failover, hedging and quarantine of bad sources (`pool`), and the
+//! memory budget for bodies read whole (`memory_budget`).
 
 pub mod auth;
 pub mod breaker;
 pub mod client;
 pub mod failure;
 pub mod health;
+pub mod memory_budget;
 pub mod pace;
 pub mod pool;
 pub mod reach;
@@ -17,6 +19,7 @@ pub mod settings;
 
 pub use client::{BodyChunks, UpstreamClient};
 pub use failure::{FailureKind, UpstreamFailure, UpstreamsExhausted};
+pub use memory_budget::{BudgetLease, MemoryBudget};
 pub use pace::BodyPace;
 pub use pool::{AttemptPlan, DEFAULT_STALL_FLOOR, Hedging, PoolSettings, Upstreams};
 pub use registries::{Registries, RegistryPattern, canonical_registry};

@@ -666,3 +666,165 @@ async fn a_hostile_content_type_does_not_change_a_manifest_media_type() {
         );
     }
 }
+
+/// A registry that answers every referrers request with the same large index, announced in
+/// full and then sent slowly (`chunk` bytes every `delay`); `/v2/` answers 200.
+async fn dripping_referrers_registry(index: bytes::Bytes, chunk: usize, delay: Duration) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            let index = index.clone();
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&request);
+                if !head.contains("/referrers/") {
+                    let _ = stream
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}",
+                        )
+                        .await;
+                    return;
+                }
+                let header = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: {}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    ferry::oci::media_type::OCI_INDEX,
+                    index.len()
+                );
+                if stream.write_all(header.as_bytes()).await.is_err() {
+                    return;
+                }
+                for part in index.chunks(chunk) {
+                    tokio::time::sleep(delay).await;
+                    if stream.write_all(part).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+/// Large referrers answers share one memory budget (issue 19, item 3): beyond it a request
+/// waits briefly, then gets 503, and is not held against the upstream; pulls have their own
+/// half of the budget and keep working meanwhile. (Before, every request buffered its list.)
+#[tokio::test]
+async fn large_lists_share_a_memory_budget_and_pulls_keep_their_half() {
+    let registry = FakeRegistry::start().await;
+    put_image(&[&registry], "org/app", "v1", 91);
+    // About 3.9 MiB of well-formed descriptors, sent over about three seconds.
+    let descriptor = format!(
+        r#"{{"mediaType":"{}","digest":"sha256:{}","size":1,"annotations":{{"n":"{}"}}}}"#,
+        ferry::oci::media_type::OCI_MANIFEST,
+        "ab".repeat(32),
+        "x".repeat(3900)
+    );
+    let index = format!(
+        r#"{{"schemaVersion":2,"manifests":[{}]}}"#,
+        vec![descriptor.as_str(); 1000].join(",")
+    );
+    let lists =
+        dripping_referrers_registry(index.into(), 64 * 1024, Duration::from_millis(50)).await;
+    let proxy = TestProxy::start_urls(
+        &[registry.url(), format!("lists.example={lists}")],
+        tempfile::tempdir().unwrap(),
+        |c| c.pool.memory = ferry::upstream::MemoryBudget::new(32 * 1024 * 1024),
+    )
+    .await;
+    let asks: Vec<_> = (0..6u8)
+        .map(|n| {
+            let subject = ferry::oci::Digest::sha256_of(&[n]);
+            let url = proxy.url(&format!("/v2/lists.example/org/app/referrers/{subject}"));
+            tokio::spawn(async move { get_url(url).await.status().as_u16() })
+        })
+        .collect();
+    // Meanwhile pulls go on.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for _ in 0..3 {
+        let pull = get_url(proxy.url("/v2/org/app/manifests/v1")).await;
+        assert_eq!(pull.status(), 200);
+    }
+    let mut statuses = Vec::new();
+    for ask in asks {
+        statuses.push(ask.await.unwrap());
+    }
+    statuses.sort_unstable();
+    assert!(statuses.contains(&200), "{statuses:?}");
+    assert!(statuses.contains(&503), "{statuses:?}");
+    assert!(
+        statuses.iter().all(|s| [200, 503].contains(s)),
+        "{statuses:?}"
+    );
+    // The upstream was not blamed for ferry's budget: its breaker is closed.
+    let status = proxy.admin_status().await;
+    let upstreams = status["upstreams"].as_array().unwrap();
+    assert_eq!(upstreams.len(), 2, "{status}");
+    assert!(
+        upstreams
+            .iter()
+            .all(|u| u["failures"] == 0 && u["breaker"]["state"] == "closed"),
+        "{status}"
+    );
+}
+
+/// Identical tag-list and referrers requests at once make one upstream fetch (issue 19,
+/// item 3): a burst of 16 is not 16 bodies in memory (before: one fetch each).
+#[tokio::test]
+async fn identical_list_requests_at_once_make_one_upstream_fetch() {
+    let upstream = FakeRegistry::start().await;
+    let (manifest, _, _) = put_image(&[&upstream], "org/app", "v1", 92);
+    upstream.put_referrer(
+        "org/app",
+        &manifest.to_string(),
+        &ferry::oci::Digest::sha256_of(b"sig").to_string(),
+        "application/vnd.example.sig",
+    );
+    upstream.fault(
+        "/tags/list",
+        Fault::DelayHeaders(Duration::from_millis(400)),
+    );
+    upstream.fault(
+        "/referrers/",
+        Fault::DelayHeaders(Duration::from_millis(400)),
+    );
+    let proxy = TestProxy::start(&[&upstream]).await;
+    for path in [
+        "/v2/org/app/tags/list".to_owned(),
+        format!("/v2/org/app/referrers/{manifest}"),
+    ] {
+        let asks: Vec<_> = (0..16)
+            .map(|_| {
+                let url = proxy.url(&path);
+                tokio::spawn(async move {
+                    let response = get_url(url).await;
+                    (response.status().as_u16(), response.text().await.unwrap())
+                })
+            })
+            .collect();
+        let mut bodies = Vec::new();
+        for ask in asks {
+            let (status, body) = ask.await.unwrap();
+            assert_eq!(status, 200, "{path}: {body}");
+            bodies.push(body);
+        }
+        assert!(bodies.windows(2).all(|w| w[0] == w[1]), "{path}");
+        let suffix = path.trim_start_matches("/v2/org/app");
+        let fetches = upstream
+            .requests()
+            .iter()
+            .filter(|r| r.path.ends_with(suffix))
+            .count();
+        assert_eq!(fetches, 1, "{path}");
+    }
+}

@@ -5,14 +5,12 @@
 use super::layout::Layout;
 use super::writer::write_file_atomically;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
 use std::io;
 use std::path::PathBuf;
-use std::sync::Mutex;
 use std::time::Duration;
 
-/// Referrers lists kept in memory; older ones are read back from disk when asked for.
-const MEMORY_ENTRIES: usize = 4096;
+/// Bytes of referrers lists kept in memory; others are read back from disk when asked for.
+const MEMORY_BYTES: u64 = 16 * 1024 * 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ReferrersKey {
@@ -44,14 +42,25 @@ impl ReferrersRecord {
 
 pub struct ReferrersStore {
     dir: PathBuf,
-    memory: Mutex<HashMap<ReferrersKey, ReferrersRecord>>,
+    /// Recent lists, weighted by bytes.
+    memory: moka::sync::Cache<ReferrersKey, ReferrersRecord>,
 }
 
 impl ReferrersStore {
     pub fn new(dir: PathBuf) -> ReferrersStore {
         ReferrersStore {
             dir,
-            memory: Mutex::new(HashMap::new()),
+            memory: moka::sync::Cache::builder()
+                .max_capacity(MEMORY_BYTES)
+                .weigher(|key: &ReferrersKey, record: &ReferrersRecord| {
+                    let bytes = 2 * (key.registry.len() + key.repository.len() + key.subject.len())
+                        + key.artifact_type.as_ref().map_or(0, String::len)
+                        + record.body.len()
+                        + record.upstream.len()
+                        + 256;
+                    u32::try_from(bytes).unwrap_or(u32::MAX)
+                })
+                .build(),
         }
     }
 
@@ -67,30 +76,14 @@ impl ReferrersStore {
         super::layout::record_path(&self.dir, &parts)
     }
 
-    fn memory(&self) -> std::sync::MutexGuard<'_, HashMap<ReferrersKey, ReferrersRecord>> {
-        // A poisoned lock only means a panic elsewhere mid-update of a plain map.
-        self.memory.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     fn remember(&self, record: ReferrersRecord) {
-        let mut memory = self.memory();
-        if memory.len() >= MEMORY_ENTRIES && !memory.contains_key(&record.key) {
-            // Forget the oldest answer; it is still on disk.
-            if let Some(oldest) = memory
-                .values()
-                .min_by_key(|r| r.fetched_at_unix_ms)
-                .map(|r| r.key.clone())
-            {
-                memory.remove(&oldest);
-            }
-        }
-        memory.insert(record.key.clone(), record);
+        self.memory.insert(record.key.clone(), record);
     }
 
     /// The last answer for `key`, from memory or disk.
     pub async fn get(&self, key: &ReferrersKey) -> Option<ReferrersRecord> {
-        if let Some(record) = self.memory().get(key) {
-            return Some(record.clone());
+        if let Some(record) = self.memory.get(key) {
+            return Some(record);
         }
         let text = tokio::fs::read(self.path(key)).await.ok()?;
         let record: ReferrersRecord = match serde_json::from_slice(&text) {

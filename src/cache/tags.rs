@@ -4,10 +4,8 @@
 use super::layout::Layout;
 use super::writer::write_file_atomically;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
 use std::io;
 use std::path::PathBuf;
-use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -61,10 +59,19 @@ pub fn unix_ms(time: SystemTime) -> u64 {
 
 pub struct TagStore {
     dir: PathBuf,
-    memory: Mutex<HashMap<TagKey, TagRecord>>,
-    /// `fetched_at_unix_ms` of each record as last written to disk.
-    persisted_at: Mutex<HashMap<TagKey, u64>>,
+    /// Recent records, weighted by bytes, with when each was last written to disk.
+    memory: moka::sync::Cache<TagKey, Remembered>,
 }
+
+#[derive(Clone)]
+struct Remembered {
+    record: TagRecord,
+    /// `fetched_at_unix_ms` of the record as last written to disk.
+    persisted_at: Option<u64>,
+}
+
+/// Bytes of tag records kept in memory (the rest are read back from disk when asked for).
+const MEMORY_BYTES: u64 = 16 * 1024 * 1024;
 
 /// An unchanged mapping confirmed by an upstream is written to disk at most this often
 /// (milliseconds): revalidations stay off the disk, and the age on disk stays close enough
@@ -75,8 +82,18 @@ impl TagStore {
     pub fn new(dir: PathBuf) -> TagStore {
         TagStore {
             dir,
-            memory: Mutex::new(HashMap::new()),
-            persisted_at: Mutex::new(HashMap::new()),
+            memory: moka::sync::Cache::builder()
+                .max_capacity(MEMORY_BYTES)
+                .weigher(|key: &TagKey, remembered: &Remembered| {
+                    let record = &remembered.record;
+                    let bytes = 2 * (key.registry.len() + key.repository.len() + key.tag.len())
+                        + record.digest.len()
+                        + record.media_type.len()
+                        + record.upstream.len()
+                        + 256;
+                    u32::try_from(bytes).unwrap_or(u32::MAX)
+                })
+                .build(),
         }
     }
 
@@ -91,17 +108,10 @@ impl TagStore {
         super::layout::record_path(&self.dir, &separated)
     }
 
-    fn memory(&self) -> std::sync::MutexGuard<'_, HashMap<TagKey, TagRecord>> {
-        // A poisoned lock only means a panic elsewhere mid-update of a plain map.
-        self.memory
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
     /// The last known mapping for `key`, from memory or disk.
     pub async fn get(&self, key: &TagKey) -> Option<TagRecord> {
-        if let Some(record) = self.memory().get(key) {
-            return Some(record.clone());
+        if let Some(remembered) = self.memory.get(key) {
+            return Some(remembered.record);
         }
         let text = tokio::fs::read(self.path(key)).await.ok()?;
         let record: TagRecord = match serde_json::from_slice::<TagRecord>(&text) {
@@ -114,11 +124,13 @@ impl TagStore {
         if record.key() != *key {
             return None;
         }
-        self.persisted_at
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key.clone(), record.fetched_at_unix_ms);
-        self.memory().insert(key.clone(), record.clone());
+        self.memory.insert(
+            key.clone(),
+            Remembered {
+                record: record.clone(),
+                persisted_at: Some(record.fetched_at_unix_ms),
+            },
+        );
         Some(record)
     }
 
@@ -126,32 +138,37 @@ impl TagStore {
     /// mapping is only remembered, unless the copy on disk is over a minute old.
     pub async fn put(&self, layout: &Layout, record: TagRecord) -> io::Result<()> {
         let key = record.key();
-        let unchanged = self.memory().get(&key).is_some_and(|old| {
-            old.digest == record.digest
-                && old.media_type == record.media_type
-                && old.upstream == record.upstream
+        let known = self.memory.get(&key);
+        let unchanged = known.as_ref().is_some_and(|old| {
+            old.record.digest == record.digest
+                && old.record.media_type == record.media_type
+                && old.record.upstream == record.upstream
         });
-        let persisted_at = self
-            .persisted_at
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
-            .copied();
+        let persisted_at = known.and_then(|old| old.persisted_at);
         if unchanged
             && persisted_at.is_some_and(|at| {
                 record.fetched_at_unix_ms.saturating_sub(at) < CONFIRMATION_PERSIST_INTERVAL_MS
             })
         {
-            self.memory().insert(key, record);
+            self.memory.insert(
+                key,
+                Remembered {
+                    record,
+                    persisted_at,
+                },
+            );
             return Ok(());
         }
         let json = serde_json::to_vec_pretty(&record).map_err(io::Error::other)?;
         write_file_atomically(layout, &self.path(&key), json.into()).await?;
-        self.persisted_at
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key.clone(), record.fetched_at_unix_ms);
-        self.memory().insert(key, record);
+        let persisted_at = Some(record.fetched_at_unix_ms);
+        self.memory.insert(
+            key,
+            Remembered {
+                record,
+                persisted_at,
+            },
+        );
         Ok(())
     }
 }

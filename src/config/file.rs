@@ -69,6 +69,7 @@ pub struct ConfigFile {
     /// Resume a blob body from the next upstream when it stalls far beyond its own pace, and
     /// at least this long ("off": only the body timeouts apply).
     pub stall_floor: Option<String>,
+    pub memory_budget: Option<String>,
     /// Consecutive failures that open an upstream's circuit breaker.
     pub breaker_threshold: Option<u32>,
     pub breaker_cooldown: Option<String>,

@@ -111,6 +111,7 @@ impl Config {
             stall_floor: Some(self.pool.stall_floor.map_or("off".to_owned(), |d| {
                 humantime::format_duration(d).to_string()
             })),
+            memory_budget: Some(format!("{}B", self.pool.memory.bytes())),
             breaker_threshold: Some(self.pool.breaker.threshold),
             breaker_cooldown: Some(
                 humantime::format_duration(self.pool.breaker.cooldown).to_string(),

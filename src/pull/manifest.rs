@@ -14,6 +14,7 @@ use crate::oci::{
 };
 use crate::pull::blob::SHARED_STORE_SOURCE;
 use crate::shared::StoreRead;
+use crate::upstream::memory_budget::BodyClass;
 use crate::upstream::{FailureKind, Route, UpstreamFailure, Upstreams, UpstreamsExhausted};
 use bytes::Bytes;
 use http::header::{ACCEPT, CONTENT_TYPE, LINK};
@@ -28,6 +29,7 @@ pub struct ManifestAnswer {
 }
 
 /// A forwarded tag list: the body and the upstream's pagination `Link`, if any.
+#[derive(Clone)]
 pub struct TagListAnswer {
     pub(crate) body: Bytes,
     pub(crate) link: Option<HeaderValue>,
@@ -406,9 +408,9 @@ impl PullThrough {
                         .headers()
                         .get(DOCKER_CONTENT_DIGEST)
                         .map(|v| v.to_str().unwrap_or("<not text>").to_owned());
-                    let body = client
+                    let (body, _lease) = client
                         .body(response)
-                        .read_to_end(MAX_MANIFEST_BYTES)
+                        .read_to_end(MAX_MANIFEST_BYTES, BodyClass::Pull, 1)
                         .await?;
                     let mismatch = |detail: String| {
                         UpstreamFailure::new(client.name(), FailureKind::DigestMismatch, detail)
@@ -453,7 +455,14 @@ impl PullThrough {
         }
         let upstreams = self.upstreams_for(registry)?;
         let query = pagination_query(query);
-        upstreams
+        // Identical requests at once make one upstream fetch: the first fetches, the rest
+        // wait for it and take its answer.
+        let key = format!("{registry}\0{name}\0{}", query.as_deref().unwrap_or(""));
+        let _fetching = self.list_fetches.lock(&format!("tags {key}")).await;
+        if let Some(answer) = self.recent_tag_lists.get(&key) {
+            return Ok(answer);
+        }
+        let answer = upstreams
             .first_success(Route::Unkeyed, |client| {
                 let query = query.clone();
                 async move {
@@ -467,15 +476,15 @@ impl PullThrough {
                         )
                         .await?;
                     let link = response.headers().get(LINK).cloned();
-                    let body = client
+                    let (body, _lease) = client
                         .body(response)
-                        .read_to_end(MAX_TAG_LIST_BYTES)
+                        .read_to_end(MAX_TAG_LIST_BYTES, BodyClass::List, 1)
                         .await?;
-                    if serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_err() {
+                    if let Err(e) = crate::oci::listings::check_tag_list(&body) {
                         return Err(UpstreamFailure::new(
                             client.name(),
                             FailureKind::BadResponse,
-                            "tag list is not JSON",
+                            format!("tag list refused: {e}"),
                         ));
                     }
                     Ok(TagListAnswer {
@@ -495,7 +504,9 @@ impl PullThrough {
                 } else {
                     FerryError::Upstreams(exhausted)
                 }
-            })
+            })?;
+        self.recent_tag_lists.insert(key, answer.clone());
+        Ok(answer)
     }
 }
 

@@ -7,7 +7,9 @@ use super::{MAX_MANIFEST_BYTES, PullThrough, Source};
 use crate::cache::referrers::{ReferrersKey, ReferrersRecord};
 use crate::cache::tags::unix_ms;
 use crate::error::FerryError;
+use crate::oci::listings::{MAX_REFERRERS, ReferrerDescriptor, ReferrersIndex, ReferrersPage};
 use crate::oci::{Digest, ErrorCode, RepositoryName};
+use crate::upstream::memory_budget::BodyClass;
 use crate::upstream::{FailureKind, Route, UpstreamFailure};
 use http::{HeaderMap, Method};
 use std::time::SystemTime;
@@ -66,7 +68,7 @@ struct ReferrersPages {
     artifact_type: Option<String>,
     /// The first page as sent, served unchanged when it is the only page and unfiltered.
     first_page: Option<bytes::Bytes>,
-    index: Option<serde_json::Value>,
+    manifests: Vec<ReferrerDescriptor>,
     pages: usize,
     bytes: usize,
 }
@@ -77,7 +79,7 @@ impl ReferrersPages {
             upstream: upstream.to_owned(),
             artifact_type,
             first_page: None,
-            index: None,
+            manifests: Vec::new(),
             pages: 0,
             bytes: 0,
         }
@@ -87,66 +89,55 @@ impl ReferrersPages {
         UpstreamFailure::new(&self.upstream, FailureKind::BadResponse, detail)
     }
 
-    /// Adds one page: it must be an image index with a `manifests` array.
+    /// Adds one page: it must be an image index whose `manifests` are descriptors.
     fn add_page(&mut self, body: bytes::Bytes) -> Result<(), UpstreamFailure> {
         self.pages += 1;
         self.bytes += body.len();
         if self.pages > MAX_REFERRERS_PAGES || self.bytes > MAX_MANIFEST_BYTES {
             return Err(self.bad("referrers list longer than ferry follows (32 pages, 4 MiB)"));
         }
-        let mut page: serde_json::Value =
-            serde_json::from_slice(&body).map_err(|_| self.bad("referrers answer is not JSON"))?;
-        let Some(manifests) = page
-            .get_mut("manifests")
-            .and_then(serde_json::Value::as_array_mut)
-        else {
-            return Err(self.bad("referrers answer is not an image index (no manifests)"));
-        };
-        match &mut self.index {
-            None => {
-                self.first_page = Some(body);
-                self.index = Some(page);
-            }
-            Some(index) => {
-                let more = std::mem::take(manifests);
-                if let Some(all) = index
-                    .get_mut("manifests")
-                    .and_then(serde_json::Value::as_array_mut)
-                {
-                    all.extend(more);
-                }
-                self.first_page = None;
-            }
+        let page = ReferrersPage::read(&body)
+            .map_err(|e| self.bad(&format!("referrers answer refused: {e}")))?;
+        if self.manifests.len() + page.manifests.len() > MAX_REFERRERS {
+            return Err(self.bad(&format!(
+                "referrers list of more than {MAX_REFERRERS} descriptors"
+            )));
         }
+        self.first_page = (self.pages == 1).then_some(body);
+        self.manifests.extend(page.manifests);
         Ok(())
     }
 
     /// The index to serve, and whether `artifactType` was applied (here, when the upstream
     /// did not).
-    fn finish(self) -> Result<(String, bool), UpstreamFailure> {
-        let (Some(mut index), first_page) = (self.index, self.first_page) else {
-            return Err(UpstreamFailure::new(
-                &self.upstream,
-                FailureKind::BadResponse,
-                "referrers answer has no pages",
-            ));
+    fn finish(mut self) -> Result<(String, bool), UpstreamFailure> {
+        if self.pages == 0 {
+            return Err(self.bad("referrers answer has no pages"));
+        }
+        let upstream = self.upstream.clone();
+        let serialize = move |manifests: &[ReferrerDescriptor]| {
+            serde_json::to_string(&ReferrersIndex {
+                schema_version: 2,
+                media_type: crate::oci::media_type::OCI_INDEX,
+                manifests,
+            })
+            .map_err(|e| {
+                UpstreamFailure::new(
+                    &upstream,
+                    FailureKind::BadResponse,
+                    format!("cannot write the merged referrers index: {e}"),
+                )
+            })
         };
-        match (&self.artifact_type, first_page) {
+        match (&self.artifact_type, &self.first_page) {
             // Applied here even when the upstream says it filtered: a later page may not be.
             (Some(wanted), _) => {
-                if let Some(manifests) = index
-                    .get_mut("manifests")
-                    .and_then(serde_json::Value::as_array_mut)
-                {
-                    manifests.retain(|descriptor| {
-                        descriptor.get("artifactType").and_then(|t| t.as_str())
-                            == Some(wanted.as_str())
-                    });
-                }
-                Ok((index.to_string(), true))
+                self.manifests
+                    .retain(|descriptor| descriptor.artifact_type.as_deref() == Some(wanted));
+                Ok((serialize(&self.manifests)?, true))
             }
-            (None, Some(body)) => Ok((String::from_utf8_lossy(&body).into_owned(), false)),
-            (None, None) => Ok((index.to_string(), false)),
+            (None, Some(body)) => Ok((String::from_utf8_lossy(body).into_owned(), false)),
+            (None, None) => Ok((serialize(&self.manifests)?, false)),
         }
     }
 }
@@ -270,6 +261,20 @@ impl PullThrough {
                 &format!("the referrers of {subject}"),
             ));
         }
+        // Identical requests at once make one upstream fetch: the rest find its answer.
+        let _fetching = self
+            .list_fetches
+            .lock(&format!(
+                "referrers {registry}\0{name}\0{subject}\0{}",
+                artifact_type.as_deref().unwrap_or("")
+            ))
+            .await;
+        let known = match self.cache.referrers.get(&key).await {
+            Some(record) if record.age() <= self.settings.referrers_ttl => {
+                return Ok(answer(&record, Source::Cache));
+            }
+            latest => latest.or(known),
+        };
         let upstreams = self.upstreams_for(registry)?;
         let suffix = format!("referrers/{subject}");
         let query = artifact_type.as_ref().and_then(|filter| {
@@ -295,6 +300,8 @@ impl PullThrough {
                     let bad = |detail: String| {
                         UpstreamFailure::new(client.name(), FailureKind::BadResponse, detail)
                     };
+                    // Covers every page read, until the merged list is built.
+                    let mut held = crate::upstream::BudgetLease::default();
                     let mut queries_seen =
                         std::collections::HashSet::from([query.clone().unwrap_or_default()]);
                     loop {
@@ -306,10 +313,12 @@ impl PullThrough {
                         {
                             return Err(bad(format!("referrers Link names a page again ({next})")));
                         }
-                        let body = client
+                        // The parsed descriptors take up to about twice the page's bytes.
+                        let (body, lease) = client
                             .body(response)
-                            .read_to_end(MAX_MANIFEST_BYTES)
+                            .read_to_end(MAX_MANIFEST_BYTES, BodyClass::List, 3)
                             .await?;
+                        held.absorb(lease);
                         pages.add_page(body)?;
                         let Some(next) = next else { break };
                         // A later page that is missing is a broken list, not a missing API.
@@ -325,6 +334,7 @@ impl PullThrough {
                             })?;
                     }
                     let (body, filtered) = pages.finish()?;
+                    drop(held);
                     Ok(ReferrersRecord {
                         key: ReferrersKey {
                             registry: registry.to_owned(),
@@ -422,7 +432,10 @@ mod tests {
 
         // Pages are merged in order, and a list longer than the page bound is refused.
         let page = |digest: &str| {
-            serde_json::json!({"schemaVersion": 2, "manifests": [{"digest": digest}]}).to_string()
+            serde_json::json!({"schemaVersion": 2, "manifests": [
+                {"mediaType": OCI_INDEX, "digest": digest, "size": 1}
+            ]})
+            .to_string()
         };
         let (merged, _) = merge(None, &[&page("sha256:01"), &page("sha256:02")]).unwrap();
         let merged: serde_json::Value = serde_json::from_str(&merged).unwrap();

@@ -17,7 +17,11 @@ const MAX_CACHED_TOKENS: u64 = 10_000;
 pub const MAX_TOKEN_BODY_BYTES: usize = 128 * 1024;
 
 /// Reads a token server's body, refusing (and stopping at) more than `limit` bytes.
-async fn read_capped(mut response: reqwest::Response, limit: usize) -> Result<Vec<u8>, String> {
+async fn read_capped(
+    mut response: reqwest::Response,
+    limit: usize,
+    memory: &super::MemoryBudget,
+) -> Result<(Vec<u8>, super::BudgetLease), String> {
     let too_long = || format!("token body longer than {limit} bytes; not read further");
     if response
         .content_length()
@@ -26,6 +30,7 @@ async fn read_capped(mut response: reqwest::Response, limit: usize) -> Result<Ve
         return Err(too_long());
     }
     let mut body = Vec::new();
+    let mut lease = super::BudgetLease::default();
     while let Some(chunk) = response
         .chunk()
         .await
@@ -34,9 +39,17 @@ async fn read_capped(mut response: reqwest::Response, limit: usize) -> Result<Ve
         if body.len() + chunk.len() > limit {
             return Err(too_long());
         }
+        memory
+            .cover(
+                &mut lease,
+                body.len() + chunk.len(),
+                super::memory_budget::BodyClass::Pull,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
         body.extend_from_slice(&chunk);
     }
-    Ok(body)
+    Ok((body, lease))
 }
 
 /// Whether the token realm `realm` of `registry` may be sent the registry's credentials: not
@@ -182,20 +195,27 @@ impl Expiry<String, CachedToken> for TokenLifetime {
 /// Bearer tokens of one upstream, keyed by scope.
 pub struct TokenCache {
     tokens: Cache<String, CachedToken>,
+    /// Token answers are read whole, within ferry's budget for such bodies.
+    memory: super::MemoryBudget,
 }
 
 impl Default for TokenCache {
     fn default() -> Self {
+        TokenCache::new(super::MemoryBudget::default())
+    }
+}
+
+impl TokenCache {
+    pub fn new(memory: super::MemoryBudget) -> Self {
         TokenCache {
             tokens: Cache::builder()
                 .max_capacity(MAX_CACHED_TOKENS)
                 .expire_after(TokenLifetime)
                 .build(),
+            memory,
         }
     }
-}
 
-impl TokenCache {
     pub async fn get(&self, scope: &str) -> Option<String> {
         self.tokens.get(scope).await.map(|t| t.token)
     }
@@ -262,7 +282,7 @@ impl TokenCache {
             if !status.is_success() {
                 return Err(format!("token server answered {status}"));
             }
-            let body = read_capped(response, MAX_TOKEN_BODY_BYTES).await?;
+            let (body, _lease) = read_capped(response, MAX_TOKEN_BODY_BYTES, &self.memory).await?;
             parse_token_response(&body)
         };
         let (token, expires_in) = tokio::time::timeout(timeout, fetch)

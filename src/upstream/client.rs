@@ -20,6 +20,8 @@ pub struct UpstreamClient {
     config: UpstreamConfig,
     http: reqwest::Client,
     tokens: TokenCache,
+    /// Shared with every upstream: bodies read whole stay under it together.
+    memory: super::MemoryBudget,
     docker_hub: bool,
     /// Whether requests carry `?ns=<registry>`: yes unless the upstream is the registry
     /// itself, so a ferry (or containerd-style mirror) upstream knows which registry is meant.
@@ -28,7 +30,11 @@ pub struct UpstreamClient {
 }
 
 impl UpstreamClient {
-    pub fn new(config: UpstreamConfig, breaker: BreakerConfig) -> Result<Self, String> {
+    pub fn new(
+        config: UpstreamConfig,
+        breaker: BreakerConfig,
+        memory: super::MemoryBudget,
+    ) -> Result<Self, String> {
         // reqwest strips Authorization (and cookies) when a redirect leaves the original
         // host, so a registry's token is never sent to object storage.
         let mut builder = reqwest::Client::builder();
@@ -83,7 +89,8 @@ impl UpstreamClient {
             health: UpstreamHealth::new(&config.name, breaker),
             config,
             http,
-            tokens: TokenCache::default(),
+            tokens: TokenCache::new(memory.clone()),
+            memory,
             docker_hub,
         })
     }
@@ -334,6 +341,7 @@ impl UpstreamClient {
             rate_window: self.config.rate_window,
             window_started: tokio::time::Instant::now(),
             window_bytes: 0,
+            memory: self.memory.clone(),
         }
     }
 }
@@ -414,6 +422,7 @@ pub struct BodyChunks {
     rate_window: Duration,
     window_started: tokio::time::Instant,
     window_bytes: u64,
+    memory: super::MemoryBudget,
 }
 
 impl BodyChunks {
@@ -472,8 +481,16 @@ impl BodyChunks {
         }
     }
 
-    /// Reads the whole body, failing if it exceeds `limit` bytes.
-    pub async fn read_to_end(mut self, limit: usize) -> Result<Bytes, UpstreamFailure> {
+    /// Reads the whole body, failing if it exceeds `limit` bytes, within ferry's memory
+    /// budget for such bodies: the lease covers `expansion` times the bytes (room for what
+    /// the caller parses them into) until the caller drops it. No room within a short wait
+    /// fails as `MemoryBudget`.
+    pub async fn read_to_end(
+        mut self,
+        limit: usize,
+        class: super::memory_budget::BodyClass,
+        expansion: usize,
+    ) -> Result<(Bytes, super::BudgetLease), UpstreamFailure> {
         if self.content_length().is_some_and(|len| len > limit as u64) {
             return Err(UpstreamFailure::new(
                 &self.upstream,
@@ -482,6 +499,16 @@ impl BodyChunks {
             ));
         }
         let mut body = BytesMut::new();
+        let mut lease = super::BudgetLease::default();
+        let over_budget = |upstream: &str, e: super::memory_budget::BudgetExhausted| {
+            UpstreamFailure::new(upstream, FailureKind::MemoryBudget, e.to_string())
+        };
+        if let Some(announced) = self.content_length() {
+            self.memory
+                .cover(&mut lease, expansion * announced as usize, class)
+                .await
+                .map_err(|e| over_budget(&self.upstream, e))?;
+        }
         while let Some(chunk) = self.next_chunk().await? {
             if body.len() + chunk.len() > limit {
                 return Err(UpstreamFailure::new(
@@ -490,8 +517,12 @@ impl BodyChunks {
                     format!("body larger than the {limit}-byte limit"),
                 ));
             }
+            self.memory
+                .cover(&mut lease, expansion * (body.len() + chunk.len()), class)
+                .await
+                .map_err(|e| over_budget(&self.upstream, e))?;
             body.extend_from_slice(&chunk);
         }
-        Ok(body.freeze())
+        Ok((body.freeze(), lease))
     }
 }

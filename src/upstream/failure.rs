@@ -32,6 +32,10 @@ pub enum FailureKind {
     DigestMismatch,
     /// A manifest larger than the spec's 4 MiB limit, or a malformed response.
     BadResponse,
+    /// Not the upstream's fault: ferry's memory budget for bodies read whole had no room.
+    /// Not counted against the upstream, and no other upstream is tried (it would not fit
+    /// either); the client gets 503.
+    MemoryBudget,
 }
 
 /// One failed attempt at one upstream.
@@ -66,7 +70,11 @@ impl UpstreamFailure {
     /// Whether the next upstream may be tried after this failure. Everything except a 404
     /// with 404-failover disabled moves on: availability beats precision for a cache.
     pub fn may_try_next(&self, failover_on_not_found: bool) -> bool {
-        self.kind != FailureKind::NotFound || failover_on_not_found
+        match self.kind {
+            FailureKind::NotFound => failover_on_not_found,
+            FailureKind::MemoryBudget => false,
+            _ => true,
+        }
     }
 
     /// A short label for logs and metrics.
@@ -77,7 +85,7 @@ impl UpstreamFailure {
 
 impl FailureKind {
     /// Every value [`FailureKind::reason`] returns, and `ok`: the outcome label's values.
-    pub const OUTCOME_LABELS: [&'static str; 16] = [
+    pub const OUTCOME_LABELS: [&'static str; 17] = [
         "ok",
         "connect",
         "connect_timeout",
@@ -94,6 +102,7 @@ impl FailureKind {
         "unexpected_status",
         "digest_mismatch",
         "bad_response",
+        "memory_budget",
     ];
 
     /// A short label for logs and metrics.
@@ -114,6 +123,7 @@ impl FailureKind {
             FailureKind::UnexpectedStatus(_) => "unexpected_status",
             FailureKind::DigestMismatch => "digest_mismatch",
             FailureKind::BadResponse => "bad_response",
+            FailureKind::MemoryBudget => "memory_budget",
         }
     }
 }
@@ -167,6 +177,9 @@ impl UpstreamsExhausted {
         }
         if self.all_not_found() {
             return StatusCode::NOT_FOUND;
+        }
+        if self.failures.iter().any(|f| f.kind == MemoryBudget) {
+            return StatusCode::SERVICE_UNAVAILABLE;
         }
         if !self.untried.is_empty() && self.failures.iter().all(|f| f.kind == NotFound) {
             return StatusCode::SERVICE_UNAVAILABLE;

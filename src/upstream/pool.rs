@@ -33,6 +33,8 @@ pub struct PoolSettings {
     /// hedge). `None`: only the fixed body timeouts apply.
     pub stall_floor: Option<Duration>,
     pub breaker: BreakerConfig,
+    /// Shared by every upstream: bodies read whole stay under it together.
+    pub memory: super::MemoryBudget,
 }
 
 /// Hedging: starting the next upstream alongside one that is silent, so a blackholed upstream
@@ -98,6 +100,7 @@ impl Default for PoolSettings {
             hedging: Hedging::Adaptive,
             stall_floor: Some(DEFAULT_STALL_FLOOR),
             breaker: BreakerConfig::default(),
+            memory: Default::default(),
         }
     }
 }
@@ -254,7 +257,10 @@ impl Upstreams {
     ) -> Result<Self, String> {
         let clients = configs
             .iter()
-            .map(|c| UpstreamClient::new(c.clone(), settings.breaker).map(Arc::new))
+            .map(|c| {
+                UpstreamClient::new(c.clone(), settings.breaker, settings.memory.clone())
+                    .map(Arc::new)
+            })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Upstreams {
             clients,
@@ -419,6 +425,10 @@ impl Upstreams {
             .inc();
         match outcome {
             Ok(_) => client.health().record_success(Some(latency)),
+            Err(failure) if failure.kind == super::FailureKind::MemoryBudget => {
+                // Ferry's own overload: the upstream answered, and is not blamed.
+                tracing::warn!(upstream = %failure.upstream, detail = %failure.detail, "body not read: ferry's memory budget is in use");
+            }
             Err(failure) => {
                 client.health().record_failure(failure);
                 if failure.may_try_next(failover_on_not_found) {
