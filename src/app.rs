@@ -318,7 +318,7 @@ async fn maintain_cache(pull: Arc<PullThrough>, stopped: impl std::future::Futur
         if modified != pins_modified {
             pins_modified = modified;
             match crate::cache::pins::Pins::load(pull.cache.layout.root()) {
-                Ok(pins) => pull.cache.index.set_pins(pins.digests()),
+                Ok(pins) => pull.cache.index.set_pins(pins.protected()),
                 Err(e) => tracing::error!(error = %e, "cannot read pins.json"),
             }
         }

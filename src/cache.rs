@@ -73,12 +73,16 @@ impl Cache {
                 "removed leftover temporary files from an earlier run"
             );
         }
-        let tags = TagStore::new(layout.tags_dir());
         let blobs_root = layout.root().to_path_buf();
-        let index = std::sync::Arc::new(LruIndex::new(size_limit, move |digest| {
-            Layout::blob_path_under(&blobs_root, digest)
-        }));
-        let referrers = referrers::ReferrersStore::new(layout.referrers_dir());
+        let index = std::sync::Arc::new(
+            LruIndex::new(size_limit, move |digest| {
+                Layout::blob_path_under(&blobs_root, digest)
+            })
+            .with_record_dirs(layout.tags_dir(), layout.referrers_dir()),
+        );
+        let tags = TagStore::new(layout.tags_dir()).counted_in(index.clone());
+        let referrers =
+            referrers::ReferrersStore::new(layout.referrers_dir()).counted_in(index.clone());
         Ok(Cache {
             layout,
             tags,
@@ -99,19 +103,31 @@ impl Cache {
         })
     }
 
-    /// Indexes the blobs already on disk (oldest mtime first, so recency survives restarts),
-    /// then enforces the size limit. Runs in the background at startup; requests are served
-    /// meanwhile, since a hit never needs the index.
+    /// Indexes the blobs, tag records and referrers lists already on disk (oldest mtime
+    /// first, so recency survives restarts), then enforces the size limit. Runs in the
+    /// background at startup; requests are served meanwhile, since a hit never needs the
+    /// index. Returns the number of blobs.
     pub fn scan_blobs(&self) -> io::Result<usize> {
+        use index::IndexedKind;
         let mut found: Vec<_> = layout::content_files(self.layout.root())?
             .into_iter()
             .filter(|file| !file.is_manifest)
-            .map(|file| (file.modified, file.digest, file.size))
+            .map(|file| (file.modified, IndexedKind::Blob, file.digest, file.size))
             .collect();
-        found.sort_by_key(|(modified, _, _)| *modified);
         let count = found.len();
-        for (_, digest, size) in found {
-            self.index.add_scanned(&digest, size);
+        for (dir, kind) in [
+            (self.layout.tags_dir(), IndexedKind::TagRecord),
+            (self.layout.referrers_dir(), IndexedKind::ReferrersRecord),
+        ] {
+            found.extend(
+                layout::record_files(&dir)?
+                    .into_iter()
+                    .map(|file| (file.modified, kind, file.digest, file.size)),
+            );
+        }
+        found.sort_by_key(|(modified, _, _, _)| *modified);
+        for (_, kind, digest, size) in found {
+            self.index.add_scanned_kind(kind, &digest, size);
         }
         self.index.enforce();
         Ok(count)

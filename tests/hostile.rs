@@ -828,3 +828,64 @@ async fn identical_list_requests_at_once_make_one_upstream_fetch() {
         assert_eq!(fetches, 1, "{path}");
     }
 }
+
+/// Bytes of the files under `dir`, recursively.
+fn bytes_under(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|entry| match entry.metadata() {
+            Ok(m) if m.is_dir() => bytes_under(&entry.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// Referrers lists and tag records on disk count toward `cache_size` and are evicted like
+/// blobs (issue 19, item 3: before, 8 random subjects left 36 MB that nothing removed).
+#[tokio::test]
+async fn referrers_and_tag_records_count_toward_the_cache_bound() {
+    const LIMIT: u64 = 1024 * 1024;
+    let upstream = FakeRegistry::start().await;
+    let subjects: Vec<ferry::oci::Digest> = (0..16u8)
+        .map(|n| ferry::oci::Digest::sha256_of(&[n]))
+        .collect();
+    for subject in &subjects {
+        for n in 0..600u32 {
+            let referrer = ferry::oci::Digest::sha256_of(&n.to_be_bytes());
+            upstream.put_referrer(
+                "org/app",
+                &subject.to_string(),
+                &referrer.to_string(),
+                "application/vnd.example.sbom",
+            );
+        }
+    }
+    let proxy = TestProxy::start_with(&[&upstream], |c| c.cache_size = Some(LIMIT)).await;
+    for subject in &subjects {
+        let response = get_url(proxy.url(&format!("/v2/org/app/referrers/{subject}"))).await;
+        assert_eq!(response.status(), 200);
+    }
+    let referrers_dir = proxy.cache_dir.path().join("referrers");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while bytes_under(&referrers_dir) > LIMIT && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let kept = bytes_under(&referrers_dir);
+    assert!(
+        kept <= LIMIT,
+        "{kept} bytes of referrers lists kept under a {LIMIT}-byte bound"
+    );
+    assert!(
+        kept > LIMIT / 2,
+        "the most recent lists stay ({kept} bytes)"
+    );
+    // The newest list is still served from the cache with the upstream gone.
+    upstream.stop();
+    let last = subjects.last().unwrap();
+    let response = get_url(proxy.url(&format!("/v2/org/app/referrers/{last}"))).await;
+    assert_eq!(response.status(), 200);
+}

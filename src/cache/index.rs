@@ -1,8 +1,8 @@
-//! The size bound: which committed blobs the cache holds, their sizes and least-recent use,
-//! plus bytes reserved by fills in progress. When committed + reserved bytes exceed the
-//! limit, the least recently used unpinned blobs are evicted (their files deleted; a reader
+//! The size bound: which committed blobs (and tag and referrers records) the cache holds,
+//! their sizes and least-recent use, plus bytes reserved by fills in progress. Over the
+//! limit, the least recently used unpinned entries are evicted (files deleted; a reader
 //! that has one open keeps reading it). Fills in progress are not in the index, so they are
-//! never evicted; pinned blobs count toward the size but are never evicted.
+//! never evicted; pinned entries count toward the size but are never evicted.
 //!
 //! A hand-rolled LRU rather than moka: eviction here must be synchronous and must account
 //! for reservations, so the bound holds at every instant rather than eventually.
@@ -17,6 +17,16 @@ struct Entry {
     size: u64,
     /// Position in the LRU order; `None` for pinned blobs (never evicted).
     sequence: Option<u64>,
+    kind: IndexedKind,
+}
+
+/// What an entry of the bound is: a blob (keyed by its digest), or a small record keyed by
+/// the SHA-256 of its key (see `layout::record_digest`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IndexedKind {
+    Blob,
+    TagRecord,
+    ReferrersRecord,
 }
 
 #[derive(Debug, Default)]
@@ -30,6 +40,8 @@ struct State {
     /// Bytes announced by fills in progress.
     reserved: u64,
     pinned: HashSet<Digest>,
+    /// Entries that are records, not blobs.
+    records: usize,
     evictions: u64,
     evicted_bytes: u64,
 }
@@ -42,6 +54,8 @@ pub struct Usage {
     pub(crate) pinned: u64,
     pub(crate) reserved: u64,
     pub(crate) blobs: usize,
+    /// Tag and referrers records in the bound.
+    pub(crate) records: usize,
     pub(crate) evictions: u64,
     pub(crate) evicted_bytes: u64,
 }
@@ -51,6 +65,8 @@ pub struct LruIndex {
     state: Mutex<State>,
     /// Where a digest's committed file lives (to delete it on eviction).
     blob_path: Box<dyn Fn(&Digest) -> PathBuf + Send + Sync>,
+    /// The tag and referrers record directories, when records count toward the bound.
+    record_dirs: Option<(PathBuf, PathBuf)>,
 }
 
 /// Bytes held for a fill in progress; released when dropped.
@@ -75,6 +91,27 @@ impl LruIndex {
             limit,
             state: Mutex::new(State::default()),
             blob_path: Box::new(blob_path),
+            record_dirs: None,
+        }
+    }
+
+    /// Counts tag records (under `tags`) and referrers lists (under `referrers`) toward the
+    /// bound, evicting them like blobs.
+    pub fn with_record_dirs(mut self, tags: PathBuf, referrers: PathBuf) -> Self {
+        self.record_dirs = Some((tags, referrers));
+        self
+    }
+
+    fn path_of(&self, digest: &Digest, kind: IndexedKind) -> Option<PathBuf> {
+        match (kind, &self.record_dirs) {
+            (IndexedKind::Blob, _) => Some((self.blob_path)(digest)),
+            (IndexedKind::TagRecord, Some((tags, _))) => {
+                Some(super::layout::record_path_of(tags, digest))
+            }
+            (IndexedKind::ReferrersRecord, Some((_, referrers))) => {
+                Some(super::layout::record_path_of(referrers, digest))
+            }
+            (_, None) => None,
         }
     }
 
@@ -90,9 +127,20 @@ impl LruIndex {
     /// Records a use of `digest` (of `size` bytes): it becomes the most recently used.
     /// Unknown digests (committed before a restart, not yet scanned) are added.
     pub fn touch(&self, digest: &Digest, size: u64) {
+        self.touch_kind(IndexedKind::Blob, digest, size);
+    }
+
+    /// Records a use of a tag or referrers record (`size` counts only when it is new).
+    pub fn touch_record(&self, kind: IndexedKind, digest: &Digest, size: u64) {
+        if self.record_dirs.is_some() {
+            self.touch_kind(kind, digest, size);
+        }
+    }
+
+    fn touch_kind(&self, kind: IndexedKind, digest: &Digest, size: u64) {
         let victims = {
             let mut state = self.lock();
-            Self::touch_locked(&mut state, digest, size);
+            Self::touch_locked(&mut state, kind, digest, size);
             self.victims_locked(&mut state)
         };
         self.delete(victims);
@@ -101,9 +149,14 @@ impl LruIndex {
     /// Adds a blob found on disk at startup, ordered by `recency` (older first) unless it
     /// was already touched by a request.
     pub fn add_scanned(&self, digest: &Digest, size: u64) {
+        self.add_scanned_kind(IndexedKind::Blob, digest, size);
+    }
+
+    /// `add_scanned` for any kind of entry.
+    pub fn add_scanned_kind(&self, kind: IndexedKind, digest: &Digest, size: u64) {
         let mut state = self.lock();
         if !state.entries.contains_key(digest) {
-            Self::touch_locked(&mut state, digest, size);
+            Self::touch_locked(&mut state, kind, digest, size);
         }
     }
 
@@ -118,7 +171,7 @@ impl LruIndex {
         n
     }
 
-    fn touch_locked(state: &mut State, digest: &Digest, size: u64) {
+    fn touch_locked(state: &mut State, kind: IndexedKind, digest: &Digest, size: u64) {
         let pinned = state.pinned.contains(digest);
         if let Some(entry) = state.entries.get(digest).copied() {
             if let Some(sequence) = entry.sequence {
@@ -128,6 +181,9 @@ impl LruIndex {
             state.committed += size;
             if pinned {
                 state.pinned_bytes += size;
+            }
+            if kind != IndexedKind::Blob {
+                state.records += 1;
             }
         }
         let sequence = if pinned {
@@ -139,13 +195,18 @@ impl LruIndex {
             Some(sequence)
         };
         let size = state.entries.get(digest).map_or(size, |e| e.size);
-        state
-            .entries
-            .insert(digest.clone(), Entry { size, sequence });
+        state.entries.insert(
+            digest.clone(),
+            Entry {
+                size,
+                sequence,
+                kind,
+            },
+        );
     }
 
     /// Removes least recently used unpinned entries until committed + reserved fits.
-    fn victims_locked(&self, state: &mut State) -> Vec<Digest> {
+    fn victims_locked(&self, state: &mut State) -> Vec<(Digest, IndexedKind)> {
         let Some(limit) = self.limit else {
             return Vec::new();
         };
@@ -158,8 +219,11 @@ impl LruIndex {
                 state.committed -= entry.size;
                 state.evictions += 1;
                 state.evicted_bytes += entry.size;
+                if entry.kind != IndexedKind::Blob {
+                    state.records -= 1;
+                }
+                victims.push((digest, entry.kind));
             }
-            victims.push(digest);
         }
         victims
     }
@@ -167,21 +231,23 @@ impl LruIndex {
     /// Unlinks evicted blobs. Their space is already accounted for; the unlinks (which can
     /// take milliseconds for a large file) run on the blocking pool when called from async
     /// code, so a fill that evicts never stalls a worker thread.
-    fn delete(&self, victims: Vec<Digest>) {
+    fn delete(&self, victims: Vec<(Digest, IndexedKind)>) {
         if victims.is_empty() {
             return;
         }
-        let paths: Vec<(Digest, std::path::PathBuf)> = victims
+        let paths: Vec<(Digest, IndexedKind, std::path::PathBuf)> = victims
             .into_iter()
-            .map(|digest| {
-                let path = (self.blob_path)(&digest);
-                (digest, path)
+            .filter_map(|(digest, kind)| {
+                let path = self.path_of(&digest, kind)?;
+                Some((digest, kind, path))
             })
             .collect();
         let unlink = move || {
-            for (digest, path) in paths {
-                // Its provenance goes with it (a record without content is never needed).
-                let _ = std::fs::remove_file(super::provenance::sidecar_path(&path));
+            for (digest, kind, path) in paths {
+                if kind == IndexedKind::Blob {
+                    // Its provenance goes with it (a record without content is never needed).
+                    let _ = std::fs::remove_file(super::provenance::sidecar_path(&path));
+                }
                 match std::fs::remove_file(&path) {
                     Ok(()) => tracing::debug!(%digest, "evicted"),
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -247,6 +313,9 @@ impl LruIndex {
         let mut state = self.lock();
         if let Some(entry) = state.entries.remove(digest) {
             state.committed -= entry.size;
+            if entry.kind != IndexedKind::Blob {
+                state.records -= 1;
+            }
             if let Some(sequence) = entry.sequence {
                 state.order.remove(&sequence);
             } else {
@@ -315,7 +384,8 @@ impl LruIndex {
             committed: state.committed,
             pinned: state.pinned_bytes,
             reserved: state.reserved,
-            blobs: state.entries.len(),
+            blobs: state.entries.len() - state.records,
+            records: state.records,
             evictions: state.evictions,
             evicted_bytes: state.evicted_bytes,
         }

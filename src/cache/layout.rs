@@ -106,13 +106,63 @@ pub struct ContentFile {
 /// names it (`<dir>/<2 hex>/<hash>.json`), so any key maps to a fixed-shape path inside the
 /// cache. Tag records and referrers lists both use it.
 pub fn record_path(dir: &Path, parts: &[&[u8]]) -> PathBuf {
+    record_path_of(dir, &record_digest(parts))
+}
+
+/// The SHA-256 of a record's key parts: its file's name, and its entry in the size bound.
+pub fn record_digest(parts: &[&[u8]]) -> Digest {
     use sha2::Digest as _;
     let mut hasher = sha2::Sha256::new();
     for part in parts {
         hasher.update(part);
     }
-    let stem = hex::encode(hasher.finalize());
+    Digest::from_sha256_bytes(hasher.finalize().into())
+}
+
+/// Where the record named by `digest` (see [`record_digest`]) lives under `dir`.
+pub fn record_path_of(dir: &Path, digest: &Digest) -> PathBuf {
+    let stem = digest.hex();
     dir.join(&stem[..2]).join(format!("{stem}.json"))
+}
+
+/// A record file (`<dir>/<2 hex>/<hash>.json`) found on disk.
+pub struct RecordFile {
+    pub(crate) digest: Digest,
+    pub(crate) size: u64,
+    pub(crate) modified: std::time::SystemTime,
+}
+
+/// Every record file under `dir` (tag records, referrers lists); strays are skipped.
+pub fn record_files(dir: &Path) -> io::Result<Vec<RecordFile>> {
+    let mut files = Vec::new();
+    let Some(prefixes) = skip_vanished(std::fs::read_dir(dir))? else {
+        return Ok(files);
+    };
+    for prefix in prefixes {
+        let Some(entries) = skip_vanished(std::fs::read_dir(prefix?.path()))? else {
+            continue;
+        };
+        for entry in entries {
+            let entry = entry?;
+            let name = entry.file_name();
+            let Some(digest) = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".json"))
+                .and_then(|hex| format!("sha256:{hex}").parse::<Digest>().ok())
+            else {
+                continue;
+            };
+            let Some(metadata) = skip_vanished(entry.metadata())? else {
+                continue;
+            };
+            files.push(RecordFile {
+                digest,
+                size: metadata.len(),
+                modified: metadata.modified().unwrap_or(std::time::UNIX_EPOCH),
+            });
+        }
+    }
+    Ok(files)
 }
 
 /// `None` for something removed meanwhile; other errors stay errors.

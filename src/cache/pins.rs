@@ -48,4 +48,22 @@ impl Pins {
             .filter_map(|d| d.parse().ok())
             .collect()
     }
+
+    /// What the size bound must never evict: every pinned digest, and the tag record of
+    /// every pinned tag (so a pinned image stays pullable by tag with its registry down).
+    pub fn protected(&self) -> HashSet<Digest> {
+        let mut protected = self.digests();
+        for image in self.images.keys() {
+            if let Ok(image) = crate::oci::ImageRef::parse(image, crate::oci::registry::DOCKER_HUB)
+            {
+                let key = super::TagKey {
+                    registry: image.registry,
+                    repository: image.repository,
+                    tag: image.tag,
+                };
+                protected.insert(key.record_digest());
+            }
+        }
+        protected
+    }
 }

@@ -42,6 +42,8 @@ impl ReferrersRecord {
 
 pub struct ReferrersStore {
     dir: PathBuf,
+    /// The size bound the record files count toward.
+    index: Option<std::sync::Arc<super::LruIndex>>,
     /// Recent lists, weighted by bytes.
     memory: moka::sync::Cache<ReferrersKey, ReferrersRecord>,
 }
@@ -50,6 +52,7 @@ impl ReferrersStore {
     pub fn new(dir: PathBuf) -> ReferrersStore {
         ReferrersStore {
             dir,
+            index: None,
             memory: moka::sync::Cache::builder()
                 .max_capacity(MEMORY_BYTES)
                 .weigher(|key: &ReferrersKey, record: &ReferrersRecord| {
@@ -64,7 +67,13 @@ impl ReferrersStore {
         }
     }
 
-    fn path(&self, key: &ReferrersKey) -> PathBuf {
+    /// Counts the record files toward `index`'s bound (they are evicted like blobs).
+    pub fn counted_in(mut self, index: std::sync::Arc<super::LruIndex>) -> Self {
+        self.index = Some(index);
+        self
+    }
+
+    fn record_digest(key: &ReferrersKey) -> crate::oci::Digest {
         let mut parts: Vec<&[u8]> = Vec::new();
         for part in [&key.registry, &key.repository, &key.subject] {
             parts.extend([part.as_bytes(), &[0u8]]);
@@ -73,7 +82,22 @@ impl ReferrersStore {
             Some(filter) => parts.extend([&[1u8][..], filter.as_bytes()]),
             None => parts.push(&[2u8]),
         }
-        super::layout::record_path(&self.dir, &parts)
+        super::layout::record_digest(&parts)
+    }
+
+    fn path(&self, key: &ReferrersKey) -> PathBuf {
+        super::layout::record_path_of(&self.dir, &Self::record_digest(key))
+    }
+
+    /// Notes a use of `key`'s record file (`size` counts when the bound first sees it).
+    fn touch(&self, key: &ReferrersKey, size: u64) {
+        if let Some(index) = &self.index {
+            index.touch_record(
+                super::index::IndexedKind::ReferrersRecord,
+                &Self::record_digest(key),
+                size,
+            );
+        }
     }
 
     fn remember(&self, record: ReferrersRecord) {
@@ -96,6 +120,7 @@ impl ReferrersStore {
         if record.key != *key {
             return None;
         }
+        self.touch(key, text.len() as u64);
         self.remember(record.clone());
         Some(record)
     }
@@ -105,7 +130,11 @@ impl ReferrersStore {
         let path = self.path(&record.key);
         self.remember(record.clone());
         let json = serde_json::to_vec(&record).map_err(io::Error::other)?;
-        write_file_atomically(layout, &path, json.into()).await
+        let size = json.len() as u64;
+        let key = record.key.clone();
+        write_file_atomically(layout, &path, json.into()).await?;
+        self.touch(&key, size);
+        Ok(())
     }
 }
 

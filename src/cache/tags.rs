@@ -15,6 +15,15 @@ pub struct TagKey {
     pub tag: String,
 }
 
+impl TagKey {
+    /// The SHA-256 of the key's parts: its record file's name and its entry in the bound.
+    pub fn record_digest(&self) -> crate::oci::Digest {
+        let parts = [&self.registry, &self.repository, &self.tag];
+        let separated: Vec<&[u8]> = parts.iter().flat_map(|p| [p.as_bytes(), &[0u8]]).collect();
+        super::layout::record_digest(&separated)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TagRecord {
     pub(crate) registry: String,
@@ -59,6 +68,8 @@ pub fn unix_ms(time: SystemTime) -> u64 {
 
 pub struct TagStore {
     dir: PathBuf,
+    /// The size bound the record files count toward (none for offline tools).
+    index: Option<std::sync::Arc<super::LruIndex>>,
     /// Recent records, weighted by bytes, with when each was last written to disk.
     memory: moka::sync::Cache<TagKey, Remembered>,
 }
@@ -82,6 +93,7 @@ impl TagStore {
     pub fn new(dir: PathBuf) -> TagStore {
         TagStore {
             dir,
+            index: None,
             memory: moka::sync::Cache::builder()
                 .max_capacity(MEMORY_BYTES)
                 .weigher(|key: &TagKey, remembered: &Remembered| {
@@ -97,15 +109,30 @@ impl TagStore {
         }
     }
 
+    /// Counts the record files toward `index`'s bound (they are evicted like blobs).
+    pub fn counted_in(mut self, index: std::sync::Arc<super::LruIndex>) -> Self {
+        self.index = Some(index);
+        self
+    }
+
     /// Where the record for `key` is stored.
     pub fn path_of(&self, key: &TagKey) -> PathBuf {
         self.path(key)
     }
 
     fn path(&self, key: &TagKey) -> PathBuf {
-        let parts = [&key.registry, &key.repository, &key.tag];
-        let separated: Vec<&[u8]> = parts.iter().flat_map(|p| [p.as_bytes(), &[0u8]]).collect();
-        super::layout::record_path(&self.dir, &separated)
+        super::layout::record_path_of(&self.dir, &key.record_digest())
+    }
+
+    /// Notes a use of `key`'s record file (`size` counts when the bound first sees it).
+    fn touch(&self, key: &TagKey, size: u64) {
+        if let Some(index) = &self.index {
+            index.touch_record(
+                super::index::IndexedKind::TagRecord,
+                &key.record_digest(),
+                size,
+            );
+        }
     }
 
     /// The last known mapping for `key`, from memory or disk.
@@ -124,6 +151,7 @@ impl TagStore {
         if record.key() != *key {
             return None;
         }
+        self.touch(key, text.len() as u64);
         self.memory.insert(
             key.clone(),
             Remembered {
@@ -150,6 +178,7 @@ impl TagStore {
                 record.fetched_at_unix_ms.saturating_sub(at) < CONFIRMATION_PERSIST_INTERVAL_MS
             })
         {
+            self.touch(&key, 0);
             self.memory.insert(
                 key,
                 Remembered {
@@ -160,7 +189,9 @@ impl TagStore {
             return Ok(());
         }
         let json = serde_json::to_vec_pretty(&record).map_err(io::Error::other)?;
+        let size = json.len() as u64;
         write_file_atomically(layout, &self.path(&key), json.into()).await?;
+        self.touch(&key, size);
         let persisted_at = Some(record.fetched_at_unix_ms);
         self.memory.insert(
             key,
@@ -193,6 +224,46 @@ mod tests {
                 "/c/tags/d2/d25525440751c7abdc4307980de47f02c13bbae613cb8dafb69190acbaad1cb6.json"
             )
         );
+    }
+
+    #[tokio::test]
+    async fn tag_records_count_toward_the_bound_and_pinned_ones_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::create(dir.path()).unwrap();
+        let root = dir.path().to_path_buf();
+        let index = std::sync::Arc::new(
+            super::super::LruIndex::new(Some(3000), move |d| Layout::blob_path_under(&root, d))
+                .with_record_dirs(layout.tags_dir(), layout.referrers_dir()),
+        );
+        let record = |tag: u32| TagRecord {
+            registry: "docker.io".into(),
+            repository: "library/alpine".into(),
+            tag: format!("t{tag}"),
+            digest: "sha256:00".into(),
+            media_type: "x".into(),
+            fetched_at_unix_ms: unix_ms(SystemTime::now()),
+            upstream: "u".into(),
+        };
+        let pinned = record(0).key();
+        index.set_pins([pinned.record_digest()].into());
+        let store = TagStore::new(layout.tags_dir()).counted_in(index.clone());
+        for tag in 0..40 {
+            store.put(&layout, record(tag)).await.unwrap();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let on_disk: u64 = super::super::layout::record_files(&layout.tags_dir())
+            .unwrap()
+            .iter()
+            .map(|f| f.size)
+            .sum();
+        assert!(on_disk <= 3000, "{on_disk} bytes of tag records");
+        assert!(index.usage().records > 3, "{:?}", index.usage());
+        assert!(
+            store.path_of(&pinned).exists(),
+            "a pinned tag's record is never evicted"
+        );
+        assert!(store.path_of(&record(39).key()).exists());
+        assert!(!store.path_of(&record(1).key()).exists());
     }
 
     #[tokio::test]

@@ -60,6 +60,14 @@ impl Digest {
         }
     }
 
+    /// The sha256 digest whose 32 bytes are `hash`.
+    pub fn from_sha256_bytes(hash: [u8; 32]) -> Digest {
+        Digest {
+            algorithm: DigestAlgorithm::Sha256,
+            hex: hex::encode(hash),
+        }
+    }
+
     /// The digest of `bytes` computed with this digest's algorithm.
     pub fn matches(&self, bytes: &[u8]) -> bool {
         let mut verifier = DigestVerifier::new(self.algorithm);
