@@ -130,6 +130,7 @@ pub async fn start_with_shutdown(
             source,
         })?;
     let metrics = Arc::new(crate::metrics::Metrics::default());
+    note_proxy_environment(&config);
     let registries = Registries::new(
         &config.upstreams,
         &config.registry,
@@ -291,6 +292,33 @@ async fn reload_tls(
 
 /// How often pins are re-read and the size bound re-checked.
 const CACHE_MAINTENANCE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Says how a proxy set in the environment is used: configured upstreams go through it (a
+/// documented choice of whoever set it); guarded requests (direct registries, upstreams with
+/// `public_addresses_only`) never do, since the proxy would dial names the guard never saw.
+fn note_proxy_environment(config: &Config) {
+    let set: Vec<&str> = [
+        "HTTPS_PROXY",
+        "https_proxy",
+        "HTTP_PROXY",
+        "http_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+    ]
+    .into_iter()
+    .filter(|name| std::env::var_os(name).is_some_and(|v| !v.is_empty()))
+    .collect();
+    if set.is_empty() {
+        return;
+    }
+    let guarded =
+        config.direct.is_some() || config.upstreams.iter().any(|u| u.public_addresses_only);
+    tracing::info!(
+        variables = %set.join(","),
+        guarded_requests_bypass_it = guarded,
+        "a proxy is set in the environment: configured upstreams use it; direct registries and public_addresses_only upstreams never do"
+    );
+}
 
 /// Indexes what is already on disk (in the background: requests are served meanwhile),
 /// then keeps pins current and the size bound enforced.

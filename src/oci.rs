@@ -5,6 +5,7 @@
 pub mod digest;
 pub mod error_code;
 pub mod image_ref;
+pub mod link;
 pub mod listings;
 pub mod media_type;
 pub mod name;

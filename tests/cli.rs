@@ -340,3 +340,103 @@ fn config_errors_never_print_secrets() {
     assert!(!printed.contains("SECRET-FLAG"), "{printed}");
     assert!(printed.contains("***@r.example"), "{printed}");
 }
+
+/// A proxy from the environment never carries a guarded request (issue 19, item 5): with
+/// `direct_registries = ["*"]` and HTTPS_PROXY set, a request for a direct registry does not
+/// reach the proxy (before, the proxy got `CONNECT <name>:443` for any name a client chose),
+/// while a configured upstream still goes through it (the operator's choice).
+#[test]
+fn a_proxy_in_the_environment_never_carries_a_guarded_request() {
+    let proxy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    proxy.set_nonblocking(true).unwrap();
+    let proxy_url = format!("http://{}", proxy.local_addr().unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ferry.toml");
+    std::fs::write(
+        &config,
+        "direct_registries = [\"*\"]\n[[upstream]]\nurl = \"http://configured.example.invalid\"\n",
+    )
+    .unwrap();
+    let mut child = ferry()
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--config")
+        .arg(&config)
+        .arg("--cache-dir")
+        .arg(dir.path().join("cache"))
+        .env("RUST_LOG", "info")
+        .env("HTTPS_PROXY", &proxy_url)
+        .env("HTTP_PROXY", &proxy_url)
+        .env("ALL_PROXY", &proxy_url)
+        .env_remove("NO_PROXY")
+        .env_remove("no_proxy")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let _stop = KillOnDrop(child);
+    let mut lines = BufReader::new(stderr).lines();
+    let addr = loop {
+        let line = lines.next().expect("ferry exited early").unwrap();
+        if line.contains("ferry listening") {
+            break line
+                .split("addr=")
+                .nth(1)
+                .unwrap()
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .to_owned();
+        }
+    };
+    let get = move |path: &str| {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        stream
+            .write_all(
+                format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+            )
+            .unwrap();
+        let mut response = String::new();
+        let _ = stream.read_to_string(&mut response);
+        response
+    };
+    let accepted = |proxy: &std::net::TcpListener| {
+        let mut count = 0;
+        while proxy.accept().is_ok() {
+            count += 1;
+        }
+        count
+    };
+    let direct = get("/v2/metadata.google.internal/x/manifests/v1");
+    assert!(!direct.starts_with("HTTP/1.1 200"), "{direct}");
+    assert_eq!(accepted(&proxy), 0, "a guarded request went to the proxy");
+    // The proxy never answers: only whether ferry connects to it matters.
+    std::thread::spawn(move || get("/v2/library/app/manifests/v1"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while accepted(&proxy) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "a configured upstream ignored the proxy"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Kills a child process when the test ends, passed or failed.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

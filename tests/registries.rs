@@ -603,3 +603,53 @@ async fn client_access_follows_provenance_not_the_digest() {
         "G served it and Carol may read G"
     );
 }
+
+/// A tag list's next-page `Link` stays in ferry's namespace for that registry (issue 19,
+/// item 7): before, page 2 of `/v2/ghcr.io/org/app/tags/list?n=1` came from the default
+/// registry, and an absolute link to another host went to the client as sent.
+#[tokio::test]
+async fn tag_list_links_stay_in_ferrys_namespace() {
+    let hub = FakeRegistry::start().await;
+    let ghcr = FakeRegistry::start().await;
+    put_image(&[&hub], "org/app", "a1", 2700);
+    put_image(&[&hub], "org/app", "a2", 2701);
+    for (n, tag) in ["v1", "v2", "v3"].iter().enumerate() {
+        put_image(&[&ghcr], "org/app", tag, 2710 + n as u64);
+    }
+    ghcr.link_tag_pages_to("https://elsewhere.example");
+    let urls = vec![hub.url(), format!("ghcr.io={}", ghcr.url())];
+    let proxy = TestProxy::start_urls(&urls, tempfile::tempdir().unwrap(), |_| {}).await;
+    let page = |path: String| {
+        let url = proxy.url(&path);
+        async move {
+            let response = get_url(url).await;
+            assert_eq!(response.status(), StatusCode::OK, "{path}");
+            let link = response
+                .headers()
+                .get("link")
+                .map(|v| v.to_str().unwrap().to_owned());
+            let body: serde_json::Value = response.json().await.unwrap();
+            (body["tags"].clone(), link)
+        }
+    };
+    for (first, ns) in [
+        ("/v2/ghcr.io/org/app/tags/list?n=1", ""),
+        ("/v2/org/app/tags/list?n=1&ns=ghcr.io", "&ns=ghcr.io"),
+    ] {
+        let (tags, link) = page(first.to_owned()).await;
+        assert_eq!(tags, serde_json::json!(["v1"]), "{first}");
+        let link = link.unwrap_or_else(|| panic!("{first}: no Link"));
+        let path = first.split('?').next().unwrap();
+        assert_eq!(link, format!("<{path}?last=v1&n=1{ns}>; rel=\"next\""));
+        let next = link
+            .trim_start_matches('<')
+            .split('>')
+            .next()
+            .unwrap()
+            .to_owned();
+        let (tags, _) = page(next).await;
+        assert_eq!(tags, serde_json::json!(["v2"]), "page 2 of {first}");
+    }
+    let (_, last_page_link) = page("/v2/ghcr.io/org/app/tags/list?n=5".to_owned()).await;
+    assert_eq!(last_page_link, None);
+}

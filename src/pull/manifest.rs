@@ -17,7 +17,7 @@ use crate::shared::StoreRead;
 use crate::upstream::memory_budget::BodyClass;
 use crate::upstream::{FailureKind, Route, UpstreamFailure, Upstreams, UpstreamsExhausted};
 use bytes::Bytes;
-use http::header::{ACCEPT, CONTENT_TYPE, LINK};
+use http::header::{ACCEPT, CONTENT_TYPE};
 use http::{HeaderMap, HeaderValue, Method};
 use std::time::SystemTime;
 
@@ -28,11 +28,12 @@ pub struct ManifestAnswer {
     pub(crate) source: Source,
 }
 
-/// A forwarded tag list: the body and the upstream's pagination `Link`, if any.
+/// A forwarded tag list: the body, and the pagination query (`n`, `last`) of the next page
+/// when the upstream named one (the client is linked to it under ferry's own path).
 #[derive(Clone)]
 pub struct TagListAnswer {
     pub(crate) body: Bytes,
-    pub(crate) link: Option<HeaderValue>,
+    pub(crate) next_page: Option<String>,
     pub(crate) source: Source,
 }
 
@@ -475,7 +476,17 @@ impl PullThrough {
                             HeaderMap::new(),
                         )
                         .await?;
-                    let link = response.headers().get(LINK).cloned();
+                    let next_page = match crate::oci::link::next_page_query(
+                        response.headers(),
+                        response.url(),
+                        "tag list",
+                    ) {
+                        Ok(next) => pagination_query(next.as_deref()),
+                        Err(reason) => {
+                            tracing::warn!(upstream = client.name(), %reason, "dropping a tag list's next-page link");
+                            None
+                        }
+                    };
                     let (body, _lease) = client
                         .body(response)
                         .read_to_end(MAX_TAG_LIST_BYTES, BodyClass::List, 1)
@@ -489,7 +500,7 @@ impl PullThrough {
                     }
                     Ok(TagListAnswer {
                         body,
-                        link,
+                        next_page,
                         source: Source::Upstream(client.name().to_owned()),
                     })
                 }

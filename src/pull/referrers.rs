@@ -7,6 +7,7 @@ use super::{MAX_MANIFEST_BYTES, PullThrough, Source};
 use crate::cache::referrers::{ReferrersKey, ReferrersRecord};
 use crate::cache::tags::unix_ms;
 use crate::error::FerryError;
+use crate::oci::link::next_page_query;
 use crate::oci::listings::{MAX_REFERRERS, ReferrerDescriptor, ReferrersIndex, ReferrersPage};
 use crate::oci::{Digest, ErrorCode, RepositoryName};
 use crate::upstream::memory_budget::BodyClass;
@@ -142,94 +143,6 @@ impl ReferrersPages {
     }
 }
 
-/// The query of the next page an upstream names in `Link: <URL>; rel="next"` (RFC 8288), if
-/// any. The link is resolved against `request_url` and must name the same path; only its
-/// query is used (without `ns`, which ferry adds itself), on the same upstream, so a link
-/// cannot send ferry elsewhere.
-fn next_page_query(
-    headers: &HeaderMap,
-    request_url: &reqwest::Url,
-) -> Result<Option<String>, String> {
-    for value in headers.get_all(http::header::LINK) {
-        let Ok(value) = value.to_str() else { continue };
-        for (target, params) in link_values(value)? {
-            if !params.iter().any(|(name, value)| {
-                name.eq_ignore_ascii_case("rel")
-                    && value
-                        .split_ascii_whitespace()
-                        .any(|rel| rel.eq_ignore_ascii_case("next"))
-            }) {
-                continue;
-            }
-            let url = request_url
-                .join(target)
-                .map_err(|_| format!("referrers Link names no URL ({target:?})"))?;
-            let decoded = |path: &str| path.replace("%3A", ":").replace("%3a", ":");
-            if decoded(url.path()) != decoded(request_url.path()) {
-                return Err(format!(
-                    "referrers Link leaves the referrers path ({})",
-                    url.path()
-                ));
-            }
-            let query: Vec<String> = url
-                .query()
-                .unwrap_or("")
-                .split('&')
-                .filter(|pair| !pair.is_empty() && *pair != "ns" && !pair.starts_with("ns="))
-                .map(str::to_owned)
-                .collect();
-            return Ok(Some(query.join("&")));
-        }
-    }
-    Ok(None)
-}
-
-/// One item of a `Link` header: its target and its `name=value` parameters.
-type LinkValue<'a> = (&'a str, Vec<(&'a str, String)>);
-
-/// The `<target>; name=value; ...` items of one `Link` header value. Commas inside `<...>`
-/// or a quoted parameter do not split items.
-fn link_values(value: &str) -> Result<Vec<LinkValue<'_>>, String> {
-    let malformed = || format!("referrers Link header is not <URL>; rel=\"next\" ({value:?})");
-    let mut items = Vec::new();
-    let mut rest = value.trim_start();
-    while !rest.is_empty() {
-        let inner = rest.strip_prefix('<').ok_or_else(malformed)?;
-        let close = inner.find('>').ok_or_else(malformed)?;
-        let target = &inner[..close];
-        rest = &inner[close + 1..];
-        let mut params = Vec::new();
-        loop {
-            rest = rest.trim_start();
-            match rest.chars().next() {
-                Some(';') => rest = &rest[1..],
-                Some(',') => {
-                    rest = rest[1..].trim_start();
-                    break;
-                }
-                None => break,
-                Some(_) => return Err(malformed()),
-            }
-            let (name, after) = rest.split_once('=').ok_or_else(malformed)?;
-            let after = after.trim_start();
-            let (param, remaining) = match after.strip_prefix('"') {
-                Some(quoted) => {
-                    let end = quoted.find('"').ok_or_else(malformed)?;
-                    (quoted[..end].to_owned(), &quoted[end + 1..])
-                }
-                None => {
-                    let end = after.find([';', ',']).unwrap_or(after.len());
-                    (after[..end].trim().to_owned(), &after[end..])
-                }
-            };
-            params.push((name.trim(), param));
-            rest = remaining;
-        }
-        items.push((target, params));
-    }
-    Ok(items)
-}
-
 impl PullThrough {
     pub async fn referrers(
         &self,
@@ -306,8 +219,8 @@ impl PullThrough {
                         std::collections::HashSet::from([query.clone().unwrap_or_default()]);
                     loop {
                         let request_url = response.url().clone();
-                        let next =
-                            next_page_query(response.headers(), &request_url).map_err(bad)?;
+                        let next = next_page_query(response.headers(), &request_url, "referrers")
+                            .map_err(bad)?;
                         if let Some(next) = &next
                             && !queries_seen.insert(next.clone())
                         {
@@ -458,10 +371,13 @@ mod tests {
         let next = |link: &str| {
             let mut headers = HeaderMap::new();
             headers.insert(http::header::LINK, link.parse().unwrap());
-            next_page_query(&headers, &request)
+            next_page_query(&headers, &request, "referrers")
         };
         let some = |query: &str| Ok(Some(query.to_owned()));
-        assert_eq!(next_page_query(&HeaderMap::new(), &request), Ok(None));
+        assert_eq!(
+            next_page_query(&HeaderMap::new(), &request, "referrers"),
+            Ok(None)
+        );
         assert_eq!(
             next(&format!("<{path}?n=2&last=b>; rel=\"next\"")),
             some("n=2&last=b")

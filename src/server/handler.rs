@@ -203,8 +203,9 @@ async fn dispatch<B>(
             let mut response = builder(StatusCode::OK)
                 .header(CONTENT_TYPE, "application/json")
                 .header(CONTENT_LENGTH, answer.body.len());
-            if let Some(link) = answer.link {
-                response = response.header(LINK, link);
+            if let Some(next) = &answer.next_page {
+                response =
+                    response.header(LINK, next_tag_page_link(request.uri(), &registry, next));
             }
             let body = if head {
                 head_body()
@@ -233,6 +234,21 @@ async fn dispatch<B>(
         }
         Route::Upload => unreachable_upload(),
     }
+}
+
+/// The `Link` to a tag list's next page, in ferry's namespace: the path the client asked
+/// (so a `/v2/<registry>/...` prefix stays), the upstream's `n`/`last`, and `ns` when the
+/// client named the registry that way. Never another host.
+fn next_tag_page_link(uri: &http::Uri, registry: &str, next_query: &str) -> String {
+    let used_ns = uri
+        .query()
+        .is_some_and(|q| q.split('&').any(|pair| pair.starts_with("ns=")));
+    let ns = if used_ns {
+        format!("&ns={registry}")
+    } else {
+        String::new()
+    };
+    format!("<{}?{next_query}{ns}>; rel=\"next\"", uri.path())
 }
 
 /// 401 with a Basic challenge, so clients send their configured credentials.

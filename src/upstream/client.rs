@@ -44,6 +44,9 @@ impl UpstreamClient {
         }
         let public_only = config.public_addresses_only;
         if public_only {
+            // A proxy from the environment (HTTPS_PROXY, ALL_PROXY...) would resolve and dial
+            // the name itself, out of the guard's sight: guarded requests go direct.
+            builder = builder.no_proxy();
             // Names are resolved by a resolver that drops non-public addresses, so the check
             // applies to the address really dialled (no DNS rebinding), for every request.
             builder =

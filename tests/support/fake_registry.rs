@@ -78,6 +78,8 @@ struct State {
     referrers_page_size: Option<usize>,
     /// Every referrers page links to the first page again (a broken paginator).
     referrers_link_loop: bool,
+    /// Tag-list `Link`s name this absolute origin (`https://host`) instead of a bare path.
+    tag_link_origin: Option<String>,
     /// Referrers pages from this one on answer 404 (a list that lost its tail).
     referrers_missing_from_page: Option<usize>,
     /// (path substring, fault, matching requests it still applies to; `None` = all).
@@ -224,6 +226,11 @@ impl FakeRegistry {
         if let Some(tags) = state.tags.get_mut(repo) {
             tags.retain(|t| t != tag);
         }
+    }
+
+    /// Tag-list pages link to the next page at `origin` (an absolute URL), not a bare path.
+    pub fn link_tag_pages_to(&self, origin: &str) {
+        self.state.lock().unwrap().tag_link_origin = Some(origin.to_owned());
     }
 
     /// Serves referrers lists `per_page` descriptors at a time, linking each page to the next.
@@ -480,7 +487,10 @@ async fn handle(
         return oci_error(StatusCode::NOT_FOUND, "NOT_FOUND");
     };
     if let Some(repo) = rest.strip_suffix("/tags/list") {
-        let tags = state.lock().unwrap().tags.get(repo).cloned();
+        let (tags, link_origin) = {
+            let state = state.lock().unwrap();
+            (state.tags.get(repo).cloned(), state.tag_link_origin.clone())
+        };
         return match tags {
             None => oci_error(StatusCode::NOT_FOUND, "NAME_UNKNOWN"),
             Some(mut tags) => {
@@ -492,11 +502,24 @@ async fn handle(
                     .into_iter()
                     .filter(|t| last.as_ref().is_none_or(|l| t > l))
                     .collect();
-                if let Some(n) = n {
+                let mut next = None;
+                if let Some(n) = n
+                    && tags.len() > n
+                {
                     tags.truncate(n);
+                    // Like distribution: a path (or, if asked, a URL) with `last` and `n`.
+                    next = Some(format!(
+                        "<{}/v2/{repo}/tags/list?last={}&n={n}>; rel=\"next\"",
+                        link_origin.as_deref().unwrap_or(""),
+                        tags[n - 1]
+                    ));
                 }
                 let body = serde_json::json!({"name": repo, "tags": tags}).to_string();
-                full(StatusCode::OK, body)
+                let mut response = full(StatusCode::OK, body);
+                if let Some(next) = next {
+                    response.headers_mut().insert("link", next.parse().unwrap());
+                }
+                response
             }
         };
     }
