@@ -16,14 +16,18 @@ use hyper_util::server::graceful::GracefulShutdown;
 use limits::{ConnectionCounter, IdleTimeout};
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::net::TcpListener;
 
 /// Counts a request as in service from the handler's call until its response body is done
 /// (or dropped), so the idle timeout runs against the client only when ferry waits on it:
 /// a body that pauses while ferry fails over upstream does not cost the client its connection.
-struct InService(Arc<AtomicUsize>);
+/// When the last request in service ends, the connection is idle from then (for shedding).
+struct InService {
+    activity: Arc<limits::ConnectionActivity>,
+    counter: Arc<ConnectionCounter>,
+}
 
 /// A response body that keeps its request counted as in service until it is dropped.
 struct InServiceBody {
@@ -52,25 +56,32 @@ impl http_body::Body for InServiceBody {
 }
 
 impl InService {
-    fn start(busy: &Arc<AtomicUsize>) -> Self {
-        busy.fetch_add(1, Ordering::Relaxed);
-        InService(busy.clone())
+    fn start(activity: &Arc<limits::ConnectionActivity>, counter: &Arc<ConnectionCounter>) -> Self {
+        activity.busy.fetch_add(1, Ordering::Relaxed);
+        InService {
+            activity: activity.clone(),
+            counter: counter.clone(),
+        }
     }
 }
 
 impl Drop for InService {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        if self.activity.busy.fetch_sub(1, Ordering::Relaxed) == 1 {
+            self.activity.note_idle(&self.counter);
+        }
     }
 }
 
-/// Runs one connection until it ends, or until `header_timeout` passes without its first
-/// request (a client trickling bytes before its first request line keeps no connection).
+/// Runs one connection until it ends, until `header_timeout` passes without its first
+/// request (a client trickling bytes before its first request line keeps no connection), or
+/// until it is shed at a connection cap.
 async fn run_connection(
     connection: impl Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>>,
     first_request: Arc<AtomicBool>,
     header_timeout: Duration,
     peer: std::net::SocketAddr,
+    activity: Arc<limits::ConnectionActivity>,
 ) {
     let first_request_deadline = async {
         tokio::time::sleep(header_timeout).await;
@@ -86,6 +97,9 @@ async fn run_connection(
         }
         () = first_request_deadline => {
             tracing::debug!(%peer, ?header_timeout, "no request on a new connection in time; closed");
+        }
+        () = activity.shed.notified() => {
+            tracing::debug!(%peer, "closed: shed at the connection cap for a newer connection");
         }
     }
 }
@@ -138,15 +152,17 @@ pub async fn serve<H, Fut>(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let busy = Arc::new(AtomicUsize::new(0));
+                let activity = permit.activity.clone();
                 let first_request = Arc::new(AtomicBool::new(false));
-                let stream = IdleTimeout::new(stream, limits.idle_timeout, busy.clone());
+                let stream = IdleTimeout::new(stream, limits.idle_timeout, activity.busy.clone());
                 let handler = handler.clone();
                 let service = {
                     let first_request = first_request.clone();
+                    let activity = activity.clone();
+                    let counter = counter.clone();
                     hyper::service::service_fn(move |request| {
                         first_request.store(true, Ordering::Relaxed);
-                        let in_service = InService::start(&busy);
+                        let in_service = InService::start(&activity, &counter);
                         let response = handler(request);
                         async move {
                             let response = response.await.map(|inner| InServiceBody {
@@ -162,7 +178,7 @@ pub async fn serve<H, Fut>(
                         let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
                         let connection = graceful.watch(connection);
                         tokio::spawn(async move {
-                            run_connection(connection, first_request, limits.header_timeout, peer).await;
+                            run_connection(connection, first_request, limits.header_timeout, peer, activity).await;
                             drop(permit);
                         });
                     }
@@ -183,7 +199,7 @@ pub async fn serve<H, Fut>(
                                 }
                             };
                             let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
-                            run_connection(watcher.watch(connection), first_request, limits.header_timeout, peer).await;
+                            run_connection(watcher.watch(connection), first_request, limits.header_timeout, peer, activity).await;
                             drop(permit);
                         });
                     }

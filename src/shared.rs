@@ -528,6 +528,47 @@ impl SharedStore {
         });
     }
 
+    /// Re-reads the store's copy of `digest` and hashes it, in the background: a copy that
+    /// does not match is reported and removed, and `on_corrupt` runs (to lift the blame from
+    /// upstreams whose bytes were mixed with it). Used when a fill that took bytes from the
+    /// store failed its digest: the store, not only the upstream, may be at fault.
+    pub fn check_blob_later(
+        self: &Arc<Self>,
+        digest: Digest,
+        on_corrupt: impl FnOnce() + Send + 'static,
+    ) {
+        let store = self.clone();
+        self.tasks.spawn("checking a shared store blob", async move {
+            let body = match store.open_blob(&digest).await {
+                StoreRead::Found(body) => body,
+                StoreRead::Missing | StoreRead::Unavailable => return,
+            };
+            let mut verifier = crate::oci::DigestVerifier::new(digest.algorithm());
+            let mut chunks = body.chunks;
+            let mut received = 0u64;
+            while let Some(chunk) = chunks.next().await {
+                match chunk {
+                    Ok(chunk) => {
+                        received += chunk.len() as u64;
+                        verifier.update(&chunk);
+                    }
+                    // Unreadable now: nothing can be said about its bytes.
+                    Err(_) => return,
+                }
+            }
+            let actual = verifier.finish();
+            if actual != digest || received != body.size {
+                store.report_corrupt(
+                    store.blob_path(&digest),
+                    format!("re-read after a failed fill: {received} bytes hashing to {actual}"),
+                );
+                on_corrupt();
+            } else {
+                tracing::info!(%digest, "shared store copy checked after a failed fill: it is intact");
+            }
+        });
+    }
+
     /// A presigned GET URL for a blob the store holds, valid for `expires_in`.
     pub async fn presigned_blob_url(
         &self,

@@ -101,6 +101,9 @@ async fn slow_or_silent_clients_are_closed_after_the_header_timeout() {
 #[tokio::test]
 async fn connections_beyond_the_cap_are_refused_and_places_are_freed() {
     let upstream = FakeRegistry::start().await;
+    // Every held connection is serving a request (its upstream never answers), so none
+    // may be shed: a fourth is refused.
+    upstream.fault("/manifests/", Fault::HangBeforeHeaders);
     let proxy = TestProxy::start_with(&[&upstream], |c| {
         c.client_limits.max_connections = 3;
         c.client_limits.max_connections_per_client = 3;
@@ -110,14 +113,12 @@ async fn connections_beyond_the_cap_are_refused_and_places_are_freed() {
     for _ in 0..3 {
         let mut stream = TcpStream::connect(proxy_addr(&proxy)).await.unwrap();
         stream
-            .write_all(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n")
+            .write_all(b"GET /v2/org/app/manifests/v1 HTTP/1.1\r\nHost: x\r\n\r\n")
             .await
             .unwrap();
-        let mut buf = [0u8; 12];
-        stream.read_exact(&mut buf).await.unwrap();
-        assert_eq!(&buf, b"HTTP/1.1 200");
         held.push(stream);
     }
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let mut refused = TcpStream::connect(proxy_addr(&proxy)).await.unwrap();
     let _ = refused
         .write_all(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -132,6 +133,48 @@ async fn connections_beyond_the_cap_are_refused_and_places_are_freed() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let response = get_url(proxy.url("/v2/")).await;
     assert_eq!(response.status(), reqwest::StatusCode::OK);
+}
+
+/// Attackers on the good clients' own address (issue 19, item 11): connections that trickle
+/// a header byte at a time fill the per-client cap, and a real pull from that address still
+/// gets in, because the connection that waited longest without a request is shed for it
+/// (before, every new connection was refused until the header deadline freed places).
+#[tokio::test]
+async fn a_pull_gets_in_past_slow_connections_from_its_own_address() {
+    let upstream = FakeRegistry::start().await;
+    put_image(&[&upstream], "org/app", "v1", 93);
+    let proxy = TestProxy::start_with(&[&upstream], |c| {
+        c.client_limits.max_connections_per_client = 16;
+        c.client_limits.header_timeout = Duration::from_secs(30);
+    })
+    .await;
+    let mut slow = Vec::new();
+    for _ in 0..16 {
+        let mut stream = TcpStream::connect(proxy_addr(&proxy)).await.unwrap();
+        stream.write_all(b"G").await.unwrap();
+        slow.push(stream);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for _ in 0..4 {
+        let response = get_url(proxy.url("/v2/org/app/manifests/v1")).await;
+        assert_eq!(response.status(), reqwest::StatusCode::OK);
+    }
+    // The pulls' connections took the places of the oldest slow ones, and only theirs.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut closed = Vec::new();
+    for stream in slow.iter_mut() {
+        closed.push(
+            closed_within(stream, Duration::from_millis(100))
+                .await
+                .is_some(),
+        );
+    }
+    let shed = closed.iter().filter(|c| **c).count();
+    assert!(shed >= 1, "{closed:?}");
+    assert!(
+        closed.iter().take(shed).all(|c| *c),
+        "the oldest were shed first: {closed:?}"
+    );
 }
 
 /// A client that asks for a blob and never reads the body loses its connection after

@@ -581,3 +581,64 @@ async fn which_registry_served_a_digest_is_shared_through_the_store() {
         "E was asked"
     );
 }
+
+/// Store blame (issue 19, item 10): the store's copy is corrupt, its read breaks after
+/// 1 MiB and an upstream finishes the blob, which then fails its digest. Before, only the
+/// upstream was blamed and the bad copy stayed; now the store's copy is re-read, found bad
+/// and removed, and the next pull is whole.
+#[tokio::test]
+async fn a_store_copy_behind_a_failed_digest_is_checked_and_removed() {
+    let garage = Garage::start().await;
+    let registry = FakeRegistry::start().await;
+    let blob = pseudo_random_bytes(4 * 1024 * 1024, 450);
+    let digest = registry.put_blob(blob.clone());
+    let first = replica(&registry, &garage, 0).await;
+    get_bytes(&first, &format!("/v2/s/b/blobs/{digest}")).await;
+    wait_for_store_counter(&first, "uploads", 1).await;
+
+    // A byte flipped in the part the second replica will read from the store.
+    let store = garage.client(0);
+    let path = object_store::path::Path::from(format!("fleet/blobs/sha256/{}", digest.hex()));
+    let mut damaged = blob.clone();
+    damaged[1000] ^= 0xff;
+    store.put(&path, damaged.into()).await.unwrap();
+
+    let relay = CuttingRelay::start(garage.nodes[0].s3_port).await;
+    relay
+        .cut_downstream_after
+        .store(1024 * 1024, Ordering::SeqCst);
+    relay.limited_connections.store(1, Ordering::SeqCst);
+    let mut config = garage.store_config(0, "fleet");
+    config.endpoint = Some(relay.endpoint());
+    let second = replica_with(&registry, config).await;
+    let first_try = get(&second, &format!("/v2/s/b/blobs/{digest}"))
+        .await
+        .bytes()
+        .await;
+    assert!(
+        first_try
+            .as_ref()
+            .map(|b| b[..] != blob[..])
+            .unwrap_or(true),
+        "a corrupt body must not complete as the blob"
+    );
+    assert!(
+        relay.cuts.load(Ordering::SeqCst) >= 1,
+        "the store read broke"
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while store.head(&path).await.is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "the corrupt store copy was not removed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let status = second.admin_status().await;
+    assert!(
+        status["shared_store"]["corrupt_objects"].as_u64().unwrap() >= 1,
+        "{status}"
+    );
+    let body = get_bytes(&second, &format!("/v2/s/b/blobs/{digest}")).await;
+    assert!(body[..] == blob[..], "{} bytes", body.len());
+}

@@ -273,6 +273,7 @@ impl PullThrough {
                     total: None,
                     contributors: Vec::new(),
                     stall_hedges: 0,
+                    store_bytes_in_fill: false,
                 };
                 self.tasks.spawn("blob fill", fill.run(self.clone()));
                 FillJoin::Fill(handle)
@@ -562,6 +563,9 @@ struct Fill {
     contributors: Vec<String>,
     /// Stalls hedged so far (at most `MAX_STALL_HEDGES`).
     stall_hedges: u32,
+    /// Bytes from the shared store are in the fill (it broke mid-way and upstreams went on):
+    /// if the digest then fails, the store's copy is checked too.
+    store_bytes_in_fill: bool,
 }
 
 /// Stalls one fill may hedge; after that only the body timeouts judge its sources.
@@ -705,7 +709,7 @@ impl Fill {
 
     async fn fetch_and_commit(
         &mut self,
-        upstreams: &Upstreams,
+        upstreams: &Arc<Upstreams>,
         shared: Option<&Arc<SharedStore>>,
     ) -> Result<String, FerryError> {
         if let Some(shared) = shared {
@@ -777,6 +781,7 @@ impl Fill {
                     replacement = Some(next);
                 }
                 AttemptEnd::WrongUnseen(failure) => {
+                    self.check_store_copy(upstreams, &client, shared);
                     self.blame_contributors(upstreams, &client, &failure, started.elapsed());
                     failures.push(failure);
                     if let Err(e) = self.fill.restart() {
@@ -785,6 +790,7 @@ impl Fill {
                     self.total = None;
                 }
                 AttemptEnd::WrongSeen(failure) => {
+                    self.check_store_copy(upstreams, &client, shared);
                     self.blame_contributors(upstreams, &client, &failure, started.elapsed());
                     return Err(FerryError::MidStream(failure.to_string()));
                 }
@@ -827,6 +833,7 @@ impl Fill {
                 Some(Err(error)) => {
                     shared.note_read_failure(&error);
                     shared.note_bytes_read(received);
+                    self.store_bytes_in_fill = received > 0;
                     return StoreAttempt::Continue;
                 }
                 None => break,
@@ -835,6 +842,7 @@ impl Fill {
         shared.note_bytes_read(received);
         if received < body.size {
             shared.note_read_failure(&format!("body ended at {received} of {} bytes", body.size));
+            self.store_bytes_in_fill = received > 0;
             return StoreAttempt::Continue;
         }
         shared.note_read_success();
@@ -858,6 +866,29 @@ impl Fill {
                 StoreAttempt::Continue
             }
         }
+    }
+
+    /// The fill failed its digest with bytes from the shared store in it: the store's copy is
+    /// re-read and hashed in the background, removed if it is the bad one, and then the
+    /// upstreams blamed with it are cleared for this digest.
+    fn check_store_copy(
+        &mut self,
+        upstreams: &Arc<Upstreams>,
+        client: &crate::upstream::UpstreamClient,
+        shared: Option<&Arc<SharedStore>>,
+    ) {
+        if !std::mem::take(&mut self.store_bytes_in_fill) {
+            return;
+        }
+        let Some(shared) = shared else { return };
+        let mut blamed = self.contributors.clone();
+        blamed.push(client.name().to_owned());
+        let (upstreams, digest) = (upstreams.clone(), self.digest.clone());
+        shared.check_blob_later(self.digest.clone(), move || {
+            for name in blamed {
+                upstreams.clear_bad_source(&name, &digest);
+            }
+        });
     }
 
     /// Wrong content: every upstream whose bytes are in the file is skipped for this digest

@@ -1,12 +1,13 @@
 //! What one client may hold of the server: a cap on open connections (in all, and per client
-//! address), an idle timeout on every connection (no byte moved either way), and a deadline for
-//! a new connection's first request. Slowloris, idle and never-reading clients are cut loose.
+//! address; at a cap the longest-idle connection is shed for the newcomer), an idle timeout on
+//! every connection, and a deadline for a new connection's first request. Slowloris, idle and
+//! never-reading clients are cut loose.
 
 use std::collections::HashMap;
 use std::io;
 use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -35,18 +36,58 @@ impl Default for ClientLimits {
     }
 }
 
-/// Counts open connections, in all and per client address.
+/// Counts open connections, in all and per client address, and picks which to shed when a
+/// cap is reached: the one that has waited longest without a request in service.
 #[derive(Debug)]
 pub struct ConnectionCounter {
     limits: ClientLimits,
-    open: Mutex<(usize, HashMap<IpAddr, usize>)>,
+    open: Mutex<OpenConnections>,
+    /// Zero point of the `idle_since` clocks.
+    epoch: Instant,
 }
 
-/// One admitted connection; dropping it frees its place.
+#[derive(Debug, Default)]
+struct OpenConnections {
+    total: usize,
+    per_peer: HashMap<IpAddr, usize>,
+    by_id: HashMap<u64, Tracked>,
+    next_id: u64,
+}
+
+/// What the counter knows of one open connection.
+#[derive(Debug)]
+struct Tracked {
+    peer: IpAddr,
+    activity: Arc<ConnectionActivity>,
+}
+
+/// Shared between a connection's task and the counter.
+#[derive(Debug, Default)]
+pub struct ConnectionActivity {
+    /// Requests in service now (a connection serving one is never shed).
+    pub(crate) busy: Arc<AtomicUsize>,
+    /// Milliseconds after the counter's epoch since which the connection has had no request
+    /// in service (its admission, or its last response's end).
+    idle_since_ms: AtomicU64,
+    /// Told when the connection is shed; its task closes it.
+    pub(crate) shed: tokio::sync::Notify,
+}
+
+impl ConnectionActivity {
+    /// A response just ended: the connection is idle from now.
+    pub fn note_idle(&self, counter: &ConnectionCounter) {
+        self.idle_since_ms
+            .store(counter.now_ms(), Ordering::Relaxed);
+    }
+}
+
+/// One admitted connection; dropping it frees its place (unless it was shed: then its place
+/// already went to the connection admitted instead).
 #[derive(Debug)]
 pub struct ConnectionPermit {
     counter: Arc<ConnectionCounter>,
-    peer: IpAddr,
+    id: u64,
+    pub(crate) activity: Arc<ConnectionActivity>,
 }
 
 /// Why a connection was refused.
@@ -60,47 +101,97 @@ impl ConnectionCounter {
     pub fn new(limits: ClientLimits) -> Arc<Self> {
         Arc::new(ConnectionCounter {
             limits,
-            open: Mutex::new((0, HashMap::new())),
+            open: Mutex::new(OpenConnections::default()),
+            epoch: Instant::now(),
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, (usize, HashMap<IpAddr, usize>)> {
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, OpenConnections> {
         // Poisoning only means a panic between two counter updates; the counts stay usable.
         self.open.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Admits a connection from `peer`, or says which cap it would exceed.
+    /// Admits a connection from `peer`. At a cap, the connection (of that peer for its cap,
+    /// of anyone for the server's) that has waited longest without a request in service is
+    /// shed to make room; only when every one is serving a request is the newcomer refused.
     pub fn admit(self: &Arc<Self>, peer: IpAddr) -> Result<ConnectionPermit, Refusal> {
         let mut open = self.lock();
-        if open.0 >= self.limits.max_connections {
+        if open.total >= self.limits.max_connections && !Self::shed_one(&mut open, |_| true) {
             return Err(Refusal::ServerFull);
         }
-        let mine = open.1.entry(peer).or_insert(0);
-        if *mine >= self.limits.max_connections_per_client {
+        if open.per_peer.get(&peer).copied().unwrap_or(0) >= self.limits.max_connections_per_client
+            && !Self::shed_one(&mut open, |tracked| tracked.peer == peer)
+        {
             return Err(Refusal::ClientFull);
         }
-        *mine += 1;
-        open.0 += 1;
+        *open.per_peer.entry(peer).or_insert(0) += 1;
+        open.total += 1;
+        let id = open.next_id;
+        open.next_id += 1;
+        let activity = Arc::new(ConnectionActivity::default());
+        activity
+            .idle_since_ms
+            .store(self.now_ms(), Ordering::Relaxed);
+        open.by_id.insert(
+            id,
+            Tracked {
+                peer,
+                activity: activity.clone(),
+            },
+        );
         Ok(ConnectionPermit {
             counter: self.clone(),
-            peer,
+            id,
+            activity,
         })
     }
 
+    /// Sheds the longest-idle connection that `eligible` allows and that serves no request:
+    /// its place is freed now and its task is told to close it. False if there is none.
+    fn shed_one(open: &mut OpenConnections, eligible: impl Fn(&Tracked) -> bool) -> bool {
+        let victim = open
+            .by_id
+            .iter()
+            .filter(|(_, tracked)| eligible(tracked))
+            .filter(|(_, tracked)| tracked.activity.busy.load(Ordering::Relaxed) == 0)
+            .min_by_key(|(id, tracked)| {
+                // The older connection first among equally idle ones.
+                (tracked.activity.idle_since_ms.load(Ordering::Relaxed), **id)
+            })
+            .map(|(id, _)| *id);
+        let Some(tracked) = victim.and_then(|id| open.by_id.remove(&id)) else {
+            return false;
+        };
+        Self::release(open, tracked.peer);
+        tracked.activity.shed.notify_one();
+        tracing::debug!(peer = %tracked.peer, "connection shed at the connection cap: it waited longest without a request");
+        true
+    }
+
+    fn release(open: &mut OpenConnections, peer: IpAddr) {
+        open.total = open.total.saturating_sub(1);
+        if let Some(count) = open.per_peer.get_mut(&peer) {
+            *count -= 1;
+            if *count == 0 {
+                open.per_peer.remove(&peer);
+            }
+        }
+    }
+
     pub fn open_connections(&self) -> usize {
-        self.lock().0
+        self.lock().total
     }
 }
 
 impl Drop for ConnectionPermit {
     fn drop(&mut self) {
         let mut open = self.counter.lock();
-        open.0 = open.0.saturating_sub(1);
-        if let Some(count) = open.1.get_mut(&self.peer) {
-            *count -= 1;
-            if *count == 0 {
-                open.1.remove(&self.peer);
-            }
+        if let Some(tracked) = open.by_id.remove(&self.id) {
+            ConnectionCounter::release(&mut open, tracked.peer);
         }
     }
 }
@@ -271,19 +362,55 @@ mod tests {
         }
     }
 
+    fn serving(permit: &ConnectionPermit) {
+        permit.activity.busy.fetch_add(1, Ordering::Relaxed);
+    }
+
     #[test]
     fn caps_connections_in_all_and_per_client_and_frees_them_on_drop() {
         let counter = ConnectionCounter::new(limits(3, 2));
         let a: IpAddr = "127.0.0.1".parse().unwrap();
         let b: IpAddr = "127.0.0.2".parse().unwrap();
         let a1 = counter.admit(a).unwrap();
-        let _a2 = counter.admit(a).unwrap();
+        let a2 = counter.admit(a).unwrap();
+        serving(&a1);
+        serving(&a2);
         assert_eq!(counter.admit(a).unwrap_err(), Refusal::ClientFull);
-        let _b1 = counter.admit(b).unwrap();
+        let b1 = counter.admit(b).unwrap();
+        serving(&b1);
         assert_eq!(counter.admit(b).unwrap_err(), Refusal::ServerFull);
         drop(a1);
         assert_eq!(counter.open_connections(), 2);
         let _a3 = counter.admit(a).unwrap();
+    }
+
+    #[tokio::test]
+    async fn at_a_cap_the_longest_idle_connection_is_shed_for_the_newcomer() {
+        let counter = ConnectionCounter::new(limits(3, 2));
+        let a: IpAddr = "127.0.0.1".parse().unwrap();
+        let b: IpAddr = "127.0.0.2".parse().unwrap();
+        let a1 = counter.admit(a).unwrap();
+        let a2 = counter.admit(a).unwrap();
+        // a1 and a2 wait without a request; the newcomer from a takes a1's place.
+        let a3 = counter.admit(a).unwrap();
+        tokio::time::timeout(Duration::from_secs(1), a1.activity.shed.notified())
+            .await
+            .expect("the oldest idle connection is told to close");
+        assert_eq!(counter.open_connections(), 2);
+        drop(a1);
+        assert_eq!(
+            counter.open_connections(),
+            2,
+            "a shed permit frees nothing twice"
+        );
+        // Server cap: b's newcomer sheds the longest idle of anyone's (a2), not a busy one.
+        serving(&a3);
+        let _b1 = counter.admit(b).unwrap();
+        let _b2 = counter.admit(b).unwrap();
+        tokio::time::timeout(Duration::from_secs(1), a2.activity.shed.notified())
+            .await
+            .expect("a2 shed for the server cap");
+        assert_eq!(counter.open_connections(), 3);
     }
 
     #[tokio::test(start_paused = true)]

@@ -286,6 +286,9 @@ pub struct CuttingRelay {
     /// At a limit, hold the connection open and silent instead of cutting it (a store that
     /// stalls rather than dies).
     pub stall_instead_of_cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// How many more connections get the limits (unlimited by default); later ones relay
+    /// everything.
+    pub limited_connections: std::sync::Arc<std::sync::atomic::AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -299,13 +302,29 @@ impl CuttingRelay {
         let up = Arc::new(AtomicU64::new(u64::MAX));
         let cuts = Arc::new(AtomicU64::new(0));
         let stall = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (down_limit, up_limit, cut_count, stall_flag) =
-            (down.clone(), up.clone(), cuts.clone(), stall.clone());
+        let limited = Arc::new(AtomicU64::new(u64::MAX));
+        let (down_limit, up_limit, cut_count, stall_flag, limited_left) = (
+            down.clone(),
+            up.clone(),
+            cuts.clone(),
+            stall.clone(),
+            limited.clone(),
+        );
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
+                let applies = limited_left
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                    .is_ok();
+                let limit = |value: &AtomicU64| {
+                    if applies {
+                        value.load(Ordering::SeqCst)
+                    } else {
+                        u64::MAX
+                    }
+                };
                 let (down_limit, up_limit, cut_count, stalls) = (
-                    down_limit.load(Ordering::SeqCst),
-                    up_limit.load(Ordering::SeqCst),
+                    limit(&down_limit),
+                    limit(&up_limit),
                     cut_count.clone(),
                     stall_flag.load(Ordering::SeqCst),
                 );
@@ -337,6 +356,7 @@ impl CuttingRelay {
             cut_upstream_after: up,
             cuts,
             stall_instead_of_cut: stall,
+            limited_connections: limited,
             task,
         }
     }
