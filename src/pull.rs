@@ -98,7 +98,7 @@ pub struct PullThrough {
 /// How long a fetched tag list answers identical requests that waited for it.
 const TAG_LIST_SHARING: Duration = Duration::from_secs(1);
 /// Bytes of just-fetched tag lists kept for waiting requests.
-const TAG_LIST_SHARING_BYTES: u64 = 16 * 1024 * 1024;
+const TAG_LIST_SHARING_BYTES: u64 = 8 * 1024 * 1024;
 
 impl PullThrough {
     pub fn new(

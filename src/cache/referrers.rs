@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 /// Bytes of referrers lists kept in memory; others are read back from disk when asked for.
-const MEMORY_BYTES: u64 = 16 * 1024 * 1024;
+const MEMORY_BYTES: u64 = 8 * 1024 * 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ReferrersKey {
@@ -24,13 +24,31 @@ pub struct ReferrersKey {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReferrersRecord {
     pub(crate) key: ReferrersKey,
-    /// The image index, as served to clients (already filtered when `filtered`).
-    pub(crate) body: String,
+    /// The image index, as served to clients (already filtered when `filtered`); shared,
+    /// not copied, by every answer made from it. Stored as a JSON string.
+    #[serde(with = "body_as_text")]
+    pub(crate) body: bytes::Bytes,
     /// Whether `artifactType` was applied (`OCI-Filters-Applied: artifactType`).
     pub(crate) filtered: bool,
     /// When an upstream answered it (milliseconds since the Unix epoch).
     pub(crate) fetched_at_unix_ms: u64,
     pub(crate) upstream: String,
+}
+
+/// A UTF-8 body kept as `Bytes` in memory and as a JSON string on disk.
+mod body_as_text {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(body: &bytes::Bytes, serializer: S) -> Result<S::Ok, S::Error> {
+        let text = std::str::from_utf8(body).map_err(serde::ser::Error::custom)?;
+        serializer.serialize_str(text)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<bytes::Bytes, D::Error> {
+        String::deserialize(deserializer).map(bytes::Bytes::from)
+    }
 }
 
 impl ReferrersRecord {
@@ -154,7 +172,7 @@ mod tests {
         };
         let record = ReferrersRecord {
             key: key.clone(),
-            body: r#"{"schemaVersion":2,"manifests":[]}"#.into(),
+            body: bytes::Bytes::from_static(br#"{"schemaVersion":2,"manifests":[]}"#),
             filtered: false,
             fetched_at_unix_ms: 1,
             upstream: "u".into(),

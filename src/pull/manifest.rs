@@ -33,6 +33,8 @@ pub struct ManifestAnswer {
 #[derive(Clone)]
 pub struct TagListAnswer {
     pub(crate) body: Bytes,
+    /// The memory budget held for the list while it is cached for waiters and sent.
+    pub(crate) lease: Option<std::sync::Arc<crate::upstream::BudgetLease>>,
     pub(crate) next_page: Option<String>,
     pub(crate) source: Source,
 }
@@ -487,7 +489,7 @@ impl PullThrough {
                             None
                         }
                     };
-                    let (body, _lease) = client
+                    let (body, lease) = client
                         .body(response)
                         .read_to_end(MAX_TAG_LIST_BYTES, BodyClass::List, 1)
                         .await?;
@@ -500,6 +502,7 @@ impl PullThrough {
                     }
                     Ok(TagListAnswer {
                         body,
+                        lease: Some(std::sync::Arc::new(lease)),
                         next_page,
                         source: Source::Upstream(client.name().to_owned()),
                     })

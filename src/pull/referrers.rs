@@ -25,6 +25,8 @@ pub struct ReferrersAnswer {
     pub(crate) body: bytes::Bytes,
     pub(crate) filtered: bool,
     pub(crate) source: Source,
+    /// The memory budget held for a list just fetched, until its response is sent.
+    pub(crate) lease: Option<std::sync::Arc<crate::upstream::BudgetLease>>,
 }
 
 /// The `artifactType` filter of a referrers request's query, validated as a media type.
@@ -111,7 +113,7 @@ impl ReferrersPages {
 
     /// The index to serve, and whether `artifactType` was applied (here, when the upstream
     /// did not).
-    fn finish(mut self) -> Result<(String, bool), UpstreamFailure> {
+    fn finish(mut self) -> Result<(bytes::Bytes, bool), UpstreamFailure> {
         if self.pages == 0 {
             return Err(self.bad("referrers answer has no pages"));
         }
@@ -122,6 +124,7 @@ impl ReferrersPages {
                 media_type: crate::oci::media_type::OCI_INDEX,
                 manifests,
             })
+            .map(bytes::Bytes::from)
             .map_err(|e| {
                 UpstreamFailure::new(
                     &upstream,
@@ -137,7 +140,8 @@ impl ReferrersPages {
                     .retain(|descriptor| descriptor.artifact_type.as_deref() == Some(wanted));
                 Ok((serialize(&self.manifests)?, true))
             }
-            (None, Some(body)) => Ok((String::from_utf8_lossy(body).into_owned(), false)),
+            // Served as sent (it parsed as JSON, so it is UTF-8).
+            (None, Some(body)) => Ok((body.clone(), false)),
             (None, None) => Ok((serialize(&self.manifests)?, false)),
         }
     }
@@ -159,9 +163,10 @@ impl PullThrough {
         };
         let known = self.cache.referrers.get(&key).await;
         let answer = |record: &ReferrersRecord, source: Source| ReferrersAnswer {
-            body: bytes::Bytes::from(record.body.clone()),
+            body: record.body.clone(),
             filtered: record.filtered,
             source,
+            lease: None,
         };
         if let Some(record) = &known
             && (self.settings.offline || record.age() <= self.settings.referrers_ttl)
@@ -247,25 +252,28 @@ impl PullThrough {
                             })?;
                     }
                     let (body, filtered) = pages.finish()?;
-                    drop(held);
-                    Ok(ReferrersRecord {
-                        key: ReferrersKey {
-                            registry: registry.to_owned(),
-                            repository: name.as_str().to_owned(),
-                            subject: subject.to_string(),
-                            artifact_type: filter,
+                    Ok((
+                        ReferrersRecord {
+                            key: ReferrersKey {
+                                registry: registry.to_owned(),
+                                repository: name.as_str().to_owned(),
+                                subject: subject.to_string(),
+                                artifact_type: filter,
+                            },
+                            body,
+                            filtered,
+                            fetched_at_unix_ms: unix_ms(SystemTime::now()),
+                            upstream: client.name().to_owned(),
                         },
-                        body,
-                        filtered,
-                        fetched_at_unix_ms: unix_ms(SystemTime::now()),
-                        upstream: client.name().to_owned(),
-                    })
+                        held,
+                    ))
                 }
             })
             .await;
         match fetched {
-            Ok(record) => {
-                let served = answer(&record, Source::Upstream(record.upstream.clone()));
+            Ok((record, held)) => {
+                let mut served = answer(&record, Source::Upstream(record.upstream.clone()));
+                served.lease = Some(std::sync::Arc::new(held));
                 if let Err(e) = self.cache.referrers.put(&self.cache.layout, record).await {
                     tracing::warn!(%subject, error = %e, "cannot keep a referrers list in the cache");
                 }
@@ -332,7 +340,9 @@ mod tests {
             for page in pages {
                 merged.add_page(bytes::Bytes::from(page.to_string()))?;
             }
-            merged.finish()
+            merged
+                .finish()
+                .map(|(body, applied)| (String::from_utf8(body.to_vec()).unwrap(), applied))
         };
         let (filtered, applied) = merge(Some("application/b"), &[&body]).unwrap();
         assert!(applied);

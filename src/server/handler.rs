@@ -3,7 +3,8 @@
 
 use super::client_auth::{ClientAuth, Principal};
 use super::response::{
-    ResponseBody, builder, empty_body, error_response, full_body, head_body, or_500,
+    ResponseBody, builder, empty_body, error_response, full_body, full_body_holding, head_body,
+    or_500,
 };
 use super::route::{self, Route};
 use crate::cache::provenance::ContentKind;
@@ -210,7 +211,7 @@ async fn dispatch<B>(
             let body = if head {
                 head_body()
             } else {
-                full_body(answer.body)
+                full_body_holding(answer.body, answer.lease)
             };
             Ok((or_500(response.body(body)), answer.source))
         }
@@ -228,7 +229,7 @@ async fn dispatch<B>(
             let body = if head {
                 head_body()
             } else {
-                full_body(answer.body)
+                full_body_holding(answer.body, answer.lease)
             };
             Ok((or_500(response.body(body)), answer.source))
         }

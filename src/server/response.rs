@@ -20,6 +20,42 @@ pub fn full_body(bytes: impl Into<Bytes>) -> ResponseBody {
         .boxed_unsync()
 }
 
+/// A whole body that keeps `held` (a memory-budget lease) until the response is done with
+/// it, so memory counted for a buffered answer stays counted while it is sent.
+pub fn full_body_holding<T: Send + Unpin + 'static>(bytes: Bytes, held: T) -> ResponseBody {
+    HoldingBody {
+        inner: http_body_util::Full::new(bytes),
+        _held: held,
+    }
+    .map_err(|never| match never {})
+    .boxed_unsync()
+}
+
+struct HoldingBody<T> {
+    inner: http_body_util::Full<Bytes>,
+    _held: T,
+}
+
+impl<T: Unpin> http_body::Body for HoldingBody<T> {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 pub fn empty_body() -> ResponseBody {
     full_body(Bytes::new())
 }
