@@ -187,7 +187,12 @@ pub async fn serve<H, Fut>(
                         let builder = builder.clone();
                         let watcher = graceful.watcher();
                         tokio::spawn(async move {
-                            let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                            // A connection shed during its handshake closes at once.
+                            let handshake = tokio::select! {
+                                handshake = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)) => handshake,
+                                () = activity.shed.notified() => return,
+                            };
+                            let stream = match handshake {
                                 Ok(Ok(stream)) => stream,
                                 Ok(Err(e)) => {
                                     tracing::debug!(%peer, error = %e, "TLS handshake failed");

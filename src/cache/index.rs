@@ -22,7 +22,7 @@ struct Entry {
 
 /// What an entry of the bound is: a blob (keyed by its digest), or a small record keyed by
 /// the SHA-256 of its key (see `layout::record_digest`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum IndexedKind {
     Blob,
     TagRecord,
@@ -31,8 +31,10 @@ pub enum IndexedKind {
 
 #[derive(Debug, Default)]
 struct State {
-    entries: HashMap<Digest, Entry>,
-    order: BTreeMap<u64, Digest>,
+    /// By kind and digest: a blob whose bytes happen to be a record's key parts has the
+    /// record's digest, and must not share its entry.
+    entries: HashMap<(IndexedKind, Digest), Entry>,
+    order: BTreeMap<u64, (IndexedKind, Digest)>,
     next_sequence: u64,
     /// Bytes of committed blobs in the index (pinned included).
     committed: u64,
@@ -155,7 +157,7 @@ impl LruIndex {
     /// `add_scanned` for any kind of entry.
     pub fn add_scanned_kind(&self, kind: IndexedKind, digest: &Digest, size: u64) {
         let mut state = self.lock();
-        if !state.entries.contains_key(digest) {
+        if !state.entries.contains_key(&(kind, digest.clone())) {
             Self::touch_locked(&mut state, kind, digest, size);
         }
     }
@@ -171,11 +173,23 @@ impl LruIndex {
         n
     }
 
+    /// `size` 0 for a known entry means "unchanged"; another size replaces the old one (a
+    /// record rewritten with a longer list).
     fn touch_locked(state: &mut State, kind: IndexedKind, digest: &Digest, size: u64) {
+        let key = (kind, digest.clone());
         let pinned = state.pinned.contains(digest);
-        if let Some(entry) = state.entries.get(digest).copied() {
+        let mut size = size;
+        if let Some(entry) = state.entries.get(&key).copied() {
             if let Some(sequence) = entry.sequence {
                 state.order.remove(&sequence);
+            }
+            if size == 0 || size == entry.size {
+                size = entry.size;
+            } else {
+                state.committed = state.committed - entry.size + size;
+                if entry.sequence.is_none() {
+                    state.pinned_bytes = state.pinned_bytes - entry.size + size;
+                }
             }
         } else {
             state.committed += size;
@@ -191,12 +205,11 @@ impl LruIndex {
         } else {
             let sequence = state.next_sequence;
             state.next_sequence += 1;
-            state.order.insert(sequence, digest.clone());
+            state.order.insert(sequence, key.clone());
             Some(sequence)
         };
-        let size = state.entries.get(digest).map_or(size, |e| e.size);
         state.entries.insert(
-            digest.clone(),
+            key,
             Entry {
                 size,
                 sequence,
@@ -212,17 +225,17 @@ impl LruIndex {
         };
         let mut victims = Vec::new();
         while state.committed + state.reserved > limit {
-            let Some((_, digest)) = state.order.pop_first() else {
+            let Some((_, key)) = state.order.pop_first() else {
                 break;
             };
-            if let Some(entry) = state.entries.remove(&digest) {
+            if let Some(entry) = state.entries.remove(&key) {
                 state.committed -= entry.size;
                 state.evictions += 1;
                 state.evicted_bytes += entry.size;
                 if entry.kind != IndexedKind::Blob {
                     state.records -= 1;
                 }
-                victims.push((digest, entry.kind));
+                victims.push((key.1, entry.kind));
             }
         }
         victims
@@ -306,12 +319,14 @@ impl LruIndex {
     /// Forgets a blob removed by someone else (`ferry cache rm`, quarantine).
     /// Whether `digest` is committed as far as the index knows (no disk access).
     pub fn contains(&self, digest: &Digest) -> bool {
-        self.lock().entries.contains_key(digest)
+        self.lock()
+            .entries
+            .contains_key(&(IndexedKind::Blob, digest.clone()))
     }
 
     pub fn forget(&self, digest: &Digest) {
         let mut state = self.lock();
-        if let Some(entry) = state.entries.remove(digest) {
+        if let Some(entry) = state.entries.remove(&(IndexedKind::Blob, digest.clone())) {
             state.committed -= entry.size;
             if entry.kind != IndexedKind::Blob {
                 state.records -= 1;
@@ -329,16 +344,16 @@ impl LruIndex {
         let victims = {
             let mut state = self.lock();
             state.pinned = pinned;
-            let digests: Vec<(Digest, Entry)> =
-                state.entries.iter().map(|(d, e)| (d.clone(), *e)).collect();
+            let keys: Vec<((IndexedKind, Digest), Entry)> =
+                state.entries.iter().map(|(k, e)| (k.clone(), *e)).collect();
             state.pinned_bytes = 0;
-            for (digest, entry) in digests {
-                let pinned = state.pinned.contains(&digest);
+            for (key, entry) in keys {
+                let pinned = state.pinned.contains(&key.1);
                 match (pinned, entry.sequence) {
                     (true, Some(sequence)) => {
                         state.order.remove(&sequence);
                         state.entries.insert(
-                            digest,
+                            key,
                             Entry {
                                 sequence: None,
                                 ..entry
@@ -348,9 +363,9 @@ impl LruIndex {
                     (false, None) => {
                         let sequence = state.next_sequence;
                         state.next_sequence += 1;
-                        state.order.insert(sequence, digest.clone());
+                        state.order.insert(sequence, key.clone());
                         state.entries.insert(
-                            digest,
+                            key,
                             Entry {
                                 sequence: Some(sequence),
                                 ..entry
@@ -398,6 +413,27 @@ mod tests {
 
     fn digest(n: u8) -> Digest {
         Digest::sha256_of(&[n])
+    }
+
+    #[test]
+    fn a_blob_and_a_record_with_one_digest_are_two_entries_and_sizes_follow_rewrites() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        let index = LruIndex::new(None, move |d| root.join(d.hex()))
+            .with_record_dirs(dir.path().join("tags"), dir.path().join("referrers"));
+        // A blob whose bytes are a record's key parts has that record's digest.
+        let shared = digest(7);
+        index.touch(&shared, 100);
+        index.touch_record(IndexedKind::TagRecord, &shared, 10);
+        let usage = index.usage();
+        assert_eq!((usage.blobs, usage.records, usage.committed), (1, 1, 110));
+        index.forget(&shared);
+        let usage = index.usage();
+        assert_eq!((usage.blobs, usage.records, usage.committed), (0, 1, 10));
+        // A record rewritten larger counts its new size; a size of 0 means unchanged.
+        index.touch_record(IndexedKind::TagRecord, &shared, 4000);
+        index.touch_record(IndexedKind::TagRecord, &shared, 0);
+        assert_eq!(index.usage().committed, 4000);
     }
 
     fn index(limit: u64, dir: &std::path::Path) -> Arc<LruIndex> {

@@ -519,7 +519,15 @@ impl PullThrough {
                     FerryError::Upstreams(exhausted)
                 }
             })?;
-        self.recent_tag_lists.insert(key, answer.clone());
+        // Waiters share the body; the lease goes with this answer only (a cached lease would
+        // stay held until the cache is next used).
+        self.recent_tag_lists.insert(
+            key,
+            TagListAnswer {
+                lease: None,
+                ..answer.clone()
+            },
+        );
         Ok(answer)
     }
 }

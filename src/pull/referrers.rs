@@ -234,9 +234,14 @@ impl PullThrough {
                         // The parsed descriptors take up to about twice the page's bytes.
                         let (body, lease) = client
                             .body(response)
-                            .read_to_end(MAX_MANIFEST_BYTES, BodyClass::List, 3)
+                            .read_to_end_within(
+                                MAX_MANIFEST_BYTES,
+                                BodyClass::List,
+                                3,
+                                std::mem::take(&mut held),
+                            )
                             .await?;
-                        held.absorb(lease);
+                        held = lease;
                         pages.add_page(body)?;
                         let Some(next) = next else { break };
                         // A later page that is missing is a broken list, not a missing API.

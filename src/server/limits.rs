@@ -120,13 +120,28 @@ impl ConnectionCounter {
     /// shed to make room; only when every one is serving a request is the newcomer refused.
     pub fn admit(self: &Arc<Self>, peer: IpAddr) -> Result<ConnectionPermit, Refusal> {
         let mut open = self.lock();
-        if open.total >= self.limits.max_connections && !Self::shed_one(&mut open, |_| true) {
-            return Err(Refusal::ServerFull);
-        }
+        // Pick every connection to shed first; shed nothing unless the newcomer gets in.
+        let mut victims = Vec::new();
         if open.per_peer.get(&peer).copied().unwrap_or(0) >= self.limits.max_connections_per_client
-            && !Self::shed_one(&mut open, |tracked| tracked.peer == peer)
         {
-            return Err(Refusal::ClientFull);
+            match Self::longest_idle(&open, |tracked| tracked.peer == peer) {
+                Some(id) => victims.push(id),
+                None => return Err(Refusal::ClientFull),
+            }
+        }
+        if open.total - victims.len() >= self.limits.max_connections {
+            // The newcomer's own address gives up a place first, then anyone's.
+            let own = Self::longest_idle(&open, |tracked| tracked.peer == peer)
+                .filter(|id| !victims.contains(id));
+            match own
+                .or_else(|| Self::longest_idle(&open, |_| true).filter(|id| !victims.contains(id)))
+            {
+                Some(id) => victims.push(id),
+                None => return Err(Refusal::ServerFull),
+            }
+        }
+        for id in victims {
+            Self::shed(&mut open, id);
         }
         *open.per_peer.entry(peer).or_insert(0) += 1;
         open.total += 1;
@@ -150,11 +165,9 @@ impl ConnectionCounter {
         })
     }
 
-    /// Sheds the longest-idle connection that `eligible` allows and that serves no request:
-    /// its place is freed now and its task is told to close it. False if there is none.
-    fn shed_one(open: &mut OpenConnections, eligible: impl Fn(&Tracked) -> bool) -> bool {
-        let victim = open
-            .by_id
+    /// The connection that `eligible` allows, serves no request, and has waited longest.
+    fn longest_idle(open: &OpenConnections, eligible: impl Fn(&Tracked) -> bool) -> Option<u64> {
+        open.by_id
             .iter()
             .filter(|(_, tracked)| eligible(tracked))
             .filter(|(_, tracked)| tracked.activity.busy.load(Ordering::Relaxed) == 0)
@@ -162,14 +175,16 @@ impl ConnectionCounter {
                 // The older connection first among equally idle ones.
                 (tracked.activity.idle_since_ms.load(Ordering::Relaxed), **id)
             })
-            .map(|(id, _)| *id);
-        let Some(tracked) = victim.and_then(|id| open.by_id.remove(&id)) else {
-            return false;
-        };
-        Self::release(open, tracked.peer);
-        tracked.activity.shed.notify_one();
-        tracing::debug!(peer = %tracked.peer, "connection shed at the connection cap: it waited longest without a request");
-        true
+            .map(|(id, _)| *id)
+    }
+
+    /// Frees a connection's place now and tells its task to close it.
+    fn shed(open: &mut OpenConnections, id: u64) {
+        if let Some(tracked) = open.by_id.remove(&id) {
+            Self::release(open, tracked.peer);
+            tracked.activity.shed.notify_one();
+            tracing::debug!(peer = %tracked.peer, "connection shed at the connection cap: it waited longest without a request");
+        }
     }
 
     fn release(open: &mut OpenConnections, peer: IpAddr) {
@@ -403,14 +418,29 @@ mod tests {
             2,
             "a shed permit frees nothing twice"
         );
-        // Server cap: b's newcomer sheds the longest idle of anyone's (a2), not a busy one.
+        // Server cap: a newcomer gives up its own address's idle connection first (b1), and
+        // one from a new address the longest idle of anyone's (a2), never a busy one (a3).
         serving(&a3);
-        let _b1 = counter.admit(b).unwrap();
+        let b1 = counter.admit(b).unwrap();
         let _b2 = counter.admit(b).unwrap();
+        tokio::time::timeout(Duration::from_secs(1), b1.activity.shed.notified())
+            .await
+            .expect("b1 shed for the server cap");
+        let c: IpAddr = "127.0.0.3".parse().unwrap();
+        let _c1 = counter.admit(c).unwrap();
         tokio::time::timeout(Duration::from_secs(1), a2.activity.shed.notified())
             .await
             .expect("a2 shed for the server cap");
         assert_eq!(counter.open_connections(), 3);
+        // Every connection serving: a newcomer is refused and nobody is shed.
+        let counter = ConnectionCounter::new(limits(2, 1));
+        let d1 = counter.admit(a).unwrap();
+        serving(&d1);
+        assert_eq!(counter.admit(a).unwrap_err(), Refusal::ClientFull);
+        let e1 = counter.admit(b).unwrap();
+        serving(&e1);
+        assert_eq!(counter.admit(c).unwrap_err(), Refusal::ServerFull);
+        assert_eq!(counter.open_connections(), 2);
     }
 
     #[tokio::test(start_paused = true)]

@@ -489,11 +489,27 @@ impl BodyChunks {
     /// the caller parses them into) until the caller drops it. No room within a short wait
     /// fails as `MemoryBudget`.
     pub async fn read_to_end(
-        mut self,
+        self,
         limit: usize,
         class: super::memory_budget::BodyClass,
         expansion: usize,
     ) -> Result<(Bytes, super::BudgetLease), UpstreamFailure> {
+        self.read_to_end_within(limit, class, expansion, super::BudgetLease::default())
+            .await
+    }
+
+    /// `read_to_end`, growing a lease the caller already holds (a list read page by page):
+    /// a lease that holds anything only grows when room is free now, so no request waits for
+    /// room while holding some.
+    pub async fn read_to_end_within(
+        mut self,
+        limit: usize,
+        class: super::memory_budget::BodyClass,
+        expansion: usize,
+        lease: super::BudgetLease,
+    ) -> Result<(Bytes, super::BudgetLease), UpstreamFailure> {
+        let mut lease = lease;
+        let held_before = lease.bytes();
         if self.content_length().is_some_and(|len| len > limit as u64) {
             return Err(UpstreamFailure::new(
                 &self.upstream,
@@ -501,14 +517,20 @@ impl BodyChunks {
                 format!("body larger than the {limit}-byte limit"),
             ));
         }
-        let mut body = BytesMut::new();
-        let mut lease = super::BudgetLease::default();
+        let mut body = BytesMut::with_capacity(
+            self.content_length()
+                .map_or(0, |announced| (announced as usize).min(limit)),
+        );
         let over_budget = |upstream: &str, e: super::memory_budget::BudgetExhausted| {
             UpstreamFailure::new(upstream, FailureKind::MemoryBudget, e.to_string())
         };
         if let Some(announced) = self.content_length() {
             self.memory
-                .cover(&mut lease, expansion * announced as usize, class)
+                .cover(
+                    &mut lease,
+                    held_before + expansion * announced as usize,
+                    class,
+                )
                 .await
                 .map_err(|e| over_budget(&self.upstream, e))?;
         }
@@ -521,7 +543,11 @@ impl BodyChunks {
                 ));
             }
             self.memory
-                .cover(&mut lease, expansion * (body.len() + chunk.len()), class)
+                .cover(
+                    &mut lease,
+                    held_before + expansion * (body.len() + chunk.len()),
+                    class,
+                )
                 .await
                 .map_err(|e| over_budget(&self.upstream, e))?;
             body.extend_from_slice(&chunk);

@@ -95,8 +95,9 @@ impl MemoryBudget {
         (2 * self.units - free) * UNIT
     }
 
-    /// Grows `lease` to cover `bytes` in all, from `class`'s half, waiting up to a bound
-    /// for room. A lease is used for one class only.
+    /// Grows `lease` to cover `bytes` in all, from `class`'s half. An empty lease waits up to
+    /// a bound for room; one that holds anything takes room only if it is free now (waiting
+    /// while holding would let requests starve each other). A lease is for one class only.
     pub async fn cover(
         &self,
         lease: &mut BudgetLease,
@@ -122,11 +123,18 @@ impl MemoryBudget {
             BodyClass::Pull => &self.pull,
             BodyClass::List => &self.list,
         };
-        let acquire = semaphore.clone().acquire_many_owned(more_u32);
-        let permit = match tokio::time::timeout(WAIT_FOR_ROOM, acquire).await {
-            Ok(Ok(permit)) => permit,
-            // The semaphore is never closed; a closed one means no room either way.
-            Ok(Err(_)) | Err(_) => return Err(exhausted()),
+        let permit = if lease.units == 0 {
+            let acquire = semaphore.clone().acquire_many_owned(more_u32);
+            match tokio::time::timeout(WAIT_FOR_ROOM, acquire).await {
+                Ok(Ok(permit)) => permit,
+                // The semaphore is never closed; a closed one means no room either way.
+                Ok(Err(_)) | Err(_) => return Err(exhausted()),
+            }
+        } else {
+            semaphore
+                .clone()
+                .try_acquire_many_owned(more_u32)
+                .map_err(|_| exhausted())?
         };
         lease.permits.push(permit);
         lease.units += more;
@@ -172,5 +180,20 @@ mod tests {
         assert_eq!(second.bytes(), 64 * 1024);
         drop(second);
         assert_eq!(budget.in_use(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lease_that_holds_room_never_waits_for_more() {
+        use BodyClass::List;
+        let budget = MemoryBudget::new(64 * 1024);
+        let mut first = BudgetLease::default();
+        let mut second = BudgetLease::default();
+        budget.cover(&mut first, 16 * 1024, List).await.unwrap();
+        budget.cover(&mut second, 16 * 1024, List).await.unwrap();
+        // Both want more than is left: neither waits for the other (before, both waited 2 s).
+        let started = tokio::time::Instant::now();
+        assert!(budget.cover(&mut first, 32 * 1024, List).await.is_err());
+        assert!(budget.cover(&mut second, 32 * 1024, List).await.is_err());
+        assert_eq!(started.elapsed(), Duration::ZERO);
     }
 }
