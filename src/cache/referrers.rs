@@ -120,6 +120,8 @@ impl ReferrersStore {
 
     fn remember(&self, record: ReferrersRecord) {
         self.memory.insert(record.key.clone(), record);
+        // Evict now: large lists left to moka's lazy housekeeping outgrow the bound.
+        self.memory.run_pending_tasks();
     }
 
     /// The last answer for `key`, from memory or disk.

@@ -528,6 +528,9 @@ impl PullThrough {
                 ..answer.clone()
             },
         );
+        // Evict now: a cache of 4 MiB lists left to moka's lazy housekeeping outgrows its
+        // bound under a burst.
+        self.recent_tag_lists.run_pending_tasks();
         Ok(answer)
     }
 }
