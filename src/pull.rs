@@ -93,6 +93,9 @@ pub struct PullThrough {
     list_fetches: KeyedLocks,
     /// Tag lists just fetched, for the identical requests that waited on the fetch.
     recent_tag_lists: moka::sync::Cache<String, manifest::TagListAnswer>,
+    /// How a tag-list or referrers fetch just failed, for the identical requests that waited
+    /// on it: they get the same answer instead of each trying again in turn.
+    recent_list_failures: moka::sync::Cache<String, crate::upstream::UpstreamsExhausted>,
 }
 
 /// How long a fetched tag list answers identical requests that waited for it.
@@ -121,6 +124,10 @@ impl PullThrough {
             tasks,
             manifest_fetches: KeyedLocks::default(),
             list_fetches: KeyedLocks::default(),
+            recent_list_failures: moka::sync::Cache::builder()
+                .max_capacity(4096)
+                .time_to_live(TAG_LIST_SHARING)
+                .build(),
             recent_tag_lists: moka::sync::Cache::builder()
                 .max_capacity(TAG_LIST_SHARING_BYTES)
                 .time_to_live(TAG_LIST_SHARING)

@@ -932,3 +932,36 @@ async fn referrers_and_tag_records_count_toward_the_cache_bound() {
     let response = get_url(proxy.url(&format!("/v2/org/app/referrers/{last}"))).await;
     assert_eq!(response.status(), 200);
 }
+
+/// Identical list requests that wait on a fetch that fails get its failure, rather than each
+/// trying again in turn (8 waiters behind a silent upstream used to wait 8 header timeouts).
+#[tokio::test]
+async fn identical_list_requests_share_a_failed_fetch() {
+    let upstream = FakeRegistry::start().await;
+    let (manifest, _, _) = put_image(&[&upstream], "org/app", "v1", 94);
+    upstream.fault("/tags/list", Fault::HangBeforeHeaders);
+    upstream.fault("/referrers/", Fault::HangBeforeHeaders);
+    let proxy = TestProxy::start(&[&upstream]).await;
+    for path in [
+        "/v2/org/app/tags/list".to_owned(),
+        format!("/v2/org/app/referrers/{manifest}"),
+    ] {
+        let asks: Vec<_> = (0..8)
+            .map(|_| {
+                let url = proxy.url(&path);
+                tokio::spawn(async move { get_url(url).await.status().as_u16() })
+            })
+            .collect();
+        for ask in asks {
+            let status = ask.await.unwrap();
+            assert!(status >= 500, "{path}: {status}");
+        }
+        let suffix = path.trim_start_matches("/v2/org/app");
+        let fetches = upstream
+            .requests()
+            .iter()
+            .filter(|r| r.path.ends_with(suffix))
+            .count();
+        assert_eq!(fetches, 1, "{path}: one fetch for eight waiters");
+    }
+}

@@ -465,6 +465,20 @@ impl PullThrough {
         if let Some(answer) = self.recent_tag_lists.get(&key) {
             return Ok(answer);
         }
+        let not_listed = |exhausted: UpstreamsExhausted| {
+            if exhausted.all_not_found() {
+                FerryError::client(
+                    ErrorCode::NameUnknown,
+                    format!("repository {name} is not known to any upstream"),
+                )
+            } else {
+                FerryError::Upstreams(exhausted)
+            }
+        };
+        let failure_key = format!("tags {key}");
+        if let Some(exhausted) = self.recent_list_failures.get(&failure_key) {
+            return Err(not_listed(exhausted));
+        }
         let answer = upstreams
             .first_success(Route::Unkeyed, |client| {
                 let query = query.clone();
@@ -510,14 +524,9 @@ impl PullThrough {
             })
             .await
             .map_err(|exhausted| {
-                if exhausted.all_not_found() {
-                    FerryError::client(
-                        ErrorCode::NameUnknown,
-                        format!("repository {name} is not known to any upstream"),
-                    )
-                } else {
-                    FerryError::Upstreams(exhausted)
-                }
+                self.recent_list_failures
+                    .insert(failure_key, exhausted.clone());
+                not_listed(exhausted)
             })?;
         // Waiters share the body; the lease goes with this answer only (a cached lease would
         // stay held until the cache is next used).

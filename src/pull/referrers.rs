@@ -179,14 +179,13 @@ impl PullThrough {
                 &format!("the referrers of {subject}"),
             ));
         }
-        // Identical requests at once make one upstream fetch: the rest find its answer.
-        let _fetching = self
-            .list_fetches
-            .lock(&format!(
-                "referrers {registry}\0{name}\0{subject}\0{}",
-                artifact_type.as_deref().unwrap_or("")
-            ))
-            .await;
+        // Identical requests at once make one upstream fetch: the rest find its answer (or
+        // its failure).
+        let fetch_key = format!(
+            "referrers {registry}\0{name}\0{subject}\0{}",
+            artifact_type.as_deref().unwrap_or("")
+        );
+        let _fetching = self.list_fetches.lock(&fetch_key).await;
         let known = match self.cache.referrers.get(&key).await {
             Some(record) if record.age() <= self.settings.referrers_ttl => {
                 return Ok(answer(&record, Source::Cache));
@@ -200,81 +199,99 @@ impl PullThrough {
             url.query_pairs_mut().append_pair("artifactType", filter);
             url.query().map(str::to_owned)
         });
-        let fetched = upstreams
-            .first_success_past_missing_api(Route::Digest(subject), |client| {
-                let (suffix, query, filter) =
-                    (suffix.clone(), query.clone(), artifact_type.clone());
-                async move {
-                    let mut response = client
-                        .send(
-                            Method::GET,
-                            name,
-                            &suffix,
-                            query.as_deref(),
-                            HeaderMap::new(),
-                        )
-                        .await?;
-                    let mut pages = ReferrersPages::new(client.name(), filter.clone());
-                    let bad = |detail: String| {
-                        UpstreamFailure::new(client.name(), FailureKind::BadResponse, detail)
-                    };
-                    // Covers every page read, until the merged list is built.
-                    let mut held = crate::upstream::BudgetLease::default();
-                    let mut queries_seen =
-                        std::collections::HashSet::from([query.clone().unwrap_or_default()]);
-                    loop {
-                        let request_url = response.url().clone();
-                        let next = next_page_query(response.headers(), &request_url, "referrers")
-                            .map_err(bad)?;
-                        if let Some(next) = &next
-                            && !queries_seen.insert(next.clone())
-                        {
-                            return Err(bad(format!("referrers Link names a page again ({next})")));
+        let recent_failure = self.recent_list_failures.get(&fetch_key);
+        let fetched = match recent_failure {
+            Some(exhausted) => Err(exhausted),
+            None => {
+                upstreams
+                    .first_success_past_missing_api(Route::Digest(subject), |client| {
+                        let (suffix, query, filter) =
+                            (suffix.clone(), query.clone(), artifact_type.clone());
+                        async move {
+                            let mut response = client
+                                .send(
+                                    Method::GET,
+                                    name,
+                                    &suffix,
+                                    query.as_deref(),
+                                    HeaderMap::new(),
+                                )
+                                .await?;
+                            let mut pages = ReferrersPages::new(client.name(), filter.clone());
+                            let bad = |detail: String| {
+                                UpstreamFailure::new(
+                                    client.name(),
+                                    FailureKind::BadResponse,
+                                    detail,
+                                )
+                            };
+                            // Covers every page read, until the merged list is built.
+                            let mut held = crate::upstream::BudgetLease::default();
+                            let mut queries_seen = std::collections::HashSet::from([query
+                                .clone()
+                                .unwrap_or_default()]);
+                            loop {
+                                let request_url = response.url().clone();
+                                let next =
+                                    next_page_query(response.headers(), &request_url, "referrers")
+                                        .map_err(bad)?;
+                                if let Some(next) = &next
+                                    && !queries_seen.insert(next.clone())
+                                {
+                                    return Err(bad(format!(
+                                        "referrers Link names a page again ({next})"
+                                    )));
+                                }
+                                // The parsed descriptors take up to about twice the page's bytes.
+                                let (body, lease) = client
+                                    .body(response)
+                                    .read_to_end_within(
+                                        MAX_MANIFEST_BYTES,
+                                        BodyClass::List,
+                                        3,
+                                        std::mem::take(&mut held),
+                                    )
+                                    .await?;
+                                held = lease;
+                                pages.add_page(body)?;
+                                let Some(next) = next else { break };
+                                // A later page that is missing is a broken list, not a missing API.
+                                response = client
+                                    .send(Method::GET, name, &suffix, Some(&next), HeaderMap::new())
+                                    .await
+                                    .map_err(|failure| match failure.kind {
+                                        FailureKind::NotFound => bad(format!(
+                                            "referrers page {next:?} is missing: {}",
+                                            failure.detail
+                                        )),
+                                        _ => failure,
+                                    })?;
+                            }
+                            let (body, filtered) = pages.finish()?;
+                            Ok((
+                                ReferrersRecord {
+                                    key: ReferrersKey {
+                                        registry: registry.to_owned(),
+                                        repository: name.as_str().to_owned(),
+                                        subject: subject.to_string(),
+                                        artifact_type: filter,
+                                    },
+                                    body,
+                                    filtered,
+                                    fetched_at_unix_ms: unix_ms(SystemTime::now()),
+                                    upstream: client.name().to_owned(),
+                                },
+                                held,
+                            ))
                         }
-                        // The parsed descriptors take up to about twice the page's bytes.
-                        let (body, lease) = client
-                            .body(response)
-                            .read_to_end_within(
-                                MAX_MANIFEST_BYTES,
-                                BodyClass::List,
-                                3,
-                                std::mem::take(&mut held),
-                            )
-                            .await?;
-                        held = lease;
-                        pages.add_page(body)?;
-                        let Some(next) = next else { break };
-                        // A later page that is missing is a broken list, not a missing API.
-                        response = client
-                            .send(Method::GET, name, &suffix, Some(&next), HeaderMap::new())
-                            .await
-                            .map_err(|failure| match failure.kind {
-                                FailureKind::NotFound => bad(format!(
-                                    "referrers page {next:?} is missing: {}",
-                                    failure.detail
-                                )),
-                                _ => failure,
-                            })?;
-                    }
-                    let (body, filtered) = pages.finish()?;
-                    Ok((
-                        ReferrersRecord {
-                            key: ReferrersKey {
-                                registry: registry.to_owned(),
-                                repository: name.as_str().to_owned(),
-                                subject: subject.to_string(),
-                                artifact_type: filter,
-                            },
-                            body,
-                            filtered,
-                            fetched_at_unix_ms: unix_ms(SystemTime::now()),
-                            upstream: client.name().to_owned(),
-                        },
-                        held,
-                    ))
-                }
-            })
-            .await;
+                    })
+                    .await
+            }
+        };
+        if let Err(exhausted) = &fetched {
+            self.recent_list_failures
+                .insert(fetch_key, exhausted.clone());
+        }
         match fetched {
             Ok((record, held)) => {
                 let mut served = answer(&record, Source::Upstream(record.upstream.clone()));
