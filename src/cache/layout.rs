@@ -134,6 +134,31 @@ pub struct RecordFile {
 
 /// Every record file under `dir` (tag records, referrers lists); strays are skipped.
 pub fn record_files(dir: &Path) -> io::Result<Vec<RecordFile>> {
+    Ok(digest_named_files(dir, DigestAlgorithm::Sha256, ".json")?
+        .into_iter()
+        .map(|file| RecordFile {
+            digest: file.digest,
+            size: file.size,
+            modified: file.modified,
+        })
+        .collect())
+}
+
+/// A file under `<dir>/<2 hex>/` whose name is a digest's hex (plus a suffix).
+struct NamedFile {
+    digest: Digest,
+    path: PathBuf,
+    size: u64,
+    modified: std::time::SystemTime,
+}
+
+/// The one walk of a `<dir>/<2 hex>/<hex><suffix>` tree: files whose names are not such a
+/// digest (sidecars, strays) are skipped, and so are files removed while it runs.
+fn digest_named_files(
+    dir: &Path,
+    algorithm: DigestAlgorithm,
+    suffix: &str,
+) -> io::Result<Vec<NamedFile>> {
     let mut files = Vec::new();
     let Some(prefixes) = skip_vanished(std::fs::read_dir(dir))? else {
         return Ok(files);
@@ -147,16 +172,21 @@ pub fn record_files(dir: &Path) -> io::Result<Vec<RecordFile>> {
             let name = entry.file_name();
             let Some(digest) = name
                 .to_str()
-                .and_then(|n| n.strip_suffix(".json"))
-                .and_then(|hex| format!("sha256:{hex}").parse::<Digest>().ok())
+                .and_then(|n| n.strip_suffix(suffix))
+                .and_then(|hex| {
+                    format!("{}:{hex}", algorithm.as_str())
+                        .parse::<Digest>()
+                        .ok()
+                })
             else {
                 continue;
             };
             let Some(metadata) = skip_vanished(entry.metadata())? else {
                 continue;
             };
-            files.push(RecordFile {
+            files.push(NamedFile {
                 digest,
+                path: entry.path(),
                 size: metadata.len(),
                 modified: metadata.modified().unwrap_or(std::time::UNIX_EPOCH),
             });
@@ -181,36 +211,19 @@ pub fn content_files(root: &Path) -> io::Result<Vec<ContentFile>> {
     let mut files = Vec::new();
     for (kind, is_manifest) in [("blobs", false), ("manifests", true)] {
         for algorithm in [DigestAlgorithm::Sha256, DigestAlgorithm::Sha512] {
+            // `<hex>.type` and `<hex>.from` sidecars are not content.
             let dir = root.join(kind).join(algorithm.as_str());
-            let Some(prefixes) = skip_vanished(std::fs::read_dir(&dir))? else {
-                continue;
-            };
-            for prefix in prefixes {
-                let Some(entries) = skip_vanished(std::fs::read_dir(prefix?.path()))? else {
-                    continue;
-                };
-                for entry in entries {
-                    let entry = entry?;
-                    let name = entry.file_name();
-                    // `<hex>.type` files and strays are not content.
-                    let Some(digest) = name
-                        .to_str()
-                        .and_then(|n| format!("{}:{n}", algorithm.as_str()).parse::<Digest>().ok())
-                    else {
-                        continue;
-                    };
-                    let Some(metadata) = skip_vanished(entry.metadata())? else {
-                        continue;
-                    };
-                    files.push(ContentFile {
-                        digest,
-                        path: entry.path(),
-                        size: metadata.len(),
-                        modified: metadata.modified().unwrap_or(std::time::UNIX_EPOCH),
+            files.extend(
+                digest_named_files(&dir, algorithm, "")?
+                    .into_iter()
+                    .map(|file| ContentFile {
+                        digest: file.digest,
+                        path: file.path,
+                        size: file.size,
+                        modified: file.modified,
                         is_manifest,
-                    });
-                }
-            }
+                    }),
+            );
         }
     }
     Ok(files)
