@@ -9,11 +9,11 @@ pub use config_files::load_config;
 use crate::cache::Cache;
 use crate::config::Config;
 use crate::pull::{PullSettings, PullThrough};
+use crate::tasks::TaskSupervisor;
 use crate::upstream::Registries;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 /// Longest a stopping server waits for fills still running (they hold the cache).
@@ -39,47 +39,42 @@ pub enum StartError {
     #[error("cannot set up TLS: {0}")]
     Tls(String),
     #[error("cannot set up the shared store: {0}")]
-    SharedStore(String),
+    SharedStore(#[source] crate::shared::StoreError),
 }
 
 /// A running ferry. Dropping it does not stop the server; call `shutdown`.
 pub struct RunningServer {
     pub addr: SocketAddr,
     pub admin_addr: Option<SocketAddr>,
-    pub(crate) pull: Arc<PullThrough>,
-    stop: watch::Sender<bool>,
-    tasks: Vec<JoinHandle<()>>,
+    /// Every task of this server: its cancellation token is the one shutdown.
+    tasks: Arc<TaskSupervisor>,
+    listeners: Vec<JoinHandle<()>>,
 }
 
 impl RunningServer {
     /// Stops accepting, lets in-flight responses finish (up to the grace period), and waits.
     pub async fn shutdown(self) {
-        let _ = self.stop.send(true);
+        self.tasks.stop();
         self.wait().await;
     }
 
-    /// Waits until the server stops (after `shutdown` or the external shutdown signal),
-    /// including fills still running, so the cache directory is released on return.
+    /// Waits until the server stops (after `shutdown` or the external shutdown signal): the
+    /// listeners drain their connections, the loops end, and fills still running finish (up
+    /// to a limit), so the cache directory is released on return.
     pub async fn wait(self) {
-        for task in self.tasks {
-            if let Err(error) = task.await
+        for listener in self.listeners {
+            if let Err(error) = listener.await
                 && error.is_panic()
             {
                 let message = crate::tasks::panic_message(&error.into_panic());
                 tracing::error!(panic = %message, "a listener task panicked");
             }
         }
-        if !self.pull.tasks.wait_idle(FILL_DRAIN_LIMIT).await {
+        if !self.tasks.wait_idle(FILL_DRAIN_LIMIT).await {
             tracing::warn!(
-                running = self.pull.tasks.running(),
+                running = self.tasks.running(),
                 "background tasks still running after {FILL_DRAIN_LIMIT:?}; stopping anyway"
             );
-        }
-        // Connection tasks that answered their last byte may still hold the pull flow for a
-        // moment; the cache directory's lock goes with the last of them.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-        while Arc::strong_count(&self.pull) > 1 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 }
@@ -149,14 +144,22 @@ pub async fn start_with_shutdown(
             .as_ref()
             .is_some_and(|auth| !auth.registry_rules().is_empty()),
     };
+    let tasks = Arc::new(TaskSupervisor::default());
     let shared = match &config.shared_store {
         Some(store) => Some(Arc::new(
-            crate::shared::SharedStore::new(store.clone()).map_err(StartError::SharedStore)?,
+            crate::shared::SharedStore::new(store.clone())
+                .map_err(StartError::SharedStore)?
+                .supervised_by(tasks.clone()),
         )),
         None => None,
     };
     let pull = Arc::new(PullThrough::new(
-        cache, registries, settings, metrics, shared,
+        cache,
+        registries,
+        settings,
+        metrics,
+        shared,
+        tasks.clone(),
     ));
     let (listener, addr) = bind(config.listen, Listener::Registry).await?;
     let admin = match config.admin_listen {
@@ -164,18 +167,14 @@ pub async fn start_with_shutdown(
         None => None,
     };
 
-    let (stop, stopped) = watch::channel(false);
-    let stop_on_signal = stop.clone();
-    tokio::spawn(async move {
+    let stop_on_signal = tasks.clone();
+    tasks.spawn_until_stopped("external shutdown signal", async move {
         external_shutdown.await;
-        let _ = stop_on_signal.send(true);
+        stop_on_signal.stop();
     });
-    let until_stopped = |mut stopped: watch::Receiver<bool>| async move {
-        let _ = stopped.wait_for(|s| *s).await;
-    };
 
     let client_limits = fit_to_open_file_limit(config.client_limits);
-    let mut tasks = Vec::new();
+    let mut listeners = Vec::new();
     let registry_pull = pull.clone();
     let client_auth = config.client_auth.clone();
     let registry_handler = move |request| {
@@ -190,15 +189,13 @@ pub async fn start_with_shutdown(
         )),
     };
     match &tls {
-        Some(tls) => {
-            tokio::spawn(reload_tls(tls.clone(), until_stopped(stopped.clone())));
-        }
+        Some(tls) => tasks.spawn_until_stopped("TLS reload", reload_tls(tls.clone())),
         // SIGHUP must never kill ferry (`systemctl reload`): without TLS there is nothing to reload.
         None => {
             if let Ok(mut hangups) =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
             {
-                tokio::spawn(async move {
+                tasks.spawn_until_stopped("SIGHUP without TLS", async move {
                     while hangups.recv().await.is_some() {
                         tracing::info!("SIGHUP: nothing to reload (no TLS configured)");
                     }
@@ -206,11 +203,11 @@ pub async fn start_with_shutdown(
             }
         }
     }
-    tasks.push(tokio::spawn(crate::server::serve(
+    listeners.push(tokio::spawn(crate::server::serve(
         listener,
         registry_handler,
         tls,
-        until_stopped(stopped.clone()),
+        tasks.clone(),
         config.shutdown_grace,
         client_limits,
     )));
@@ -226,22 +223,18 @@ pub async fn start_with_shutdown(
             let admin_access = admin_access.clone();
             async move { crate::admin::handle(pull, admin_access, request).await }
         };
-        tasks.push(tokio::spawn(crate::server::serve(
+        listeners.push(tokio::spawn(crate::server::serve(
             admin_listener,
             admin_handler,
             None,
-            until_stopped(stopped.clone()),
+            tasks.clone(),
             Duration::from_secs(1),
             client_limits,
         )));
     }
-    tokio::spawn(maintain_cache(pull.clone(), until_stopped(stopped.clone())));
+    tasks.spawn_until_stopped("cache maintenance", maintain_cache(pull.clone()));
     if let Some(interval) = config.health_probe_interval.filter(|_| !config.offline) {
-        tokio::spawn(probe_upstreams(
-            pull.clone(),
-            interval,
-            until_stopped(stopped.clone()),
-        ));
+        tasks.spawn_until_stopped("upstream probes", probe_upstreams(pull.clone(), interval));
     }
     tracing::info!(
         %addr,
@@ -254,9 +247,8 @@ pub async fn start_with_shutdown(
     Ok(RunningServer {
         addr,
         admin_addr,
-        pull,
-        stop,
         tasks,
+        listeners,
     })
 }
 
@@ -264,11 +256,7 @@ pub async fn start_with_shutdown(
 const TLS_RELOAD_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Reloads the TLS certificate when its files change, or on SIGHUP.
-async fn reload_tls(
-    tls: Arc<crate::server::tls::ReloadingTls>,
-    stopped: impl std::future::Future<Output = ()>,
-) {
-    tokio::pin!(stopped);
+async fn reload_tls(tls: Arc<crate::server::tls::ReloadingTls>) {
     let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     loop {
         let hangup = async {
@@ -280,7 +268,6 @@ async fn reload_tls(
             }
         };
         tokio::select! {
-            () = &mut stopped => return,
             () = hangup => {
                 tracing::info!("SIGHUP: reloading the TLS certificate");
                 tls.reload();
@@ -322,8 +309,7 @@ fn note_proxy_environment(config: &Config) {
 
 /// Indexes what is already on disk (in the background: requests are served meanwhile),
 /// then keeps pins current and the size bound enforced.
-async fn maintain_cache(pull: Arc<PullThrough>, stopped: impl std::future::Future<Output = ()>) {
-    tokio::pin!(stopped);
+async fn maintain_cache(pull: Arc<PullThrough>) {
     let started = std::time::Instant::now();
     let scan_pull = pull.clone();
     match tokio::task::spawn_blocking(move || scan_pull.cache.scan_blobs()).await {
@@ -351,28 +337,17 @@ async fn maintain_cache(pull: Arc<PullThrough>, stopped: impl std::future::Futur
             }
         }
         pull.cache.index.enforce();
-        tokio::select! {
-            () = &mut stopped => return,
-            () = tokio::time::sleep(CACHE_MAINTENANCE_INTERVAL) => {}
-        }
+        tokio::time::sleep(CACHE_MAINTENANCE_INTERVAL).await;
     }
 }
 
 /// The optional background health probe: `GET /v2/` on every upstream each interval,
 /// feeding the same circuit breakers as real requests.
-async fn probe_upstreams(
-    pull: Arc<PullThrough>,
-    interval: Duration,
-    stopped: impl std::future::Future<Output = ()>,
-) {
-    tokio::pin!(stopped);
+async fn probe_upstreams(pull: Arc<PullThrough>, interval: Duration) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tokio::select! {
-            () = &mut stopped => return,
-            _ = ticker.tick() => {}
-        }
+        ticker.tick().await;
         for (_, upstreams) in pull.registries.all() {
             for client in upstreams.clients() {
                 if client.health().is_drained() {

@@ -16,7 +16,7 @@ pub mod tags;
 pub mod writer;
 
 pub use failure::CacheFailure;
-pub use fill::{BlobFill, FillFailure, FillHandle, FillPhase, FillProgress};
+pub use fill::{BlobFill, FillFailure, FillHandle, FillOrigin, FillPhase, FillProgress};
 pub use index::{LruIndex, Reservation, Usage};
 pub use inflight::{Inflight, JoinOutcome};
 pub use layout::Layout;

@@ -212,7 +212,7 @@ fn store_command(command: CacheCommand, url: &str, json: bool) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result: Result<ExitCode, String> = runtime.block_on(async {
+    let result: anyhow::Result<ExitCode> = runtime.block_on(async {
         match command {
             CacheCommand::Du => {
                 let usage = store.usage().await?;
@@ -276,13 +276,15 @@ fn store_command(command: CacheCommand, url: &str, json: bool) -> ExitCode {
                     ExitCode::FAILURE
                 })
             }
-            _ => Err("only ls, du and verify work on a shared store".to_owned()),
+            _ => Err(anyhow::anyhow!(
+                "only ls, du and verify work on a shared store"
+            )),
         }
     });
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("ferry cache: {e}");
+            eprintln!("ferry cache: {e:#}");
             ExitCode::FAILURE
         }
     }

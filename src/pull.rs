@@ -31,6 +31,17 @@ pub enum Source {
     /// The cache, after every upstream failed to revalidate (stale-if-error).
     StaleCache,
     Upstream(String),
+    /// The fleet's shared store (a second cache tier), not a registry.
+    SharedStore,
+}
+
+impl From<crate::cache::FillOrigin> for Source {
+    fn from(origin: crate::cache::FillOrigin) -> Self {
+        match origin {
+            crate::cache::FillOrigin::Upstream(name) => Source::Upstream(name),
+            crate::cache::FillOrigin::SharedStore => Source::SharedStore,
+        }
+    }
 }
 
 impl std::fmt::Display for Source {
@@ -39,6 +50,7 @@ impl std::fmt::Display for Source {
             Source::Cache => f.write_str("cache"),
             Source::StaleCache => f.write_str("cache(stale)"),
             Source::Upstream(name) => write!(f, "upstream:{name}"),
+            Source::SharedStore => f.write_str("shared-store"),
         }
     }
 }
@@ -110,11 +122,8 @@ impl PullThrough {
         settings: PullSettings,
         metrics: std::sync::Arc<crate::metrics::Metrics>,
         shared: Option<Arc<crate::shared::SharedStore>>,
+        tasks: Arc<crate::tasks::TaskSupervisor>,
     ) -> Self {
-        let tasks = shared
-            .as_ref()
-            .map(|store| store.tasks.clone())
-            .unwrap_or_default();
         PullThrough {
             cache,
             registries,

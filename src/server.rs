@@ -5,6 +5,7 @@
 pub mod client_auth;
 pub mod handler;
 pub mod limits;
+pub mod range;
 pub mod response;
 pub mod route;
 pub mod tls;
@@ -107,13 +108,14 @@ async fn run_connection(
 /// Longest a client may take to complete the TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Serves `handler` on `listener` until `shutdown` resolves, then waits up to `grace` for
-/// open connections to finish their responses.
+/// Serves `handler` on `listener` until `tasks` is stopped, then waits up to `grace` for
+/// open connections to finish their responses and closes the rest. Each connection runs as
+/// one of `tasks`, so shutdown waits for it.
 pub async fn serve<H, Fut>(
     listener: TcpListener,
     handler: H,
     tls: Option<std::sync::Arc<tls::ReloadingTls>>,
-    shutdown: impl Future<Output = ()>,
+    tasks: Arc<crate::tasks::TaskSupervisor>,
     grace: Duration,
     limits: ClientLimits,
 ) where
@@ -130,7 +132,8 @@ pub async fn serve<H, Fut>(
     builder.http2().timer(TokioTimer::new());
     let counter = ConnectionCounter::new(limits);
     let graceful = GracefulShutdown::new();
-    tokio::pin!(shutdown);
+    // Cancelled when the grace period is over: connections still open are closed then.
+    let closing = tokio_util::sync::CancellationToken::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -177,8 +180,12 @@ pub async fn serve<H, Fut>(
                     None => {
                         let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
                         let connection = graceful.watch(connection);
-                        tokio::spawn(async move {
-                            run_connection(connection, first_request, limits.header_timeout, peer, activity).await;
+                        let closing = closing.clone();
+                        tasks.spawn("client connection", async move {
+                            tokio::select! {
+                                () = run_connection(connection, first_request, limits.header_timeout, peer, activity) => {}
+                                () = closing.cancelled() => {}
+                            }
                             drop(permit);
                         });
                     }
@@ -186,7 +193,8 @@ pub async fn serve<H, Fut>(
                         let acceptor = tls.acceptor();
                         let builder = builder.clone();
                         let watcher = graceful.watcher();
-                        tokio::spawn(async move {
+                        let closing = closing.clone();
+                        tasks.spawn("client connection", async move {
                             // A connection shed during its handshake closes at once.
                             let handshake = tokio::select! {
                                 handshake = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)) => handshake,
@@ -204,13 +212,16 @@ pub async fn serve<H, Fut>(
                                 }
                             };
                             let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
-                            run_connection(watcher.watch(connection), first_request, limits.header_timeout, peer, activity).await;
+                            tokio::select! {
+                                () = run_connection(watcher.watch(connection), first_request, limits.header_timeout, peer, activity) => {}
+                                () = closing.cancelled() => {}
+                            }
                             drop(permit);
                         });
                     }
                 }
             }
-            () = &mut shutdown => break,
+            () = tasks.stopped() => break,
         }
     }
     drop(listener);
@@ -219,5 +230,6 @@ pub async fn serve<H, Fut>(
         .is_err()
     {
         tracing::warn!(?grace, "grace period over; closing connections still open");
+        closing.cancel();
     }
 }

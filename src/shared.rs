@@ -6,19 +6,21 @@
 pub mod inventory;
 
 use crate::oci::Digest;
+use crate::upstream::breaker::{Admission, Breaker, BreakerConfig, BreakerState, Transition};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
 use object_store::path::Path as ObjectPath;
 use object_store::{Attribute, Attributes, ObjectStore, ObjectStoreExt, PutOptions, PutPayload};
 use std::sync::Arc;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Consecutive failures that open the store's breaker, and how long it stays open.
 const BREAKER_THRESHOLD: u32 = 3;
 const BREAKER_COOLDOWN: Duration = Duration::from_secs(15);
+/// Longest cooldown after failed probes (the cooldown doubles on each, as an upstream's).
+const BREAKER_MAX_COOLDOWN: Duration = Duration::from_secs(60);
 
 /// Uploads running at once, and waiting at most; beyond that new uploads are dropped (logged
 /// and counted): the next replica to fetch the blob uploads it again.
@@ -71,7 +73,7 @@ impl std::fmt::Debug for SharedStoreConfig {
 impl SharedStoreConfig {
     /// The store at `url` (`s3://BUCKET/PREFIX`) with endpoint, region and keys from the
     /// standard `AWS_*` variables.
-    pub fn from_env(url: &str, request_timeout: Duration) -> Result<SharedStoreConfig, String> {
+    pub fn from_env(url: &str, request_timeout: Duration) -> Result<SharedStoreConfig, StoreError> {
         let (bucket, prefix) = SharedStoreConfig::parse_url(url)?;
         let env = |names: &[&str]| {
             names
@@ -93,19 +95,67 @@ impl SharedStoreConfig {
     }
 
     /// Parses `s3://BUCKET[/PREFIX]`.
-    pub fn parse_url(url: &str) -> Result<(String, String), String> {
+    pub fn parse_url(url: &str) -> Result<(String, String), StoreError> {
+        let bad = |reason: String| StoreError::BadUrl {
+            url: url.to_owned(),
+            reason,
+        };
         let rest = url
             .strip_prefix("s3://")
-            .ok_or_else(|| "expected s3://BUCKET/PREFIX".to_owned())?;
+            .ok_or_else(|| bad("expected s3://BUCKET/PREFIX".to_owned()))?;
         let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
         if bucket.is_empty()
             || !bucket
                 .chars()
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '.'))
         {
-            return Err(format!("{bucket:?} is not an S3 bucket name"));
+            return Err(bad(format!("{bucket:?} is not an S3 bucket name")));
         }
         Ok((bucket.to_owned(), prefix.trim_matches('/').to_owned()))
+    }
+}
+
+/// How an operation on the shared store failed, with the error underneath as its source
+/// (and in the message, as pingora's errors do, so a log line alone tells the whole story).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// The store's URL is not `s3://BUCKET[/PREFIX]`: the operator's configuration.
+    #[error("{reason}")]
+    BadUrl { url: String, reason: String },
+    /// The store (or the object_store client in front of it) failed.
+    #[error("the shared store failed {operation}: {cause}")]
+    Store {
+        operation: String,
+        #[source]
+        cause: Arc<object_store::Error>,
+    },
+    /// A local file to upload could not be read.
+    #[error("reading {} for an upload: {cause}", .path.display())]
+    LocalFile {
+        path: std::path::PathBuf,
+        #[source]
+        cause: Arc<std::io::Error>,
+    },
+    /// A body from the store went quiet.
+    #[error("no data from the store for {0:?}")]
+    Idle(Duration),
+    /// A body from the store ended before its announced length.
+    #[error("the body ended at {received} of {size} bytes")]
+    Truncated { received: u64, size: u64 },
+    /// Not attempted: the store's breaker is open.
+    #[error("skipped: the store's breaker is open")]
+    BreakerOpen,
+    /// The task reading a local file for an upload failed.
+    #[error("an upload's read task failed: {0}")]
+    Task(#[source] Arc<tokio::task::JoinError>),
+}
+
+impl StoreError {
+    fn store(operation: impl Into<String>, cause: object_store::Error) -> Self {
+        StoreError::Store {
+            operation: operation.into(),
+            cause: Arc::new(cause),
+        }
     }
 }
 
@@ -120,13 +170,7 @@ pub enum StoreRead<T> {
 /// A blob body from the store.
 pub struct StoreBody {
     pub(crate) size: u64,
-    pub(crate) chunks: BoxStream<'static, Result<Bytes, String>>,
-}
-
-#[derive(Default)]
-struct Breaker {
-    consecutive_failures: u32,
-    open_until: Option<Instant>,
+    pub(crate) chunks: BoxStream<'static, Result<Bytes, StoreError>>,
 }
 
 /// Counters for `/admin/upstreams` and `/metrics`.
@@ -147,7 +191,9 @@ pub struct SharedStore {
     config: SharedStoreConfig,
     pub(crate) store: Arc<dyn ObjectStore>,
     signer: Option<Arc<object_store::aws::AmazonS3>>,
-    breaker: Mutex<Breaker>,
+    /// The same breaker as an upstream's: a failing store is skipped for a cooldown, then
+    /// one request probes it.
+    breaker: Breaker,
     upload_slots: Arc<tokio::sync::Semaphore>,
     queued: AtomicU64,
     /// Tag records uploaded lately (key -> digest): a confirmation of an unchanged tag is
@@ -159,7 +205,7 @@ pub struct SharedStore {
 }
 
 impl SharedStore {
-    pub fn new(config: SharedStoreConfig) -> Result<SharedStore, String> {
+    pub fn new(config: SharedStoreConfig) -> Result<SharedStore, StoreError> {
         let mut builder = object_store::aws::AmazonS3Builder::new()
             .with_bucket_name(&config.bucket)
             .with_region(config.region.clone().unwrap_or_else(|| "us-east-1".into()))
@@ -188,13 +234,19 @@ impl SharedStore {
         let s3 = Arc::new(
             builder
                 .build()
-                .map_err(|e| format!("shared store {}: {e}", config.url))?,
+                .map_err(|e| StoreError::store(format!("to set up {}", config.url), e))?,
         );
+        let probe_timeout = config.request_timeout.max(BREAKER_COOLDOWN);
         Ok(SharedStore {
             signer: Some(s3.clone()),
             store: s3,
             config,
-            breaker: Mutex::new(Breaker::default()),
+            breaker: Breaker::new(BreakerConfig {
+                threshold: BREAKER_THRESHOLD,
+                cooldown: BREAKER_COOLDOWN,
+                max_cooldown: BREAKER_MAX_COOLDOWN,
+                probe_timeout,
+            }),
             upload_slots: Arc::new(tokio::sync::Semaphore::new(UPLOADS_AT_ONCE)),
             queued: AtomicU64::new(0),
             recent_tag_uploads: moka::sync::Cache::builder()
@@ -204,6 +256,13 @@ impl SharedStore {
             counters: StoreCounters::default(),
             tasks: Arc::default(),
         })
+    }
+
+    /// The same store, its uploads and clean-ups run as tasks of `tasks` (the server's, so
+    /// shutdown waits for them).
+    pub fn supervised_by(mut self, tasks: Arc<crate::tasks::TaskSupervisor>) -> Self {
+        self.tasks = tasks;
+        self
     }
 
     pub fn url(&self) -> &str {
@@ -286,42 +345,35 @@ impl SharedStore {
         self.path(&format!("tags/{registry}/{repository}/_tag/{tag}.json"))
     }
 
-    fn lock_breaker(&self) -> std::sync::MutexGuard<'_, Breaker> {
-        // Two plain counters; a panic elsewhere cannot leave them inconsistent.
-        self.breaker.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// Whether requests may use the store now (its breaker is closed, or its cooldown is
     /// over and this request is the probe).
     fn admit(&self) -> bool {
-        let mut breaker = self.lock_breaker();
-        match breaker.open_until {
-            Some(until) if Instant::now() < until => false,
-            Some(_) => {
-                // Half-open: let this one through; a failure reopens at once.
-                breaker.open_until = None;
-                breaker.consecutive_failures = BREAKER_THRESHOLD.saturating_sub(1);
-                true
-            }
-            None => true,
-        }
+        let (admission, transition) = self.breaker.admit();
+        self.log_transition(transition);
+        admission != Admission::Rejected
     }
 
     fn record_success(&self) {
-        let mut breaker = self.lock_breaker();
-        breaker.consecutive_failures = 0;
-        breaker.open_until = None;
+        let transition = self.breaker.record_success();
+        self.log_transition(transition);
     }
 
     fn record_failure(&self, what: &str, error: &dyn std::fmt::Display) {
         self.counters.errors.fetch_add(1, Ordering::Relaxed);
-        let mut breaker = self.lock_breaker();
-        breaker.consecutive_failures += 1;
-        if breaker.consecutive_failures >= BREAKER_THRESHOLD && breaker.open_until.is_none() {
-            breaker.open_until = Some(Instant::now() + BREAKER_COOLDOWN);
-            tracing::warn!(store = %self.config.url, error = %error, cooldown = ?BREAKER_COOLDOWN, "shared store failing: skipped until the cooldown ends");
-        } else {
-            tracing::warn!(store = %self.config.url, %what, error = %error, "shared store request failed; carrying on without it");
+        match self.breaker.record_failure(1) {
+            Some(transition) if transition.to == BreakerState::Open => {
+                let cooldown = self.breaker.snapshot().retry_in;
+                tracing::warn!(store = %self.config.url, %what, error = %error, ?cooldown, "shared store failing: skipped until the cooldown ends");
+            }
+            _ => {
+                tracing::warn!(store = %self.config.url, %what, error = %error, "shared store request failed; carrying on without it");
+            }
+        }
+    }
+
+    fn log_transition(&self, transition: Option<Transition>) {
+        if let Some(Transition { from, to }) = transition {
+            tracing::info!(store = %self.config.url, from = from.as_str(), to = to.as_str(), "shared store breaker");
         }
     }
 
@@ -344,11 +396,10 @@ impl SharedStore {
 
     /// The breaker's state for `/admin/upstreams`.
     pub fn status(&self) -> serde_json::Value {
-        let breaker = self.lock_breaker();
-        let state = match breaker.open_until {
-            Some(until) if Instant::now() < until => "open",
-            _ if breaker.consecutive_failures > 0 => "failing",
-            _ => "closed",
+        let breaker = self.breaker.snapshot();
+        let state = match breaker.state {
+            BreakerState::Closed if breaker.consecutive_failures > 0 => "failing",
+            state => state.as_str(),
         };
         let c = &self.counters;
         let load = |n: &AtomicU64| n.load(Ordering::Relaxed);
@@ -400,10 +451,7 @@ impl SharedStore {
             );
         }
         catch_up(&metrics.store_corrupt_objects, load(&c.corrupt_objects));
-        let open = self
-            .lock_breaker()
-            .open_until
-            .is_some_and(|until| Instant::now() < until);
+        let open = self.breaker.snapshot().state == BreakerState::Open;
         metrics.store_breaker_open.set(i64::from(open));
     }
 
@@ -424,7 +472,7 @@ impl SharedStore {
                 let size = result.meta.size;
                 let chunks = result
                     .into_stream()
-                    .map(|chunk| chunk.map_err(|e| e.to_string()))
+                    .map(|chunk| chunk.map_err(|e| StoreError::store("reading a blob body", e)))
                     .boxed();
                 let chunks = with_idle_timeout(chunks, self.config.answer_timeout);
                 StoreRead::Found(StoreBody { size, chunks })
@@ -449,7 +497,7 @@ impl SharedStore {
     }
 
     /// Notes that `chunks` of a blob stopped mid-way (the store went away).
-    pub fn note_read_failure(&self, error: &str) {
+    pub fn note_read_failure(&self, error: &StoreError) {
         self.record_failure("reading a blob body", &error);
     }
 
@@ -642,7 +690,7 @@ impl SharedStore {
                 )
                 .await
                 .map(|_| len)
-                .map_err(|e| e.to_string())
+                .map_err(|e| StoreError::store("uploading", e))
         });
     }
 
@@ -663,21 +711,23 @@ impl SharedStore {
         &self,
         path: &ObjectPath,
         file: std::path::PathBuf,
-    ) -> Result<u64, String> {
+    ) -> Result<u64, StoreError> {
         use std::os::unix::fs::FileExt;
-        let file = Arc::new(
-            std::fs::File::open(&file).map_err(|e| format!("opening {}: {e}", file.display()))?,
-        );
+        let opened = std::fs::File::open(&file).map_err(|e| StoreError::LocalFile {
+            path: file.clone(),
+            cause: Arc::new(e),
+        })?;
+        let opened = Arc::new(opened);
         let upload = self
             .store
             .put_multipart(path)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| StoreError::store("starting an upload", e))?;
         let mut writer =
             object_store::WriteMultipart::new_with_chunk_size(upload, UPLOAD_PART_BYTES);
         let mut offset = 0u64;
         loop {
-            let read_from = file.clone();
+            let read_from = opened.clone();
             let chunk = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
                 let mut buffer = vec![0u8; UPLOAD_PART_BYTES];
                 let mut filled = 0;
@@ -692,8 +742,11 @@ impl SharedStore {
                 Ok(buffer)
             })
             .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string());
+            .map_err(|e| StoreError::Task(Arc::new(e)))?
+            .map_err(|e| StoreError::LocalFile {
+                path: file.clone(),
+                cause: Arc::new(e),
+            });
             let chunk = match chunk {
                 Ok(chunk) => chunk,
                 Err(e) => {
@@ -706,11 +759,14 @@ impl SharedStore {
             }
             offset += chunk.len() as u64;
             if let Err(e) = writer.wait_for_capacity(UPLOAD_PARTS_IN_FLIGHT).await {
-                return Err(e.to_string());
+                return Err(StoreError::store("uploading a part", e));
             }
             writer.put(Bytes::from(chunk));
         }
-        writer.finish().await.map_err(|e| e.to_string())?;
+        writer
+            .finish()
+            .await
+            .map_err(|e| StoreError::store("finishing an upload", e))?;
         Ok(offset)
     }
 
@@ -719,7 +775,7 @@ impl SharedStore {
     fn run_upload(
         self: &Arc<Self>,
         path: ObjectPath,
-        upload: impl std::future::Future<Output = Result<u64, String>> + Send + 'static,
+        upload: impl std::future::Future<Output = Result<u64, StoreError>> + Send + 'static,
     ) {
         if self.queued.fetch_add(1, Ordering::AcqRel) >= UPLOADS_QUEUED as u64 {
             self.queued.fetch_sub(1, Ordering::AcqRel);
@@ -735,7 +791,7 @@ impl SharedStore {
             let result = if store.admit() {
                 upload.await
             } else {
-                Err("skipped: the store's breaker is open".to_owned())
+                Err(StoreError::BreakerOpen)
             };
             drop(permit);
             store.queued.fetch_sub(1, Ordering::AcqRel);
@@ -767,15 +823,15 @@ impl SharedStore {
 /// `chunks`, ending with an error when the store sends nothing for `idle` (a stalled body is
 /// a failed read: the upstreams continue from the bytes already received).
 fn with_idle_timeout(
-    chunks: BoxStream<'static, Result<Bytes, String>>,
+    chunks: BoxStream<'static, Result<Bytes, StoreError>>,
     idle: Duration,
-) -> BoxStream<'static, Result<Bytes, String>> {
+) -> BoxStream<'static, Result<Bytes, StoreError>> {
     futures_util::stream::unfold(Some(chunks), move |state| async move {
         let mut chunks = state?;
         match tokio::time::timeout(idle, chunks.next()).await {
             Ok(Some(chunk)) => Some((chunk, Some(chunks))),
             Ok(None) => None,
-            Err(_) => Some((Err(format!("no data from the store for {idle:?}")), None)),
+            Err(_) => Some((Err(StoreError::Idle(idle)), None)),
         }
     })
     .boxed()

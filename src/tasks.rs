@@ -1,31 +1,22 @@
-//! Background work ferry spawns beside requests (fills, shared-store uploads): each task is
-//! tracked while it runs, a panic is logged and counted instead of vanishing with its
-//! `JoinHandle`, and shutdown waits for exactly the tasks still running.
+//! ferry's one shutdown: a cancellation token every loop and listener watches, and one tracker
+//! of every task spawned beside requests (fills, uploads, connections, maintenance, probes,
+//! TLS reloads). A panic is logged and counted instead of vanishing with its `JoinHandle`;
+//! shutdown cancels the token and waits for exactly the tasks still running.
 
 use futures_util::FutureExt as _;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 #[derive(Debug, Default)]
 pub struct TaskSupervisor {
-    running: AtomicUsize,
+    tracker: TaskTracker,
+    stop: CancellationToken,
     panics: AtomicU64,
-    finished: Notify,
-}
-
-/// Counts a task as running until dropped (also when the task is cancelled).
-struct Running(Arc<TaskSupervisor>);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if self.0.running.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.finished.notify_waiters();
-        }
-    }
 }
 
 impl TaskSupervisor {
@@ -34,21 +25,49 @@ impl TaskSupervisor {
     where
         F: Future<Output = ()> + Send + 'static,
     {
-        self.running.fetch_add(1, Ordering::AcqRel);
-        let running = Running(self.clone());
-        tokio::spawn(async move {
+        let supervisor = self.clone();
+        self.tracker.spawn(async move {
             let outcome = AssertUnwindSafe(task).catch_unwind().await;
             if let Err(payload) = outcome {
-                running.0.panics.fetch_add(1, Ordering::Relaxed);
+                supervisor.panics.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(task = what, panic = %panic_message(&payload), "background task panicked");
             }
-            drop(running);
         });
+    }
+
+    /// Runs a loop that has no end of its own (maintenance, probes, reloads), tracked, until
+    /// shutdown: it is dropped at its next await once [`TaskSupervisor::stop`] is called.
+    pub fn spawn_until_stopped<F>(self: &Arc<Self>, what: &'static str, task: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let stop = self.stop.clone();
+        self.spawn(what, async move {
+            tokio::select! {
+                () = task => {}
+                () = stop.cancelled() => {}
+            }
+        });
+    }
+
+    /// Starts the shutdown: every listener stops accepting and every loop ends.
+    pub fn stop(&self) {
+        self.stop.cancel();
+    }
+
+    /// Resolves once shutdown has started.
+    pub async fn stopped(&self) {
+        self.stop.cancelled().await;
+    }
+
+    /// A token cancelled when shutdown starts, for work that outlives a borrow of `self`.
+    pub fn stop_token(&self) -> CancellationToken {
+        self.stop.clone()
     }
 
     /// Tasks running now.
     pub fn running(&self) -> usize {
-        self.running.load(Ordering::Acquire)
+        self.tracker.len()
     }
 
     /// Tasks that panicked since start.
@@ -57,17 +76,14 @@ impl TaskSupervisor {
     }
 
     /// Waits until no task runs, for at most `limit`; false if some were still running.
+    /// New tasks may still be spawned afterwards (a fill's upload after its commit).
     pub async fn wait_idle(&self, limit: Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + limit;
-        loop {
-            let finished = self.finished.notified();
-            if self.running() == 0 {
-                return true;
-            }
-            if tokio::time::timeout_at(deadline, finished).await.is_err() {
-                return self.running() == 0;
-            }
-        }
+        self.tracker.close();
+        let idle = tokio::time::timeout(limit, self.tracker.wait())
+            .await
+            .is_ok();
+        self.tracker.reopen();
+        idle
     }
 }
 
@@ -83,6 +99,25 @@ pub fn panic_message(payload: &Box<dyn std::any::Any + Send>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn stop_ends_every_loop_and_idle_means_none_left() {
+        let tasks = Arc::new(TaskSupervisor::default());
+        for _ in 0..3 {
+            tasks.spawn_until_stopped("endless", std::future::pending());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(tasks.running(), 3);
+        assert!(!tasks.wait_idle(Duration::from_millis(50)).await);
+        tasks.stop();
+        assert!(tasks.wait_idle(Duration::from_secs(5)).await);
+        assert_eq!(tasks.running(), 0);
+        tasks.spawn("after a wait", async {});
+        assert!(
+            tasks.wait_idle(Duration::from_secs(5)).await,
+            "still usable"
+        );
+    }
 
     #[tokio::test]
     async fn panics_are_counted_and_shutdown_waits_for_running_tasks() {

@@ -5,6 +5,7 @@
 
 use ferry::oci::{Digest, RepositoryName};
 use ferry::pull::RangeSpec;
+use ferry::server::range::parse_range;
 use ferry::server::route::{self, Route};
 use ferry::upstream::auth::{Challenge, parse_token_response};
 use ferry::upstream::client::ContentRange;
@@ -106,7 +107,7 @@ proptest! {
 
     #[test]
     fn ranges_never_panic_and_resolve_inside_the_blob(header in hostile_text(), size in 0u64..u64::MAX) {
-        if let Some(spec) = RangeSpec::parse(&header)
+        if let Some(spec) = parse_range(&header)
             && let Some((first, last)) = spec.resolve(size)
         {
             prop_assert!(first <= last && last < size);
@@ -116,7 +117,7 @@ proptest! {
     #[test]
     fn generated_ranges_parse_as_written(start in 0u64..1 << 40, len in 0u64..1 << 40, size in 1u64..1 << 41) {
         let end = start + len;
-        let spec = RangeSpec::parse(&format!("bytes={start}-{end}")).unwrap();
+        let spec = parse_range(&format!("bytes={start}-{end}")).unwrap();
         prop_assert_eq!(spec, RangeSpec::From { start, end: Some(end) });
         match spec.resolve(size) {
             Some((first, last)) => {
@@ -125,7 +126,7 @@ proptest! {
             }
             None => prop_assert!(start >= size),
         }
-        let backwards = RangeSpec::parse(&format!("bytes={end}-{start}"));
+        let backwards = parse_range(&format!("bytes={end}-{start}"));
         prop_assert!(backwards.is_none() || len == 0);
     }
 
@@ -178,9 +179,9 @@ proptest! {
             }
         }
         let json = serde_json::json!({"token": token, "expires_in": expires}).to_string();
-        prop_assert_eq!(parse_token_response(json.as_bytes()), Ok((token.clone(), expires)));
+        prop_assert_eq!(parse_token_response(json.as_bytes()).ok(), Some((token.clone(), expires)));
         let oauth = serde_json::json!({"access_token": token}).to_string();
-        prop_assert_eq!(parse_token_response(oauth.as_bytes()), Ok((token, None)));
+        prop_assert_eq!(parse_token_response(oauth.as_bytes()).ok(), Some((token, None)));
         let bad = serde_json::json!({"token": "a\nb"}).to_string();
         prop_assert!(parse_token_response(bad.as_bytes()).is_err());
     }

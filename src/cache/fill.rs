@@ -50,19 +50,35 @@ pub const HOLD_UNTIL_VERIFIED_BYTES: u64 = 1024 * 1024;
 
 const WORKERS_STOPPED: &str = "the cache's fill workers stopped";
 
+/// Where a fill's bytes come from: an upstream (by name) or the fleet's shared store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FillOrigin {
+    Upstream(String),
+    SharedStore,
+}
+
+impl std::fmt::Display for FillOrigin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FillOrigin::Upstream(name) => f.write_str(name),
+            FillOrigin::SharedStore => f.write_str("shared-store"),
+        }
+    }
+}
+
 /// Where a fill stands.
 #[derive(Debug, Clone)]
 pub enum FillPhase {
     /// Looking for an upstream that answers.
     Connecting,
-    /// Bytes are flowing from `upstream`; `total` is the announced length if any.
+    /// Bytes are flowing from `origin`; `total` is the announced length if any.
     Streaming {
         total: Option<u64>,
-        upstream: String,
+        origin: FillOrigin,
     },
     /// Every byte is in, matches the digest and is committed under its final name; readers
     /// may have the last byte. (`Complete` follows once the fill is forgotten.)
-    Verified { upstream: String },
+    Verified { origin: FillOrigin },
     /// Verified and committed under its final name.
     Complete,
     /// Failed; readers stop. Before `Streaming` this is an ordinary error response,
@@ -365,7 +381,11 @@ impl BlobFill {
     /// (it passes through uncached, evicting nothing), claims disk for the start of it (so
     /// a full disk shows before any reader gets a byte), and tells readers where the bytes
     /// come from. Space against the cache size is held as bytes arrive (`push`).
-    pub async fn begin(&mut self, total: Option<u64>, upstream: &str) -> Result<(), CacheFailure> {
+    pub async fn begin(
+        &mut self,
+        total: Option<u64>,
+        origin: FillOrigin,
+    ) -> Result<(), CacheFailure> {
         if let (Some(bytes), Some(limit)) = (total, self.index.limit())
             && bytes > limit
         {
@@ -388,12 +408,8 @@ impl BlobFill {
                 .map_err(|e| CacheFailure::io(format!("preallocating {claim} bytes"), e))?;
         }
         self.total = total;
-        self.progress.send_modify(|p| {
-            p.phase = FillPhase::Streaming {
-                total,
-                upstream: upstream.to_owned(),
-            }
-        });
+        self.progress
+            .send_modify(|p| p.phase = FillPhase::Streaming { total, origin });
         Ok(())
     }
 
@@ -563,11 +579,10 @@ impl BlobFill {
         self.published = received;
         self.progress.send_modify(|p| {
             p.received = received;
-            let upstream = match &p.phase {
-                FillPhase::Streaming { upstream, .. } => upstream.clone(),
-                _ => String::new(),
-            };
-            p.phase = FillPhase::Verified { upstream };
+            let streamed = std::mem::replace(&mut p.phase, FillPhase::Complete);
+            if let FillPhase::Streaming { origin, .. } = streamed {
+                p.phase = FillPhase::Verified { origin };
+            }
         });
         // The reservation becomes the committed entry; the file holds every byte now.
         self.reservation = None;
@@ -715,7 +730,9 @@ mod tests {
         let path = layout.blob_path(&digest);
         let mut fill = BlobFill::create(&layout, &digest, &path, index.clone()).unwrap();
         let handle = fill.handle();
-        fill.begin(Some(body.len() as u64), "a").await.unwrap();
+        fill.begin(Some(body.len() as u64), FillOrigin::Upstream("a".into()))
+            .await
+            .unwrap();
         let mut wrong = body.clone();
         wrong[5] ^= 1;
         fill.push(Bytes::from(wrong)).await.unwrap();
@@ -732,7 +749,9 @@ mod tests {
 
         // Start over (in pieces this time) and commit the right bytes into the same file.
         fill.restart().unwrap();
-        fill.begin(Some(body.len() as u64), "b").await.unwrap();
+        fill.begin(Some(body.len() as u64), FillOrigin::Upstream("b".into()))
+            .await
+            .unwrap();
         for piece in body.chunks(100_000) {
             fill.push(Bytes::copy_from_slice(piece)).await.unwrap();
         }
@@ -750,7 +769,9 @@ mod tests {
         let digest = Digest::sha256_of(b"hello world");
         let path = layout.blob_path(&digest);
         let mut fill = BlobFill::create(&layout, &digest, &path, index).unwrap();
-        fill.begin(Some(11), "a").await.unwrap();
+        fill.begin(Some(11), FillOrigin::Upstream("a".into()))
+            .await
+            .unwrap();
         fill.push(Bytes::from_static(b"hello")).await.unwrap();
         let err = fill.commit().await.unwrap_err();
         assert!(
@@ -776,7 +797,9 @@ mod tests {
         let path = layout.blob_path(&digest);
         let mut fill = BlobFill::create(&layout, &digest, &path, index).unwrap();
         let handle = fill.handle();
-        fill.begin(Some(body.len() as u64), "a").await.unwrap();
+        fill.begin(Some(body.len() as u64), FillOrigin::Upstream("a".into()))
+            .await
+            .unwrap();
         for piece in body.chunks(64 * 1024) {
             fill.push(Bytes::copy_from_slice(piece)).await.unwrap();
         }

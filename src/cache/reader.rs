@@ -284,7 +284,12 @@ mod tests {
         let digest = Digest::sha256_of(body);
         let path = layout.blob_path(&digest);
         let mut fill = BlobFill::create(&layout, &digest, &path, index).unwrap();
-        fill.begin(Some(body.len() as u64), "test").await.unwrap();
+        fill.begin(
+            Some(body.len() as u64),
+            crate::cache::FillOrigin::Upstream("test".into()),
+        )
+        .await
+        .unwrap();
         for piece in body.chunks(100_000) {
             fill.push(Bytes::copy_from_slice(piece)).await.unwrap();
         }

@@ -30,7 +30,7 @@ pub(crate) fn parse(
     let from_env = match SharedStoreConfig::from_env(&url, request_timeout) {
         Ok(config) => config,
         Err(reason) => {
-            problems.add("shared_store", &url, reason);
+            problems.add("shared_store", &url, reason.to_string());
             return (None, None);
         }
     };

@@ -12,9 +12,10 @@ use crate::cache::fill::HOLD_UNTIL_VERIFIED_BYTES;
 use crate::cache::provenance::ContentKind;
 use crate::cache::reader::{read_fill, read_range};
 use crate::cache::{
-    BlobFill, CacheFailure, CommitError, FillFailure, FillPhase, FillProgress, JoinOutcome,
+    BlobFill, CacheFailure, CommitError, FillFailure, FillOrigin, FillPhase, FillProgress,
+    JoinOutcome,
 };
-use crate::error::FerryError;
+use crate::error::{FerryError, MidStream};
 use crate::oci::{Digest, DigestVerifier, ErrorCode, RepositoryName};
 use crate::shared::{SharedStore, StoreRead};
 use crate::upstream::{
@@ -56,30 +57,6 @@ pub enum RangeSpec {
 }
 
 impl RangeSpec {
-    /// Parses a single byte range. Anything else (several ranges, other units, garbage)
-    /// is `None`, and the whole blob is served, as HTTP allows.
-    pub fn parse(header: &str) -> Option<RangeSpec> {
-        let spec = header.trim().strip_prefix("bytes=")?.trim();
-        if spec.contains(',') {
-            return None;
-        }
-        let (start, end) = spec.split_once('-')?;
-        let (start, end) = (start.trim(), end.trim());
-        if start.is_empty() {
-            return end.parse().ok().map(RangeSpec::Suffix);
-        }
-        let start: u64 = start.parse().ok()?;
-        let end = if end.is_empty() {
-            None
-        } else {
-            Some(end.parse::<u64>().ok()?)
-        };
-        if end.is_some_and(|end| end < start) {
-            return None;
-        }
-        Some(RangeSpec::From { start, end })
-    }
-
     /// The inclusive byte span to send, or `None` if unsatisfiable for a blob of `size`.
     pub fn resolve(self, size: u64) -> Option<(u64, u64)> {
         match self {
@@ -151,14 +128,14 @@ impl PullThrough {
         let snapshot = progress
             .wait_for(|p| !matches!(p.phase, FillPhase::Connecting))
             .await
-            .map_err(|_| FerryError::MidStream("the fill ended without a result".into()))?
+            .map_err(|_| FerryError::MidStream(MidStream::FillVanished))?
             .clone();
         let (size, source) = match snapshot.phase {
             // A small blob is verified before the headers: a wrong one is a clear 502 with
             // the digest error, not a 200 cut at zero bytes, at the cost of a few ms.
             FillPhase::Streaming {
                 total: Some(total),
-                upstream,
+                origin,
             } if total <= VERIFY_BEFORE_HEADERS_BYTES => {
                 return match fill_end(&mut progress).await? {
                     FillPhase::Failed(FillFailure::Cache(_)) => {
@@ -175,22 +152,20 @@ impl PullThrough {
                                     ))
                                 })?;
                         // It came from upstream just now (a miss), though read back from disk.
-                        answer.source = Source::Upstream(upstream);
+                        answer.source = Source::from(origin);
                         Ok(answer)
                     }
                 };
             }
-            FillPhase::Streaming { total, upstream } => (total, Source::Upstream(upstream)),
-            FillPhase::Verified { upstream } => {
-                (Some(snapshot.received), Source::Upstream(upstream))
-            }
+            FillPhase::Streaming { total, origin } => (total, Source::from(origin)),
+            FillPhase::Verified { origin } => (Some(snapshot.received), Source::from(origin)),
             FillPhase::Complete => (Some(snapshot.received), Source::Cache),
             FillPhase::Failed(FillFailure::Cache(_)) => {
                 return self.uncached_blob(registry, name, digest).await;
             }
             FillPhase::Failed(failure) => return Err(fill_error(&failure)),
             FillPhase::Connecting => {
-                return Err(FerryError::MidStream("fill never started".into()));
+                return Err(FerryError::MidStream(MidStream::FillVanished));
             }
         };
         // The whole blob, from the fill: its last byte waits for the digest check.
@@ -306,13 +281,13 @@ impl PullThrough {
             .clone()
             .wait_for(|p| !matches!(p.phase, FillPhase::Connecting))
             .await
-            .map_err(|_| FerryError::MidStream("the fill ended without a result".into()))?
+            .map_err(|_| FerryError::MidStream(MidStream::FillVanished))?
             .clone();
-        let (total, upstream) = match snapshot.phase {
+        let (total, origin) = match snapshot.phase {
             FillPhase::Streaming {
                 total: Some(total),
-                upstream,
-            } if total > VERIFY_BEFORE_HEADERS_BYTES => (total, upstream),
+                origin,
+            } if total > VERIFY_BEFORE_HEADERS_BYTES => (total, origin),
             FillPhase::Failed(failure) => {
                 return match fill_error(&failure) {
                     FerryError::Cache(_) => {
@@ -346,7 +321,7 @@ impl PullThrough {
             size: Some(total),
             range: Some((first, last)),
             body: Some(continue_from_upstream_on_cache_failure(reader, fallback)),
-            source: Source::Upstream(upstream),
+            source: Source::from(origin),
         }))
     }
 
@@ -388,11 +363,8 @@ impl PullThrough {
                 None => continue,
             }
         }
-        Err(last_error.unwrap_or_else(|| {
-            FerryError::MidStream(format!(
-                "blob {digest} could not be filled and kept for a range request"
-            ))
-        }))
+        Err(last_error
+            .unwrap_or_else(|| FerryError::MidStream(MidStream::RangeNeverKept(digest.clone()))))
     }
 
     /// Serves a blob straight from upstream without caching (the cache failed). Always the
@@ -511,7 +483,7 @@ async fn fill_end(progress: &mut watch::Receiver<FillProgress>) -> Result<FillPh
     Ok(progress
         .wait_for(|p| matches!(p.phase, FillPhase::Complete | FillPhase::Failed(_)))
         .await
-        .map_err(|_| FerryError::MidStream("the fill ended without a result".into()))?
+        .map_err(|_| FerryError::MidStream(MidStream::FillVanished))?
         .phase
         .clone())
 }
@@ -520,33 +492,14 @@ fn range_not_satisfiable(size: u64) -> FerryError {
     FerryError::RangeNotSatisfiable { size }
 }
 
-/// Rebuilds a fill's error for one of its readers (the original is shared by all).
-/// The error a reader of a failed fill passes on: the one the fill's owner met.
+/// The error a reader of a failed fill passes on: the one the fill's owner met, shared.
 fn fill_error(failure: &FillFailure) -> FerryError {
     match failure {
         FillFailure::Cache(failure) => FerryError::Cache(failure.clone()),
         FillFailure::Content(error) => error
             .downcast_ref::<FerryError>()
-            .map(shared_error)
-            .unwrap_or_else(|| FerryError::MidStream(error.to_string())),
-    }
-}
-
-fn shared_error(error: &FerryError) -> FerryError {
-    match error {
-        FerryError::Client {
-            code,
-            status,
-            message,
-        } => FerryError::Client {
-            code: *code,
-            status: *status,
-            message: message.clone(),
-        },
-        FerryError::Upstreams(exhausted) => FerryError::Upstreams(exhausted.clone()),
-        FerryError::RangeNotSatisfiable { size } => FerryError::RangeNotSatisfiable { size: *size },
-        FerryError::MidStream(m) => FerryError::MidStream(m.clone()),
-        FerryError::Cache(m) => FerryError::Cache(m.clone()),
+            .cloned()
+            .unwrap_or_else(|| FerryError::MidStream(MidStream::Fill(error.clone()))),
     }
 }
 
@@ -644,20 +597,21 @@ impl Fill {
         // committed file (or start a fresh fill after a failure).
         pull.cache.inflight.finish(&self.digest);
         match result {
-            Ok(upstream) => {
+            Ok(origin) => {
                 let bytes = self.fill.received();
-                tracing::info!(digest = %self.digest, bytes, %upstream, elapsed_ms = started.elapsed().as_millis() as u64, "blob fill committed");
+                tracing::info!(digest = %self.digest, bytes, upstream = %origin, elapsed_ms = started.elapsed().as_millis() as u64, "blob fill committed");
                 pull.metrics
                     .fill_seconds
                     .observe(started.elapsed().as_secs_f64());
                 pull.metrics.fill_bytes.observe(bytes as f64);
                 self.fill.announce_complete();
-                let source = Source::Upstream(upstream.clone());
+                let from_a_registry = matches!(origin, FillOrigin::Upstream(_));
+                let source = Source::from(origin);
                 pull.served_by(ContentKind::Blob, &self.digest, &self.registry, &source)
                     .await;
                 // Share it with the other replicas (after the commit: only verified bytes).
                 if let Some(shared) = &pull.shared
-                    && upstream != SHARED_STORE_SOURCE
+                    && from_a_registry
                 {
                     shared.upload_blob_later(
                         self.digest.clone(),
@@ -711,10 +665,10 @@ impl Fill {
         &mut self,
         upstreams: &Arc<Upstreams>,
         shared: Option<&Arc<SharedStore>>,
-    ) -> Result<String, FerryError> {
+    ) -> Result<FillOrigin, FerryError> {
         if let Some(shared) = shared {
             match self.fill_from_shared_store(shared).await {
-                StoreAttempt::Committed => return Ok(SHARED_STORE_SOURCE.to_owned()),
+                StoreAttempt::Committed => return Ok(FillOrigin::SharedStore),
                 StoreAttempt::Failed(error) => return Err(error),
                 StoreAttempt::Continue => {}
             }
@@ -764,7 +718,7 @@ impl Fill {
                     for name in self.contributors.iter() {
                         upstreams.clear_bad_source(name, &self.digest);
                     }
-                    return Ok(client.name().to_owned());
+                    return Ok(FillOrigin::Upstream(client.name().to_owned()));
                 }
                 AttemptEnd::Broken(failure) => {
                     upstreams.record(&client, &Err::<(), _>(failure.clone()), started.elapsed());
@@ -792,14 +746,16 @@ impl Fill {
                 AttemptEnd::WrongSeen(failure) => {
                     self.check_store_copy(upstreams, &client, shared);
                     self.blame_contributors(upstreams, &client, &failure, started.elapsed());
-                    return Err(FerryError::MidStream(failure.to_string()));
+                    return Err(FerryError::MidStream(MidStream::BadBytesSent(failure)));
                 }
                 AttemptEnd::Cache(message) => return Err(FerryError::Cache(message)),
             }
         }
         let exhausted = plan.exhausted(failures, upstreams.failover_on_not_found());
         if self.fill.any_published() {
-            return Err(FerryError::MidStream(exhausted.to_string()));
+            return Err(FerryError::MidStream(MidStream::NoSourceContinued(
+                exhausted,
+            )));
         }
         Err(blob_error(exhausted, &self.digest))
     }
@@ -812,7 +768,11 @@ impl Fill {
             StoreRead::Found(body) => body,
             StoreRead::Missing | StoreRead::Unavailable => return StoreAttempt::Continue,
         };
-        if let Err(message) = self.fill.begin(Some(body.size), SHARED_STORE_SOURCE).await {
+        if let Err(message) = self
+            .fill
+            .begin(Some(body.size), FillOrigin::SharedStore)
+            .await
+        {
             return StoreAttempt::Failed(FerryError::Cache(message));
         }
         self.total = Some(body.size);
@@ -841,7 +801,10 @@ impl Fill {
         }
         shared.note_bytes_read(received);
         if received < body.size {
-            shared.note_read_failure(&format!("body ended at {received} of {} bytes", body.size));
+            shared.note_read_failure(&crate::shared::StoreError::Truncated {
+                received,
+                size: body.size,
+            });
             self.store_bytes_in_fill = received > 0;
             return StoreAttempt::Continue;
         }
@@ -854,10 +817,12 @@ impl Fill {
             Err(mismatch) => {
                 shared.report_corrupt(shared.blob_path(&self.digest), mismatch.to_string());
                 if self.fill.any_published() {
-                    return StoreAttempt::Failed(FerryError::MidStream(format!(
-                        "the shared store's copy of {} is corrupt: {mismatch}",
-                        self.digest
-                    )));
+                    return StoreAttempt::Failed(FerryError::MidStream(
+                        MidStream::StoreCopyCorrupt {
+                            digest: self.digest.clone(),
+                            cause: Arc::new(mismatch),
+                        },
+                    ));
                 }
                 if let Err(message) = self.fill.restart() {
                     return StoreAttempt::Failed(FerryError::Cache(message));
@@ -939,7 +904,11 @@ impl Fill {
                 ));
             }
             (None, announced) if offset == 0 => {
-                if let Err(message) = self.fill.begin(announced, upstream).await {
+                if let Err(message) = self
+                    .fill
+                    .begin(announced, FillOrigin::Upstream(upstream.to_owned()))
+                    .await
+                {
                     return AttemptEnd::Cache(message);
                 }
                 self.total = announced;
@@ -1012,11 +981,13 @@ impl Fill {
             Err(CommitError::Io(e)) => AttemptEnd::Cache(CacheFailure::io("committing a fill", e)),
             Err(mismatch @ CommitError::SizeMismatch { .. }) => wrong(
                 &self.fill,
-                UpstreamFailure::new(upstream, FailureKind::BodyBroken, mismatch.to_string()),
+                UpstreamFailure::new(upstream, FailureKind::BodyBroken, "wrong length")
+                    .caused_by(mismatch),
             ),
             Err(mismatch @ CommitError::DigestMismatch { .. }) => wrong(
                 &self.fill,
-                UpstreamFailure::new(upstream, FailureKind::DigestMismatch, mismatch.to_string()),
+                UpstreamFailure::new(upstream, FailureKind::DigestMismatch, "wrong bytes")
+                    .caused_by(mismatch),
             ),
         }
     }
@@ -1208,9 +1179,6 @@ async fn first_byte_past(
     }
 }
 
-/// The fill's source name when the shared store supplied it.
-pub const SHARED_STORE_SOURCE: &str = "shared-store";
-
 /// How reading the shared store went.
 enum StoreAttempt {
     Committed,
@@ -1229,26 +1197,5 @@ async fn next_or_publish<F: Future>(fill: &mut BlobFill, next: F) -> F::Output {
             fill.publish();
             next.await
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_and_resolves_ranges() {
-        let r = |s| RangeSpec::parse(s);
-        assert_eq!(r("bytes=0-9").unwrap().resolve(100), Some((0, 9)));
-        assert_eq!(r("bytes=90-").unwrap().resolve(100), Some((90, 99)));
-        assert_eq!(r("bytes=90-1000").unwrap().resolve(100), Some((90, 99)));
-        assert_eq!(r("bytes=-10").unwrap().resolve(100), Some((90, 99)));
-        assert_eq!(r("bytes=-1000").unwrap().resolve(100), Some((0, 99)));
-        assert_eq!(r("bytes=100-").unwrap().resolve(100), None);
-        assert_eq!(r("bytes=-0").unwrap().resolve(100), None);
-        assert_eq!(r("bytes=5-1"), None);
-        assert_eq!(r("bytes=0-1,5-6"), None);
-        assert_eq!(r("items=0-1"), None);
-        assert_eq!(r("bytes=x-1"), None);
     }
 }

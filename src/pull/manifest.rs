@@ -12,7 +12,6 @@ use crate::oci::media_type::{AcceptList, manifest_media_type};
 use crate::oci::{
     Digest, DigestAlgorithm, DigestVerifier, ErrorCode, Reference, RepositoryName, Tag,
 };
-use crate::pull::blob::SHARED_STORE_SOURCE;
 use crate::shared::StoreRead;
 use crate::upstream::memory_budget::BodyClass;
 use crate::upstream::{FailureKind, Route, UpstreamFailure, Upstreams, UpstreamsExhausted};
@@ -94,7 +93,7 @@ impl PullThrough {
         if let Some(manifest) = self.shared_manifest(digest).await {
             return Ok(ManifestAnswer {
                 manifest,
-                source: Source::Upstream(SHARED_STORE_SOURCE.to_owned()),
+                source: Source::SharedStore,
             });
         }
         let (manifest, upstream) = self

@@ -103,9 +103,7 @@ impl PullThrough {
         if !self.settings.track_provenance {
             return;
         }
-        if let Source::Upstream(name) = source
-            && name == super::blob::SHARED_STORE_SOURCE
-        {
+        if matches!(source, Source::SharedStore) {
             return;
         }
         self.note_provenance(kind, digest, registry, true).await;

@@ -260,10 +260,10 @@ impl PullThrough {
                                     .send(Method::GET, name, &suffix, Some(&next), HeaderMap::new())
                                     .await
                                     .map_err(|failure| match failure.kind {
-                                        FailureKind::NotFound => bad(format!(
-                                            "referrers page {next:?} is missing: {}",
-                                            failure.detail
-                                        )),
+                                        FailureKind::NotFound => {
+                                            bad(format!("referrers page {next:?} is missing"))
+                                                .caused_by(failure)
+                                        }
                                         _ => failure,
                                     })?;
                             }

@@ -13,7 +13,7 @@ use crate::oci::media_type::AcceptList;
 use crate::oci::registry::canonical_registry;
 use crate::oci::{ErrorCode, RepositoryName};
 use crate::pull::manifest::DOCKER_CONTENT_DIGEST;
-use crate::pull::{PullThrough, RangeSpec, Source};
+use crate::pull::{PullThrough, Source};
 use http::header::{
     ACCEPT_RANGES, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, ETAG, LINK, LOCATION, RANGE,
 };
@@ -88,12 +88,24 @@ struct AuthenticatedClient<'a> {
     principal: Principal,
 }
 
+/// What an endpoint needs of its request: the pull flow, the client (when authenticated),
+/// the request itself, and whether it is a HEAD.
+struct Call<'a, B> {
+    pull: &'a Arc<PullThrough>,
+    client: Option<&'a AuthenticatedClient<'a>>,
+    request: &'a Request<B>,
+    head: bool,
+}
+
+type Answer = Result<(Response<ResponseBody>, Source), FerryError>;
+
+/// Refuses what a read-only cache does not serve, then hands the route to its endpoint.
 async fn dispatch<B>(
     pull: &Arc<PullThrough>,
     route: Route,
     request: &Request<B>,
     client: Option<&AuthenticatedClient<'_>>,
-) -> Result<(Response<ResponseBody>, Source), FerryError> {
+) -> Answer {
     let method = request.method();
     let head = method == Method::HEAD;
     if route == Route::Upload || !(method == Method::GET || head) {
@@ -102,139 +114,188 @@ async fn dispatch<B>(
             format!("{method} is not supported: ferry is a read-only pull-through cache"),
         ));
     }
+    let call = Call {
+        pull,
+        client,
+        request,
+        head,
+    };
     match route {
-        Route::Ping => Ok((
-            or_500(
-                builder(StatusCode::OK)
-                    .header(CONTENT_TYPE, "application/json")
-                    .header(CONTENT_LENGTH, 2)
-                    .body(if head { head_body() } else { full_body("{}") }),
-            ),
-            Source::Cache,
-        )),
-        Route::Manifest { name, reference } => {
-            let accept = AcceptList::from_headers(request.headers());
-            let (registry, name) = origin(pull, client, name, request.uri().query())?;
-            if let crate::oci::Reference::Digest(digest) = &reference {
-                confirm_provenance(
-                    pull,
-                    client,
-                    &registry,
-                    &name,
-                    ContentKind::Manifest,
-                    digest,
-                )
-                .await?;
-            }
-            let answer = pull.manifest(&registry, &name, &reference, &accept).await?;
-            let manifest = answer.manifest;
-            count_cache_use(pull, "manifest", &answer.source);
-            if !head {
-                served_bytes(pull, &answer.source).inc_by(manifest.body.len() as u64);
-            }
-            let response = builder(StatusCode::OK)
-                .header(CONTENT_TYPE, manifest.media_type.as_str())
-                .header(DOCKER_CONTENT_DIGEST, manifest.digest.to_string())
-                .header(ETAG, format!("\"{}\"", manifest.digest))
-                .header(CONTENT_LENGTH, manifest.body.len())
-                .body(if head {
-                    head_body()
-                } else {
-                    full_body(manifest.body)
-                });
-            Ok((or_500(response), answer.source))
-        }
-        Route::Blob { name, digest } => {
-            let range = request
-                .headers()
-                .get(RANGE)
-                .and_then(|v| v.to_str().ok())
-                .and_then(RangeSpec::parse);
-            let (registry, name) = origin(pull, client, name, request.uri().query())?;
-            confirm_provenance(pull, client, &registry, &name, ContentKind::Blob, &digest).await?;
-            if !head && let Some(location) = pull.blob_redirect(&digest).await {
-                // The store holds it: the bytes go from there, not through this replica.
-                let response = builder(StatusCode::TEMPORARY_REDIRECT)
-                    .header(LOCATION, location)
-                    .header(DOCKER_CONTENT_DIGEST, digest.to_string())
-                    .header(CONTENT_LENGTH, 0)
-                    .body(empty_body());
-                let source = Source::Upstream(crate::pull::blob::SHARED_STORE_SOURCE.to_owned());
-                return Ok((or_500(response), source));
-            }
-            let answer = pull.blob(&registry, &name, &digest, range, head).await?;
-            let status = if answer.range.is_some() {
-                StatusCode::PARTIAL_CONTENT
-            } else {
-                StatusCode::OK
-            };
-            let mut response = builder(status)
-                .header(CONTENT_TYPE, "application/octet-stream")
-                .header(DOCKER_CONTENT_DIGEST, answer.digest.to_string())
-                .header(ETAG, format!("\"{}\"", answer.digest))
-                .header(ACCEPT_RANGES, "bytes");
-            match (answer.range, answer.size) {
-                (Some((first, last)), Some(size)) => {
-                    response = response
-                        .header(CONTENT_RANGE, format!("bytes {first}-{last}/{size}"))
-                        .header(CONTENT_LENGTH, last - first + 1);
-                }
-                (None, Some(size)) => response = response.header(CONTENT_LENGTH, size),
-                _ => {}
-            }
-            count_cache_use(pull, "blob", &answer.source);
-            let body = match answer.body {
-                Some(stream) if !head => {
-                    use futures_util::TryStreamExt;
-                    let counter = served_bytes(pull, &answer.source);
-                    let counted = stream.inspect_ok(move |chunk| {
-                        counter.inc_by(chunk.len() as u64);
-                    });
-                    StreamBody::new(counted.map_ok(hyper::body::Frame::data)).boxed_unsync()
-                }
-                _ => head_body(),
-            };
-            Ok((or_500(response.body(body)), answer.source))
-        }
-        Route::TagList { name } => {
-            let (registry, name) = origin(pull, client, name, request.uri().query())?;
-            let answer = pull
-                .tag_list(&registry, &name, request.uri().query())
-                .await?;
-            let mut response = builder(StatusCode::OK)
-                .header(CONTENT_TYPE, "application/json")
-                .header(CONTENT_LENGTH, answer.body.len());
-            if let Some(next) = &answer.next_page {
-                response =
-                    response.header(LINK, next_tag_page_link(request.uri(), &registry, next));
-            }
-            let body = if head {
-                head_body()
-            } else {
-                full_body_holding(answer.body, answer.lease)
-            };
-            Ok((or_500(response.body(body)), answer.source))
-        }
-        Route::Referrers { name, subject } => {
-            let filter = crate::pull::referrers::artifact_type_filter(request.uri().query())?;
-            let (registry, name) = origin(pull, client, name, request.uri().query())?;
-            let answer = pull.referrers(&registry, &name, &subject, filter).await?;
-            let mut response = builder(StatusCode::OK)
-                .header(CONTENT_TYPE, crate::oci::media_type::OCI_INDEX)
-                .header(CONTENT_LENGTH, answer.body.len());
-            if answer.filtered {
-                response =
-                    response.header(crate::pull::referrers::OCI_FILTERS_APPLIED, "artifactType");
-            }
-            let body = if head {
-                head_body()
-            } else {
-                full_body_holding(answer.body, answer.lease)
-            };
-            Ok((or_500(response.body(body)), answer.source))
-        }
+        Route::Ping => Ok(ping(head)),
+        Route::Manifest { name, reference } => manifest(call, name, reference).await,
+        Route::Blob { name, digest } => blob(call, name, digest).await,
+        Route::TagList { name } => tag_list(call, name).await,
+        Route::Referrers { name, subject } => referrers(call, name, subject).await,
         Route::Upload => unreachable_upload(),
     }
+}
+
+/// `GET /v2/`: the API version check.
+fn ping(head: bool) -> (Response<ResponseBody>, Source) {
+    let response = builder(StatusCode::OK)
+        .header(CONTENT_TYPE, "application/json")
+        .header(CONTENT_LENGTH, 2)
+        .body(if head { head_body() } else { full_body("{}") });
+    (or_500(response), Source::Cache)
+}
+
+/// `GET /v2/<name>/manifests/<reference>`.
+async fn manifest<B>(
+    call: Call<'_, B>,
+    name: RepositoryName,
+    reference: crate::oci::Reference,
+) -> Answer {
+    let accept = AcceptList::from_headers(call.request.headers());
+    let (registry, name) = origin(call.pull, call.client, name, call.request.uri().query())?;
+    if let crate::oci::Reference::Digest(digest) = &reference {
+        confirm_provenance(
+            call.pull,
+            call.client,
+            &registry,
+            &name,
+            ContentKind::Manifest,
+            digest,
+        )
+        .await?;
+    }
+    let answer = call
+        .pull
+        .manifest(&registry, &name, &reference, &accept)
+        .await?;
+    let manifest = answer.manifest;
+    count_cache_use(call.pull, "manifest", &answer.source);
+    if !call.head {
+        served_bytes(call.pull, &answer.source).inc_by(manifest.body.len() as u64);
+    }
+    let response = builder(StatusCode::OK)
+        .header(CONTENT_TYPE, manifest.media_type.as_str())
+        .header(DOCKER_CONTENT_DIGEST, manifest.digest.to_string())
+        .header(ETAG, format!("\"{}\"", manifest.digest))
+        .header(CONTENT_LENGTH, manifest.body.len())
+        .body(if call.head {
+            head_body()
+        } else {
+            full_body(manifest.body)
+        });
+    Ok((or_500(response), answer.source))
+}
+
+/// `GET /v2/<name>/blobs/<digest>`, with `Range`; a redirect to the shared store when it is
+/// configured to hand out blobs itself.
+async fn blob<B>(call: Call<'_, B>, name: RepositoryName, digest: crate::oci::Digest) -> Answer {
+    let range = call
+        .request
+        .headers()
+        .get(RANGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(super::range::parse_range);
+    let (registry, name) = origin(call.pull, call.client, name, call.request.uri().query())?;
+    confirm_provenance(
+        call.pull,
+        call.client,
+        &registry,
+        &name,
+        ContentKind::Blob,
+        &digest,
+    )
+    .await?;
+    if !call.head
+        && let Some(location) = call.pull.blob_redirect(&digest).await
+    {
+        // The store holds it: the bytes go from there, not through this replica.
+        let response = builder(StatusCode::TEMPORARY_REDIRECT)
+            .header(LOCATION, location)
+            .header(DOCKER_CONTENT_DIGEST, digest.to_string())
+            .header(CONTENT_LENGTH, 0)
+            .body(empty_body());
+        return Ok((or_500(response), Source::SharedStore));
+    }
+    let answer = call
+        .pull
+        .blob(&registry, &name, &digest, range, call.head)
+        .await?;
+    let status = if answer.range.is_some() {
+        StatusCode::PARTIAL_CONTENT
+    } else {
+        StatusCode::OK
+    };
+    let mut response = builder(status)
+        .header(CONTENT_TYPE, "application/octet-stream")
+        .header(DOCKER_CONTENT_DIGEST, answer.digest.to_string())
+        .header(ETAG, format!("\"{}\"", answer.digest))
+        .header(ACCEPT_RANGES, "bytes");
+    match (answer.range, answer.size) {
+        (Some((first, last)), Some(size)) => {
+            response = response
+                .header(CONTENT_RANGE, format!("bytes {first}-{last}/{size}"))
+                .header(CONTENT_LENGTH, last - first + 1);
+        }
+        (None, Some(size)) => response = response.header(CONTENT_LENGTH, size),
+        _ => {}
+    }
+    count_cache_use(call.pull, "blob", &answer.source);
+    let body = match answer.body {
+        Some(stream) if !call.head => {
+            use futures_util::TryStreamExt;
+            let counter = served_bytes(call.pull, &answer.source);
+            let counted = stream.inspect_ok(move |chunk| {
+                counter.inc_by(chunk.len() as u64);
+            });
+            StreamBody::new(counted.map_ok(hyper::body::Frame::data)).boxed_unsync()
+        }
+        _ => head_body(),
+    };
+    Ok((or_500(response.body(body)), answer.source))
+}
+
+/// `GET /v2/<name>/tags/list`, paged with the upstream's `Link`.
+async fn tag_list<B>(call: Call<'_, B>, name: RepositoryName) -> Answer {
+    let (registry, name) = origin(call.pull, call.client, name, call.request.uri().query())?;
+    let answer = call
+        .pull
+        .tag_list(&registry, &name, call.request.uri().query())
+        .await?;
+    let mut response = builder(StatusCode::OK)
+        .header(CONTENT_TYPE, "application/json")
+        .header(CONTENT_LENGTH, answer.body.len());
+    if let Some(next) = &answer.next_page {
+        response = response.header(
+            LINK,
+            next_tag_page_link(call.request.uri(), &registry, next),
+        );
+    }
+    let body = if call.head {
+        head_body()
+    } else {
+        full_body_holding(answer.body, answer.lease)
+    };
+    Ok((or_500(response.body(body)), answer.source))
+}
+
+/// `GET /v2/<name>/referrers/<digest>`, with `artifactType` filtering.
+async fn referrers<B>(
+    call: Call<'_, B>,
+    name: RepositoryName,
+    subject: crate::oci::Digest,
+) -> Answer {
+    let filter = crate::pull::referrers::artifact_type_filter(call.request.uri().query())?;
+    let (registry, name) = origin(call.pull, call.client, name, call.request.uri().query())?;
+    let answer = call
+        .pull
+        .referrers(&registry, &name, &subject, filter)
+        .await?;
+    let mut response = builder(StatusCode::OK)
+        .header(CONTENT_TYPE, crate::oci::media_type::OCI_INDEX)
+        .header(CONTENT_LENGTH, answer.body.len());
+    if answer.filtered {
+        response = response.header(crate::pull::referrers::OCI_FILTERS_APPLIED, "artifactType");
+    }
+    let body = if call.head {
+        head_body()
+    } else {
+        full_body_holding(answer.body, answer.lease)
+    };
+    Ok((or_500(response.body(body)), answer.source))
 }
 
 /// The `Link` to a tag list's next page, in ferry's namespace: the path the client asked
@@ -274,7 +335,9 @@ fn count_cache_use(pull: &PullThrough, kind: &str, source: &Source) {
     };
     match source {
         Source::Cache | Source::StaleCache => pull.metrics.cache_hits.get_or_create(&labels).inc(),
-        Source::Upstream(_) => pull.metrics.cache_misses.get_or_create(&labels).inc(),
+        Source::Upstream(_) | Source::SharedStore => {
+            pull.metrics.cache_misses.get_or_create(&labels).inc()
+        }
     };
 }
 
@@ -285,7 +348,7 @@ fn served_bytes(
 ) -> prometheus_client::metrics::counter::Counter {
     let source = match source {
         Source::Cache | Source::StaleCache => "cache",
-        Source::Upstream(_) => "upstream",
+        Source::Upstream(_) | Source::SharedStore => "upstream",
     };
     pull.metrics
         .served_bytes

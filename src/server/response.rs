@@ -3,6 +3,7 @@
 
 use crate::error::FerryError;
 use crate::oci::ErrorCode;
+use crate::upstream::{FailureKind, UpstreamsExhausted};
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE};
 use http::{HeaderValue, Response, StatusCode};
@@ -84,7 +85,7 @@ pub fn classify(error: &FerryError) -> (StatusCode, ErrorCode) {
             (StatusCode::RANGE_NOT_SATISFIABLE, ErrorCode::RangeInvalid)
         }
         FerryError::Upstreams(exhausted) => {
-            let status = exhausted.status();
+            let status = exhausted_status(exhausted);
             let code = if status == StatusCode::TOO_MANY_REQUESTS {
                 ErrorCode::TooManyRequests
             } else {
@@ -111,6 +112,46 @@ pub fn classify(error: &FerryError) -> (StatusCode, ErrorCode) {
     }
 }
 
+/// The most meaningful status when every upstream failed: 404 when every upstream said not
+/// found, 504 when they all timed out, 503 when they were overloaded or unavailable (or some
+/// were never asked, or ferry's own memory budget was full: worth retrying), else 502.
+fn exhausted_status(exhausted: &UpstreamsExhausted) -> StatusCode {
+    use FailureKind::*;
+    let failures = exhausted.failures();
+    if failures.is_empty() {
+        return StatusCode::SERVICE_UNAVAILABLE;
+    }
+    if exhausted.all_not_found() {
+        return StatusCode::NOT_FOUND;
+    }
+    if failures.iter().any(|f| f.kind() == MemoryBudget) {
+        return StatusCode::SERVICE_UNAVAILABLE;
+    }
+    if !exhausted.untried().is_empty() && failures.iter().all(|f| f.kind() == NotFound) {
+        return StatusCode::SERVICE_UNAVAILABLE;
+    }
+    let relevant: Vec<FailureKind> = failures
+        .iter()
+        .map(|f| f.kind())
+        .filter(|kind| *kind != NotFound)
+        .collect();
+    if relevant.iter().all(|kind| {
+        matches!(
+            kind,
+            ConnectTimeout | HeaderTimeout | BodyIdleTimeout | TooSlow
+        )
+    }) {
+        return StatusCode::GATEWAY_TIMEOUT;
+    }
+    if relevant
+        .iter()
+        .all(|kind| matches!(kind, TooManyRequests | ServerError(503) | Connect))
+    {
+        return StatusCode::SERVICE_UNAVAILABLE;
+    }
+    StatusCode::BAD_GATEWAY
+}
+
 pub fn error_response(error: &FerryError, head: bool) -> Response<ResponseBody> {
     let (status, code) = classify(error);
     let body = code.body(&error.to_string());
@@ -134,18 +175,64 @@ fn fallback_500() -> Response<ResponseBody> {
     response
 }
 
+/// A response the handler built, or, if building it failed (a header value ferry made
+/// was invalid: ferry's own bug, not the client's, the cache's or an upstream's), a 500
+/// saying so.
 pub fn or_500(built: Result<Response<ResponseBody>, http::Error>) -> Response<ResponseBody> {
-    built.unwrap_or_else(|e| {
-        error_response(
-            &FerryError::cache_reason(format!("building a response: {e}")),
-            false,
-        )
+    built.unwrap_or_else(|error| {
+        tracing::error!(%error, "ferry built an invalid response");
+        let body =
+            ErrorCode::Unavailable.body(&format!("ferry built an invalid response: {error}"));
+        builder(StatusCode::INTERNAL_SERVER_ERROR)
+            .header(CONTENT_TYPE, "application/json")
+            .header(CONTENT_LENGTH, body.len())
+            .body(full_body(body))
+            .unwrap_or_else(|_| fallback_500())
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn exhausted_of(kinds: &[FailureKind]) -> UpstreamsExhausted {
+        UpstreamsExhausted::new(
+            kinds
+                .iter()
+                .map(|&kind| crate::upstream::UpstreamFailure::new("u", kind, "x"))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn most_meaningful_status() {
+        use FailureKind::*;
+        assert_eq!(
+            exhausted_status(&exhausted_of(&[NotFound, NotFound])),
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            exhausted_status(&exhausted_of(&[NotFound, HeaderTimeout])),
+            StatusCode::GATEWAY_TIMEOUT
+        );
+        assert_eq!(
+            exhausted_status(&exhausted_of(&[ServerError(503), Connect])),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            exhausted_status(&exhausted_of(&[ServerError(500), HeaderTimeout])),
+            StatusCode::BAD_GATEWAY
+        );
+        assert_eq!(
+            exhausted_status(&exhausted_of(&[DigestMismatch])),
+            StatusCode::BAD_GATEWAY
+        );
+        let mut untried = exhausted_of(&[NotFound]);
+        untried.untried.push("secondary".into());
+        assert!(!untried.all_not_found());
+        assert_eq!(exhausted_status(&untried), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(untried.to_string().contains("not tried: secondary"));
+    }
 
     #[test]
     fn cache_failures_keep_their_cause_and_map_to_a_status_once() {

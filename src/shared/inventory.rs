@@ -2,7 +2,7 @@
 //! ferry's prefix (by kind), the tag records in it, and a rehash of every blob and manifest
 //! against its name (mismatches are removed, as a replica would on reading them).
 
-use super::SharedStore;
+use super::{SharedStore, StoreError};
 use crate::oci::{Digest, DigestVerifier};
 use futures_util::StreamExt;
 use object_store::ObjectStoreExt;
@@ -34,17 +34,19 @@ impl SharedStore {
     }
 
     /// Lists every object under the prefix.
-    async fn list_all(&self) -> Result<Vec<object_store::ObjectMeta>, String> {
+    async fn list_all(&self) -> Result<Vec<object_store::ObjectMeta>, StoreError> {
         let prefix = (!self.config.prefix.is_empty()).then(|| self.path(""));
         let mut listing = self.store.list(prefix.as_ref());
         let mut objects = Vec::new();
         while let Some(meta) = listing.next().await {
-            objects.push(meta.map_err(|e| format!("listing {}: {e}", self.config.url))?);
+            objects.push(
+                meta.map_err(|e| StoreError::store(format!("listing {}", self.config.url), e))?,
+            );
         }
         Ok(objects)
     }
 
-    pub async fn usage(&self) -> Result<StoreUsage, String> {
+    pub async fn usage(&self) -> Result<StoreUsage, StoreError> {
         let mut usage = StoreUsage::default();
         for meta in self.list_all().await? {
             usage.objects += 1;
@@ -60,7 +62,7 @@ impl SharedStore {
     }
 
     /// Every tag record in the store (as stored: JSON).
-    pub async fn tag_records(&self) -> Result<Vec<serde_json::Value>, String> {
+    pub async fn tag_records(&self) -> Result<Vec<serde_json::Value>, StoreError> {
         let mut records = Vec::new();
         for meta in self.list_all().await? {
             if self.kind_of(meta.location.as_ref()) != "tags" {
@@ -70,10 +72,10 @@ impl SharedStore {
                 .store
                 .get(&meta.location)
                 .await
-                .map_err(|e| format!("reading {}: {e}", meta.location))?
+                .map_err(|e| StoreError::store(format!("reading {}", meta.location), e))?
                 .bytes()
                 .await
-                .map_err(|e| format!("reading {}: {e}", meta.location))?;
+                .map_err(|e| StoreError::store(format!("reading {}", meta.location), e))?;
             match serde_json::from_slice(&body) {
                 Ok(record) => records.push(record),
                 Err(e) => tracing::warn!(location = %meta.location, error = %e, "not a tag record"),
@@ -84,7 +86,7 @@ impl SharedStore {
 
     /// Rehashes every blob and manifest (streamed) against the digest in its name and
     /// removes the ones that do not match.
-    pub async fn verify_all(&self) -> Result<StoreVerifyReport, String> {
+    pub async fn verify_all(&self) -> Result<StoreVerifyReport, StoreError> {
         let mut report = StoreVerifyReport::default();
         for meta in self.list_all().await? {
             let kind = self.kind_of(meta.location.as_ref());
@@ -104,10 +106,11 @@ impl SharedStore {
                 .store
                 .get(&meta.location)
                 .await
-                .map_err(|e| format!("reading {}: {e}", meta.location))?
+                .map_err(|e| StoreError::store(format!("reading {}", meta.location), e))?
                 .into_stream();
             while let Some(chunk) = body.next().await {
-                let chunk = chunk.map_err(|e| format!("reading {}: {e}", meta.location))?;
+                let chunk = chunk
+                    .map_err(|e| StoreError::store(format!("reading {}", meta.location), e))?;
                 report.bytes += chunk.len() as u64;
                 verifier.update(&chunk);
             }
@@ -117,7 +120,7 @@ impl SharedStore {
                 self.store
                     .delete(&meta.location)
                     .await
-                    .map_err(|e| format!("removing {}: {e}", meta.location))?;
+                    .map_err(|e| StoreError::store(format!("removing {}", meta.location), e))?;
                 report
                     .removed
                     .push((meta.location.to_string(), actual.to_string()));

@@ -5,6 +5,7 @@ use super::settings::Credentials;
 use moka::Expiry;
 use moka::future::Cache;
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The longest a token is cached when the token server does not say (`expires_in`).
@@ -16,13 +17,48 @@ const MAX_CACHED_TOKENS: u64 = 10_000;
 /// so a hostile or broken token server cannot make ferry buffer without bound.
 pub const MAX_TOKEN_BODY_BYTES: usize = 128 * 1024;
 
+/// Why ferry could not answer an upstream's authentication challenge. Reported as the
+/// upstream's `Unauthorized` failure, with this as its source.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AuthError {
+    #[error("bearer challenge without a realm")]
+    NoRealm,
+    #[error("bad token realm {realm:?}: {reason}")]
+    BadRealm { realm: String, reason: String },
+    /// The realm may not be sent the registry's credentials (see [`may_receive_credentials`]).
+    #[error("{0}")]
+    RealmRefused(String),
+    #[error(transparent)]
+    NotPublic(#[from] super::reach::NotPublic),
+    #[error(transparent)]
+    Password(#[from] super::settings::PasswordError),
+    #[error("token request failed: {0}")]
+    Request(#[source] Arc<reqwest::Error>),
+    #[error("token server answered {0}")]
+    Status(http::StatusCode),
+    #[error("token body failed: {0}")]
+    Body(#[source] Arc<reqwest::Error>),
+    #[error("token body longer than {0} bytes; not read further")]
+    TooLong(usize),
+    #[error(transparent)]
+    MemoryBudget(#[from] super::memory_budget::BudgetExhausted),
+    #[error("token body is not JSON: {0}")]
+    NotJson(#[source] Arc<serde_json::Error>),
+    #[error("token response has no token")]
+    NoToken,
+    #[error("token server returned a token that is not a valid header value")]
+    BadToken,
+    #[error("token server did not answer within {0:?}")]
+    Timeout(std::time::Duration),
+}
+
 /// Reads a token server's body, refusing (and stopping at) more than `limit` bytes.
 async fn read_capped(
     mut response: reqwest::Response,
     limit: usize,
     memory: &super::MemoryBudget,
-) -> Result<(Vec<u8>, super::BudgetLease), String> {
-    let too_long = || format!("token body longer than {limit} bytes; not read further");
+) -> Result<(Vec<u8>, super::BudgetLease), AuthError> {
+    let too_long = || AuthError::TooLong(limit);
     if response
         .content_length()
         .is_some_and(|len| len > limit as u64)
@@ -34,7 +70,7 @@ async fn read_capped(
     while let Some(chunk) = response
         .chunk()
         .await
-        .map_err(|e| format!("token body failed: {e}"))?
+        .map_err(|e| AuthError::Body(Arc::new(e)))?
     {
         if body.len() + chunk.len() > limit {
             return Err(too_long());
@@ -45,8 +81,7 @@ async fn read_capped(
                 body.len() + chunk.len(),
                 super::memory_budget::BodyClass::Pull,
             )
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         body.extend_from_slice(&chunk);
     }
     Ok((body, lease))
@@ -59,11 +94,11 @@ async fn read_capped(
 pub fn may_receive_credentials(
     registry: &reqwest::Url,
     realm: &reqwest::Url,
-) -> Result<(), String> {
+) -> Result<(), AuthError> {
     if registry.scheme() == "https" && realm.scheme() != "https" {
-        return Err(format!(
+        return Err(AuthError::RealmRefused(format!(
             "token realm {realm} is not https while the registry is; credentials are not sent over it"
-        ));
+        )));
     }
     let registry_host = registry.host_str().unwrap_or("").to_ascii_lowercase();
     let realm_host = realm.host_str().unwrap_or("").to_ascii_lowercase();
@@ -78,9 +113,9 @@ pub fn may_receive_credentials(
     if same_site {
         Ok(())
     } else {
-        Err(format!(
+        Err(AuthError::RealmRefused(format!(
             "token realm host {realm_host:?} is neither the registry's host {registry_host:?} nor in its domain; credentials are not sent to it"
-        ))
+        )))
     }
 }
 
@@ -111,7 +146,7 @@ impl Challenge {
 
 /// A token server's JSON answer: the token (`token`, or OAuth2's `access_token`) and its
 /// lifetime in seconds if given. The token must be usable as a header value.
-pub fn parse_token_response(body: &[u8]) -> Result<(String, Option<u64>), String> {
+pub fn parse_token_response(body: &[u8]) -> Result<(String, Option<u64>), AuthError> {
     #[derive(serde::Deserialize)]
     struct TokenResponse {
         token: Option<String>,
@@ -119,15 +154,15 @@ pub fn parse_token_response(body: &[u8]) -> Result<(String, Option<u64>), String
         expires_in: Option<u64>,
     }
     let parsed: TokenResponse =
-        serde_json::from_slice(body).map_err(|e| format!("token body is not JSON: {e}"))?;
+        serde_json::from_slice(body).map_err(|e| AuthError::NotJson(Arc::new(e)))?;
     let token = parsed
         .token
         .filter(|t| !t.is_empty())
         .or(parsed.access_token)
         .filter(|t| !t.is_empty())
-        .ok_or_else(|| "token response has no token".to_owned())?;
+        .ok_or(AuthError::NoToken)?;
     if http::HeaderValue::from_str(&format!("Bearer {token}")).is_err() {
-        return Err("token server returned a token that is not a valid header value".into());
+        return Err(AuthError::BadToken);
     }
     Ok((token, parsed.expires_in))
 }
@@ -245,15 +280,16 @@ impl TokenCache {
         params: &HashMap<String, String>,
         scope: &str,
         credentials: Option<&Credentials>,
-    ) -> Result<String, String> {
+    ) -> Result<String, AuthError> {
         let timeout = upstream.header_timeout;
-        let realm = params
-            .get("realm")
-            .ok_or_else(|| "bearer challenge without a realm".to_owned())?;
-        let mut url =
-            reqwest::Url::parse(realm).map_err(|e| format!("bad token realm {realm:?}: {e}"))?;
+        let realm = params.get("realm").ok_or(AuthError::NoRealm)?;
+        let bad_realm = |reason: String| AuthError::BadRealm {
+            realm: realm.clone(),
+            reason,
+        };
+        let mut url = reqwest::Url::parse(realm).map_err(|e| bad_realm(e.to_string()))?;
         if !matches!(url.scheme(), "http" | "https") {
-            return Err(format!("token realm {realm:?} is not http(s)"));
+            return Err(bad_realm("not http(s)".to_owned()));
         }
         {
             let mut query = url.query_pairs_mut();
@@ -277,17 +313,17 @@ impl TokenCache {
             let response = request
                 .send()
                 .await
-                .map_err(|e| format!("token request failed: {e}"))?;
+                .map_err(|e| AuthError::Request(Arc::new(e)))?;
             let status = response.status();
             if !status.is_success() {
-                return Err(format!("token server answered {status}"));
+                return Err(AuthError::Status(status));
             }
             let (body, _lease) = read_capped(response, MAX_TOKEN_BODY_BYTES, &self.memory).await?;
             parse_token_response(&body)
         };
         let (token, expires_in) = tokio::time::timeout(timeout, fetch)
             .await
-            .map_err(|_| format!("token server did not answer within {timeout:?}"))??;
+            .map_err(|_| AuthError::Timeout(timeout))??;
         self.insert(scope, token.clone(), expires_in).await;
         Ok(token)
     }

@@ -120,7 +120,7 @@ impl UpstreamClient {
         let request = self.http.get(url).send();
         match tokio::time::timeout(self.config.header_timeout, request).await {
             Err(_) => Err(self.failure(FailureKind::HeaderTimeout, "health probe: no answer")),
-            Ok(Err(e)) => Err(self.classify_transport_error(&e)),
+            Ok(Err(e)) => Err(self.classify_transport_error(e)),
             Ok(Ok(response)) if response.status().is_server_error() => {
                 Err(UpstreamFailure::from_status(self.name(), response.status()))
             }
@@ -191,7 +191,7 @@ impl UpstreamClient {
                             ),
                         ));
                     }
-                    Ok(Err(e)) => return Err(self.classify_transport_error(&e)),
+                    Ok(Err(e)) => return Err(self.classify_transport_error(e)),
                     Ok(Ok(response)) => response,
                 };
             let status = response.status();
@@ -209,7 +209,11 @@ impl UpstreamClient {
                         continue;
                     }
                     Ok(None) => {}
-                    Err(detail) => return Err(self.failure(FailureKind::Unauthorized, detail)),
+                    Err(cause) => {
+                        return Err(self
+                            .failure(FailureKind::Unauthorized, "cannot answer its challenge")
+                            .caused_by(cause));
+                    }
                 }
             }
             return Err(UpstreamFailure::from_status(self.name(), status));
@@ -221,7 +225,7 @@ impl UpstreamClient {
         &self,
         headers: &HeaderMap,
         scope: &str,
-    ) -> Result<Option<HeaderValue>, String> {
+    ) -> Result<Option<HeaderValue>, super::auth::AuthError> {
         let challenge = headers
             .get_all(WWW_AUTHENTICATE)
             .iter()
@@ -242,9 +246,7 @@ impl UpstreamClient {
                 };
                 HeaderValue::from_str(&format!("Bearer {token}"))
                     .map(Some)
-                    .map_err(|_| {
-                        "token server returned a token that is not a valid header value".to_owned()
-                    })
+                    .map_err(|_| super::auth::AuthError::BadToken)
             }
             Some(Challenge::Basic) => match &self.config.credentials {
                 None => Ok(None),
@@ -311,16 +313,17 @@ impl UpstreamClient {
         if !self.config.public_addresses_only {
             return Ok(());
         }
-        super::reach::check_literal_host(url)
-            .map_err(|reason| self.failure(FailureKind::Connect, reason))
+        super::reach::check_literal_host(url).map_err(|refused| {
+            self.failure(FailureKind::Connect, "not reached")
+                .caused_by(refused)
+        })
     }
 
     fn failure(&self, kind: FailureKind, detail: impl Into<String>) -> UpstreamFailure {
         UpstreamFailure::new(self.name(), kind, detail)
     }
 
-    fn classify_transport_error(&self, error: &reqwest::Error) -> UpstreamFailure {
-        let detail = error_chain(error);
+    fn classify_transport_error(&self, error: reqwest::Error) -> UpstreamFailure {
         let kind = if error.is_connect() && error.is_timeout() {
             FailureKind::ConnectTimeout
         } else if error.is_timeout() {
@@ -330,7 +333,7 @@ impl UpstreamClient {
         } else {
             FailureKind::Connect
         };
-        self.failure(kind, detail)
+        self.failure(kind, "request failed").caused_by(error)
     }
 
     /// Reads a response body chunk by chunk, failing when it goes quiet for longer than
@@ -403,18 +406,6 @@ fn basic_authorization(username: &str, password: &str) -> String {
     )
 }
 
-/// Formats an error with its sources, which is where reqwest keeps the useful part.
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(inner) = source {
-        text.push_str(": ");
-        text.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    text
-}
-
 pub struct BodyChunks {
     response: reqwest::Response,
     idle_timeout: Duration,
@@ -475,11 +466,12 @@ impl BodyChunks {
                 FailureKind::BodyIdleTimeout,
                 format!("body idle for {:?}", self.idle_timeout),
             )),
-            Ok(Err(e)) => Err(UpstreamFailure::new(
-                &self.upstream,
-                FailureKind::BodyBroken,
-                error_chain(&e),
-            )),
+            Ok(Err(e)) => {
+                Err(
+                    UpstreamFailure::new(&self.upstream, FailureKind::BodyBroken, "body broke")
+                        .caused_by(e),
+                )
+            }
             Ok(Ok(chunk)) => Ok(chunk),
         }
     }
@@ -522,7 +514,7 @@ impl BodyChunks {
                 .map_or(0, |announced| (announced as usize).min(limit)),
         );
         let over_budget = |upstream: &str, e: super::memory_budget::BudgetExhausted| {
-            UpstreamFailure::new(upstream, FailureKind::MemoryBudget, e.to_string())
+            UpstreamFailure::new(upstream, FailureKind::MemoryBudget, "body not read").caused_by(e)
         };
         if let Some(announced) = self.content_length() {
             self.memory

@@ -3,6 +3,7 @@
 
 use http::StatusCode;
 use std::fmt;
+use std::sync::Arc;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailureKind {
@@ -38,21 +39,31 @@ pub enum FailureKind {
     MemoryBudget,
 }
 
-/// One failed attempt at one upstream.
+/// One failed attempt at one upstream: which upstream, how it failed (the kind decides
+/// whether another upstream may be tried), what ferry saw, and the error underneath if any
+/// (a transport error, a digest mismatch), kept as a typed source.
 #[derive(Debug, Clone)]
 pub struct UpstreamFailure {
     pub(crate) upstream: String,
     pub(crate) kind: FailureKind,
-    pub(crate) detail: String,
+    context: String,
+    cause: Option<Arc<dyn std::error::Error + Send + Sync>>,
 }
 
 impl UpstreamFailure {
-    pub fn new(upstream: &str, kind: FailureKind, detail: impl Into<String>) -> Self {
+    pub fn new(upstream: &str, kind: FailureKind, context: impl Into<String>) -> Self {
         UpstreamFailure {
             upstream: upstream.to_owned(),
             kind,
-            detail: detail.into(),
+            context: context.into(),
+            cause: None,
         }
+    }
+
+    /// The same failure, with the error that caused it as its source.
+    pub fn caused_by(mut self, cause: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.cause = Some(Arc::new(cause));
+        self
     }
 
     pub fn from_status(upstream: &str, status: StatusCode) -> Self {
@@ -80,6 +91,35 @@ impl UpstreamFailure {
     /// A short label for logs and metrics.
     pub fn reason(&self) -> &'static str {
         self.kind.reason()
+    }
+
+    pub fn kind(&self) -> FailureKind {
+        self.kind
+    }
+
+    /// What ferry saw, followed by the chain of causes: for logs and `/admin/upstreams`.
+    pub fn detail(&self) -> String {
+        let mut text = self.context.clone();
+        let mut next: Option<&(dyn std::error::Error + 'static)> = self
+            .cause
+            .as_deref()
+            .map(|cause| cause as &(dyn std::error::Error + 'static));
+        while let Some(cause) = next {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&cause.to_string());
+            next = cause.source();
+        }
+        text
+    }
+}
+
+impl std::error::Error for UpstreamFailure {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.cause
+            .as_deref()
+            .map(|cause| cause as &(dyn std::error::Error + 'static))
     }
 }
 
@@ -135,13 +175,15 @@ impl fmt::Display for UpstreamFailure {
             "upstream {} failed ({}): {}",
             self.upstream,
             self.reason(),
-            self.detail
+            self.detail()
         )
     }
 }
 
-/// Every upstream was tried (or skipped) and none succeeded.
-#[derive(Debug, Clone, thiserror::Error)]
+/// Every upstream was tried (or skipped) and none succeeded. Its source is the most
+/// telling attempt (the first that was not "not found"); `server::response` picks the
+/// client's status from all of them.
+#[derive(Debug, Clone)]
 pub struct UpstreamsExhausted {
     pub(crate) failures: Vec<UpstreamFailure>,
     /// Upstreams never asked (attempts ran out first): they might have the content, so
@@ -167,43 +209,23 @@ impl UpstreamsExhausted {
                 .all(|f| f.kind == FailureKind::NotFound)
     }
 
-    /// The most meaningful status for the client: 404 when every upstream said not found,
-    /// 504 when they all timed out, 503 when they were overloaded or unavailable (or some
-    /// were never asked: worth retrying), else 502.
-    pub fn status(&self) -> StatusCode {
-        use FailureKind::*;
-        if self.failures.is_empty() {
-            return StatusCode::SERVICE_UNAVAILABLE;
-        }
-        if self.all_not_found() {
-            return StatusCode::NOT_FOUND;
-        }
-        if self.failures.iter().any(|f| f.kind == MemoryBudget) {
-            return StatusCode::SERVICE_UNAVAILABLE;
-        }
-        if !self.untried.is_empty() && self.failures.iter().all(|f| f.kind == NotFound) {
-            return StatusCode::SERVICE_UNAVAILABLE;
-        }
-        let relevant: Vec<_> = self
-            .failures
+    pub fn failures(&self) -> &[UpstreamFailure] {
+        &self.failures
+    }
+
+    /// Upstreams never asked: they might have had the content.
+    pub fn untried(&self) -> &[String] {
+        &self.untried
+    }
+}
+
+impl std::error::Error for UpstreamsExhausted {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.failures
             .iter()
-            .filter(|f| f.kind != NotFound)
-            .collect();
-        if relevant.iter().all(|f| {
-            matches!(
-                f.kind,
-                ConnectTimeout | HeaderTimeout | BodyIdleTimeout | TooSlow
-            )
-        }) {
-            return StatusCode::GATEWAY_TIMEOUT;
-        }
-        if relevant
-            .iter()
-            .all(|f| matches!(f.kind, TooManyRequests | ServerError(503) | Connect))
-        {
-            return StatusCode::SERVICE_UNAVAILABLE;
-        }
-        StatusCode::BAD_GATEWAY
+            .find(|failure| failure.kind != FailureKind::NotFound)
+            .or(self.failures.first())
+            .map(|failure| failure as &(dyn std::error::Error + 'static))
     }
 }
 
@@ -261,33 +283,21 @@ mod tests {
     }
 
     #[test]
-    fn most_meaningful_status() {
-        use FailureKind::*;
+    fn a_failure_keeps_its_cause_as_a_typed_source() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset by peer");
+        let failure =
+            UpstreamFailure::new("primary", FailureKind::BodyBroken, "body broke").caused_by(io);
+        let source = std::error::Error::source(&failure).expect("a source");
         assert_eq!(
-            exhausted(&[NotFound, NotFound]).status(),
-            StatusCode::NOT_FOUND
+            source.downcast_ref::<std::io::Error>().map(|e| e.kind()),
+            Some(std::io::ErrorKind::ConnectionReset)
         );
-        assert_eq!(
-            exhausted(&[NotFound, HeaderTimeout]).status(),
-            StatusCode::GATEWAY_TIMEOUT
-        );
-        assert_eq!(
-            exhausted(&[ServerError(503), Connect]).status(),
-            StatusCode::SERVICE_UNAVAILABLE
-        );
-        assert_eq!(
-            exhausted(&[ServerError(500), HeaderTimeout]).status(),
-            StatusCode::BAD_GATEWAY
-        );
-        assert_eq!(
-            exhausted(&[DigestMismatch]).status(),
-            StatusCode::BAD_GATEWAY
-        );
-        let mut untried = exhausted(&[NotFound]);
-        untried.untried.push("secondary".into());
-        assert!(!untried.all_not_found());
-        assert_eq!(untried.status(), StatusCode::SERVICE_UNAVAILABLE);
-        assert!(untried.to_string().contains("not tried: secondary"));
+        assert_eq!(failure.detail(), "body broke: reset by peer");
+        let exhausted = exhausted(&[FailureKind::NotFound]);
+        let mut both = exhausted.clone();
+        both.failures.push(failure);
+        let telling = std::error::Error::source(&both).expect("a source");
+        assert!(telling.to_string().contains("body_broken"), "{telling}");
     }
 
     #[test]

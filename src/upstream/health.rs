@@ -140,7 +140,7 @@ impl UpstreamHealth {
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |since| since.as_millis() as u64),
                 reason: failure.reason(),
-                detail: failure.detail.clone(),
+                detail: failure.detail(),
             });
         }
         let answered = !matches!(

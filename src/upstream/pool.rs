@@ -427,7 +427,7 @@ impl Upstreams {
             Ok(_) => client.health().record_success(Some(latency)),
             Err(failure) if failure.kind == super::FailureKind::MemoryBudget => {
                 // Ferry's own overload: the upstream answered, and is not blamed.
-                tracing::warn!(upstream = %failure.upstream, detail = %failure.detail, "body not read: ferry's memory budget is in use");
+                tracing::warn!(upstream = %failure.upstream, detail = %failure.detail(), "body not read: ferry's memory budget is in use");
             }
             Err(failure) => {
                 client.health().record_failure(failure);
@@ -444,7 +444,7 @@ impl Upstreams {
                 tracing::warn!(
                     upstream = %failure.upstream,
                     reason = failure.reason(),
-                    detail = %failure.detail,
+                    detail = %failure.detail(),
                     may_try_next = failure.may_try_next(failover_on_not_found),
                     "upstream attempt failed"
                 );

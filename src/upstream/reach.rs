@@ -71,9 +71,17 @@ fn is_public_v6(ip: Ipv6Addr) -> bool {
         || first == 0x5f00) // segment routing SIDs 5f00::/16
 }
 
+/// A literal address an upstream limited to public addresses may not reach.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error(
+    "refused to connect to {0}: not a public address (a registry clients name may not reach \
+     loopback, private or link-local addresses)"
+)]
+pub struct NotPublic(pub IpAddr);
+
 /// Refuses a URL whose host is a literal non-public address (names are checked by
 /// [`PublicAddressResolver`] when the connection is made).
-pub fn check_literal_host(url: &reqwest::Url) -> Result<(), String> {
+pub fn check_literal_host(url: &reqwest::Url) -> Result<(), NotPublic> {
     let host = url.host_str().unwrap_or("");
     let Ok(ip) = host
         .trim_start_matches('[')
@@ -85,10 +93,7 @@ pub fn check_literal_host(url: &reqwest::Url) -> Result<(), String> {
     if is_public(ip) {
         Ok(())
     } else {
-        Err(format!(
-            "refused to connect to {ip}: not a public address (a registry clients name may not reach \
-             loopback, private or link-local addresses)"
-        ))
+        Err(NotPublic(ip))
     }
 }
 

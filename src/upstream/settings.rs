@@ -130,6 +130,19 @@ pub struct PasswordCommand {
     cached: std::sync::Mutex<Option<(String, std::time::Instant)>>,
 }
 
+/// Why a credential helper gave no password.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PasswordError {
+    #[error("credential helper did not finish within {0:?}")]
+    Timeout(Duration),
+    #[error("cannot run the credential helper: {0}")]
+    Spawn(#[source] std::sync::Arc<std::io::Error>),
+    #[error("credential helper failed ({0})")]
+    Failed(std::process::ExitStatus),
+    #[error("credential helper printed nothing")]
+    Empty,
+}
+
 /// Longest a credential helper may run.
 const PASSWORD_COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -143,7 +156,7 @@ impl PasswordCommand {
     }
 
     /// The cached output, or a fresh run of the command (`sh -c`, 30 s at most).
-    pub async fn password(&self) -> Result<String, String> {
+    pub async fn password(&self) -> Result<String, PasswordError> {
         if let Some((password, at)) = self
             .cached
             .lock()
@@ -161,18 +174,16 @@ impl PasswordCommand {
             .output();
         let output = tokio::time::timeout(PASSWORD_COMMAND_TIMEOUT, run)
             .await
-            .map_err(|_| {
-                format!("credential helper did not finish within {PASSWORD_COMMAND_TIMEOUT:?}")
-            })?
-            .map_err(|e| format!("cannot run the credential helper: {e}"))?;
+            .map_err(|_| PasswordError::Timeout(PASSWORD_COMMAND_TIMEOUT))?
+            .map_err(|e| PasswordError::Spawn(std::sync::Arc::new(e)))?;
         if !output.status.success() {
-            return Err(format!("credential helper failed ({})", output.status));
+            return Err(PasswordError::Failed(output.status));
         }
         let password = String::from_utf8_lossy(&output.stdout)
             .trim_end_matches(['\n', '\r'])
             .to_owned();
         if password.is_empty() {
-            return Err("credential helper printed nothing".into());
+            return Err(PasswordError::Empty);
         }
         *self.cached.lock().unwrap_or_else(|p| p.into_inner()) =
             Some((password.clone(), std::time::Instant::now()));
@@ -195,7 +206,7 @@ impl Credentials {
     }
 
     /// The password to send now.
-    pub async fn current_password(&self) -> Result<String, String> {
+    pub async fn current_password(&self) -> Result<String, PasswordError> {
         match &self.command {
             None => Ok(self.password.clone()),
             Some(command) => command.password().await,

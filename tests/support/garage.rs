@@ -1,6 +1,6 @@
 //! A real Garage (S3-compatible distributed store) on loopback for the shared-store tests:
-//! one node or a cluster, a bucket and a key made with its own CLI. No mock: these tests need
-//! `garage` installed (`cargo install garage --locked`, as `.ci/run` does).
+//! one node or a cluster, a bucket and a key made with its own CLI. No mock: `garage` is found
+//! on the machine or, the first time, installed under `target/` by the tests themselves.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -8,8 +8,19 @@ use std::time::{Duration, Instant};
 
 pub const BUCKET: &str = "ferry-test";
 
-/// The `garage` binary: `$GARAGE_BIN`, else on `PATH`, else `~/.cargo/bin/garage`.
+/// The Garage release the tests install when none is found (the one CI has run against).
+const GARAGE_VERSION: &str = "2.5.0";
+
+/// The `garage` binary: `$GARAGE_BIN`, else on `PATH`, else `~/.cargo/bin/garage`, else one
+/// installed by the tests themselves under `target/` on first use (`cargo install garage
+/// --locked --root ...`, 10 to 15 minutes once), so a fresh machine's `cargo test` needs
+/// nothing installed by hand and still runs against a real Garage.
 fn garage_binary() -> PathBuf {
+    static BINARY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BINARY.get_or_init(find_or_install_garage).clone()
+}
+
+fn find_or_install_garage() -> PathBuf {
     if let Some(path) = std::env::var_os("GARAGE_BIN") {
         return PathBuf::from(path);
     }
@@ -18,9 +29,54 @@ fn garage_binary() -> PathBuf {
             .map(|dir| dir.join("garage"))
             .find(|candidate| candidate.is_file())
     });
-    on_path.unwrap_or_else(|| {
-        PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cargo/bin/garage")
-    })
+    if let Some(found) = on_path {
+        return found;
+    }
+    if let Some(home) = std::env::var_os("HOME") {
+        let in_cargo_home = PathBuf::from(home).join(".cargo/bin/garage");
+        if in_cargo_home.is_file() {
+            return in_cargo_home;
+        }
+    }
+    install_garage_under_target()
+}
+
+/// `cargo install garage` into `target/tmp/garage-install` (kept between runs, so only the
+/// first run pays). Says so on the terminal even though the harness captures test output.
+fn install_garage_under_target() -> PathBuf {
+    use std::io::Write as _;
+    let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("garage-install");
+    let binary = root.join("bin/garage");
+    if binary.is_file() {
+        return binary;
+    }
+    let _ = writeln!(
+        std::io::stderr(),
+        "shared-store tests: garage is not installed; building Garage {GARAGE_VERSION} once into {} \
+         (cargo install garage --locked, 10-15 minutes; later runs reuse it)",
+        root.display()
+    );
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = Command::new(cargo)
+        .args([
+            "install",
+            "garage",
+            "--locked",
+            "--quiet",
+            "--version",
+            GARAGE_VERSION,
+        ])
+        .arg("--root")
+        .arg(&root)
+        .stdout(Stdio::null())
+        .status()
+        .expect("run cargo install garage");
+    assert!(
+        status.success() && binary.is_file(),
+        "installing garage failed ({status}); install it by hand with `cargo install garage --locked` \
+         or point GARAGE_BIN at a garage binary"
+    );
+    binary
 }
 
 fn free_port() -> u16 {
@@ -69,11 +125,6 @@ impl GarageNode {
 
     fn launch(&mut self) {
         let binary = garage_binary();
-        assert!(
-            binary.is_file(),
-            "garage is not installed ({}): run `cargo install garage --locked` (.ci/run does)",
-            binary.display()
-        );
         let log = std::fs::File::create(self.config.with_file_name("server.log")).unwrap();
         let child = Command::new(binary)
             .arg("-c")
