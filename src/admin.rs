@@ -144,7 +144,7 @@ async fn route(pull: &PullThrough, method: &Method, path: &str) -> Response<Resp
         (&Method::GET, "/metrics") => metrics(pull),
         (&Method::GET, "/readyz") => {
             // Writing the probe file can block (a slow or failing disk): blocking pool.
-            let tmp_dir = pull.cache.layout.tmp_dir();
+            let tmp_dir = pull.cache.tmp_dir();
             let writable = tokio::task::spawn_blocking(move || cache_writable(&tmp_dir))
                 .await
                 .unwrap_or_else(|e| Err(format!("the write probe did not finish: {e}")));
@@ -279,9 +279,9 @@ pub fn status(pull: &PullThrough) -> serde_json::Value {
         "registries": pull.registries.names().collect::<Vec<_>>(),
         "direct_registries": pull.registries.direct_patterns(),
         "cache": {
-            "usage": pull.cache.index.usage(),
+            "usage": pull.cache.usage(),
             "write_failures": pull.cache.write_failures(),
-            "fills_in_progress": pull.cache.inflight.len(),
+            "fills_in_progress": pull.cache.fills_in_progress(),
         },
         "upstreams": upstreams,
         "shared_store": pull.shared.as_ref().map(|shared| shared.status()),
@@ -305,7 +305,7 @@ fn metrics(pull: &PullThrough) -> Response<ResponseBody> {
                 .set(i64::from(open));
         }
     }
-    let usage = pull.cache.index.usage();
+    let usage = pull.cache.usage();
     metrics.cache_bytes.set(usage.committed as i64);
     metrics
         .cache_limit_bytes

@@ -315,8 +315,8 @@ async fn maintain_cache(pull: Arc<PullThrough>) {
     match tokio::task::spawn_blocking(move || scan_pull.cache.scan_blobs()).await {
         Ok(Ok(count)) => tracing::info!(
             blobs = count,
-            evicted = pull.cache.index.usage().evictions,
-            indexed_bytes = pull.cache.index.usage().committed,
+            evicted = pull.cache.usage().evictions,
+            indexed_bytes = pull.cache.usage().committed,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "cache index rebuilt"
         ),
@@ -325,18 +325,8 @@ async fn maintain_cache(pull: Arc<PullThrough>) {
     }
     let mut pins_modified = None;
     loop {
-        let pins_path = pull.cache.layout.root().join(crate::cache::pins::PINS_FILE);
-        let modified = std::fs::metadata(&pins_path)
-            .and_then(|m| m.modified())
-            .ok();
-        if modified != pins_modified {
-            pins_modified = modified;
-            match crate::cache::pins::Pins::load(pull.cache.layout.root()) {
-                Ok(pins) => pull.cache.index.set_pins(pins.protected()),
-                Err(e) => tracing::error!(error = %e, "cannot read pins.json"),
-            }
-        }
-        pull.cache.index.enforce();
+        pull.cache.reload_pins_if_changed(&mut pins_modified);
+        pull.cache.enforce_size_bound();
         tokio::time::sleep(CACHE_MAINTENANCE_INTERVAL).await;
     }
 }

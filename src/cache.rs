@@ -42,16 +42,19 @@ pub struct CachedManifest {
     pub(crate) body: bytes::Bytes,
 }
 
-/// The whole cache: the directory layout, tag mappings and fills in progress.
+/// The whole cache: the directory layout, tag mappings and fills in progress. Its parts are
+/// private: the pull flow, the admin API and the app use the methods below (the fill
+/// lifecycle, records, provenance, pins and the size bound).
 pub struct Cache {
-    pub(crate) layout: Layout,
-    pub(crate) tags: TagStore,
-    pub(crate) referrers: referrers::ReferrersStore,
+    /// Shared with fills started on the blocking pool (one counter names temporary files).
+    layout: std::sync::Arc<Layout>,
+    tags: TagStore,
+    referrers: referrers::ReferrersStore,
     /// Which registries vouched for each digest (used only with `client_access` rules).
-    pub(crate) provenance: provenance::Provenance,
-    pub(crate) inflight: Inflight,
+    provenance: provenance::Provenance,
+    inflight: Inflight,
     /// Sizes and recency of committed blobs; enforces `cache_size`.
-    pub(crate) index: std::sync::Arc<LruIndex>,
+    index: std::sync::Arc<LruIndex>,
     /// Recently used manifests, by digest (a copy of what is on disk).
     manifests: moka::sync::Cache<Digest, CachedManifest>,
     /// Fills abandoned because the cache could not take the bytes (disk full, I/O errors).
@@ -84,7 +87,7 @@ impl Cache {
         let referrers =
             referrers::ReferrersStore::new(layout.referrers_dir()).counted_in(index.clone());
         Ok(Cache {
-            layout,
+            layout: std::sync::Arc::new(layout),
             tags,
             referrers,
             provenance: Default::default(),
@@ -131,6 +134,138 @@ impl Cache {
         }
         self.index.enforce();
         Ok(count)
+    }
+
+    /// Joins the fill of `digest` in progress, or starts one (its temporary file created on
+    /// the blocking pool). `AlreadyCached` when the blob is committed; an error when the
+    /// cache cannot take a fill (counted as a write failure). The caller that gets `Started`
+    /// runs the fill (reports through it, commits or fails it), then calls `finish_fill`.
+    pub async fn start_fill(&self, digest: &Digest) -> io::Result<JoinOutcome> {
+        if let Some(handle) = self.inflight.join(digest) {
+            return Ok(JoinOutcome::Joined(handle));
+        }
+        let prepared = {
+            let layout = self.layout.clone();
+            let index = self.index.clone();
+            let digest = digest.clone();
+            tokio::task::spawn_blocking(move || {
+                let blob_path = layout.blob_path(&digest);
+                if blob_path.exists() {
+                    return Ok(None);
+                }
+                BlobFill::create(&layout, &digest, &blob_path, index).map(Some)
+            })
+            .await
+            .unwrap_or_else(|e| Err(io::Error::other(e)))
+        };
+        let fill = match prepared {
+            Ok(Some(fill)) => fill,
+            Ok(None) => return Ok(JoinOutcome::AlreadyCached),
+            Err(e) => {
+                self.note_write_failure();
+                return Err(e);
+            }
+        };
+        let (outcome, unused) = self
+            .inflight
+            .start(digest, || self.index.contains(digest), fill);
+        if let Some(unused) = unused {
+            // Its temporary file is removed on drop: a filesystem call, so not here.
+            tokio::task::spawn_blocking(move || drop(unused));
+        }
+        Ok(outcome)
+    }
+
+    /// Forgets the fill of `digest` (committed or failed): the next request reads the file
+    /// or starts a new fill.
+    pub fn finish_fill(&self, digest: &Digest) {
+        self.inflight.finish(digest);
+    }
+
+    pub fn fills_in_progress(&self) -> usize {
+        self.inflight.len()
+    }
+
+    /// Where a committed blob's file is (for uploading it to the shared store).
+    pub fn blob_path(&self, digest: &Digest) -> std::path::PathBuf {
+        self.layout.blob_path(digest)
+    }
+
+    /// The cache's directory for temporary files (the readiness probe writes there).
+    pub fn tmp_dir(&self) -> std::path::PathBuf {
+        self.layout.tmp_dir()
+    }
+
+    /// Committed bytes, the bound and evictions so far.
+    pub fn usage(&self) -> Usage {
+        self.index.usage()
+    }
+
+    /// Re-reads `pins.json` when its modification time differs from `*seen` (updating it),
+    /// so pins made by `ferry warm --pin` on a running server take effect.
+    pub fn reload_pins_if_changed(&self, seen: &mut Option<std::time::SystemTime>) {
+        let modified = std::fs::metadata(self.layout.root().join(pins::PINS_FILE))
+            .and_then(|m| m.modified())
+            .ok();
+        if modified == *seen {
+            return;
+        }
+        *seen = modified;
+        match pins::Pins::load(self.layout.root()) {
+            Ok(pins) => self.index.set_pins(pins.protected()),
+            Err(e) => tracing::error!(error = %e, "cannot read pins.json"),
+        }
+    }
+
+    /// Evicts the least recently used unpinned entries until the cache is within its size.
+    pub fn enforce_size_bound(&self) {
+        self.index.enforce();
+    }
+
+    /// A tag's record, from memory or disk.
+    pub async fn tag_record(&self, key: &TagKey) -> Option<TagRecord> {
+        self.tags.get(key).await
+    }
+
+    /// Stores a tag's record (durably; unchanged confirmations are written rarely).
+    pub async fn put_tag_record(&self, record: TagRecord) -> io::Result<()> {
+        self.tags.put(&self.layout, record).await
+    }
+
+    /// The last referrers list kept for a subject.
+    pub async fn referrers_record(
+        &self,
+        key: &referrers::ReferrersKey,
+    ) -> Option<referrers::ReferrersRecord> {
+        self.referrers.get(key).await
+    }
+
+    pub async fn put_referrers_record(&self, record: referrers::ReferrersRecord) -> io::Result<()> {
+        self.referrers.put(&self.layout, record).await
+    }
+
+    /// Whether any registry in `allowed` vouched for `digest` (memory, then its sidecar).
+    pub async fn vouched_by_any(
+        &self,
+        kind: provenance::ContentKind,
+        digest: &Digest,
+        allowed: &[String],
+    ) -> bool {
+        self.provenance
+            .vouched_by_any(&self.layout, kind, digest, allowed)
+            .await
+    }
+
+    /// Records that `registry` vouched for `digest`; true when that is new.
+    pub async fn record_provenance(
+        &self,
+        kind: provenance::ContentKind,
+        digest: &Digest,
+        registry: &str,
+    ) -> io::Result<bool> {
+        self.provenance
+            .record(&self.layout, kind, digest, registry)
+            .await
     }
 
     pub fn note_write_failure(&self) {

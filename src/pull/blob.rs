@@ -197,45 +197,13 @@ impl PullThrough {
         name: &RepositoryName,
         digest: &Digest,
     ) -> FillJoin {
-        if let Some(handle) = self.cache.inflight.join(digest) {
-            return FillJoin::Fill(handle);
-        }
-        let prepared = {
-            let pull = self.clone();
-            let digest = digest.clone();
-            tokio::task::spawn_blocking(move || {
-                let blob_path = pull.cache.layout.blob_path(&digest);
-                if blob_path.exists() {
-                    return Ok(None);
-                }
-                BlobFill::create(
-                    &pull.cache.layout,
-                    &digest,
-                    &blob_path,
-                    pull.cache.index.clone(),
-                )
-                .map(Some)
-            })
-            .await
-            .unwrap_or_else(|e| Err(std::io::Error::other(e)))
-        };
-        let fill = match prepared {
-            Ok(Some(fill)) => fill,
-            Ok(None) => return FillJoin::Cached,
+        let outcome = match self.cache.start_fill(digest).await {
+            Ok(outcome) => outcome,
             Err(e) => {
-                self.cache.note_write_failure();
                 tracing::error!(%digest, error = %e, "cache failure: cannot start a fill; serving straight from upstream");
                 return FillJoin::CacheBroken;
             }
         };
-        let (outcome, unused) =
-            self.cache
-                .inflight
-                .start(digest, || self.cache.index.contains(digest), fill);
-        if let Some(unused) = unused {
-            // Its temporary file is removed on drop: a filesystem call, so not here.
-            tokio::task::spawn_blocking(move || drop(unused));
-        }
         match outcome {
             JoinOutcome::AlreadyCached => FillJoin::Cached,
             JoinOutcome::Joined(handle) => FillJoin::Fill(handle),
@@ -595,7 +563,7 @@ impl Fill {
         };
         // Forget the fill before announcing the end: from here on, requests find the
         // committed file (or start a fresh fill after a failure).
-        pull.cache.inflight.finish(&self.digest);
+        pull.cache.finish_fill(&self.digest);
         match result {
             Ok(origin) => {
                 let bytes = self.fill.received();
@@ -615,7 +583,7 @@ impl Fill {
                 {
                     shared.upload_blob_later(
                         self.digest.clone(),
-                        pull.cache.layout.blob_path(&self.digest),
+                        pull.cache.blob_path(&self.digest),
                     );
                 }
             }

@@ -162,11 +162,7 @@ impl PullThrough {
             shared.report_corrupt(path, "a tag record for another tag".into());
             return None;
         }
-        if let Err(e) = self
-            .cache
-            .tags
-            .put(&self.cache.layout, record.clone())
-            .await
+        if let Err(e) = self.cache.put_tag_record(record.clone()).await
         {
             tracing::error!(error = %e, "cache failure: could not record a tag from the shared store");
         }
@@ -216,7 +212,7 @@ impl PullThrough {
         let key = self.tag_key(registry, name, tag);
         if self.settings.offline {
             // Offline: the last known mapping, whatever its age (within max_stale).
-            if let Some(record) = self.cache.tags.get(&key).await
+            if let Some(record) = self.cache.tag_record(&key).await
                 && self.within_max_stale(record.age())
                 && let Some(manifest) = self.usable_tagged_manifest(&record, accept).await?
             {
@@ -230,7 +226,7 @@ impl PullThrough {
                 &format!("manifest {name}:{tag}"),
             ));
         }
-        if let Some(record) = self.cache.tags.get(&key).await
+        if let Some(record) = self.cache.tag_record(&key).await
             && record.age() < self.settings.tag_ttl
             && let Some(manifest) = self.usable_tagged_manifest(&record, accept).await?
         {
@@ -244,7 +240,7 @@ impl PullThrough {
             .manifest_fetches
             .lock(&format!("tag {name}:{tag}"))
             .await;
-        let record = match self.cache.tags.get(&key).await {
+        let record = match self.cache.tag_record(&key).await {
             Some(record) => Some(record),
             None => self.shared_tag(&key).await,
         };
@@ -338,7 +334,7 @@ impl PullThrough {
                 Some("application/json".to_owned()),
             );
         }
-        if let Err(e) = self.cache.tags.put(&self.cache.layout, record).await {
+        if let Err(e) = self.cache.put_tag_record(record).await {
             tracing::error!(tag = %format!("{}:{}", key.repository, key.tag), error = %e, "cache failure: could not record tag");
         }
     }

@@ -24,11 +24,9 @@ impl PullThrough {
         digest: &Digest,
         allowed: &[String],
     ) -> Result<(), FerryError> {
-        let layout = &self.cache.layout;
         if self
             .cache
-            .provenance
-            .vouched_by_any(layout, kind, digest, allowed)
+            .vouched_by_any(kind, digest, allowed)
             .await
         {
             return Ok(());
@@ -118,8 +116,7 @@ impl PullThrough {
     ) {
         match self
             .cache
-            .provenance
-            .record(&self.cache.layout, kind, digest, registry)
+            .record_provenance(kind, digest, registry)
             .await
         {
             Ok(true) if share => {

@@ -161,7 +161,7 @@ impl PullThrough {
             subject: subject.to_string(),
             artifact_type: artifact_type.clone(),
         };
-        let known = self.cache.referrers.get(&key).await;
+        let known = self.cache.referrers_record(&key).await;
         let answer = |record: &ReferrersRecord, source: Source| ReferrersAnswer {
             body: record.body.clone(),
             filtered: record.filtered,
@@ -186,7 +186,7 @@ impl PullThrough {
             artifact_type.as_deref().unwrap_or("")
         );
         let _fetching = self.list_fetches.lock(&fetch_key).await;
-        let known = match self.cache.referrers.get(&key).await {
+        let known = match self.cache.referrers_record(&key).await {
             Some(record) if record.age() <= self.settings.referrers_ttl => {
                 return Ok(answer(&record, Source::Cache));
             }
@@ -296,7 +296,7 @@ impl PullThrough {
             Ok((record, held)) => {
                 let mut served = answer(&record, Source::Upstream(record.upstream.clone()));
                 served.lease = Some(std::sync::Arc::new(held));
-                if let Err(e) = self.cache.referrers.put(&self.cache.layout, record).await {
+                if let Err(e) = self.cache.put_referrers_record(record).await {
                     tracing::warn!(%subject, error = %e, "cannot keep a referrers list in the cache");
                 }
                 Ok(served)
