@@ -15,7 +15,7 @@ use std::sync::Arc;
 /// Who may use the admin API: the Host names it answers to besides addresses and
 /// localhost, and the token drain and undrain require, if one is set.
 #[derive(Default)]
-pub struct AdminAccess {
+pub(crate) struct AdminAccess {
     pub(crate) hosts: Vec<String>,
     pub(crate) token: Option<String>,
 }
@@ -30,7 +30,7 @@ impl std::fmt::Debug for AdminAccess {
     }
 }
 
-pub async fn handle<B>(
+pub(crate) async fn handle<B>(
     pull: Arc<PullThrough>,
     access: Arc<AdminAccess>,
     request: Request<B>,
@@ -218,7 +218,7 @@ fn cache_writable(tmp_dir: &std::path::Path) -> Result<(), String> {
 
 /// Ready when the cache directory takes writes and (unless offline) at least one upstream
 /// is in rotation with its breaker not open.
-pub fn readiness(pull: &PullThrough, cache_writable: Result<(), String>) -> (bool, String) {
+pub(crate) fn readiness(pull: &PullThrough, cache_writable: Result<(), String>) -> (bool, String) {
     if let Err(reason) = cache_writable {
         return (false, reason);
     }
@@ -253,7 +253,7 @@ pub fn readiness(pull: &PullThrough, cache_writable: Result<(), String>) -> (boo
 }
 
 /// Every upstream (by registry, then priority) with its health, plus cache counters.
-pub fn status(pull: &PullThrough) -> serde_json::Value {
+pub(crate) fn status(pull: &PullThrough) -> serde_json::Value {
     let upstreams: Vec<serde_json::Value> = pull
         .registries
         .all()

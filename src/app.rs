@@ -2,7 +2,7 @@
 //! clients, binds the registry and admin listeners, starts the optional health probe, and
 //! returns a handle with the bound addresses and a shutdown.
 
-pub mod config_files;
+pub(crate) mod config_files;
 
 pub use config_files::load_config;
 

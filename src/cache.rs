@@ -3,17 +3,17 @@
 //! digest (`inflight`), reading bytes back, finished or still arriving (`reader`), tags, the last
 //! referrers list per subject (`referrers`), and who vouched for each digest (`provenance`).
 
-pub mod failure;
-pub mod fill;
-pub mod index;
-pub mod inflight;
-pub mod layout;
-pub mod pins;
-pub mod provenance;
-pub mod reader;
-pub mod referrers;
-pub mod tags;
-pub mod writer;
+pub(crate) mod failure;
+pub(crate) mod fill;
+pub(crate) mod index;
+pub(crate) mod inflight;
+pub(crate) mod layout;
+pub(crate) mod pins;
+pub(crate) mod provenance;
+pub(crate) mod reader;
+pub(crate) mod referrers;
+pub(crate) mod tags;
+pub(crate) mod writer;
 
 pub use failure::CacheFailure;
 pub use fill::{BlobFill, FillFailure, FillHandle, FillOrigin, FillPhase, FillProgress};

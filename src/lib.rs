@@ -26,17 +26,19 @@
 //!    [`warm`], then [`app`], which reads the config file and the files it names
 //!    ([`app::config_files`]) and wires the configuration into a running server.
 
-pub mod admin;
+#![warn(unreachable_pub)]
+
+pub(crate) mod admin;
 pub mod app;
 pub mod cache;
 pub mod config;
-pub mod error;
+pub(crate) mod error;
 pub mod maintenance;
-pub mod metrics;
+pub(crate) mod metrics;
 pub mod oci;
 pub mod pull;
 pub mod server;
 pub mod shared;
-pub mod tasks;
+pub(crate) mod tasks;
 pub mod upstream;
 pub mod warm;

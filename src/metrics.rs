@@ -11,26 +11,26 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RequestLabels {
+pub(crate) struct RequestLabels {
     pub(crate) route: String,
     pub(crate) method: String,
     pub(crate) status: u16,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct CacheLabels {
+pub(crate) struct CacheLabels {
     /// `manifest` or `blob`.
     pub(crate) kind: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct SourceLabels {
+pub(crate) struct SourceLabels {
     /// `cache` or `upstream`.
     pub(crate) source: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct UpstreamOutcomeLabels {
+pub(crate) struct UpstreamOutcomeLabels {
     pub(crate) registry: String,
     pub(crate) upstream: String,
     /// `ok`, or the failure reason (`server_error`, `header_timeout`, ...).
@@ -38,20 +38,20 @@ pub struct UpstreamOutcomeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct FailoverLabels {
+pub(crate) struct FailoverLabels {
     pub(crate) registry: String,
     pub(crate) upstream: String,
     pub(crate) reason: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct UpstreamLabels {
+pub(crate) struct UpstreamLabels {
     pub(crate) registry: String,
     pub(crate) upstream: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct StoreEventLabels {
+pub(crate) struct StoreEventLabels {
     /// `hit`, `miss` or `error` for reads; `ok`, `failed` or `dropped` for uploads;
     /// `read` or `uploaded` for bytes.
     pub(crate) event: String,
@@ -272,7 +272,7 @@ impl Metrics {
 }
 
 /// Brings a counter that mirrors an absolute count up to `total`.
-pub fn catch_up(counter: &Counter, total: u64) {
+pub(crate) fn catch_up(counter: &Counter, total: u64) {
     let current = counter.get();
     if total > current {
         counter.inc_by(total - current);

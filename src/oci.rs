@@ -2,14 +2,14 @@
 //! manifest media types and Accept negotiation, the spec's error codes, registry names, and
 //! the typed shapes of tag lists and referrers indexes.
 
-pub mod digest;
-pub mod error_code;
-pub mod image_ref;
-pub mod link;
-pub mod listings;
+pub(crate) mod digest;
+pub(crate) mod error_code;
+pub(crate) mod image_ref;
+pub(crate) mod link;
+pub(crate) mod listings;
 pub mod media_type;
-pub mod name;
-pub mod registry;
+pub(crate) mod name;
+pub(crate) mod registry;
 
 pub use digest::{Digest, DigestAlgorithm, DigestVerifier};
 pub use error_code::ErrorCode;

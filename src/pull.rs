@@ -3,12 +3,12 @@
 //! in `manifest`, blobs and fills in `blob`, request coalescing for manifests in `singleflight`,
 //! who may see a digest in `provenance`.
 
-pub mod blob;
-pub mod manifest;
-pub mod passthrough;
-pub mod provenance;
-pub mod referrers;
-pub mod singleflight;
+pub(crate) mod blob;
+pub(crate) mod manifest;
+pub(crate) mod passthrough;
+pub(crate) mod provenance;
+pub(crate) mod referrers;
+pub(crate) mod singleflight;
 
 pub use blob::{BlobAnswer, RangeSpec};
 pub use manifest::ManifestAnswer;

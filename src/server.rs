@@ -3,12 +3,12 @@
 //! registry API in `handler`, or the admin API), and drains in-flight connections on shutdown.
 
 pub mod client_auth;
-pub mod handler;
-pub mod limits;
+pub(crate) mod handler;
+pub(crate) mod limits;
 pub mod range;
-pub mod response;
+pub(crate) mod response;
 pub mod route;
-pub mod tls;
+pub(crate) mod tls;
 
 use crate::server::limits::ClientLimits;
 use hyper::body::Incoming;

@@ -3,7 +3,7 @@
 //! background, streamed); a replica's miss looks here before the upstreams. The store failing
 //! never fails a pull: it has a breaker of its own, and every read is verified by the caller.
 
-pub mod inventory;
+pub(crate) mod inventory;
 
 use crate::oci::Digest;
 use crate::upstream::breaker::{Admission, Breaker, BreakerConfig, BreakerState, Transition};

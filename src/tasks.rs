@@ -88,7 +88,7 @@ impl TaskSupervisor {
 }
 
 /// The text a panic was raised with, if it was a string.
-pub fn panic_message(payload: &Box<dyn std::any::Any + Send>) -> String {
+pub(crate) fn panic_message(payload: &Box<dyn std::any::Any + Send>) -> String {
     payload
         .downcast_ref::<&str>()
         .map(|s| (*s).to_owned())

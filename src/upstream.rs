@@ -7,15 +7,15 @@
 pub mod auth;
 pub mod breaker;
 pub mod client;
-pub mod failure;
-pub mod health;
-pub mod memory_budget;
-pub mod pace;
-pub mod pool;
-pub mod reach;
+pub(crate) mod failure;
+pub(crate) mod health;
+pub(crate) mod memory_budget;
+pub(crate) mod pace;
+pub(crate) mod pool;
+pub(crate) mod reach;
 pub mod registries;
 pub mod route;
-pub mod settings;
+pub(crate) mod settings;
 
 pub use client::{BodyChunks, UpstreamClient};
 pub use failure::{FailureKind, UpstreamFailure, UpstreamsExhausted};

@@ -46,7 +46,7 @@ const PREALLOCATE_MAX: u64 = 256 * 1024 * 1024;
 /// Blobs up to this size (or, of unknown size, their first this-many bytes) are not shown to
 /// readers before the digest is checked: a wrong small blob can then be fetched again from
 /// another upstream without any client having seen it.
-pub const HOLD_UNTIL_VERIFIED_BYTES: u64 = 1024 * 1024;
+pub(crate) const HOLD_UNTIL_VERIFIED_BYTES: u64 = 1024 * 1024;
 
 const WORKERS_STOPPED: &str = "the cache's fill workers stopped";
 

@@ -94,7 +94,7 @@ impl Layout {
 
 /// A file of content under `blobs/` or `manifests/`.
 #[derive(Debug, Clone)]
-pub struct ContentFile {
+pub(crate) struct ContentFile {
     pub(crate) digest: Digest,
     pub(crate) path: PathBuf,
     pub(crate) size: u64,
@@ -105,12 +105,12 @@ pub struct ContentFile {
 /// Where a small JSON record keyed by `parts` lives under `dir`: a SHA-256 of the parts
 /// names it (`<dir>/<2 hex>/<hash>.json`), so any key maps to a fixed-shape path inside the
 /// cache. Tag records and referrers lists both use it.
-pub fn record_path(dir: &Path, parts: &[&[u8]]) -> PathBuf {
+pub(crate) fn record_path(dir: &Path, parts: &[&[u8]]) -> PathBuf {
     record_path_of(dir, &record_digest(parts))
 }
 
 /// The SHA-256 of a record's key parts: its file's name, and its entry in the size bound.
-pub fn record_digest(parts: &[&[u8]]) -> Digest {
+pub(crate) fn record_digest(parts: &[&[u8]]) -> Digest {
     use sha2::Digest as _;
     let mut hasher = sha2::Sha256::new();
     for part in parts {
@@ -120,20 +120,20 @@ pub fn record_digest(parts: &[&[u8]]) -> Digest {
 }
 
 /// Where the record named by `digest` (see [`record_digest`]) lives under `dir`.
-pub fn record_path_of(dir: &Path, digest: &Digest) -> PathBuf {
+pub(crate) fn record_path_of(dir: &Path, digest: &Digest) -> PathBuf {
     let stem = digest.hex();
     dir.join(&stem[..2]).join(format!("{stem}.json"))
 }
 
 /// A record file (`<dir>/<2 hex>/<hash>.json`) found on disk.
-pub struct RecordFile {
+pub(crate) struct RecordFile {
     pub(crate) digest: Digest,
     pub(crate) size: u64,
     pub(crate) modified: std::time::SystemTime,
 }
 
 /// Every record file under `dir` (tag records, referrers lists); strays are skipped.
-pub fn record_files(dir: &Path) -> io::Result<Vec<RecordFile>> {
+pub(crate) fn record_files(dir: &Path) -> io::Result<Vec<RecordFile>> {
     Ok(digest_named_files(dir, DigestAlgorithm::Sha256, ".json")?
         .into_iter()
         .map(|file| RecordFile {
@@ -207,7 +207,7 @@ fn skip_vanished<T>(result: io::Result<T>) -> io::Result<Option<T>> {
 /// Every blob and manifest file under `root` whose name is its digest: the one walk of the
 /// content tree that the startup scan, `ls`, `du`, `gc` and `verify` share. Files removed
 /// while the walk runs (eviction, gc) are skipped; other I/O errors are returned.
-pub fn content_files(root: &Path) -> io::Result<Vec<ContentFile>> {
+pub(crate) fn content_files(root: &Path) -> io::Result<Vec<ContentFile>> {
     let mut files = Vec::new();
     for (kind, is_manifest) in [("blobs", false), ("manifests", true)] {
         for algorithm in [DigestAlgorithm::Sha256, DigestAlgorithm::Sha512] {

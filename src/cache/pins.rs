@@ -10,15 +10,15 @@ use std::io;
 use std::path::Path;
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Pins {
+pub(crate) struct Pins {
     /// Image reference (as given to `ferry warm --pin`) -> digests it needs.
     pub(crate) images: BTreeMap<String, Vec<String>>,
 }
 
-pub const PINS_FILE: &str = "pins.json";
+pub(crate) const PINS_FILE: &str = "pins.json";
 
 impl Pins {
-    pub fn load(root: &Path) -> io::Result<Pins> {
+    pub(crate) fn load(root: &Path) -> io::Result<Pins> {
         match std::fs::read(root.join(PINS_FILE)) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(io::Error::other),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Pins::default()),
@@ -27,7 +27,7 @@ impl Pins {
     }
 
     /// Writes the pins atomically (temporary file, fsync, rename).
-    pub fn save(&self, root: &Path) -> io::Result<()> {
+    pub(crate) fn save(&self, root: &Path) -> io::Result<()> {
         let temporary = root
             .join("tmp")
             .join(format!("pins-{}.json", std::process::id()));
@@ -41,7 +41,7 @@ impl Pins {
         std::fs::rename(&temporary, root.join(PINS_FILE))
     }
 
-    pub fn digests(&self) -> HashSet<Digest> {
+    pub(crate) fn digests(&self) -> HashSet<Digest> {
         self.images
             .values()
             .flatten()
@@ -51,7 +51,7 @@ impl Pins {
 
     /// What the size bound must never evict: every pinned digest, and the tag record of
     /// every pinned tag (so a pinned image stays pullable by tag with its registry down).
-    pub fn protected(&self) -> HashSet<Digest> {
+    pub(crate) fn protected(&self) -> HashSet<Digest> {
         let mut protected = self.digests();
         for image in self.images.keys() {
             if let Ok(image) = crate::oci::ImageRef::parse(image, crate::oci::registry::DOCKER_HUB)

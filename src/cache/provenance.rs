@@ -20,7 +20,7 @@ pub enum ContentKind {
     Manifest,
 }
 
-pub struct Provenance {
+pub(crate) struct Provenance {
     memory: moka::sync::Cache<(ContentKind, Digest), Arc<Vec<String>>>,
 }
 
@@ -39,7 +39,7 @@ impl Default for Provenance {
 }
 
 /// The sidecar of a content file: `<content path>.from`.
-pub fn sidecar_path(content_path: &std::path::Path) -> PathBuf {
+pub(crate) fn sidecar_path(content_path: &std::path::Path) -> PathBuf {
     let mut path = content_path.as_os_str().to_owned();
     path.push(".from");
     PathBuf::from(path)
@@ -54,7 +54,7 @@ fn content_path(layout: &Layout, kind: ContentKind, digest: &Digest) -> PathBuf 
 
 impl Provenance {
     /// The registries known to have served or confirmed `digest` (empty when none are).
-    pub async fn registries(
+    pub(crate) async fn registries(
         &self,
         layout: &Layout,
         kind: ContentKind,
@@ -78,7 +78,7 @@ impl Provenance {
     }
 
     /// Whether any of `allowed` served or confirmed `digest`.
-    pub async fn vouched_by_any(
+    pub(crate) async fn vouched_by_any(
         &self,
         layout: &Layout,
         kind: ContentKind,
@@ -94,7 +94,7 @@ impl Provenance {
     /// beside content that is on disk (a confirmation ahead of a fill stays in memory; the
     /// fill records its own registry when it commits). A lost write only costs a later
     /// confirmation, never a wrong answer.
-    pub async fn record(
+    pub(crate) async fn record(
         &self,
         layout: &Layout,
         kind: ContentKind,

@@ -17,13 +17,13 @@ use tokio::task::JoinHandle;
 /// failure (the reader may continue from upstream) from bad upstream bytes.
 #[derive(Debug, thiserror::Error)]
 #[error("blob fill failed: {message}")]
-pub struct FillFailed {
+pub(crate) struct FillFailed {
     pub(crate) cache_failure: bool,
     pub(crate) message: String,
 }
 
 /// Bytes read per trip to the blocking pool (and handed out of a fill's memory at once).
-pub const READ_CHUNK: usize = 512 * 1024;
+pub(crate) const READ_CHUNK: usize = 512 * 1024;
 
 struct FileReadState {
     file: Arc<File>,
@@ -36,7 +36,7 @@ struct FileReadState {
 }
 
 /// Streams `[start, end)` of a committed `file`.
-pub fn read_range(
+pub(crate) fn read_range(
     file: Arc<File>,
     start: u64,
     end: u64,
@@ -95,7 +95,7 @@ struct FillReadState {
 
 /// Streams `[start, end)` of a fill in progress: waits for bytes, ends when the fill has
 /// them all, fails if the fill fails.
-pub fn read_fill(
+pub(crate) fn read_fill(
     fill: Arc<FillHandle>,
     start: u64,
     end: Option<u64>,

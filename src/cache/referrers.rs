@@ -39,12 +39,12 @@ pub struct ReferrersRecord {
 mod body_as_text {
     use serde::{Deserialize, Deserializer, Serializer};
 
-    pub fn serialize<S: Serializer>(body: &bytes::Bytes, serializer: S) -> Result<S::Ok, S::Error> {
+    pub(super) fn serialize<S: Serializer>(body: &bytes::Bytes, serializer: S) -> Result<S::Ok, S::Error> {
         let text = std::str::from_utf8(body).map_err(serde::ser::Error::custom)?;
         serializer.serialize_str(text)
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
         deserializer: D,
     ) -> Result<bytes::Bytes, D::Error> {
         String::deserialize(deserializer).map(bytes::Bytes::from)
@@ -58,7 +58,7 @@ impl ReferrersRecord {
     }
 }
 
-pub struct ReferrersStore {
+pub(crate) struct ReferrersStore {
     dir: PathBuf,
     /// The size bound the record files count toward.
     index: Option<std::sync::Arc<super::LruIndex>>,
@@ -67,7 +67,7 @@ pub struct ReferrersStore {
 }
 
 impl ReferrersStore {
-    pub fn new(dir: PathBuf) -> ReferrersStore {
+    pub(crate) fn new(dir: PathBuf) -> ReferrersStore {
         ReferrersStore {
             dir,
             index: None,
@@ -86,7 +86,7 @@ impl ReferrersStore {
     }
 
     /// Counts the record files toward `index`'s bound (they are evicted like blobs).
-    pub fn counted_in(mut self, index: std::sync::Arc<super::LruIndex>) -> Self {
+    pub(crate) fn counted_in(mut self, index: std::sync::Arc<super::LruIndex>) -> Self {
         self.index = Some(index);
         self
     }
@@ -125,7 +125,7 @@ impl ReferrersStore {
     }
 
     /// The last answer for `key`, from memory or disk.
-    pub async fn get(&self, key: &ReferrersKey) -> Option<ReferrersRecord> {
+    pub(crate) async fn get(&self, key: &ReferrersKey) -> Option<ReferrersRecord> {
         if let Some(record) = self.memory.get(key) {
             return Some(record);
         }
@@ -146,7 +146,7 @@ impl ReferrersStore {
     }
 
     /// Remembers `record` and writes it to disk (atomically).
-    pub async fn put(&self, layout: &Layout, record: ReferrersRecord) -> io::Result<()> {
+    pub(crate) async fn put(&self, layout: &Layout, record: ReferrersRecord) -> io::Result<()> {
         let path = self.path(&record.key);
         self.remember(record.clone());
         let json = serde_json::to_vec(&record).map_err(io::Error::other)?;

@@ -23,14 +23,14 @@ pub enum CommitError {
 
 /// A file under `tmp/`, open for reading and writing; removed when dropped unless `keep`
 /// says it was renamed into place.
-pub struct TemporaryFile {
+pub(crate) struct TemporaryFile {
     file: Arc<File>,
     path: PathBuf,
     kept: bool,
 }
 
 impl TemporaryFile {
-    pub fn create(layout: &Layout, label: &str) -> io::Result<TemporaryFile> {
+    pub(crate) fn create(layout: &Layout, label: &str) -> io::Result<TemporaryFile> {
         let path = layout.temporary_path(label);
         let file = std::fs::OpenOptions::new()
             .read(true)
@@ -45,16 +45,16 @@ impl TemporaryFile {
     }
 
     /// A handle readers can `pread` from while the file grows (and after it is renamed).
-    pub fn file(&self) -> Arc<File> {
+    pub(crate) fn file(&self) -> Arc<File> {
         self.file.clone()
     }
 
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
     /// The file was renamed into place: do not remove it.
-    pub fn keep(&mut self) {
+    pub(crate) fn keep(&mut self) {
         self.kept = true;
     }
 }
@@ -70,7 +70,7 @@ impl Drop for TemporaryFile {
 /// Reserves `len` bytes of disk for `file` (its length stays as written). A file system
 /// without `fallocate` is not an error; running out of space is.
 #[cfg(target_os = "linux")]
-pub fn preallocate(file: &File, len: u64) -> io::Result<()> {
+pub(crate) fn preallocate(file: &File, len: u64) -> io::Result<()> {
     use std::os::fd::AsRawFd;
     // SAFETY: fallocate only reads its integer arguments; the descriptor stays open while
     // `file` is borrowed.
@@ -103,7 +103,7 @@ pub fn preallocate(_file: &File, _len: u64) -> io::Result<()> {
 /// so the fsync at commit finds little left to do. Only a hint: errors are ignored (the
 /// fsync reports any real one).
 #[cfg(target_os = "linux")]
-pub fn start_writeback(file: &File, offset: u64, len: u64) {
+pub(crate) fn start_writeback(file: &File, offset: u64, len: u64) {
     use std::os::fd::AsRawFd;
     if len == 0 {
         return;
@@ -127,7 +127,7 @@ pub fn start_writeback(_file: &File, _offset: u64, _len: u64) {}
 
 /// Renames `from` to `to` (creating `to`'s directory) and fsyncs the directory, so the
 /// rename survives a power loss.
-pub fn rename_durably(from: &Path, to: &Path) -> io::Result<()> {
+pub(crate) fn rename_durably(from: &Path, to: &Path) -> io::Result<()> {
     let parent = to
         .parent()
         .ok_or_else(|| io::Error::other("cache path has no parent directory"))?;
@@ -138,7 +138,7 @@ pub fn rename_durably(from: &Path, to: &Path) -> io::Result<()> {
 
 /// Writes a small file (manifest, tag record, media type) atomically: temporary file, fsync,
 /// rename.
-pub async fn write_file_atomically(layout: &Layout, path: &Path, content: Bytes) -> io::Result<()> {
+pub(crate) async fn write_file_atomically(layout: &Layout, path: &Path, content: Bytes) -> io::Result<()> {
     let temporary = TemporaryFile::create(layout, "meta")?;
     let path = path.to_path_buf();
     tokio::task::spawn_blocking(move || -> io::Result<()> {

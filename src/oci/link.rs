@@ -6,7 +6,7 @@
 /// any. The link is resolved against `request_url` and must name the same path; only its
 /// query is used (without `ns`, which ferry adds itself), on the same upstream, so a link
 /// cannot send ferry elsewhere.
-pub fn next_page_query(
+pub(crate) fn next_page_query(
     headers: &http::HeaderMap,
     request_url: &reqwest::Url,
     what: &str,

@@ -7,9 +7,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 /// Most tags a tag list may hold (Docker Hub's largest repositories hold tens of thousands).
-pub const MAX_TAGS: usize = 200_000;
+pub(crate) const MAX_TAGS: usize = 200_000;
 /// Most descriptors a referrers list may hold, over all its pages.
-pub const MAX_REFERRERS: usize = 10_000;
+pub(crate) const MAX_REFERRERS: usize = 10_000;
 
 /// Counts a sequence's items without keeping them, failing past `max`.
 struct CountingVisitor {
@@ -75,7 +75,7 @@ struct TagListShape {
 
 /// Checks that `body` is a tag list (`{"name": ..., "tags": [strings] | null}`) of at most
 /// [`MAX_TAGS`] tags, holding none of them in memory.
-pub fn check_tag_list(body: &[u8]) -> Result<(), String> {
+pub(crate) fn check_tag_list(body: &[u8]) -> Result<(), String> {
     serde_json::from_slice::<TagListShape>(body)
         .map(drop)
         .map_err(|e| format!("not a tag list of at most {MAX_TAGS} tags ({e})"))
@@ -84,7 +84,7 @@ pub fn check_tag_list(body: &[u8]) -> Result<(), String> {
 /// One descriptor of a referrers index. The spec's fields with structure ferry does not
 /// read (annotations, platform, urls, data) are kept as their raw JSON text.
 #[derive(Debug, Serialize, Deserialize)]
-pub struct ReferrerDescriptor {
+pub(crate) struct ReferrerDescriptor {
     #[serde(rename = "mediaType")]
     pub media_type: String,
     pub digest: String,
@@ -107,7 +107,7 @@ pub struct ReferrerDescriptor {
 
 /// One page of a referrers answer: an image index's `manifests`.
 #[derive(Deserialize)]
-pub struct ReferrersPage {
+pub(crate) struct ReferrersPage {
     #[serde(deserialize_with = "capped_descriptors")]
     pub manifests: Vec<ReferrerDescriptor>,
 }
@@ -140,14 +140,14 @@ fn capped_descriptors<'de, D: Deserializer<'de>>(
 
 impl ReferrersPage {
     /// Reads a page; its descriptors must be well formed.
-    pub fn read(body: &[u8]) -> Result<ReferrersPage, String> {
+    pub(crate) fn read(body: &[u8]) -> Result<ReferrersPage, String> {
         serde_json::from_slice(body).map_err(|e| format!("not an image index ({e})"))
     }
 }
 
 /// The index ferry serves for a merged (or filtered) referrers list.
 #[derive(Serialize)]
-pub struct ReferrersIndex<'a> {
+pub(crate) struct ReferrersIndex<'a> {
     #[serde(rename = "schemaVersion")]
     pub schema_version: u32,
     #[serde(rename = "mediaType")]

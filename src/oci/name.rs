@@ -5,9 +5,9 @@ use super::digest::Digest;
 use std::fmt;
 
 /// Longest repository name accepted (the spec's limit for host + name is 255).
-pub const MAX_NAME_LEN: usize = 255;
+pub(crate) const MAX_NAME_LEN: usize = 255;
 /// Longest tag accepted (`[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}`).
-pub const MAX_TAG_LEN: usize = 128;
+pub(crate) const MAX_TAG_LEN: usize = 128;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RepositoryName(String);

@@ -20,7 +20,7 @@ use http::header::{ACCEPT, CONTENT_TYPE};
 use http::{HeaderMap, HeaderValue, Method};
 use std::time::SystemTime;
 
-pub const DOCKER_CONTENT_DIGEST: &str = "docker-content-digest";
+pub(crate) const DOCKER_CONTENT_DIGEST: &str = "docker-content-digest";
 
 pub struct ManifestAnswer {
     pub(crate) manifest: CachedManifest,

@@ -15,7 +15,7 @@ use std::io;
 use std::sync::Arc;
 
 /// An upstream body positioned at `offset` of the blob.
-pub struct UpstreamTail {
+pub(crate) struct UpstreamTail {
     pub(crate) body: BodyChunks,
     pub(crate) skip: u64,
     /// The blob's full size, when the upstream said.
@@ -24,7 +24,7 @@ pub struct UpstreamTail {
 }
 
 /// Opens the blob at `offset` on the first upstream that serves it.
-pub async fn open_tail(
+pub(crate) async fn open_tail(
     upstreams: &Upstreams,
     name: &RepositoryName,
     digest: &Digest,
@@ -62,7 +62,7 @@ pub async fn open_tail(
 /// Streams `tail` from `offset` to the blob's end. `verifier` has hashed the blob's first
 /// `offset` bytes; the running hash must equal `digest` when the blob ends, or the stream
 /// fails before its last chunk. (Only bodies that run to the blob's end pass here.)
-pub fn stream_tail(
+pub(crate) fn stream_tail(
     tail: UpstreamTail,
     offset: u64,
     end: Option<u64>,
@@ -149,7 +149,7 @@ pub fn stream_tail(
 }
 
 /// What a reader of a fill needs to carry on from upstream if the fill fails in the cache.
-pub struct FallbackContext {
+pub(crate) struct FallbackContext {
     pub(crate) pull: Arc<PullThrough>,
     pub(crate) registry: String,
     pub(crate) name: RepositoryName,
@@ -164,7 +164,7 @@ pub struct FallbackContext {
 
 /// Wraps a fill reader: if the fill fails because of the cache, the reader continues from
 /// upstream at the byte it reached. Other failures (bad upstream bytes) still cut it.
-pub fn continue_from_upstream_on_cache_failure(
+pub(crate) fn continue_from_upstream_on_cache_failure(
     inner: BlobStream,
     context: FallbackContext,
 ) -> BlobStream {

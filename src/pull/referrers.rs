@@ -16,7 +16,7 @@ use http::{HeaderMap, Method};
 use std::time::SystemTime;
 
 /// The response header naming the filters a registry applied.
-pub const OCI_FILTERS_APPLIED: &str = "oci-filters-applied";
+pub(crate) const OCI_FILTERS_APPLIED: &str = "oci-filters-applied";
 /// Longest `artifactType` accepted (a media type; the spec's limit for those is 255).
 const MAX_ARTIFACT_TYPE_LEN: usize = 255;
 
@@ -30,7 +30,7 @@ pub struct ReferrersAnswer {
 }
 
 /// The `artifactType` filter of a referrers request's query, validated as a media type.
-pub fn artifact_type_filter(query: Option<&str>) -> Result<Option<String>, FerryError> {
+pub(crate) fn artifact_type_filter(query: Option<&str>) -> Result<Option<String>, FerryError> {
     let Some(query) = query else { return Ok(None) };
     let Ok(url) = reqwest::Url::parse(&format!("http://query.invalid/?{query}")) else {
         return Ok(None);

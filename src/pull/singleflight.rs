@@ -6,19 +6,19 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::OwnedMutexGuard;
 
 #[derive(Default)]
-pub struct KeyedLocks {
+pub(crate) struct KeyedLocks {
     locks: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
 }
 
 /// Holds one key's lock; removes the key's entry when nobody else wants it.
-pub struct KeyGuard {
+pub(crate) struct KeyGuard {
     key: String,
     guard: Option<OwnedMutexGuard<()>>,
     locks: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
 }
 
 impl KeyedLocks {
-    pub async fn lock(&self, key: &str) -> KeyGuard {
+    pub(crate) async fn lock(&self, key: &str) -> KeyGuard {
         let mutex = {
             let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
             locks.entry(key.to_owned()).or_default().clone()
@@ -31,11 +31,11 @@ impl KeyedLocks {
         }
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.locks.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.len() == 0
     }
 }

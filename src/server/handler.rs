@@ -22,7 +22,7 @@ use http_body_util::{BodyExt, StreamBody};
 use std::sync::Arc;
 use std::time::Instant;
 
-pub async fn handle<B>(
+pub(crate) async fn handle<B>(
     pull: Arc<PullThrough>,
     client_auth: Option<Arc<ClientAuth>>,
     request: Request<B>,

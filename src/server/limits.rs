@@ -39,7 +39,7 @@ impl Default for ClientLimits {
 /// Counts open connections, in all and per client address, and picks which to shed when a
 /// cap is reached: the one that has waited longest without a request in service.
 #[derive(Debug)]
-pub struct ConnectionCounter {
+pub(crate) struct ConnectionCounter {
     limits: ClientLimits,
     open: Mutex<OpenConnections>,
     /// Zero point of the `idle_since` clocks.
@@ -63,7 +63,7 @@ struct Tracked {
 
 /// Shared between a connection's task and the counter.
 #[derive(Debug, Default)]
-pub struct ConnectionActivity {
+pub(crate) struct ConnectionActivity {
     /// Requests in service now (a connection serving one is never shed).
     pub(crate) busy: Arc<AtomicUsize>,
     /// Milliseconds after the counter's epoch since which the connection has had no request
@@ -75,7 +75,7 @@ pub struct ConnectionActivity {
 
 impl ConnectionActivity {
     /// A response just ended: the connection is idle from now.
-    pub fn note_idle(&self, counter: &ConnectionCounter) {
+    pub(crate) fn note_idle(&self, counter: &ConnectionCounter) {
         self.idle_since_ms
             .store(counter.now_ms(), Ordering::Relaxed);
     }
@@ -84,7 +84,7 @@ impl ConnectionActivity {
 /// One admitted connection; dropping it frees its place (unless it was shed: then its place
 /// already went to the connection admitted instead).
 #[derive(Debug)]
-pub struct ConnectionPermit {
+pub(crate) struct ConnectionPermit {
     counter: Arc<ConnectionCounter>,
     id: u64,
     pub(crate) activity: Arc<ConnectionActivity>,
@@ -92,13 +92,13 @@ pub struct ConnectionPermit {
 
 /// Why a connection was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     ServerFull,
     ClientFull,
 }
 
 impl ConnectionCounter {
-    pub fn new(limits: ClientLimits) -> Arc<Self> {
+    pub(crate) fn new(limits: ClientLimits) -> Arc<Self> {
         Arc::new(ConnectionCounter {
             limits,
             open: Mutex::new(OpenConnections::default()),
@@ -118,7 +118,7 @@ impl ConnectionCounter {
     /// Admits a connection from `peer`. At a cap, the connection (of that peer for its cap,
     /// of anyone for the server's) that has waited longest without a request in service is
     /// shed to make room; only when every one is serving a request is the newcomer refused.
-    pub fn admit(self: &Arc<Self>, peer: IpAddr) -> Result<ConnectionPermit, Refusal> {
+    pub(crate) fn admit(self: &Arc<Self>, peer: IpAddr) -> Result<ConnectionPermit, Refusal> {
         let mut open = self.lock();
         // Pick every connection to shed first; shed nothing unless the newcomer gets in.
         let mut victims = Vec::new();
@@ -197,7 +197,7 @@ impl ConnectionCounter {
         }
     }
 
-    pub fn open_connections(&self) -> usize {
+    pub(crate) fn open_connections(&self) -> usize {
         self.lock().total
     }
 }
@@ -215,7 +215,7 @@ impl Drop for ConnectionPermit {
 /// client that sends nothing between requests, or stops reading a response, loses its
 /// connection. While ferry itself is working on a request (`busy` > 0, e.g. a Range request
 /// waiting for its fill to commit), waiting to read does not count: only the client's side.
-pub struct IdleTimeout<T> {
+pub(crate) struct IdleTimeout<T> {
     inner: T,
     idle: Duration,
     deadline: Pin<Box<Sleep>>,
@@ -223,7 +223,7 @@ pub struct IdleTimeout<T> {
 }
 
 impl<T> IdleTimeout<T> {
-    pub fn new(inner: T, idle: Duration, busy: Arc<AtomicUsize>) -> Self {
+    pub(crate) fn new(inner: T, idle: Duration, busy: Arc<AtomicUsize>) -> Self {
         IdleTimeout {
             inner,
             idle,
@@ -324,7 +324,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for IdleTimeout<T> {
 
 /// Raises the soft limit on open files to the hard limit (Linux and macOS start processes at
 /// 1024 or 256 while allowing far more), and returns the limit now in force.
-pub fn raise_open_file_limit() -> io::Result<u64> {
+pub(crate) fn raise_open_file_limit() -> io::Result<u64> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,

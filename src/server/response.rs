@@ -10,12 +10,12 @@ use http::{HeaderValue, Response, StatusCode};
 use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
 
-pub type ResponseBody = UnsyncBoxBody<Bytes, std::io::Error>;
+pub(crate) type ResponseBody = UnsyncBoxBody<Bytes, std::io::Error>;
 
-pub const API_VERSION_HEADER: &str = "docker-distribution-api-version";
-pub const API_VERSION: &str = "registry/2.0";
+pub(crate) const API_VERSION_HEADER: &str = "docker-distribution-api-version";
+pub(crate) const API_VERSION: &str = "registry/2.0";
 
-pub fn full_body(bytes: impl Into<Bytes>) -> ResponseBody {
+pub(crate) fn full_body(bytes: impl Into<Bytes>) -> ResponseBody {
     http_body_util::Full::new(bytes.into())
         .map_err(|never| match never {})
         .boxed_unsync()
@@ -23,7 +23,7 @@ pub fn full_body(bytes: impl Into<Bytes>) -> ResponseBody {
 
 /// A whole body that keeps `held` (a memory-budget lease) until the response is done with
 /// it, so memory counted for a buffered answer stays counted while it is sent.
-pub fn full_body_holding<T: Send + Unpin + 'static>(bytes: Bytes, held: T) -> ResponseBody {
+pub(crate) fn full_body_holding<T: Send + Unpin + 'static>(bytes: Bytes, held: T) -> ResponseBody {
     HoldingBody {
         inner: http_body_util::Full::new(bytes),
         _held: held,
@@ -57,28 +57,28 @@ impl<T: Unpin> http_body::Body for HoldingBody<T> {
     }
 }
 
-pub fn empty_body() -> ResponseBody {
+pub(crate) fn empty_body() -> ResponseBody {
     full_body(Bytes::new())
 }
 
 /// The body of a HEAD response. Its size is deliberately "unknown" so hyper keeps the
 /// `Content-Length` set by the handler (the length a GET would return) instead of
 /// replacing it with 0.
-pub fn head_body() -> ResponseBody {
+pub(crate) fn head_body() -> ResponseBody {
     let nothing =
         futures_util::stream::empty::<Result<hyper::body::Frame<Bytes>, std::io::Error>>();
     http_body_util::StreamBody::new(nothing).boxed_unsync()
 }
 
 /// A response with the registry API version header set.
-pub fn builder(status: StatusCode) -> http::response::Builder {
+pub(crate) fn builder(status: StatusCode) -> http::response::Builder {
     Response::builder()
         .status(status)
         .header(API_VERSION_HEADER, API_VERSION)
 }
 
 /// Status and OCI code for an error, and whether it is the client's fault.
-pub fn classify(error: &FerryError) -> (StatusCode, ErrorCode) {
+pub(crate) fn classify(error: &FerryError) -> (StatusCode, ErrorCode) {
     match error {
         FerryError::Client { code, status, .. } => (*status, *code),
         FerryError::RangeNotSatisfiable { .. } => {
@@ -152,7 +152,7 @@ fn exhausted_status(exhausted: &UpstreamsExhausted) -> StatusCode {
     StatusCode::BAD_GATEWAY
 }
 
-pub fn error_response(error: &FerryError, head: bool) -> Response<ResponseBody> {
+pub(crate) fn error_response(error: &FerryError, head: bool) -> Response<ResponseBody> {
     let (status, code) = classify(error);
     let body = code.body(&error.to_string());
     let mut builder = builder(status)
@@ -178,7 +178,7 @@ fn fallback_500() -> Response<ResponseBody> {
 /// A response the handler built, or, if building it failed (a header value ferry made
 /// was invalid: ferry's own bug, not the client's, the cache's or an upstream's), a 500
 /// saying so.
-pub fn or_500(built: Result<Response<ResponseBody>, http::Error>) -> Response<ResponseBody> {
+pub(crate) fn or_500(built: Result<Response<ResponseBody>, http::Error>) -> Response<ResponseBody> {
     built.unwrap_or_else(|error| {
         tracing::error!(%error, "ferry built an invalid response");
         let body =

@@ -13,13 +13,13 @@ const RECENT_FAILURES: usize = 16;
 /// How many recent times to headers are kept per upstream (they set its hedge delay).
 const RECENT_HEADER_TIMES: usize = 32;
 /// Breaker weight of an upstream that sent wrong bytes: it counts heavily.
-pub const BAD_BYTES_WEIGHT: u32 = 3;
+pub(crate) const BAD_BYTES_WEIGHT: u32 = 3;
 /// An error status does not count toward the breaker while the upstream served another
 /// request within this long: it concerns that request, not the upstream's health.
 const SERVING_OTHERS_WITHIN: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, serde::Serialize)]
-pub struct RecordedFailure {
+pub(crate) struct RecordedFailure {
     pub(crate) at_unix_ms: u64,
     pub(crate) reason: &'static str,
     pub(crate) detail: String,

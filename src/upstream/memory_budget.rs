@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// The budget when none is configured.
-pub const DEFAULT_MEMORY_BUDGET_BYTES: u64 = 48 * 1024 * 1024;
+pub(crate) const DEFAULT_MEMORY_BUDGET_BYTES: u64 = 48 * 1024 * 1024;
 /// How long a body waits for room before its request gets 503.
 const WAIT_FOR_ROOM: Duration = Duration::from_secs(2);
 /// Bytes per semaphore permit.

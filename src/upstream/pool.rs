@@ -51,17 +51,17 @@ pub enum Hedging {
 /// Adaptive hedging waits this many times the upstream's slowest recent time to headers...
 const HEDGE_FACTOR: u32 = 3;
 /// ...but at least this long (a hedge to a group's next member or to a registry costs egress)...
-pub const HEDGE_FLOOR: Duration = Duration::from_millis(250);
+pub(crate) const HEDGE_FLOOR: Duration = Duration::from_millis(250);
 /// ...and at most this long: a silent upstream costs a request no more than this.
-pub const HEDGE_CAP: Duration = Duration::from_secs(1);
+pub(crate) const HEDGE_CAP: Duration = Duration::from_secs(1);
 /// Before an upstream's first answer, its hedge delay is this.
-pub const HEDGE_BEFORE_FIRST_ANSWER: Duration = Duration::from_millis(500);
+pub(crate) const HEDGE_BEFORE_FIRST_ANSWER: Duration = Duration::from_millis(500);
 /// The default `stall_floor`.
 pub const DEFAULT_STALL_FLOOR: Duration = Duration::from_secs(1);
 /// An upstream group's members are ferries with failover of their own underneath (AZ
 /// replicas): adaptive hedges and stall judgements against them wait this many times longer,
 /// so the tier below acts first and a host does not start a second fill on another replica.
-pub const GROUP_MEMBER_PATIENCE: u32 = 3;
+pub(crate) const GROUP_MEMBER_PATIENCE: u32 = 3;
 
 /// How much longer than a registry an upstream is given before it is judged silent.
 fn patience(client: &UpstreamClient) -> u32 {

@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 /// Whether `ip` is an address on the public internet (not loopback, private, link-local,
 /// shared/CGNAT, unspecified, multicast, broadcast or documentation space).
-pub fn is_public(ip: IpAddr) -> bool {
+pub(crate) fn is_public(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => is_public_v4(v4),
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
@@ -81,7 +81,7 @@ pub struct NotPublic(pub IpAddr);
 
 /// Refuses a URL whose host is a literal non-public address (names are checked by
 /// [`PublicAddressResolver`] when the connection is made).
-pub fn check_literal_host(url: &reqwest::Url) -> Result<(), NotPublic> {
+pub(crate) fn check_literal_host(url: &reqwest::Url) -> Result<(), NotPublic> {
     let host = url.host_str().unwrap_or("");
     let Ok(ip) = host
         .trim_start_matches('[')
@@ -100,7 +100,7 @@ pub fn check_literal_host(url: &reqwest::Url) -> Result<(), NotPublic> {
 /// A DNS resolver that keeps only public addresses, so every connection of the client that
 /// uses it (registry, token realm, redirects) is checked on the address it really dials.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct PublicAddressResolver;
+pub(crate) struct PublicAddressResolver;
 
 impl reqwest::dns::Resolve for PublicAddressResolver {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
