@@ -15,13 +15,13 @@ pub(crate) mod referrers;
 pub(crate) mod tags;
 pub(crate) mod writer;
 
-pub use failure::CacheFailure;
-pub use fill::{BlobFill, FillFailure, FillHandle, FillOrigin, FillPhase, FillProgress};
-pub use index::{LruIndex, Reservation, Usage};
-pub use inflight::{Inflight, JoinOutcome};
+pub(crate) use failure::CacheFailure;
+pub(crate) use fill::{BlobFill, FillFailure, FillHandle, FillOrigin, FillPhase, FillProgress};
+pub(crate) use index::{LruIndex, Usage};
+pub(crate) use inflight::{Inflight, JoinOutcome};
 pub use layout::Layout;
 pub use tags::{TagKey, TagRecord, TagStore};
-pub use writer::CommitError;
+pub(crate) use writer::CommitError;
 
 use crate::oci::Digest;
 use std::io;

@@ -10,7 +10,7 @@ mod shared_store;
 mod upstreams;
 mod values;
 
-pub use named_files::{ClientAuthFiles, NamedFiles, SecretSource, UpstreamSecrets};
+pub(crate) use named_files::{ClientAuthFiles, NamedFiles, SecretSource};
 pub use values::parse_size;
 use values::{ANY_DURATION, Problems};
 
@@ -19,7 +19,7 @@ use crate::upstream::{Hedging, PoolSettings};
 use file::ConfigFile;
 
 // Settings types owned by the layers that use them, re-exported here where configs are built.
-pub use crate::server::limits::ClientLimits;
+pub(crate) use crate::server::limits::ClientLimits;
 pub use crate::upstream::settings::{
     Credentials, DOCKER_HUB_URL, DirectRegistries, PasswordCommand, UpstreamCa, UpstreamConfig,
 };

@@ -12,6 +12,6 @@ pub(crate) mod name;
 pub(crate) mod registry;
 
 pub use digest::{Digest, DigestAlgorithm, DigestVerifier};
-pub use error_code::ErrorCode;
+pub(crate) use error_code::ErrorCode;
 pub use image_ref::ImageRef;
 pub use name::{Reference, RepositoryName, Tag};

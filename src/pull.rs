@@ -11,7 +11,6 @@ pub(crate) mod referrers;
 pub(crate) mod singleflight;
 
 pub use blob::{BlobAnswer, RangeSpec};
-pub use manifest::ManifestAnswer;
 
 use crate::cache::Cache;
 use crate::upstream::{Registries, Upstreams};

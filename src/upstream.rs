@@ -17,10 +17,10 @@ pub mod registries;
 pub mod route;
 pub(crate) mod settings;
 
-pub use client::{BodyChunks, UpstreamClient};
-pub use failure::{FailureKind, UpstreamFailure, UpstreamsExhausted};
+pub(crate) use client::{BodyChunks, UpstreamClient};
+pub(crate) use failure::{FailureKind, UpstreamFailure, UpstreamsExhausted};
 pub use memory_budget::{BudgetLease, MemoryBudget};
-pub use pace::BodyPace;
+pub(crate) use pace::BodyPace;
 pub use pool::{AttemptPlan, DEFAULT_STALL_FLOOR, Hedging, PoolSettings, Upstreams};
 pub use registries::{Registries, RegistryPattern, canonical_registry};
-pub use route::Route;
+pub(crate) use route::Route;

@@ -68,7 +68,7 @@ impl std::fmt::Display for FillOrigin {
 
 /// Where a fill stands.
 #[derive(Debug, Clone)]
-pub enum FillPhase {
+pub(crate) enum FillPhase {
     /// Looking for an upstream that answers.
     Connecting,
     /// Bytes are flowing from `origin`; `total` is the announced length if any.
@@ -105,7 +105,7 @@ impl std::fmt::Display for FillFailure {
 }
 
 #[derive(Debug, Clone)]
-pub struct FillProgress {
+pub(crate) struct FillProgress {
     /// Bytes shown to readers so far (in memory or in the file).
     pub(crate) received: u64,
     pub(crate) phase: FillPhase,
@@ -115,7 +115,7 @@ impl FillProgress {
     /// Bytes a reader may hand to a client now. Until the digest is checked the blob's last
     /// byte is held back: a client that knows the length treats a body that reached it as
     /// complete, so that byte must wait for the check.
-    pub fn readable(&self) -> u64 {
+    pub(crate) fn readable(&self) -> u64 {
         match self.phase {
             FillPhase::Streaming {
                 total: Some(total), ..
@@ -125,7 +125,7 @@ impl FillProgress {
     }
 
     /// Every byte of the blob is known and verified: nothing more will arrive.
-    pub fn all_received(&self) -> bool {
+    pub(crate) fn all_received(&self) -> bool {
         matches!(self.phase, FillPhase::Verified { .. } | FillPhase::Complete)
     }
 }

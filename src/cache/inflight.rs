@@ -20,7 +20,7 @@ pub enum JoinOutcome {
 }
 
 #[derive(Default)]
-pub struct Inflight {
+pub(crate) struct Inflight {
     fills: Mutex<HashMap<Digest, Arc<FillHandle>>>,
 }
 
@@ -33,7 +33,7 @@ impl Inflight {
     }
 
     /// The fill running for `digest`, if any.
-    pub fn join(&self, digest: &Digest) -> Option<Arc<FillHandle>> {
+    pub(crate) fn join(&self, digest: &Digest) -> Option<Arc<FillHandle>> {
         self.lock().get(digest).cloned()
     }
 
@@ -41,7 +41,7 @@ impl Inflight {
     /// the blob was committed meanwhile (`is_cached`, checked under the lock, must not touch
     /// the disk: the index knows a commit before its fill is finished). A fill not started
     /// is handed back so the caller can drop it off the async workers.
-    pub fn start(
+    pub(crate) fn start(
         &self,
         digest: &Digest,
         is_cached: impl FnOnce() -> bool,
@@ -65,15 +65,11 @@ impl Inflight {
 
     /// Forgets the fill for `digest` (after commit or failure), so later requests either
     /// find the committed file or start afresh.
-    pub fn finish(&self, digest: &Digest) {
+    pub(crate) fn finish(&self, digest: &Digest) {
         self.lock().remove(digest);
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.lock().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }

@@ -102,13 +102,6 @@ pub(crate) struct ContentFile {
     pub(crate) is_manifest: bool,
 }
 
-/// Where a small JSON record keyed by `parts` lives under `dir`: a SHA-256 of the parts
-/// names it (`<dir>/<2 hex>/<hash>.json`), so any key maps to a fixed-shape path inside the
-/// cache. Tag records and referrers lists both use it.
-pub(crate) fn record_path(dir: &Path, parts: &[&[u8]]) -> PathBuf {
-    record_path_of(dir, &record_digest(parts))
-}
-
 /// The SHA-256 of a record's key parts: its file's name, and its entry in the size bound.
 pub(crate) fn record_digest(parts: &[&[u8]]) -> Digest {
     use sha2::Digest as _;
@@ -119,7 +112,9 @@ pub(crate) fn record_digest(parts: &[&[u8]]) -> Digest {
     Digest::from_sha256_bytes(hasher.finalize().into())
 }
 
-/// Where the record named by `digest` (see [`record_digest`]) lives under `dir`.
+/// Where the small JSON record named by `digest` (see [`record_digest`]) lives under `dir`:
+/// `<dir>/<2 hex>/<hash>.json`, so any key maps to a fixed-shape path inside the cache. Tag
+/// records and referrers lists both use it.
 pub(crate) fn record_path_of(dir: &Path, digest: &Digest) -> PathBuf {
     let stem = digest.hex();
     dir.join(&stem[..2]).join(format!("{stem}.json"))

@@ -39,7 +39,10 @@ pub struct ReferrersRecord {
 mod body_as_text {
     use serde::{Deserialize, Deserializer, Serializer};
 
-    pub(super) fn serialize<S: Serializer>(body: &bytes::Bytes, serializer: S) -> Result<S::Ok, S::Error> {
+    pub(super) fn serialize<S: Serializer>(
+        body: &bytes::Bytes,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
         let text = std::str::from_utf8(body).map_err(serde::ser::Error::custom)?;
         serializer.serialize_str(text)
     }

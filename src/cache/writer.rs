@@ -138,7 +138,11 @@ pub(crate) fn rename_durably(from: &Path, to: &Path) -> io::Result<()> {
 
 /// Writes a small file (manifest, tag record, media type) atomically: temporary file, fsync,
 /// rename.
-pub(crate) async fn write_file_atomically(layout: &Layout, path: &Path, content: Bytes) -> io::Result<()> {
+pub(crate) async fn write_file_atomically(
+    layout: &Layout,
+    path: &Path,
+    content: Bytes,
+) -> io::Result<()> {
     let temporary = TemporaryFile::create(layout, "meta")?;
     let path = path.to_path_buf();
     tokio::task::spawn_blocking(move || -> io::Result<()> {

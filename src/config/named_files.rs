@@ -35,7 +35,7 @@ impl NamedFiles {
 
 /// The client-authentication files and the per-user registry rules (canonical names).
 #[derive(Debug, Clone)]
-pub struct ClientAuthFiles {
+pub(crate) struct ClientAuthFiles {
     pub(crate) tokens_file: Option<PathBuf>,
     pub(crate) users_file: Option<PathBuf>,
     pub(crate) registry_rules: Vec<(String, Vec<String>)>,
@@ -43,7 +43,7 @@ pub struct ClientAuthFiles {
 
 /// What one upstream names outside the config file.
 #[derive(Debug, Clone)]
-pub struct UpstreamSecrets {
+pub(crate) struct UpstreamSecrets {
     /// The key problems are reported under, e.g. `upstream[1]`.
     pub(crate) key: String,
     pub(crate) ca_file: Option<PathBuf>,
@@ -53,7 +53,7 @@ pub struct UpstreamSecrets {
 
 /// Where a secret is kept when it is not written in the config file.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SecretSource {
+pub(crate) enum SecretSource {
     /// An environment variable (`*_env`); unset or empty is a problem.
     Variable(String),
     /// A file (`*_file`), its trailing newline dropped.

@@ -581,10 +581,8 @@ impl Fill {
                 if let Some(shared) = &pull.shared
                     && from_a_registry
                 {
-                    shared.upload_blob_later(
-                        self.digest.clone(),
-                        pull.cache.blob_path(&self.digest),
-                    );
+                    shared
+                        .upload_blob_later(self.digest.clone(), pull.cache.blob_path(&self.digest));
                 }
             }
             Err(error) => {

@@ -162,8 +162,7 @@ impl PullThrough {
             shared.report_corrupt(path, "a tag record for another tag".into());
             return None;
         }
-        if let Err(e) = self.cache.put_tag_record(record.clone()).await
-        {
+        if let Err(e) = self.cache.put_tag_record(record.clone()).await {
             tracing::error!(error = %e, "cache failure: could not record a tag from the shared store");
         }
         Some(record)

@@ -24,11 +24,7 @@ impl PullThrough {
         digest: &Digest,
         allowed: &[String],
     ) -> Result<(), FerryError> {
-        if self
-            .cache
-            .vouched_by_any(kind, digest, allowed)
-            .await
-        {
+        if self.cache.vouched_by_any(kind, digest, allowed).await {
             return Ok(());
         }
         if let Some(shared) = &self.shared {
@@ -114,11 +110,7 @@ impl PullThrough {
         registry: &str,
         share: bool,
     ) {
-        match self
-            .cache
-            .record_provenance(kind, digest, registry)
-            .await
-        {
+        match self.cache.record_provenance(kind, digest, registry).await {
             Ok(true) if share => {
                 if let Some(shared) = &self.shared {
                     shared.upload_small_later(

@@ -16,7 +16,7 @@ const CAP_OVER_FLOOR: u32 = 4;
 
 /// The pace of one body as its chunks arrive.
 #[derive(Debug)]
-pub struct BodyPace {
+pub(crate) struct BodyPace {
     floor: Duration,
     cap: Duration,
     last_chunk: Instant,
@@ -27,7 +27,7 @@ pub struct BodyPace {
 
 impl BodyPace {
     /// A body whose headers just arrived; a silence shorter than `floor` is never a stall.
-    pub fn new(floor: Duration) -> Self {
+    pub(crate) fn new(floor: Duration) -> Self {
         BodyPace {
             floor,
             cap: floor.saturating_mul(CAP_OVER_FLOOR),
@@ -38,7 +38,7 @@ impl BodyPace {
     }
 
     /// How long the body may now stay silent before it counts as stalled.
-    pub fn stall_after(&self) -> Duration {
+    pub(crate) fn stall_after(&self) -> Duration {
         let longest = self.gaps.iter().max().copied().unwrap_or_default();
         longest
             .saturating_mul(PACE_FACTOR)
@@ -48,12 +48,12 @@ impl BodyPace {
     /// Whether the body has delivered a chunk. Before its first byte a body is not judged by
     /// pace: a tier that answers a resume from a fill still short of that offset is silent
     /// until its fill gets there, and a hedge then would start a second fill of the blob.
-    pub fn is_flowing(&self) -> bool {
+    pub(crate) fn is_flowing(&self) -> bool {
         self.flowing
     }
 
     /// A chunk arrived: its gap joins the recent ones.
-    pub fn chunk_arrived(&mut self) {
+    pub(crate) fn chunk_arrived(&mut self) {
         let now = Instant::now();
         self.flowing = true;
         if self.gaps.len() == RECENT_GAPS {
@@ -65,7 +65,7 @@ impl BodyPace {
 
     /// The body spoke again after a stall: the clock restarts, and the stall itself is not
     /// taken as the body's pace (or one outage would excuse the next).
-    pub fn resumed_after_stall(&mut self) {
+    pub(crate) fn resumed_after_stall(&mut self) {
         self.last_chunk = Instant::now();
     }
 }
