@@ -110,7 +110,7 @@ impl Cache {
     /// first, so recency survives restarts), then enforces the size limit. Runs in the
     /// background at startup; requests are served meanwhile, since a hit never needs the
     /// index. Returns the number of blobs.
-    pub fn scan_blobs(&self) -> io::Result<usize> {
+    pub(crate) fn scan_blobs(&self) -> io::Result<usize> {
         use index::IndexedKind;
         let mut found: Vec<_> = layout::content_files(self.layout.root())?
             .into_iter()
@@ -140,7 +140,7 @@ impl Cache {
     /// the blocking pool). `AlreadyCached` when the blob is committed; an error when the
     /// cache cannot take a fill (counted as a write failure). The caller that gets `Started`
     /// runs the fill (reports through it, commits or fails it), then calls `finish_fill`.
-    pub async fn start_fill(&self, digest: &Digest) -> io::Result<JoinOutcome> {
+    pub(crate) async fn start_fill(&self, digest: &Digest) -> io::Result<JoinOutcome> {
         if let Some(handle) = self.inflight.join(digest) {
             return Ok(JoinOutcome::Joined(handle));
         }
@@ -178,21 +178,21 @@ impl Cache {
 
     /// Forgets the fill of `digest` (committed or failed): the next request reads the file
     /// or starts a new fill.
-    pub fn finish_fill(&self, digest: &Digest) {
+    pub(crate) fn finish_fill(&self, digest: &Digest) {
         self.inflight.finish(digest);
     }
 
-    pub fn fills_in_progress(&self) -> usize {
+    pub(crate) fn fills_in_progress(&self) -> usize {
         self.inflight.len()
     }
 
     /// Where a committed blob's file is (for uploading it to the shared store).
-    pub fn blob_path(&self, digest: &Digest) -> std::path::PathBuf {
+    pub(crate) fn blob_path(&self, digest: &Digest) -> std::path::PathBuf {
         self.layout.blob_path(digest)
     }
 
     /// The cache's directory for temporary files (the readiness probe writes there).
-    pub fn tmp_dir(&self) -> std::path::PathBuf {
+    pub(crate) fn tmp_dir(&self) -> std::path::PathBuf {
         self.layout.tmp_dir()
     }
 
@@ -203,7 +203,7 @@ impl Cache {
 
     /// Re-reads `pins.json` when its modification time differs from `*seen` (updating it),
     /// so pins made by `ferry warm --pin` on a running server take effect.
-    pub fn reload_pins_if_changed(&self, seen: &mut Option<std::time::SystemTime>) {
+    pub(crate) fn reload_pins_if_changed(&self, seen: &mut Option<std::time::SystemTime>) {
         let modified = std::fs::metadata(self.layout.root().join(pins::PINS_FILE))
             .and_then(|m| m.modified())
             .ok();
@@ -218,34 +218,37 @@ impl Cache {
     }
 
     /// Evicts the least recently used unpinned entries until the cache is within its size.
-    pub fn enforce_size_bound(&self) {
+    pub(crate) fn enforce_size_bound(&self) {
         self.index.enforce();
     }
 
     /// A tag's record, from memory or disk.
-    pub async fn tag_record(&self, key: &TagKey) -> Option<TagRecord> {
+    pub(crate) async fn tag_record(&self, key: &TagKey) -> Option<TagRecord> {
         self.tags.get(key).await
     }
 
     /// Stores a tag's record (durably; unchanged confirmations are written rarely).
-    pub async fn put_tag_record(&self, record: TagRecord) -> io::Result<()> {
+    pub(crate) async fn put_tag_record(&self, record: TagRecord) -> io::Result<()> {
         self.tags.put(&self.layout, record).await
     }
 
     /// The last referrers list kept for a subject.
-    pub async fn referrers_record(
+    pub(crate) async fn referrers_record(
         &self,
         key: &referrers::ReferrersKey,
     ) -> Option<referrers::ReferrersRecord> {
         self.referrers.get(key).await
     }
 
-    pub async fn put_referrers_record(&self, record: referrers::ReferrersRecord) -> io::Result<()> {
+    pub(crate) async fn put_referrers_record(
+        &self,
+        record: referrers::ReferrersRecord,
+    ) -> io::Result<()> {
         self.referrers.put(&self.layout, record).await
     }
 
     /// Whether any registry in `allowed` vouched for `digest` (memory, then its sidecar).
-    pub async fn vouched_by_any(
+    pub(crate) async fn vouched_by_any(
         &self,
         kind: provenance::ContentKind,
         digest: &Digest,
@@ -257,7 +260,7 @@ impl Cache {
     }
 
     /// Records that `registry` vouched for `digest`; true when that is new.
-    pub async fn record_provenance(
+    pub(crate) async fn record_provenance(
         &self,
         kind: provenance::ContentKind,
         digest: &Digest,
@@ -268,7 +271,7 @@ impl Cache {
             .await
     }
 
-    pub fn note_write_failure(&self) {
+    pub(crate) fn note_write_failure(&self) {
         self.write_failures
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
@@ -319,7 +322,7 @@ impl Cache {
 
     /// Stores a manifest whose bytes the caller has verified against `digest`. The media
     /// type goes first, so a manifest under its final name always has its type beside it.
-    pub async fn store_manifest(&self, manifest: &CachedManifest) -> io::Result<()> {
+    pub(crate) async fn store_manifest(&self, manifest: &CachedManifest) -> io::Result<()> {
         let type_path = self.layout.manifest_type_path(&manifest.digest);
         writer::write_file_atomically(
             &self.layout,
@@ -343,7 +346,7 @@ impl Cache {
 
     /// Opens a committed blob for reading, with its size, and records the use (its file's
     /// mtime is refreshed at most hourly, so recency survives a restart).
-    pub fn open_blob(&self, digest: &Digest) -> io::Result<Option<(std::fs::File, u64)>> {
+    pub(crate) fn open_blob(&self, digest: &Digest) -> io::Result<Option<(std::fs::File, u64)>> {
         match std::fs::File::open(self.layout.blob_path(digest)) {
             Ok(file) => {
                 let metadata = file.metadata()?;

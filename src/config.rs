@@ -28,23 +28,23 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:5000";
+pub(crate) const DEFAULT_LISTEN: &str = "127.0.0.1:5000";
 pub const DEFAULT_REGISTRY: &str = "docker.io";
-pub const DEFAULT_TAG_TTL: Duration = Duration::from_secs(60);
+pub(crate) const DEFAULT_TAG_TTL: Duration = Duration::from_secs(60);
 /// How long a referrers list is served without asking an upstream again (new signatures
 /// and SBOMs appear as they are pushed).
-pub const DEFAULT_REFERRERS_TTL: Duration = Duration::from_secs(30);
-pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
-pub const DEFAULT_BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
-pub const DEFAULT_BAD_SOURCE_SKIP: Duration = Duration::from_secs(300);
-pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:5005";
-pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
-pub const DEFAULT_MIN_TRANSFER_RATE: u64 = 256 * 1024;
-pub const DEFAULT_RATE_WINDOW: Duration = Duration::from_secs(10);
-pub const DEFAULT_RETRY_BUDGET: usize = 2;
+pub(crate) const DEFAULT_REFERRERS_TTL: Duration = Duration::from_secs(30);
+pub(crate) const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const DEFAULT_BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const DEFAULT_BAD_SOURCE_SKIP: Duration = Duration::from_secs(300);
+pub(crate) const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:5005";
+pub(crate) const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+pub(crate) const DEFAULT_MIN_TRANSFER_RATE: u64 = 256 * 1024;
+pub(crate) const DEFAULT_RATE_WINDOW: Duration = Duration::from_secs(10);
+pub(crate) const DEFAULT_RETRY_BUDGET: usize = 2;
 /// How long a credential helper's output is reused (ECR tokens live 12 h).
-pub const DEFAULT_PASSWORD_COMMAND_TTL: Duration = Duration::from_secs(600);
+pub(crate) const DEFAULT_PASSWORD_COMMAND_TTL: Duration = Duration::from_secs(600);
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -280,7 +280,7 @@ pub struct Parsed {
     /// `client_auth`, CA bundles, passwords and secrets kept elsewhere) still unset.
     pub settings: Result<Config, ConfigErrors>,
     /// The files and secrets the settings name, for `app::config_files` to read.
-    pub named_files: NamedFiles,
+    pub(crate) named_files: NamedFiles,
 }
 
 impl Parsed {

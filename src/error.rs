@@ -74,7 +74,7 @@ impl FerryError {
     }
 
     /// A cache failure of the cache's own making (no I/O error underneath).
-    pub fn cache_reason(reason: impl Into<String>) -> Self {
+    pub(crate) fn cache_reason(reason: impl Into<String>) -> Self {
         FerryError::Cache(crate::cache::CacheFailure::new(reason))
     }
 }

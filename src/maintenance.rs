@@ -34,7 +34,7 @@ pub fn tag_records(root: &Path) -> io::Result<Vec<TagRecord>> {
 }
 
 /// The digests a manifest references (config, layers, child manifests).
-pub fn referenced_digests(manifest: &[u8]) -> Vec<Digest> {
+pub(crate) fn referenced_digests(manifest: &[u8]) -> Vec<Digest> {
     let Ok(value) = serde_json::from_slice::<serde_json::Value>(manifest) else {
         return Vec::new();
     };
@@ -60,7 +60,7 @@ pub fn referenced_digests(manifest: &[u8]) -> Vec<Digest> {
 }
 
 /// Every digest an image needs, following an index into its cached child manifests.
-pub fn image_closure(layout: &Layout, top: &Digest) -> Vec<Digest> {
+pub(crate) fn image_closure(layout: &Layout, top: &Digest) -> Vec<Digest> {
     let mut seen = Vec::new();
     let mut queue = vec![top.clone()];
     while let Some(digest) = queue.pop() {

@@ -240,7 +240,7 @@ impl Metrics {
     /// Drops every series of one upstream of `registry` (a direct registry closed for being
     /// the least recently used), so the label set stays bounded by the open registries.
     /// `outcomes` are the values the outcome and reason labels can take.
-    pub fn forget_upstream(&self, registry: &str, upstream: &str, outcomes: &[&str]) {
+    pub(crate) fn forget_upstream(&self, registry: &str, upstream: &str, outcomes: &[&str]) {
         for outcome in outcomes {
             self.upstream_requests.remove(&UpstreamOutcomeLabels {
                 registry: registry.to_owned(),

@@ -19,13 +19,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Largest manifest accepted from an upstream (the distribution spec's limit).
-pub const MAX_MANIFEST_BYTES: usize = 4 * 1024 * 1024;
+pub(crate) const MAX_MANIFEST_BYTES: usize = 4 * 1024 * 1024;
 /// Largest tag list accepted from an upstream.
-pub const MAX_TAG_LIST_BYTES: usize = 16 * 1024 * 1024;
+pub(crate) const MAX_TAG_LIST_BYTES: usize = 16 * 1024 * 1024;
 
 /// Who answered a request: the cache, or a named upstream.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Source {
+pub(crate) enum Source {
     Cache,
     /// The cache, after every upstream failed to revalidate (stale-if-error).
     StaleCache,
@@ -55,7 +55,7 @@ impl std::fmt::Display for Source {
 }
 
 /// A blob body on its way to a client.
-pub type BlobStream =
+pub(crate) type BlobStream =
     std::pin::Pin<Box<dyn futures_util::Stream<Item = std::io::Result<bytes::Bytes>> + Send>>;
 
 /// The client's error when no upstream could give a blob: 404 only when all said so.
@@ -75,7 +75,7 @@ pub(crate) fn blob_error(
 
 /// How the pull-through flow treats tags and upstreams.
 #[derive(Debug, Clone)]
-pub struct PullSettings {
+pub(crate) struct PullSettings {
     pub(crate) tag_ttl: Duration,
     pub(crate) referrers_ttl: Duration,
     /// Oldest tag mapping served without an upstream confirming it; `None` = unlimited.
@@ -89,7 +89,7 @@ pub struct PullSettings {
 /// How long a presigned blob URL handed to a client stays valid.
 const BLOB_REDIRECT_LIFETIME: Duration = Duration::from_secs(300);
 
-pub struct PullThrough {
+pub(crate) struct PullThrough {
     pub(crate) cache: Cache,
     /// Each registry's ordered upstreams.
     pub(crate) registries: Registries,
@@ -115,7 +115,7 @@ const TAG_LIST_SHARING: Duration = Duration::from_secs(1);
 const TAG_LIST_SHARING_BYTES: u64 = 8 * 1024 * 1024;
 
 impl PullThrough {
-    pub fn new(
+    pub(crate) fn new(
         cache: Cache,
         registries: Registries,
         settings: PullSettings,
@@ -157,7 +157,7 @@ impl PullThrough {
     }
 
     /// The upstreams of `registry`, or a client error naming the registries ferry mirrors.
-    pub fn upstreams_for(
+    pub(crate) fn upstreams_for(
         &self,
         registry: &str,
     ) -> Result<Arc<Upstreams>, crate::error::FerryError> {
@@ -180,7 +180,7 @@ impl PullThrough {
     }
 
     /// With `blob_redirect` on, a short-lived presigned URL for a blob the shared store holds.
-    pub async fn blob_redirect(&self, digest: &crate::oci::Digest) -> Option<String> {
+    pub(crate) async fn blob_redirect(&self, digest: &crate::oci::Digest) -> Option<String> {
         let shared = self.shared.as_ref().filter(|s| s.blob_redirect())?;
         shared
             .presigned_blob_url(digest, BLOB_REDIRECT_LIFETIME)

@@ -29,7 +29,7 @@ const UPLOADS_QUEUED: usize = 256;
 
 /// How long a read waits by default for the store's first answer, and then for each piece of
 /// a blob body, before the miss goes to the upstreams (`shared_store_answer_timeout`).
-pub const DEFAULT_ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
+pub(crate) const DEFAULT_ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Multipart upload part size (S3's minimum is 5 MiB) and parts in flight per upload.
 const UPLOAD_PART_BYTES: usize = 8 * 1024 * 1024;
@@ -95,7 +95,7 @@ impl SharedStoreConfig {
     }
 
     /// Parses `s3://BUCKET[/PREFIX]`.
-    pub fn parse_url(url: &str) -> Result<(String, String), StoreError> {
+    pub(crate) fn parse_url(url: &str) -> Result<(String, String), StoreError> {
         let bad = |reason: String| StoreError::BadUrl {
             url: url.to_owned(),
             reason,
@@ -168,14 +168,14 @@ pub enum StoreRead<T> {
 }
 
 /// A blob body from the store.
-pub struct StoreBody {
+pub(crate) struct StoreBody {
     pub(crate) size: u64,
     pub(crate) chunks: BoxStream<'static, Result<Bytes, StoreError>>,
 }
 
 /// Counters for `/admin/upstreams` and `/metrics`.
 #[derive(Default)]
-pub struct StoreCounters {
+pub(crate) struct StoreCounters {
     pub(crate) hits: AtomicU64,
     pub(crate) misses: AtomicU64,
     pub(crate) errors: AtomicU64,
@@ -260,7 +260,7 @@ impl SharedStore {
 
     /// The same store, its uploads and clean-ups run as tasks of `tasks` (the server's, so
     /// shutdown waits for them).
-    pub fn supervised_by(mut self, tasks: Arc<crate::tasks::TaskSupervisor>) -> Self {
+    pub(crate) fn supervised_by(mut self, tasks: Arc<crate::tasks::TaskSupervisor>) -> Self {
         self.tasks = tasks;
         self
     }
@@ -281,7 +281,7 @@ impl SharedStore {
         }
     }
 
-    pub fn blob_path(&self, digest: &Digest) -> ObjectPath {
+    pub(crate) fn blob_path(&self, digest: &Digest) -> ObjectPath {
         self.path(&format!(
             "blobs/{}/{}",
             digest.algorithm().as_str(),
@@ -289,7 +289,7 @@ impl SharedStore {
         ))
     }
 
-    pub fn manifest_path(&self, digest: &Digest) -> ObjectPath {
+    pub(crate) fn manifest_path(&self, digest: &Digest) -> ObjectPath {
         self.path(&format!(
             "manifests/{}/{}",
             digest.algorithm().as_str(),
@@ -298,7 +298,7 @@ impl SharedStore {
     }
 
     /// The marker that `registry` served or confirmed a digest (an empty object).
-    pub fn provenance_path(
+    pub(crate) fn provenance_path(
         &self,
         kind: crate::cache::provenance::ContentKind,
         digest: &Digest,
@@ -341,7 +341,7 @@ impl SharedStore {
     }
 
     /// A tag record's object: registry and repository as path segments, the tag last.
-    pub fn tag_path(&self, registry: &str, repository: &str, tag: &str) -> ObjectPath {
+    pub(crate) fn tag_path(&self, registry: &str, repository: &str, tag: &str) -> ObjectPath {
         self.path(&format!("tags/{registry}/{repository}/_tag/{tag}.json"))
     }
 
@@ -421,7 +421,7 @@ impl SharedStore {
     }
 
     /// Brings the Prometheus counters up to this store's counts (at each scrape).
-    pub fn mirror_into(&self, metrics: &crate::metrics::Metrics) {
+    pub(crate) fn mirror_into(&self, metrics: &crate::metrics::Metrics) {
         use crate::metrics::{StoreEventLabels, catch_up};
         let c = &self.counters;
         let label = |event: &str| StoreEventLabels {
@@ -456,7 +456,7 @@ impl SharedStore {
     }
 
     /// Opens a blob for streaming.
-    pub async fn open_blob(&self, digest: &Digest) -> StoreRead<StoreBody> {
+    pub(crate) async fn open_blob(&self, digest: &Digest) -> StoreRead<StoreBody> {
         if !self.admit() {
             return StoreRead::Unavailable;
         }
@@ -491,22 +491,22 @@ impl SharedStore {
 
     /// Notes that a blob's body arrived whole: a hit, and a success for the breaker (counted
     /// only now, so a store whose bodies stall keeps failing until its breaker opens).
-    pub fn note_read_success(&self) {
+    pub(crate) fn note_read_success(&self) {
         self.record_success();
         self.counters.hits.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Notes that `chunks` of a blob stopped mid-way (the store went away).
-    pub fn note_read_failure(&self, error: &StoreError) {
+    pub(crate) fn note_read_failure(&self, error: &StoreError) {
         self.record_failure("reading a blob body", &error);
     }
 
-    pub fn note_bytes_read(&self, bytes: u64) {
+    pub(crate) fn note_bytes_read(&self, bytes: u64) {
         self.counters.bytes_read.fetch_add(bytes, Ordering::Relaxed);
     }
 
     /// A small object (manifest, tag record) and its content type.
-    pub async fn get_small(
+    pub(crate) async fn get_small(
         &self,
         path: &ObjectPath,
         limit: usize,
@@ -563,7 +563,7 @@ impl SharedStore {
 
     /// Reports an object whose bytes do not match its name and removes it (in the
     /// background), so no replica uses it again; the caller fetches from the upstreams.
-    pub fn report_corrupt(self: &Arc<Self>, path: ObjectPath, detail: String) {
+    pub(crate) fn report_corrupt(self: &Arc<Self>, path: ObjectPath, detail: String) {
         self.counters
             .corrupt_objects
             .fetch_add(1, Ordering::Relaxed);
@@ -580,7 +580,7 @@ impl SharedStore {
     /// does not match is reported and removed, and `on_corrupt` runs (to lift the blame from
     /// upstreams whose bytes were mixed with it). Used when a fill that took bytes from the
     /// store failed its digest: the store, not only the upstream, may be at fault.
-    pub fn check_blob_later(
+    pub(crate) fn check_blob_later(
         self: &Arc<Self>,
         digest: Digest,
         on_corrupt: impl FnOnce() + Send + 'static,
@@ -618,7 +618,7 @@ impl SharedStore {
     }
 
     /// A presigned GET URL for a blob the store holds, valid for `expires_in`.
-    pub async fn presigned_blob_url(
+    pub(crate) async fn presigned_blob_url(
         &self,
         digest: &Digest,
         expires_in: Duration,
@@ -655,7 +655,7 @@ impl SharedStore {
 
     /// Whether the tag record `key -> digest` should go up now (changed, or not uploaded by
     /// this replica within the last minute); records the upload as done.
-    pub fn tag_upload_due(&self, key: &crate::cache::TagKey, digest: &str) -> bool {
+    pub(crate) fn tag_upload_due(&self, key: &crate::cache::TagKey, digest: &str) -> bool {
         let id = format!("{}/{}:{}", key.registry, key.repository, key.tag);
         if self.recent_tag_uploads.get(&id).as_deref() == Some(digest) {
             return false;
@@ -665,7 +665,7 @@ impl SharedStore {
     }
 
     /// Uploads `bytes` under `path` in the background (small objects), unless the queue is full.
-    pub fn upload_small_later(
+    pub(crate) fn upload_small_later(
         self: &Arc<Self>,
         path: ObjectPath,
         bytes: Bytes,
@@ -696,7 +696,7 @@ impl SharedStore {
 
     /// Uploads a committed blob file under its digest in the background, streamed in parts,
     /// unless the store already has it or the queue is full.
-    pub fn upload_blob_later(self: &Arc<Self>, digest: Digest, file: std::path::PathBuf) {
+    pub(crate) fn upload_blob_later(self: &Arc<Self>, digest: Digest, file: std::path::PathBuf) {
         let store = self.clone();
         let path = self.blob_path(&digest);
         self.run_upload(path.clone(), async move {

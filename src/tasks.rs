@@ -37,7 +37,7 @@ impl TaskSupervisor {
 
     /// Runs a loop that has no end of its own (maintenance, probes, reloads), tracked, until
     /// shutdown: it is dropped at its next await once [`TaskSupervisor::stop`] is called.
-    pub fn spawn_until_stopped<F>(self: &Arc<Self>, what: &'static str, task: F)
+    pub(crate) fn spawn_until_stopped<F>(self: &Arc<Self>, what: &'static str, task: F)
     where
         F: Future<Output = ()> + Send + 'static,
     {
@@ -60,11 +60,6 @@ impl TaskSupervisor {
         self.stop.cancelled().await;
     }
 
-    /// A token cancelled when shutdown starts, for work that outlives a borrow of `self`.
-    pub fn stop_token(&self) -> CancellationToken {
-        self.stop.clone()
-    }
-
     /// Tasks running now.
     pub fn running(&self) -> usize {
         self.tracker.len()
@@ -77,7 +72,7 @@ impl TaskSupervisor {
 
     /// Waits until no task runs, for at most `limit`; false if some were still running.
     /// New tasks may still be spawned afterwards (a fill's upload after its commit).
-    pub async fn wait_idle(&self, limit: Duration) -> bool {
+    pub(crate) async fn wait_idle(&self, limit: Duration) -> bool {
         self.tracker.close();
         let idle = tokio::time::timeout(limit, self.tracker.wait())
             .await

@@ -32,12 +32,12 @@ impl CacheFailure {
     }
 
     /// The kind of the I/O error underneath, if any.
-    pub fn io_kind(&self) -> Option<io::ErrorKind> {
+    pub(crate) fn io_kind(&self) -> Option<io::ErrorKind> {
         self.source.as_ref().map(|e| e.kind())
     }
 
     /// The disk (or the quota) is full: the client may retry, ideally elsewhere.
-    pub fn is_out_of_space(&self) -> bool {
+    pub(crate) fn is_out_of_space(&self) -> bool {
         matches!(
             self.io_kind(),
             Some(io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded)

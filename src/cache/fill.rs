@@ -52,7 +52,7 @@ const WORKERS_STOPPED: &str = "the cache's fill workers stopped";
 
 /// Where a fill's bytes come from: an upstream (by name) or the fleet's shared store.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum FillOrigin {
+pub(crate) enum FillOrigin {
     Upstream(String),
     SharedStore,
 }
@@ -90,7 +90,7 @@ pub(crate) enum FillPhase {
 /// straight from upstream), or the content could not be had (the error to pass on, kept as
 /// the caller made it, e.g. every upstream failing or bad bytes after some were sent).
 #[derive(Debug, Clone)]
-pub enum FillFailure {
+pub(crate) enum FillFailure {
     Cache(CacheFailure),
     Content(Arc<dyn std::error::Error + Send + Sync>),
 }
@@ -195,7 +195,7 @@ impl RecentBytes {
 }
 
 /// What readers of a fill hold: the growing file, the newest bytes, and the progress.
-pub struct FillHandle {
+pub(crate) struct FillHandle {
     pub(crate) file: Arc<File>,
     pub(crate) progress: watch::Receiver<FillProgress>,
     recent: Mutex<RecentBytes>,
@@ -209,7 +209,7 @@ impl FillHandle {
 
     /// Queues up to `max` bytes at `offset` from memory. `Err(limit)` means the bytes are in
     /// the file instead, which holds everything before `limit`.
-    pub fn take_recent(
+    pub(crate) fn take_recent(
         &self,
         offset: u64,
         max: u64,
@@ -224,7 +224,11 @@ impl FillHandle {
 
     /// Hashes the fill's first `len` bytes (from the file, then memory); for a reader that
     /// continues from upstream and must still verify what it already sent. Blocking.
-    pub fn hash_prefix(&self, len: u64, algorithm: DigestAlgorithm) -> io::Result<DigestVerifier> {
+    pub(crate) fn hash_prefix(
+        &self,
+        len: u64,
+        algorithm: DigestAlgorithm,
+    ) -> io::Result<DigestVerifier> {
         let mut verifier = DigestVerifier::new(algorithm);
         let (in_file, mut in_memory) = {
             let recent = self.recent();
@@ -291,7 +295,7 @@ struct WorkerState {
 
 /// The leader's side of a fill. Dropping it without `commit` removes the temporary file
 /// and stops the workers.
-pub struct BlobFill {
+pub(crate) struct BlobFill {
     digest: Digest,
     handle: Arc<FillHandle>,
     progress: watch::Sender<FillProgress>,
@@ -317,7 +321,7 @@ pub struct BlobFill {
 
 impl BlobFill {
     /// Creates the temporary file and starts the workers. Readers join through `handle()`.
-    pub fn create(
+    pub(crate) fn create(
         layout: &Layout,
         digest: &Digest,
         final_path: &Path,
@@ -363,17 +367,17 @@ impl BlobFill {
         })
     }
 
-    pub fn handle(&self) -> Arc<FillHandle> {
+    pub(crate) fn handle(&self) -> Arc<FillHandle> {
         self.handle.clone()
     }
 
     /// Bytes accepted so far: a resumed source continues from here.
-    pub fn received(&self) -> u64 {
+    pub(crate) fn received(&self) -> u64 {
         self.received
     }
 
     /// Whether any byte has been shown to a reader (then the fill can no longer start over).
-    pub fn any_published(&self) -> bool {
+    pub(crate) fn any_published(&self) -> bool {
         self.published > 0
     }
 
@@ -381,7 +385,7 @@ impl BlobFill {
     /// (it passes through uncached, evicting nothing), claims disk for the start of it (so
     /// a full disk shows before any reader gets a byte), and tells readers where the bytes
     /// come from. Space against the cache size is held as bytes arrive (`push`).
-    pub async fn begin(
+    pub(crate) async fn begin(
         &mut self,
         total: Option<u64>,
         origin: FillOrigin,
@@ -414,7 +418,7 @@ impl BlobFill {
     }
 
     /// Accepts the next bytes of the blob. Waits only when the workers fall far behind.
-    pub async fn push(&mut self, chunk: Bytes) -> Result<(), CacheFailure> {
+    pub(crate) async fn push(&mut self, chunk: Bytes) -> Result<(), CacheFailure> {
         if chunk.is_empty() {
             return Ok(());
         }
@@ -464,7 +468,7 @@ impl BlobFill {
     }
 
     /// Shows every byte received so far to readers (the source paused, or a batch is due).
-    pub fn publish(&mut self) {
+    pub(crate) fn publish(&mut self) {
         let may_show = match self.total {
             Some(total) => total > HOLD_UNTIL_VERIFIED_BYTES,
             None => self.received > HOLD_UNTIL_VERIFIED_BYTES,
@@ -518,7 +522,7 @@ impl BlobFill {
     }
 
     /// Starts over from byte 0 (the content was wrong and no reader saw any of it).
-    pub fn restart(&mut self) -> Result<(), CacheFailure> {
+    pub(crate) fn restart(&mut self) -> Result<(), CacheFailure> {
         debug_assert!(self.published == 0, "restarting a fill readers have seen");
         self.batch.clear();
         self.batch_len = 0;
@@ -538,7 +542,7 @@ impl BlobFill {
     /// Checks size and digest; on a match, fsyncs and renames the file into place, then lets
     /// readers have the last byte. On a mismatch nothing appears under the final name.
     /// (Writeback was started as the bytes came, so the fsync finds little left to do.)
-    pub async fn commit(&mut self) -> Result<(), CommitError> {
+    pub(crate) async fn commit(&mut self) -> Result<(), CommitError> {
         self.dispatch()
             .map_err(|f| io::Error::other(f.to_string()))?;
         if let Some(expected) = self.total
@@ -592,7 +596,7 @@ impl BlobFill {
     }
 
     /// Announces the commit to readers (after the fill was forgotten by `Inflight`).
-    pub fn announce_complete(&self) {
+    pub(crate) fn announce_complete(&self) {
         let received = self.received;
         self.progress.send_modify(|p| {
             p.received = received;
@@ -601,7 +605,7 @@ impl BlobFill {
     }
 
     /// Announces a failure to readers.
-    pub fn announce_failure(&self, failure: FillFailure) {
+    pub(crate) fn announce_failure(&self, failure: FillFailure) {
         self.progress
             .send_modify(|p| p.phase = FillPhase::Failed(failure));
     }

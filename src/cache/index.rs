@@ -23,7 +23,7 @@ struct Entry {
 /// What an entry of the bound is: a blob (keyed by its digest), or a small record keyed by
 /// the SHA-256 of its key (see `layout::record_digest`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum IndexedKind {
+pub(crate) enum IndexedKind {
     Blob,
     TagRecord,
     ReferrersRecord,
@@ -62,7 +62,7 @@ pub struct Usage {
     pub(crate) evicted_bytes: u64,
 }
 
-pub struct LruIndex {
+pub(crate) struct LruIndex {
     limit: Option<u64>,
     state: Mutex<State>,
     /// Where a digest's committed file lives (to delete it on eviction).
@@ -72,7 +72,7 @@ pub struct LruIndex {
 }
 
 /// Bytes held for a fill in progress; released when dropped.
-pub struct Reservation {
+pub(crate) struct Reservation {
     index: Arc<LruIndex>,
     bytes: u64,
 }
@@ -85,7 +85,7 @@ impl Drop for Reservation {
 }
 
 impl LruIndex {
-    pub fn new(
+    pub(crate) fn new(
         limit: Option<u64>,
         blob_path: impl Fn(&Digest) -> PathBuf + Send + Sync + 'static,
     ) -> Self {
@@ -99,7 +99,7 @@ impl LruIndex {
 
     /// Counts tag records (under `tags`) and referrers lists (under `referrers`) toward the
     /// bound, evicting them like blobs.
-    pub fn with_record_dirs(mut self, tags: PathBuf, referrers: PathBuf) -> Self {
+    pub(crate) fn with_record_dirs(mut self, tags: PathBuf, referrers: PathBuf) -> Self {
         self.record_dirs = Some((tags, referrers));
         self
     }
@@ -122,18 +122,18 @@ impl LruIndex {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn limit(&self) -> Option<u64> {
+    pub(crate) fn limit(&self) -> Option<u64> {
         self.limit
     }
 
     /// Records a use of `digest` (of `size` bytes): it becomes the most recently used.
     /// Unknown digests (committed before a restart, not yet scanned) are added.
-    pub fn touch(&self, digest: &Digest, size: u64) {
+    pub(crate) fn touch(&self, digest: &Digest, size: u64) {
         self.touch_kind(IndexedKind::Blob, digest, size);
     }
 
     /// Records a use of a tag or referrers record (`size` counts only when it is new).
-    pub fn touch_record(&self, kind: IndexedKind, digest: &Digest, size: u64) {
+    pub(crate) fn touch_record(&self, kind: IndexedKind, digest: &Digest, size: u64) {
         if self.record_dirs.is_some() {
             self.touch_kind(kind, digest, size);
         }
@@ -148,14 +148,9 @@ impl LruIndex {
         self.delete(victims);
     }
 
-    /// Adds a blob found on disk at startup, ordered by `recency` (older first) unless it
-    /// was already touched by a request.
-    pub fn add_scanned(&self, digest: &Digest, size: u64) {
-        self.add_scanned_kind(IndexedKind::Blob, digest, size);
-    }
-
-    /// `add_scanned` for any kind of entry.
-    pub fn add_scanned_kind(&self, kind: IndexedKind, digest: &Digest, size: u64) {
+    /// Adds an entry found on disk at startup (callers go oldest first) unless a request
+    /// already touched it.
+    pub(crate) fn add_scanned_kind(&self, kind: IndexedKind, digest: &Digest, size: u64) {
         let mut state = self.lock();
         if !state.entries.contains_key(&(kind, digest.clone())) {
             Self::touch_locked(&mut state, kind, digest, size);
@@ -163,7 +158,7 @@ impl LruIndex {
     }
 
     /// Evicts down to the limit; returns the number of blobs evicted.
-    pub fn enforce(&self) -> usize {
+    pub(crate) fn enforce(&self) -> usize {
         let victims = {
             let mut state = self.lock();
             self.victims_locked(&mut state)
@@ -279,7 +274,7 @@ impl LruIndex {
     /// Holds `bytes` for a fill in progress, evicting to make room now. `None` when even
     /// evicting everything evictable leaves no room (in-flight fills and pinned content
     /// fill the bound): the caller must not cache this blob.
-    pub fn try_reserve(self: &Arc<Self>, bytes: u64) -> Option<Reservation> {
+    pub(crate) fn try_reserve(self: &Arc<Self>, bytes: u64) -> Option<Reservation> {
         let victims = {
             let mut state = self.lock();
             if let Some(limit) = self.limit {
@@ -300,7 +295,7 @@ impl LruIndex {
 
     /// Adds `more` bytes to a fill's reservation, evicting to make room now; false (and
     /// nothing held) when in-flight fills and pinned content leave no room.
-    pub fn try_grow(self: &Arc<Self>, reservation: &mut Reservation, more: u64) -> bool {
+    pub(crate) fn try_grow(self: &Arc<Self>, reservation: &mut Reservation, more: u64) -> bool {
         let victims = {
             let mut state = self.lock();
             if let Some(limit) = self.limit
@@ -318,13 +313,13 @@ impl LruIndex {
 
     /// Forgets a blob removed by someone else (`ferry cache rm`, quarantine).
     /// Whether `digest` is committed as far as the index knows (no disk access).
-    pub fn contains(&self, digest: &Digest) -> bool {
+    pub(crate) fn contains(&self, digest: &Digest) -> bool {
         self.lock()
             .entries
             .contains_key(&(IndexedKind::Blob, digest.clone()))
     }
 
-    pub fn forget(&self, digest: &Digest) {
+    pub(crate) fn forget(&self, digest: &Digest) {
         let mut state = self.lock();
         if let Some(entry) = state.entries.remove(&(IndexedKind::Blob, digest.clone())) {
             state.committed -= entry.size;
@@ -340,7 +335,7 @@ impl LruIndex {
     }
 
     /// Replaces the set of pinned digests.
-    pub fn set_pins(&self, pinned: HashSet<Digest>) {
+    pub(crate) fn set_pins(&self, pinned: HashSet<Digest>) {
         let victims = {
             let mut state = self.lock();
             state.pinned = pinned;
@@ -392,7 +387,7 @@ impl LruIndex {
         self.delete(victims);
     }
 
-    pub fn usage(&self) -> Usage {
+    pub(crate) fn usage(&self) -> Usage {
         let state = self.lock();
         Usage {
             limit: self.limit,

@@ -7,7 +7,7 @@ use crate::oci::Digest;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-pub enum JoinOutcome {
+pub(crate) enum JoinOutcome {
     /// Another request is already filling this digest.
     Joined(Arc<FillHandle>),
     /// The digest was committed meanwhile; serve it from disk.

@@ -46,21 +46,21 @@ impl Layout {
             .join(digest.hex())
     }
 
-    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+    pub(crate) fn blob_path(&self, digest: &Digest) -> PathBuf {
         self.content_path("blobs", digest)
     }
 
-    pub fn manifest_path(&self, digest: &Digest) -> PathBuf {
+    pub(crate) fn manifest_path(&self, digest: &Digest) -> PathBuf {
         self.content_path("manifests", digest)
     }
 
-    pub fn manifest_type_path(&self, digest: &Digest) -> PathBuf {
+    pub(crate) fn manifest_type_path(&self, digest: &Digest) -> PathBuf {
         let mut path = self.manifest_path(digest).into_os_string();
         path.push(".type");
         PathBuf::from(path)
     }
 
-    pub fn tags_dir(&self) -> PathBuf {
+    pub(crate) fn tags_dir(&self) -> PathBuf {
         self.root.join("tags")
     }
 
@@ -68,19 +68,19 @@ impl Layout {
         self.root.join("referrers")
     }
 
-    pub fn tmp_dir(&self) -> PathBuf {
+    pub(crate) fn tmp_dir(&self) -> PathBuf {
         self.root.join("tmp")
     }
 
     /// A fresh, unique temporary file path (process id + counter; the directory is swept at start).
-    pub fn temporary_path(&self, label: &str) -> PathBuf {
+    pub(crate) fn temporary_path(&self, label: &str) -> PathBuf {
         let n = self.next_temporary.fetch_add(1, Ordering::Relaxed);
         self.tmp_dir()
             .join(format!("{}-{n}-{label}", std::process::id()))
     }
 
     /// Removes everything in `tmp/`: fills that a crash or kill left unfinished.
-    pub fn sweep_temporary_files(&self) -> io::Result<usize> {
+    pub(crate) fn sweep_temporary_files(&self) -> io::Result<usize> {
         let mut removed = 0;
         for entry in std::fs::read_dir(self.tmp_dir())? {
             let entry = entry?;

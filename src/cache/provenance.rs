@@ -15,7 +15,7 @@ const MEMORY_BYTES: u64 = 4 * 1024 * 1024;
 
 /// Blobs and manifests keep separate records (the sidecar lives beside the content file).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ContentKind {
+pub(crate) enum ContentKind {
     Blob,
     Manifest,
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 const MEMORY_BYTES: u64 = 8 * 1024 * 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct ReferrersKey {
+pub(crate) struct ReferrersKey {
     pub(crate) registry: String,
     pub(crate) repository: String,
     pub(crate) subject: String,
@@ -22,7 +22,7 @@ pub struct ReferrersKey {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ReferrersRecord {
+pub(crate) struct ReferrersRecord {
     pub(crate) key: ReferrersKey,
     /// The image index, as served to clients (already filtered when `filtered`); shared,
     /// not copied, by every answer made from it. Stored as a JSON string.
@@ -55,7 +55,7 @@ mod body_as_text {
 }
 
 impl ReferrersRecord {
-    pub fn age(&self) -> Duration {
+    pub(crate) fn age(&self) -> Duration {
         let now = super::tags::unix_ms(std::time::SystemTime::now());
         Duration::from_millis(now.saturating_sub(self.fetched_at_unix_ms))
     }

@@ -17,7 +17,7 @@ pub struct TagKey {
 
 impl TagKey {
     /// The SHA-256 of the key's parts: its record file's name and its entry in the bound.
-    pub fn record_digest(&self) -> crate::oci::Digest {
+    pub(crate) fn record_digest(&self) -> crate::oci::Digest {
         let parts = [&self.registry, &self.repository, &self.tag];
         let separated: Vec<&[u8]> = parts.iter().flat_map(|p| [p.as_bytes(), &[0u8]]).collect();
         super::layout::record_digest(&separated)
@@ -48,13 +48,13 @@ impl TagRecord {
     /// The record with a confirmation time in the future (a replica with a fast clock, or a
     /// hand-written record in the shared store) moved back to now: it ages from here, rather
     /// than staying fresh, and unrevalidated, until that time comes.
-    pub fn clamped_to_now(mut self) -> TagRecord {
+    pub(crate) fn clamped_to_now(mut self) -> TagRecord {
         self.fetched_at_unix_ms = self.fetched_at_unix_ms.min(unix_ms(SystemTime::now()));
         self
     }
 
     /// How long ago an upstream confirmed it (zero if the clock went backwards).
-    pub fn age(&self) -> Duration {
+    pub(crate) fn age(&self) -> Duration {
         let now = unix_ms(SystemTime::now());
         Duration::from_millis(now.saturating_sub(self.fetched_at_unix_ms))
     }
@@ -110,7 +110,7 @@ impl TagStore {
     }
 
     /// Counts the record files toward `index`'s bound (they are evicted like blobs).
-    pub fn counted_in(mut self, index: std::sync::Arc<super::LruIndex>) -> Self {
+    pub(crate) fn counted_in(mut self, index: std::sync::Arc<super::LruIndex>) -> Self {
         self.index = Some(index);
         self
     }

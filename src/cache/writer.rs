@@ -95,7 +95,7 @@ pub(crate) fn preallocate(file: &File, len: u64) -> io::Result<()> {
 /// Without `fallocate` (macOS, the BSDs) nothing is reserved up front: the disk fills as the
 /// bytes are written, and running out of space is reported by the write or the fsync.
 #[cfg(not(target_os = "linux"))]
-pub fn preallocate(_file: &File, _len: u64) -> io::Result<()> {
+pub(crate) fn preallocate(_file: &File, _len: u64) -> io::Result<()> {
     Ok(())
 }
 
@@ -123,7 +123,7 @@ pub(crate) fn start_writeback(file: &File, offset: u64, len: u64) {
 /// Without `sync_file_range` (macOS, the BSDs) there is no early writeback: the fsync at
 /// commit writes everything.
 #[cfg(not(target_os = "linux"))]
-pub fn start_writeback(_file: &File, _offset: u64, _len: u64) {}
+pub(crate) fn start_writeback(_file: &File, _offset: u64, _len: u64) {}
 
 /// Renames `from` to `to` (creating `to`'s directory) and fsyncs the directory, so the
 /// rename survives a power loss.

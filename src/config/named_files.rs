@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 /// Everything the settings name outside the config file, each with the key it came from.
 #[derive(Debug, Default, Clone)]
-pub struct NamedFiles {
+pub(crate) struct NamedFiles {
     /// Certificate chain and key for the registry listener (checked by loading them).
     pub(crate) tls: Option<(PathBuf, PathBuf)>,
     pub(crate) admin_token_file: Option<PathBuf>,
@@ -20,7 +20,7 @@ pub struct NamedFiles {
 
 impl NamedFiles {
     /// Whether anything has to be read before the settings are complete.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.tls.is_none()
             && self.admin_token_file.is_none()
             && self.client_auth.is_none()

@@ -44,7 +44,7 @@ pub struct DigestParseError {
 }
 
 impl Digest {
-    pub fn algorithm(&self) -> DigestAlgorithm {
+    pub(crate) fn algorithm(&self) -> DigestAlgorithm {
         self.algorithm
     }
 
@@ -61,7 +61,7 @@ impl Digest {
     }
 
     /// The sha256 digest whose 32 bytes are `hash`.
-    pub fn from_sha256_bytes(hash: [u8; 32]) -> Digest {
+    pub(crate) fn from_sha256_bytes(hash: [u8; 32]) -> Digest {
         Digest {
             algorithm: DigestAlgorithm::Sha256,
             hex: hex::encode(hash),

@@ -49,7 +49,7 @@ impl ErrorCode {
     }
 
     /// The status the spec pairs with this code when nothing more specific applies.
-    pub fn default_status(self) -> StatusCode {
+    pub(crate) fn default_status(self) -> StatusCode {
         match self {
             ErrorCode::BlobUnknown | ErrorCode::ManifestUnknown | ErrorCode::NameUnknown => {
                 StatusCode::NOT_FOUND

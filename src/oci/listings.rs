@@ -149,7 +149,7 @@ impl ReferrersPage {
 #[derive(Serialize)]
 pub(crate) struct ReferrersIndex<'a> {
     #[serde(rename = "schemaVersion")]
-    pub schema_version: u32,
+    pub(crate) schema_version: u32,
     #[serde(rename = "mediaType")]
     pub media_type: &'a str,
     pub manifests: &'a [ReferrerDescriptor],

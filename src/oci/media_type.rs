@@ -8,11 +8,11 @@ pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 pub const DOCKER_MANIFEST_V2: &str = "application/vnd.docker.distribution.manifest.v2+json";
 pub const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
-pub const DOCKER_MANIFEST_V1_SIGNED: &str =
+pub(crate) const DOCKER_MANIFEST_V1_SIGNED: &str =
     "application/vnd.docker.distribution.manifest.v1+prettyjws";
 
 /// What ferry asks upstreams for when a client sends no `Accept` at all.
-pub const ALL_MANIFEST_TYPES: [&str; 4] = [
+pub(crate) const ALL_MANIFEST_TYPES: [&str; 4] = [
     OCI_INDEX,
     OCI_MANIFEST,
     DOCKER_MANIFEST_LIST,
@@ -22,12 +22,12 @@ pub const ALL_MANIFEST_TYPES: [&str; 4] = [
 /// The media types a client accepts, merged from every `Accept` header line, in order,
 /// without parameters or duplicates. Empty means "anything".
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct AcceptList {
+pub(crate) struct AcceptList {
     types: Vec<String>,
 }
 
 impl AcceptList {
-    pub fn from_headers(headers: &HeaderMap) -> Self {
+    pub(crate) fn from_headers(headers: &HeaderMap) -> Self {
         let mut types: Vec<String> = Vec::new();
         for value in headers.get_all(ACCEPT) {
             let Ok(value) = value.to_str() else { continue };
@@ -46,14 +46,14 @@ impl AcceptList {
         AcceptList { types }
     }
 
-    pub fn from_types<S: AsRef<str>>(types: &[S]) -> Self {
+    pub(crate) fn from_types<S: AsRef<str>>(types: &[S]) -> Self {
         AcceptList {
             types: types.iter().map(|t| t.as_ref().to_owned()).collect(),
         }
     }
 
     /// Whether a manifest of `media_type` may be given to this client.
-    pub fn accepts(&self, media_type: &str) -> bool {
+    pub(crate) fn accepts(&self, media_type: &str) -> bool {
         self.types.is_empty()
             || self
                 .types
@@ -63,7 +63,7 @@ impl AcceptList {
 
     /// The `Accept` value to send upstream: the client's own list, or every manifest
     /// type ferry understands when the client named none.
-    pub fn upstream_header_value(&self) -> String {
+    pub(crate) fn upstream_header_value(&self) -> String {
         if self.types.is_empty() {
             ALL_MANIFEST_TYPES.join(", ")
         } else {
@@ -71,13 +71,14 @@ impl AcceptList {
         }
     }
 
-    pub fn types(&self) -> &[String] {
+    #[cfg(test)]
+    fn types(&self) -> &[String] {
         &self.types
     }
 }
 
 /// Docker's unsigned schema 1 type (registries send it for schema 1 bodies without signatures).
-pub const DOCKER_MANIFEST_V1: &str = "application/vnd.docker.distribution.manifest.v1+json";
+pub(crate) const DOCKER_MANIFEST_V1: &str = "application/vnd.docker.distribution.manifest.v1+json";
 
 /// What a manifest's JSON shows of its type, read without building a tree of the document
 /// (the other fields are skipped, not kept).
@@ -156,21 +157,11 @@ fn is_media_type_token(text: &str) -> bool {
         })
 }
 
-/// A manifest's media type from its own `mediaType` field, or inferred from its shape
-/// (OCI allows the field to be absent).
-pub fn detect_manifest_media_type(body: &[u8]) -> Option<String> {
-    let shape = ManifestShape::read(body)?;
-    if let Some(declared) = shape.declared() {
-        return Some(declared.to_owned());
-    }
-    shape.kind().map(|kind| kind.default_type().to_owned())
-}
-
 /// A manifest's media type is a property of its bytes, the same from every upstream: the
 /// body's own `mediaType`; without one, what its shape shows, named as `content_type` says
 /// only when that is a known manifest type of the same shape (Docker schema 2 or OCI, say).
 /// Any other `Content-Type`, however official it looks, is ignored.
-pub fn manifest_media_type(content_type: Option<&str>, body: &[u8]) -> String {
+pub(crate) fn manifest_media_type(content_type: Option<&str>, body: &[u8]) -> String {
     let announced = content_type
         .map(|t| t.split(';').next().unwrap_or("").trim())
         .filter(|t| ManifestKind::of_type(t).is_some());
@@ -224,24 +215,6 @@ mod tests {
         let none = AcceptList::default();
         assert!(none.accepts(OCI_INDEX));
         assert!(none.upstream_header_value().contains(DOCKER_MANIFEST_LIST));
-    }
-
-    #[test]
-    fn detects_media_types() {
-        assert_eq!(
-            detect_manifest_media_type(br#"{"schemaVersion":2,"mediaType":"x/y"}"#).as_deref(),
-            Some("x/y")
-        );
-        assert_eq!(
-            detect_manifest_media_type(br#"{"schemaVersion":2,"manifests":[]}"#).as_deref(),
-            Some(OCI_INDEX)
-        );
-        assert_eq!(
-            detect_manifest_media_type(br#"{"schemaVersion":2,"config":{},"layers":[]}"#)
-                .as_deref(),
-            Some(OCI_MANIFEST)
-        );
-        assert_eq!(detect_manifest_media_type(b"not json"), None);
     }
 
     #[test]

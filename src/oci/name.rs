@@ -53,7 +53,7 @@ impl RepositoryName {
     }
 
     /// Docker Hub's convention: a single-component name lives under `library/`.
-    pub fn with_docker_hub_library_prefix(&self) -> RepositoryName {
+    pub(crate) fn with_docker_hub_library_prefix(&self) -> RepositoryName {
         if self.0.contains('/') {
             self.clone()
         } else {

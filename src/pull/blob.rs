@@ -89,7 +89,7 @@ pub struct BlobAnswer {
 }
 
 impl PullThrough {
-    pub async fn blob(
+    pub(crate) async fn blob(
         self: &Arc<Self>,
         registry: &str,
         name: &RepositoryName,
@@ -115,12 +115,19 @@ impl PullThrough {
             }
             return self.range_after_fill(registry, name, digest, range).await;
         }
+        self.whole_blob_from_fill(registry, name, digest).await
+    }
+
+    /// A whole blob not yet cached: joins (or starts) its fill and streams from it as the
+    /// bytes arrive; a small one is verified before the headers.
+    async fn whole_blob_from_fill(
+        self: &Arc<Self>,
+        registry: &str,
+        name: &RepositoryName,
+        digest: &Digest,
+    ) -> Result<BlobAnswer, FerryError> {
         let handle = match self.join_fill(registry, name, digest).await {
-            FillJoin::Cached => {
-                return self.cached_blob(digest, None, false).await?.ok_or_else(|| {
-                    FerryError::cache_reason(format!("blob {digest} vanished right after its fill"))
-                });
-            }
+            FillJoin::Cached => return self.just_committed_blob(digest, Source::Cache).await,
             FillJoin::CacheBroken => return self.uncached_blob(registry, name, digest).await,
             FillJoin::Fill(handle) => handle,
         };
@@ -142,19 +149,8 @@ impl PullThrough {
                         self.uncached_blob(registry, name, digest).await
                     }
                     FillPhase::Failed(failure) => Err(fill_error(&failure)),
-                    _ => {
-                        let mut answer =
-                            self.cached_blob(digest, None, false)
-                                .await?
-                                .ok_or_else(|| {
-                                    FerryError::cache_reason(format!(
-                                        "blob {digest} vanished right after its fill"
-                                    ))
-                                })?;
-                        // It came from upstream just now (a miss), though read back from disk.
-                        answer.source = Source::from(origin);
-                        Ok(answer)
-                    }
+                    // It came from upstream just now (a miss), though read back from disk.
+                    _ => self.just_committed_blob(digest, Source::from(origin)).await,
                 };
             }
             FillPhase::Streaming { total, origin } => (total, Source::from(origin)),
@@ -186,6 +182,22 @@ impl PullThrough {
             body: Some(continue_from_upstream_on_cache_failure(reader, fallback)),
             source,
         })
+    }
+
+    /// A blob whose fill just committed, read back from disk, answered as from `source`.
+    async fn just_committed_blob(
+        self: &Arc<Self>,
+        digest: &Digest,
+        source: Source,
+    ) -> Result<BlobAnswer, FerryError> {
+        let mut answer = self
+            .cached_blob(digest, None, false)
+            .await?
+            .ok_or_else(|| {
+                FerryError::cache_reason(format!("blob {digest} vanished right after its fill"))
+            })?;
+        answer.source = source;
+        Ok(answer)
     }
 
     /// Joins the fill for `digest`, or starts one on its own task (it finishes and commits

@@ -22,7 +22,7 @@ use std::time::SystemTime;
 
 pub(crate) const DOCKER_CONTENT_DIGEST: &str = "docker-content-digest";
 
-pub struct ManifestAnswer {
+pub(crate) struct ManifestAnswer {
     pub(crate) manifest: CachedManifest,
     pub(crate) source: Source,
 }
@@ -30,7 +30,7 @@ pub struct ManifestAnswer {
 /// A forwarded tag list: the body, and the pagination query (`n`, `last`) of the next page
 /// when the upstream named one (the client is linked to it under ferry's own path).
 #[derive(Clone)]
-pub struct TagListAnswer {
+pub(crate) struct TagListAnswer {
     pub(crate) body: Bytes,
     /// The memory budget held for the list while it is cached for waiters and sent.
     pub(crate) lease: Option<std::sync::Arc<crate::upstream::BudgetLease>>,
@@ -39,7 +39,7 @@ pub struct TagListAnswer {
 }
 
 impl PullThrough {
-    pub async fn manifest(
+    pub(crate) async fn manifest(
         &self,
         registry: &str,
         name: &RepositoryName,
@@ -210,20 +210,7 @@ impl PullThrough {
     ) -> Result<ManifestAnswer, FerryError> {
         let key = self.tag_key(registry, name, tag);
         if self.settings.offline {
-            // Offline: the last known mapping, whatever its age (within max_stale).
-            if let Some(record) = self.cache.tag_record(&key).await
-                && self.within_max_stale(record.age())
-                && let Some(manifest) = self.usable_tagged_manifest(&record, accept).await?
-            {
-                return Ok(ManifestAnswer {
-                    manifest,
-                    source: Source::Cache,
-                });
-            }
-            return Err(Self::offline_miss(
-                ErrorCode::ManifestUnknown,
-                &format!("manifest {name}:{tag}"),
-            ));
+            return self.offline_tag(&key, name, tag, accept).await;
         }
         if let Some(record) = self.cache.tag_record(&key).await
             && record.age() < self.settings.tag_ttl
@@ -247,40 +234,111 @@ impl PullThrough {
             Some(record) => self.usable_tagged_manifest(record, accept).await?,
             None => None,
         };
-        if let (Some(record), Some(manifest)) = (&record, &cached) {
-            if record.age() < self.settings.tag_ttl {
-                // Revalidated by another request while this one waited.
-                return Ok(ManifestAnswer {
+        let tagged = TaggedRequest {
+            upstreams,
+            registry,
+            name,
+            tag,
+            accept,
+            key: &key,
+        };
+        if let (Some(record), Some(manifest)) = (&record, &cached)
+            && let Some(answer) = self.revalidate_tag(&tagged, record, manifest).await
+        {
+            return answer;
+        }
+        let stale = record.zip(cached);
+        self.fetch_tag(&tagged, stale).await
+    }
+
+    /// Offline: the last known mapping, whatever its age (within max_stale).
+    async fn offline_tag(
+        &self,
+        key: &TagKey,
+        name: &RepositoryName,
+        tag: &Tag,
+        accept: &AcceptList,
+    ) -> Result<ManifestAnswer, FerryError> {
+        if let Some(record) = self.cache.tag_record(key).await
+            && self.within_max_stale(record.age())
+            && let Some(manifest) = self.usable_tagged_manifest(&record, accept).await?
+        {
+            return Ok(ManifestAnswer {
+                manifest,
+                source: Source::Cache,
+            });
+        }
+        Err(Self::offline_miss(
+            ErrorCode::ManifestUnknown,
+            &format!("manifest {name}:{tag}"),
+        ))
+    }
+
+    /// A kept tag past its TTL: fresh again if another request revalidated it meanwhile,
+    /// else a HEAD asks whether it still names the same manifest. `None` when it moved (the
+    /// caller fetches it); a stale answer (within max_stale) when every upstream failed.
+    async fn revalidate_tag(
+        &self,
+        tagged: &TaggedRequest<'_>,
+        record: &TagRecord,
+        manifest: &CachedManifest,
+    ) -> Option<Result<ManifestAnswer, FerryError>> {
+        let TaggedRequest {
+            upstreams,
+            registry,
+            name,
+            tag,
+            accept,
+            key,
+        } = *tagged;
+        if record.age() < self.settings.tag_ttl {
+            // Revalidated by another request while this one waited.
+            return Some(Ok(ManifestAnswer {
+                manifest: manifest.clone(),
+                source: Source::Cache,
+            }));
+        }
+        match self.head_tag(upstreams, name, tag, accept).await {
+            Ok((Some(digest), upstream)) if digest == manifest.digest => {
+                self.record_tag(key, manifest, &upstream).await;
+                let confirmed_by = Source::Upstream(upstream);
+                self.served_by(ContentKind::Manifest, &digest, registry, &confirmed_by)
+                    .await;
+                Some(Ok(ManifestAnswer {
                     manifest: manifest.clone(),
                     source: Source::Cache,
-                });
+                }))
             }
-            match self.head_tag(upstreams, name, tag, accept).await {
-                Ok((Some(digest), upstream)) if digest == manifest.digest => {
-                    self.record_tag(&key, manifest, &upstream).await;
-                    let confirmed_by = Source::Upstream(upstream);
-                    self.served_by(ContentKind::Manifest, &digest, registry, &confirmed_by)
-                        .await;
-                    return Ok(ManifestAnswer {
-                        manifest: manifest.clone(),
-                        source: Source::Cache,
-                    });
-                }
-                Ok(_) => {} // moved (or no digest header): fetch it below
-                Err(exhausted) if self.within_max_stale(record.age()) => {
-                    tracing::warn!(tag = %format!("{name}:{tag}"), error = %exhausted, "serving a stale tag: every upstream failed to revalidate it");
-                    return Ok(ManifestAnswer {
-                        manifest: manifest.clone(),
-                        source: Source::StaleCache,
-                    });
-                }
-                Err(exhausted) => {
-                    tracing::warn!(tag = %format!("{name}:{tag}"), age = ?record.age(), "not serving a stale tag older than max_stale");
-                    return Err(FerryError::Upstreams(exhausted));
-                }
+            Ok(_) => None, // moved (or no digest header): fetch it
+            Err(exhausted) if self.within_max_stale(record.age()) => {
+                tracing::warn!(tag = %format!("{name}:{tag}"), error = %exhausted, "serving a stale tag: every upstream failed to revalidate it");
+                Some(Ok(ManifestAnswer {
+                    manifest: manifest.clone(),
+                    source: Source::StaleCache,
+                }))
+            }
+            Err(exhausted) => {
+                tracing::warn!(tag = %format!("{name}:{tag}"), age = ?record.age(), "not serving a stale tag older than max_stale");
+                Some(Err(FerryError::Upstreams(exhausted)))
             }
         }
+    }
 
+    /// Fetches the manifest a tag names now, keeps it and the tag's record; when every
+    /// upstream fails, the kept mapping (`stale`) is served within max_stale.
+    async fn fetch_tag(
+        &self,
+        tagged: &TaggedRequest<'_>,
+        stale: Option<(TagRecord, CachedManifest)>,
+    ) -> Result<ManifestAnswer, FerryError> {
+        let TaggedRequest {
+            upstreams,
+            registry,
+            name,
+            tag,
+            accept,
+            key,
+        } = *tagged;
         match self
             .fetch_manifest(upstreams, name, &Reference::Tag(tag.clone()), accept)
             .await
@@ -288,18 +346,14 @@ impl PullThrough {
             Ok((manifest, upstream)) => {
                 self.store_manifest(&manifest).await;
                 self.share_manifest(&manifest);
-                self.record_tag(&key, &manifest, &upstream).await;
+                self.record_tag(key, &manifest, &upstream).await;
                 let source = Source::Upstream(upstream);
                 self.served_by(ContentKind::Manifest, &manifest.digest, registry, &source)
                     .await;
                 Ok(ManifestAnswer { manifest, source })
             }
-            Err(exhausted) => match cached {
-                Some(manifest)
-                    if record
-                        .as_ref()
-                        .is_some_and(|r| self.within_max_stale(r.age())) =>
-                {
+            Err(exhausted) => match stale {
+                Some((record, manifest)) if self.within_max_stale(record.age()) => {
                     tracing::warn!(tag = %format!("{name}:{tag}"), error = %exhausted, "serving a stale tag: every upstream failed");
                     Ok(ManifestAnswer {
                         manifest,
@@ -437,7 +491,7 @@ impl PullThrough {
     }
 
     /// Forwards `tags/list` (with `n`/`last`) to the first upstream that answers.
-    pub async fn tag_list(
+    pub(crate) async fn tag_list(
         &self,
         registry: &str,
         name: &RepositoryName,
@@ -617,6 +671,17 @@ fn manifest_error(exhausted: UpstreamsExhausted, what: &str) -> FerryError {
     } else {
         FerryError::Upstreams(exhausted)
     }
+}
+
+/// One request for a manifest by tag, as its steps share it.
+#[derive(Clone, Copy)]
+struct TaggedRequest<'a> {
+    upstreams: &'a Upstreams,
+    registry: &'a str,
+    name: &'a RepositoryName,
+    tag: &'a Tag,
+    accept: &'a AcceptList,
+    key: &'a TagKey,
 }
 
 #[cfg(test)]

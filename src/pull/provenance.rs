@@ -16,7 +16,7 @@ impl PullThrough {
     /// vouched for it (this cache's record, then the shared store's), else when `registry`
     /// confirms it now. A digest the registry does not have is unknown to this client, as
     /// if nothing were cached.
-    pub async fn confirm_provenance(
+    pub(crate) async fn confirm_provenance(
         &self,
         registry: &str,
         name: &RepositoryName,

@@ -11,8 +11,9 @@ use crate::oci::link::next_page_query;
 use crate::oci::listings::{MAX_REFERRERS, ReferrerDescriptor, ReferrersIndex, ReferrersPage};
 use crate::oci::{Digest, ErrorCode, RepositoryName};
 use crate::upstream::memory_budget::BodyClass;
-use crate::upstream::{FailureKind, Route, UpstreamFailure};
+use crate::upstream::{FailureKind, Route, UpstreamClient, UpstreamFailure, UpstreamsExhausted};
 use http::{HeaderMap, Method};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 /// The response header naming the filters a registry applied.
@@ -21,7 +22,7 @@ pub(crate) const OCI_FILTERS_APPLIED: &str = "oci-filters-applied";
 const MAX_ARTIFACT_TYPE_LEN: usize = 255;
 
 /// A referrers list to send: an image index, and whether `artifactType` was applied.
-pub struct ReferrersAnswer {
+pub(crate) struct ReferrersAnswer {
     pub(crate) body: bytes::Bytes,
     pub(crate) filtered: bool,
     pub(crate) source: Source,
@@ -148,7 +149,10 @@ impl ReferrersPages {
 }
 
 impl PullThrough {
-    pub async fn referrers(
+    /// The referrers of `subject`: the kept list while fresh (or offline), else one fetch
+    /// for all identical requests at once, falling back to the last known list when every
+    /// upstream fails.
+    pub(crate) async fn referrers(
         &self,
         registry: &str,
         name: &RepositoryName,
@@ -162,16 +166,10 @@ impl PullThrough {
             artifact_type: artifact_type.clone(),
         };
         let known = self.cache.referrers_record(&key).await;
-        let answer = |record: &ReferrersRecord, source: Source| ReferrersAnswer {
-            body: record.body.clone(),
-            filtered: record.filtered,
-            source,
-            lease: None,
-        };
         if let Some(record) = &known
             && (self.settings.offline || record.age() <= self.settings.referrers_ttl)
         {
-            return Ok(answer(record, Source::Cache));
+            return Ok(ReferrersAnswer::from_record(record, Source::Cache));
         }
         if self.settings.offline {
             return Err(Self::offline_miss(
@@ -188,102 +186,17 @@ impl PullThrough {
         let _fetching = self.list_fetches.lock(&fetch_key).await;
         let known = match self.cache.referrers_record(&key).await {
             Some(record) if record.age() <= self.settings.referrers_ttl => {
-                return Ok(answer(&record, Source::Cache));
+                return Ok(ReferrersAnswer::from_record(&record, Source::Cache));
             }
             latest => latest.or(known),
         };
         let upstreams = self.upstreams_for(registry)?;
-        let suffix = format!("referrers/{subject}");
-        let query = artifact_type.as_ref().and_then(|filter| {
-            let mut url = reqwest::Url::parse("http://query.invalid/").ok()?;
-            url.query_pairs_mut().append_pair("artifactType", filter);
-            url.query().map(str::to_owned)
-        });
-        let recent_failure = self.recent_list_failures.get(&fetch_key);
-        let fetched = match recent_failure {
+        let fetched = match self.recent_list_failures.get(&fetch_key) {
             Some(exhausted) => Err(exhausted),
             None => {
                 upstreams
                     .first_success_past_missing_api(Route::Digest(subject), |client| {
-                        let (suffix, query, filter) =
-                            (suffix.clone(), query.clone(), artifact_type.clone());
-                        async move {
-                            let mut response = client
-                                .send(
-                                    Method::GET,
-                                    name,
-                                    &suffix,
-                                    query.as_deref(),
-                                    HeaderMap::new(),
-                                )
-                                .await?;
-                            let mut pages = ReferrersPages::new(client.name(), filter.clone());
-                            let bad = |detail: String| {
-                                UpstreamFailure::new(
-                                    client.name(),
-                                    FailureKind::BadResponse,
-                                    detail,
-                                )
-                            };
-                            // Covers every page read, until the merged list is built.
-                            let mut held = crate::upstream::BudgetLease::default();
-                            let mut queries_seen = std::collections::HashSet::from([query
-                                .clone()
-                                .unwrap_or_default()]);
-                            loop {
-                                let request_url = response.url().clone();
-                                let next =
-                                    next_page_query(response.headers(), &request_url, "referrers")
-                                        .map_err(bad)?;
-                                if let Some(next) = &next
-                                    && !queries_seen.insert(next.clone())
-                                {
-                                    return Err(bad(format!(
-                                        "referrers Link names a page again ({next})"
-                                    )));
-                                }
-                                // The parsed descriptors take up to about twice the page's bytes.
-                                let (body, lease) = client
-                                    .body(response)
-                                    .read_to_end_within(
-                                        MAX_MANIFEST_BYTES,
-                                        BodyClass::List,
-                                        3,
-                                        std::mem::take(&mut held),
-                                    )
-                                    .await?;
-                                held = lease;
-                                pages.add_page(body)?;
-                                let Some(next) = next else { break };
-                                // A later page that is missing is a broken list, not a missing API.
-                                response = client
-                                    .send(Method::GET, name, &suffix, Some(&next), HeaderMap::new())
-                                    .await
-                                    .map_err(|failure| match failure.kind {
-                                        FailureKind::NotFound => {
-                                            bad(format!("referrers page {next:?} is missing"))
-                                                .caused_by(failure)
-                                        }
-                                        _ => failure,
-                                    })?;
-                            }
-                            let (body, filtered) = pages.finish()?;
-                            Ok((
-                                ReferrersRecord {
-                                    key: ReferrersKey {
-                                        registry: registry.to_owned(),
-                                        repository: name.as_str().to_owned(),
-                                        subject: subject.to_string(),
-                                        artifact_type: filter,
-                                    },
-                                    body,
-                                    filtered,
-                                    fetched_at_unix_ms: unix_ms(SystemTime::now()),
-                                    upstream: client.name().to_owned(),
-                                },
-                                held,
-                            ))
-                        }
+                        read_referrers_pages(client, name, key.clone())
                     })
                     .await
             }
@@ -294,27 +207,128 @@ impl PullThrough {
         }
         match fetched {
             Ok((record, held)) => {
-                let mut served = answer(&record, Source::Upstream(record.upstream.clone()));
+                let mut served = ReferrersAnswer::from_record(
+                    &record,
+                    Source::Upstream(record.upstream.clone()),
+                );
                 served.lease = Some(std::sync::Arc::new(held));
                 if let Err(e) = self.cache.put_referrers_record(record).await {
                     tracing::warn!(%subject, error = %e, "cannot keep a referrers list in the cache");
                 }
                 Ok(served)
             }
-            Err(exhausted) => match known {
-                // Every upstream failed: the last known list beats an error.
-                Some(record) if !exhausted.all_not_found() => {
-                    tracing::warn!(%subject, %exhausted, "serving the last known referrers list");
-                    Ok(answer(&record, Source::StaleCache))
+            Err(exhausted) => referrers_failure(exhausted, known, &key),
+        }
+    }
+}
+
+/// `?artifactType=...` for the upstream, encoded.
+fn referrers_query(artifact_type: Option<&str>) -> Option<String> {
+    let filter = artifact_type?;
+    let mut url = reqwest::Url::parse("http://query.invalid/").ok()?;
+    url.query_pairs_mut().append_pair("artifactType", filter);
+    url.query().map(str::to_owned)
+}
+
+/// Reads one upstream's referrers list, following its `Link` pages (each page once), within
+/// the memory budget for lists, into one record.
+async fn read_referrers_pages(
+    client: Arc<UpstreamClient>,
+    name: &RepositoryName,
+    key: ReferrersKey,
+) -> Result<(ReferrersRecord, crate::upstream::BudgetLease), UpstreamFailure> {
+    let suffix = format!("referrers/{}", key.subject);
+    let query = referrers_query(key.artifact_type.as_deref());
+    let mut response = client
+        .send(
+            Method::GET,
+            name,
+            &suffix,
+            query.as_deref(),
+            HeaderMap::new(),
+        )
+        .await?;
+    let mut pages = ReferrersPages::new(client.name(), key.artifact_type.clone());
+    let bad =
+        |detail: String| UpstreamFailure::new(client.name(), FailureKind::BadResponse, detail);
+    // Covers every page read, until the merged list is built.
+    let mut held = crate::upstream::BudgetLease::default();
+    let mut queries_seen = std::collections::HashSet::from([query.clone().unwrap_or_default()]);
+    loop {
+        let request_url = response.url().clone();
+        let next = next_page_query(response.headers(), &request_url, "referrers").map_err(bad)?;
+        if let Some(next) = &next
+            && !queries_seen.insert(next.clone())
+        {
+            return Err(bad(format!("referrers Link names a page again ({next})")));
+        }
+        // The parsed descriptors take up to about twice the page's bytes.
+        let (body, lease) = client
+            .body(response)
+            .read_to_end_within(
+                MAX_MANIFEST_BYTES,
+                BodyClass::List,
+                3,
+                std::mem::take(&mut held),
+            )
+            .await?;
+        held = lease;
+        pages.add_page(body)?;
+        let Some(next) = next else { break };
+        // A later page that is missing is a broken list, not a missing API.
+        response = client
+            .send(Method::GET, name, &suffix, Some(&next), HeaderMap::new())
+            .await
+            .map_err(|failure| match failure.kind {
+                FailureKind::NotFound => {
+                    bad(format!("referrers page {next:?} is missing")).caused_by(failure)
                 }
-                _ if exhausted.all_not_found() => Err(FerryError::client(
-                    ErrorCode::ManifestUnknown,
-                    format!(
-                        "no upstream of {registry} serves the referrers of {subject} (a registry without the referrers API answers 404; clients fall back to the sha256-<hex> tag)"
-                    ),
-                )),
-                _ => Err(FerryError::Upstreams(exhausted)),
-            },
+                _ => failure,
+            })?;
+    }
+    let (body, filtered) = pages.finish()?;
+    let record = ReferrersRecord {
+        key,
+        body,
+        filtered,
+        fetched_at_unix_ms: unix_ms(SystemTime::now()),
+        upstream: client.name().to_owned(),
+    };
+    Ok((record, held))
+}
+
+/// When every upstream failed: the last known list beats an error; "not found" everywhere
+/// means no upstream has the referrers API for it.
+fn referrers_failure(
+    exhausted: UpstreamsExhausted,
+    known: Option<ReferrersRecord>,
+    key: &ReferrersKey,
+) -> Result<ReferrersAnswer, FerryError> {
+    let ReferrersKey {
+        registry, subject, ..
+    } = key;
+    match known {
+        Some(record) if !exhausted.all_not_found() => {
+            tracing::warn!(%subject, %exhausted, "serving the last known referrers list");
+            Ok(ReferrersAnswer::from_record(&record, Source::StaleCache))
+        }
+        _ if exhausted.all_not_found() => Err(FerryError::client(
+            ErrorCode::ManifestUnknown,
+            format!(
+                "no upstream of {registry} serves the referrers of {subject} (a registry without the referrers API answers 404; clients fall back to the sha256-<hex> tag)"
+            ),
+        )),
+        _ => Err(FerryError::Upstreams(exhausted)),
+    }
+}
+
+impl ReferrersAnswer {
+    fn from_record(record: &ReferrersRecord, source: Source) -> Self {
+        ReferrersAnswer {
+            body: record.body.clone(),
+            filtered: record.filtered,
+            source,
+            lease: None,
         }
     }
 }

@@ -10,7 +10,7 @@ use sha2::{Digest as _, Sha256};
 use std::collections::HashMap;
 use std::path::Path;
 
-pub const REALM: &str = "ferry";
+pub(crate) const REALM: &str = "ferry";
 
 #[derive(Default, Clone)]
 pub struct ClientAuth {
@@ -117,7 +117,8 @@ impl ClientAuth {
         Ok(auth)
     }
 
-    pub fn with_tokens(tokens: &[&str]) -> ClientAuth {
+    #[cfg(test)]
+    fn with_tokens(tokens: &[&str]) -> ClientAuth {
         ClientAuth {
             tokens: tokens.iter().map(|t| hash(t)).collect(),
             ..Default::default()
@@ -135,7 +136,7 @@ impl ClientAuth {
     }
 
     /// Every user's registry restriction (not secret; for `check-config`).
-    pub fn registry_rules(&self) -> std::collections::BTreeMap<String, Vec<String>> {
+    pub(crate) fn registry_rules(&self) -> std::collections::BTreeMap<String, Vec<String>> {
         self.registry_rules
             .iter()
             .map(|(user, registries)| (user.clone(), registries.clone()))
@@ -143,7 +144,7 @@ impl ClientAuth {
     }
 
     /// The only registries `principal` may pull from; `None` when it may pull from all.
-    pub fn allowed_registries(&self, principal: &Principal) -> Option<&[String]> {
+    pub(crate) fn allowed_registries(&self, principal: &Principal) -> Option<&[String]> {
         match principal {
             Principal::Token => None,
             Principal::User(user) => self.registry_rules.get(user).map(Vec::as_slice),
@@ -151,7 +152,7 @@ impl ClientAuth {
     }
 
     /// Whether `principal` may pull from `registry` (canonical name).
-    pub fn may_pull(&self, principal: &Principal, registry: &str) -> bool {
+    pub(crate) fn may_pull(&self, principal: &Principal, registry: &str) -> bool {
         match principal {
             Principal::Token => true,
             Principal::User(user) => self
@@ -161,13 +162,15 @@ impl ClientAuth {
         }
     }
 
-    pub fn with_user(mut self, user: &str, password: &str) -> ClientAuth {
+    #[cfg(test)]
+    fn with_user(mut self, user: &str, password: &str) -> ClientAuth {
         self.users.insert(user.to_owned(), hash(password));
         self
     }
 
     /// Whether the request's `Authorization` header carries a known token or user.
-    pub fn allows(&self, headers: &HeaderMap) -> bool {
+    #[cfg(test)]
+    fn allows(&self, headers: &HeaderMap) -> bool {
         self.authenticate(headers).is_some()
     }
 

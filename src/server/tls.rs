@@ -54,7 +54,7 @@ impl ReloadingTls {
     }
 
     /// An acceptor with the current certificate (new connections pick up reloads).
-    pub fn acceptor(&self) -> TlsAcceptor {
+    pub(crate) fn acceptor(&self) -> TlsAcceptor {
         let config = self
             .current
             .read()
@@ -81,7 +81,7 @@ impl ReloadingTls {
     }
 
     /// Reloads if either file's modification time changed since the last load.
-    pub fn reload_if_changed(&self) {
+    pub(crate) fn reload_if_changed(&self) {
         let now = (mtime(&self.cert_file), mtime(&self.key_file));
         let changed = *self.loaded_mtimes.lock().unwrap_or_else(|p| p.into_inner()) != now;
         if changed {

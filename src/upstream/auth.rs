@@ -91,7 +91,7 @@ async fn read_capped(
 /// over plain HTTP when the registry itself is HTTPS, and only to the registry's own host or
 /// a host in its parent domain (Docker Hub's `registry-1.docker.io` sends clients to
 /// `auth.docker.io`). A challenge naming any other realm gets an error, not the password.
-pub fn may_receive_credentials(
+pub(crate) fn may_receive_credentials(
     registry: &reqwest::Url,
     realm: &reqwest::Url,
 ) -> Result<(), AuthError> {
@@ -228,7 +228,7 @@ impl Expiry<String, CachedToken> for TokenLifetime {
 }
 
 /// Bearer tokens of one upstream, keyed by scope.
-pub struct TokenCache {
+pub(crate) struct TokenCache {
     tokens: Cache<String, CachedToken>,
     /// Token answers are read whole, within ferry's budget for such bodies.
     memory: super::MemoryBudget,
@@ -241,7 +241,7 @@ impl Default for TokenCache {
 }
 
 impl TokenCache {
-    pub fn new(memory: super::MemoryBudget) -> Self {
+    pub(crate) fn new(memory: super::MemoryBudget) -> Self {
         TokenCache {
             tokens: Cache::builder()
                 .max_capacity(MAX_CACHED_TOKENS)
@@ -251,11 +251,11 @@ impl TokenCache {
         }
     }
 
-    pub async fn get(&self, scope: &str) -> Option<String> {
+    pub(crate) async fn get(&self, scope: &str) -> Option<String> {
         self.tokens.get(scope).await.map(|t| t.token)
     }
 
-    pub async fn forget(&self, scope: &str) {
+    pub(crate) async fn forget(&self, scope: &str) {
         self.tokens.invalidate(scope).await;
     }
 
@@ -273,7 +273,7 @@ impl TokenCache {
     /// Fetches a token from the challenge's realm for `scope` and caches it. Credentials go
     /// only to a realm that [`may_receive_credentials`] allows for the upstream's URL; with
     /// `public_addresses_only`, a realm at a literal private address is refused.
-    pub async fn fetch(
+    pub(crate) async fn fetch(
         &self,
         http: &reqwest::Client,
         upstream: &super::settings::UpstreamConfig,

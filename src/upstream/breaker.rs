@@ -30,14 +30,14 @@ impl Default for BreakerConfig {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BreakerState {
+pub(crate) enum BreakerState {
     Closed,
     Open,
     HalfOpen,
 }
 
 impl BreakerState {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             BreakerState::Closed => "closed",
             BreakerState::Open => "open",
@@ -48,7 +48,7 @@ impl BreakerState {
 
 /// Whether a request may use the upstream now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Admission {
+pub(crate) enum Admission {
     Allowed,
     /// Allowed as the half-open probe: its outcome closes or reopens the breaker.
     Probe,
@@ -68,7 +68,7 @@ struct Inner {
 }
 
 #[derive(Debug)]
-pub struct Breaker {
+pub(crate) struct Breaker {
     config: BreakerConfig,
     inner: Mutex<Inner>,
 }
@@ -84,13 +84,13 @@ pub struct BreakerSnapshot {
 
 /// A state change worth logging.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Transition {
+pub(crate) struct Transition {
     pub(crate) from: BreakerState,
     pub(crate) to: BreakerState,
 }
 
 impl Breaker {
-    pub fn new(config: BreakerConfig) -> Breaker {
+    pub(crate) fn new(config: BreakerConfig) -> Breaker {
         Breaker {
             config,
             inner: Mutex::new(Inner {
@@ -110,7 +110,7 @@ impl Breaker {
     }
 
     /// Decides whether a request may go to this upstream now (and may move open → half-open).
-    pub fn admit(&self) -> (Admission, Option<Transition>) {
+    pub(crate) fn admit(&self) -> (Admission, Option<Transition>) {
         let mut inner = self.lock();
         let now = Instant::now();
         match inner.state {
@@ -139,7 +139,7 @@ impl Breaker {
         }
     }
 
-    pub fn record_success(&self) -> Option<Transition> {
+    pub(crate) fn record_success(&self) -> Option<Transition> {
         let mut inner = self.lock();
         inner.consecutive_failures = 0;
         inner.probe_started = None;
@@ -160,7 +160,7 @@ impl Breaker {
     /// closed and the upstream served another request within `serving_within`, the error is
     /// about that request (a name it rejects, one broken repository), not the upstream's
     /// health: it does not count, so clients cannot open a breaker with requests of their own.
-    pub fn record_answered_failure(&self, serving_within: Duration) -> Option<Transition> {
+    pub(crate) fn record_answered_failure(&self, serving_within: Duration) -> Option<Transition> {
         {
             let inner = self.lock();
             let serving_others = inner.state == BreakerState::Closed
@@ -175,7 +175,7 @@ impl Breaker {
     }
 
     /// Records a failure worth `weight` ordinary failures (bad bytes count heavily).
-    pub fn record_failure(&self, weight: u32) -> Option<Transition> {
+    pub(crate) fn record_failure(&self, weight: u32) -> Option<Transition> {
         let mut inner = self.lock();
         let now = Instant::now();
         inner.consecutive_failures = inner.consecutive_failures.saturating_add(weight.max(1));
@@ -203,7 +203,7 @@ impl Breaker {
         }
     }
 
-    pub fn snapshot(&self) -> BreakerSnapshot {
+    pub(crate) fn snapshot(&self) -> BreakerSnapshot {
         let inner = self.lock();
         let now = Instant::now();
         BreakerSnapshot {

@@ -266,7 +266,7 @@ impl UpstreamClient {
     /// Sends `GET blobs/<digest>` to `client`, with `Range: bytes=<offset>-` when resuming,
     /// and checks the answer: 200 for a fresh start; 206 with a matching `Content-Range` for a
     /// resume, or 200 (the upstream ignored Range), in which case `offset` bytes are skipped.
-    pub async fn get_from_offset(
+    pub(crate) async fn get_from_offset(
         &self,
         name: &RepositoryName,
         suffix: &str,
@@ -425,7 +425,7 @@ impl BodyChunks {
         &self.upstream
     }
 
-    pub fn content_length(&self) -> Option<u64> {
+    pub(crate) fn content_length(&self) -> Option<u64> {
         self.response.content_length()
     }
 
@@ -433,7 +433,7 @@ impl BodyChunks {
         self.response.headers()
     }
 
-    pub async fn next_chunk(&mut self) -> Result<Option<Bytes>, UpstreamFailure> {
+    pub(crate) async fn next_chunk(&mut self) -> Result<Option<Bytes>, UpstreamFailure> {
         let chunk = self.next_chunk_within_idle_timeout().await?;
         if let Some(chunk) = &chunk {
             self.window_bytes += chunk.len() as u64;
@@ -480,7 +480,7 @@ impl BodyChunks {
     /// budget for such bodies: the lease covers `expansion` times the bytes (room for what
     /// the caller parses them into) until the caller drops it. No room within a short wait
     /// fails as `MemoryBudget`.
-    pub async fn read_to_end(
+    pub(crate) async fn read_to_end(
         self,
         limit: usize,
         class: super::memory_budget::BodyClass,
@@ -493,7 +493,7 @@ impl BodyChunks {
     /// `read_to_end`, growing a lease the caller already holds (a list read page by page):
     /// a lease that holds anything only grows when room is free now, so no request waits for
     /// room while holding some.
-    pub async fn read_to_end_within(
+    pub(crate) async fn read_to_end_within(
         mut self,
         limit: usize,
         class: super::memory_budget::BodyClass,

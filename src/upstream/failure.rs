@@ -61,12 +61,15 @@ impl UpstreamFailure {
     }
 
     /// The same failure, with the error that caused it as its source.
-    pub fn caused_by(mut self, cause: impl std::error::Error + Send + Sync + 'static) -> Self {
+    pub(crate) fn caused_by(
+        mut self,
+        cause: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
         self.cause = Some(Arc::new(cause));
         self
     }
 
-    pub fn from_status(upstream: &str, status: StatusCode) -> Self {
+    pub(crate) fn from_status(upstream: &str, status: StatusCode) -> Self {
         let kind = match status.as_u16() {
             404 => FailureKind::NotFound,
             401 => FailureKind::Unauthorized,
@@ -80,7 +83,7 @@ impl UpstreamFailure {
 
     /// Whether the next upstream may be tried after this failure. Everything except a 404
     /// with 404-failover disabled moves on: availability beats precision for a cache.
-    pub fn may_try_next(&self, failover_on_not_found: bool) -> bool {
+    pub(crate) fn may_try_next(&self, failover_on_not_found: bool) -> bool {
         match self.kind {
             FailureKind::NotFound => failover_on_not_found,
             FailureKind::MemoryBudget => false,
@@ -98,7 +101,7 @@ impl UpstreamFailure {
     }
 
     /// What ferry saw, followed by the chain of causes: for logs and `/admin/upstreams`.
-    pub fn detail(&self) -> String {
+    pub(crate) fn detail(&self) -> String {
         let mut text = self.context.clone();
         let mut next: Option<&(dyn std::error::Error + 'static)> = self
             .cause
@@ -125,7 +128,7 @@ impl std::error::Error for UpstreamFailure {
 
 impl FailureKind {
     /// Every value [`FailureKind::reason`] returns, and `ok`: the outcome label's values.
-    pub const OUTCOME_LABELS: [&'static str; 17] = [
+    pub(crate) const OUTCOME_LABELS: [&'static str; 17] = [
         "ok",
         "connect",
         "connect_timeout",
@@ -200,7 +203,7 @@ impl UpstreamsExhausted {
         }
     }
 
-    pub fn all_not_found(&self) -> bool {
+    pub(crate) fn all_not_found(&self) -> bool {
         self.untried.is_empty()
             && !self.failures.is_empty()
             && self
@@ -214,7 +217,7 @@ impl UpstreamsExhausted {
     }
 
     /// Upstreams never asked: they might have had the content.
-    pub fn untried(&self) -> &[String] {
+    pub(crate) fn untried(&self) -> &[String] {
         &self.untried
     }
 }

@@ -59,12 +59,12 @@ impl UpstreamHealth {
         }
     }
 
-    pub fn is_drained(&self) -> bool {
+    pub(crate) fn is_drained(&self) -> bool {
         self.drained.load(Ordering::Relaxed)
     }
 
     /// Takes the upstream out of rotation (or back in). Returns whether it changed.
-    pub fn set_drained(&self, drained: bool) -> bool {
+    pub(crate) fn set_drained(&self, drained: bool) -> bool {
         let before = self.drained.swap(drained, Ordering::Relaxed);
         if before != drained {
             tracing::warn!(upstream = %self.name, drained, "upstream drain state changed by operator");
@@ -72,7 +72,7 @@ impl UpstreamHealth {
         before != drained
     }
 
-    pub fn admit(&self) -> Admission {
+    pub(crate) fn admit(&self) -> Admission {
         let (admission, transition) = self.breaker.admit();
         self.log_transition(transition);
         admission
@@ -83,7 +83,7 @@ impl UpstreamHealth {
     }
 
     /// The upstream answered (any status that shows it is alive) after `latency`.
-    pub fn record_success(&self, latency: Option<Duration>) {
+    pub(crate) fn record_success(&self, latency: Option<Duration>) {
         self.attempts.fetch_add(1, Ordering::Relaxed);
         if let Some(latency) = latency {
             let us = latency.as_micros().min(u64::MAX as u128) as u64;
@@ -108,12 +108,12 @@ impl UpstreamHealth {
 
     /// A request to this upstream stayed silent this long before a hedge answered it: its
     /// answer would have taken at least that, so the next hedge waits longer.
-    pub fn note_silence(&self, silent: Duration) {
+    pub(crate) fn note_silence(&self, silent: Duration) {
         self.push_answer_time(silent);
     }
 
     /// Whether the upstream answered any request since `since`.
-    pub fn answered_since(&self, since: Instant) -> bool {
+    pub(crate) fn answered_since(&self, since: Instant) -> bool {
         self.last_answer
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -122,12 +122,12 @@ impl UpstreamHealth {
 
     /// The slowest of the upstream's recent times to answer; `None` before its first answer.
     /// Hedging waits a multiple of it before asking the next upstream.
-    pub fn slowest_recent_answer(&self) -> Option<Duration> {
+    pub(crate) fn slowest_recent_answer(&self) -> Option<Duration> {
         let times = self.header_times.lock().unwrap_or_else(|p| p.into_inner());
         times.iter().max().copied()
     }
 
-    pub fn record_failure(&self, failure: &UpstreamFailure) {
+    pub(crate) fn record_failure(&self, failure: &UpstreamFailure) {
         self.attempts.fetch_add(1, Ordering::Relaxed);
         self.failures.fetch_add(1, Ordering::Relaxed);
         {

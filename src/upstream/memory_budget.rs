@@ -17,7 +17,7 @@ const UNIT: usize = 1024;
 /// What a body is, for the budget: pulls' manifests and token answers have half of it, lists
 /// (referrers, tag lists) the other half, so hostile lists never starve a pull.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BodyClass {
+pub(crate) enum BodyClass {
     Pull,
     List,
 }
@@ -56,7 +56,8 @@ impl BudgetLease {
     }
 
     /// Takes over `other`'s room (so one lease covers a list built from several bodies).
-    pub fn absorb(&mut self, mut other: BudgetLease) {
+    #[cfg(test)]
+    fn absorb(&mut self, mut other: BudgetLease) {
         self.permits.append(&mut other.permits);
         self.units += std::mem::take(&mut other.units);
     }
@@ -90,7 +91,8 @@ impl MemoryBudget {
     }
 
     /// Bytes leased right now, both halves.
-    pub fn in_use(&self) -> usize {
+    #[cfg(test)]
+    fn in_use(&self) -> usize {
         let free = self.pull.available_permits() + self.list.available_permits();
         (2 * self.units - free) * UNIT
     }
@@ -98,7 +100,7 @@ impl MemoryBudget {
     /// Grows `lease` to cover `bytes` in all, from `class`'s half. An empty lease waits up to
     /// a bound for room; one that holds anything takes room only if it is free now (waiting
     /// while holding would let requests starve each other). A lease is for one class only.
-    pub async fn cover(
+    pub(crate) async fn cover(
         &self,
         lease: &mut BudgetLease,
         bytes: usize,

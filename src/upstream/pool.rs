@@ -74,7 +74,7 @@ fn patience(client: &UpstreamClient) -> u32 {
 
 impl Hedging {
     /// How long an attempt at `client` may stay silent before the next upstream starts.
-    pub fn delay_for(self, client: &UpstreamClient) -> Option<Duration> {
+    pub(crate) fn delay_for(self, client: &UpstreamClient) -> Option<Duration> {
         match self {
             Hedging::Off => None,
             Hedging::After(delay) => Some(delay),
@@ -153,7 +153,7 @@ impl AttemptPlan {
     }
 
     /// The next upstream to try, or `None` when the plan is spent.
-    pub fn next_upstream(&mut self) -> Option<Arc<UpstreamClient>> {
+    pub(crate) fn next_upstream(&mut self) -> Option<Arc<UpstreamClient>> {
         while self.attempted < self.budget {
             if self.position >= self.order.len() {
                 if self.deferred.is_empty() {
@@ -198,7 +198,7 @@ impl AttemptPlan {
 
     /// Lets `client` be tried once more at the end of the plan (a resume from the same
     /// upstream); returns false if it already had its second chance.
-    pub fn requeue_once(&mut self, client: &Arc<UpstreamClient>) -> bool {
+    pub(crate) fn requeue_once(&mut self, client: &Arc<UpstreamClient>) -> bool {
         if self.requeued.iter().any(|n| n == client.name()) {
             return false;
         }
@@ -207,12 +207,8 @@ impl AttemptPlan {
         true
     }
 
-    pub fn attempted(&self) -> usize {
-        self.attempted
-    }
-
     /// Upstreams of the plan never attempted (only possible when it stopped early).
-    pub fn untried(&self) -> Vec<String> {
+    pub(crate) fn untried(&self) -> Vec<String> {
         self.order
             .iter()
             .chain(&self.deferred)
@@ -229,7 +225,7 @@ impl AttemptPlan {
     /// What the client is told when this plan produced no answer: the failures seen, and
     /// the upstreams never asked unless the last failure was authoritative (a 404 with
     /// not-found failover off).
-    pub fn exhausted(
+    pub(crate) fn exhausted(
         &self,
         failures: Vec<UpstreamFailure>,
         failover_on_not_found: bool,
@@ -277,19 +273,19 @@ impl Upstreams {
 
     /// See [`PoolSettings::stall_floor`]; longer for a group member (see
     /// [`GROUP_MEMBER_PATIENCE`]).
-    pub fn stall_floor_for(&self, client: &UpstreamClient) -> Option<Duration> {
+    pub(crate) fn stall_floor_for(&self, client: &UpstreamClient) -> Option<Duration> {
         self.settings
             .stall_floor
             .map(|floor| floor * patience(client))
     }
 
     /// Counts a body resumed elsewhere because it stalled against its own pace.
-    pub fn note_stall_resume(&self, stalled: &UpstreamClient) {
+    pub(crate) fn note_stall_resume(&self, stalled: &UpstreamClient) {
         self.count(&self.metrics.stall_resumes, stalled);
     }
 
     /// Counts a hedge: the next upstream started because `slow` was silent.
-    pub fn note_hedge(&self, slow: &UpstreamClient, delay: Duration) {
+    pub(crate) fn note_hedge(&self, slow: &UpstreamClient, delay: Duration) {
         tracing::info!(
             upstream = slow.name(),
             ?delay,
@@ -325,7 +321,7 @@ impl Upstreams {
     /// A fresh plan for one request: drained upstreams left out, each group's members
     /// ranked for `route`, upstreams that recently sent bad bytes for its digest moved to
     /// the end.
-    pub fn plan(&self, route: Route<'_>) -> AttemptPlan {
+    pub(crate) fn plan(&self, route: Route<'_>) -> AttemptPlan {
         let now = Instant::now();
         let in_rotation: Vec<_> = self
             .clients
@@ -356,7 +352,7 @@ impl Upstreams {
     }
 
     /// Remembers that `upstream` served wrong or broken bytes for `digest`.
-    pub fn mark_bad_source(&self, upstream: &str, digest: &Digest) {
+    pub(crate) fn mark_bad_source(&self, upstream: &str, digest: &Digest) {
         let now = Instant::now();
         let mut bad = self.lock_bad_sources();
         bad.retain(|_, until| *until > now);
@@ -375,7 +371,7 @@ impl Upstreams {
     }
 
     /// Forgets that `upstream` sent bad bytes for `digest`: it has just served them right.
-    pub fn clear_bad_source(&self, upstream: &str, digest: &Digest) {
+    pub(crate) fn clear_bad_source(&self, upstream: &str, digest: &Digest) {
         self.lock_bad_sources()
             .remove(&(upstream.to_owned(), digest.clone()));
     }
@@ -453,7 +449,7 @@ impl Upstreams {
     }
 
     /// Runs `attempt` on each upstream of a fresh plan until one succeeds.
-    pub async fn first_success<T, F, Fut>(
+    pub(crate) async fn first_success<T, F, Fut>(
         &self,
         route: Route<'_>,
         attempt: F,
@@ -469,7 +465,7 @@ impl Upstreams {
     /// `first_success` for an API an upstream may lack (OCI 1.1's referrers): a 404 there
     /// means "not implemented here", so it always moves to the next upstream, whatever
     /// `failover_on_not_found` says.
-    pub async fn first_success_past_missing_api<T, F, Fut>(
+    pub(crate) async fn first_success_past_missing_api<T, F, Fut>(
         &self,
         route: Route<'_>,
         attempt: F,
@@ -505,7 +501,7 @@ impl Upstreams {
     /// Runs `attempt` on the upstreams `plan` still allows until one succeeds, hedging if
     /// configured; failures are appended to `failures`. `None` when the plan is spent or a
     /// failure forbids trying further.
-    pub async fn first_success_in<T, F, Fut>(
+    pub(crate) async fn first_success_in<T, F, Fut>(
         &self,
         plan: &mut AttemptPlan,
         failures: &mut Vec<UpstreamFailure>,

@@ -63,7 +63,7 @@ impl Registries {
         })
     }
 
-    pub fn default_registry(&self) -> &str {
+    pub(crate) fn default_registry(&self) -> &str {
         &self.default_registry
     }
 
@@ -75,7 +75,7 @@ impl Registries {
         self.direct_upstreams(registry)
     }
 
-    pub fn is_configured(&self, registry: &str) -> bool {
+    pub(crate) fn is_configured(&self, registry: &str) -> bool {
         self.configured.contains_key(registry)
     }
 
@@ -161,7 +161,7 @@ impl Registries {
     }
 
     /// The `direct_registries` patterns, for messages.
-    pub fn direct_patterns(&self) -> Vec<String> {
+    pub(crate) fn direct_patterns(&self) -> Vec<String> {
         self.direct
             .as_ref()
             .map(|d| d.patterns.iter().map(ToString::to_string).collect())

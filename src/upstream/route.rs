@@ -54,7 +54,7 @@ pub fn rendezvous_weight(member: &str, key: &str) -> u64 {
 
 /// Orders each run of consecutive same-group upstreams by descending weight for `route`;
 /// ungrouped upstreams (and everything, for an unkeyed route) keep their order.
-pub fn order_groups(
+pub(crate) fn order_groups(
     upstreams: Vec<Arc<UpstreamClient>>,
     route: Route<'_>,
     registry: &str,

@@ -26,7 +26,7 @@ pub struct DirectRegistries {
 impl DirectRegistries {
     /// The anonymous upstream `https://<registry>` for `registry` (a canonical host[:port]
     /// that one of the patterns allows).
-    pub fn upstream_for(&self, registry: &str) -> Result<UpstreamConfig, String> {
+    pub(crate) fn upstream_for(&self, registry: &str) -> Result<UpstreamConfig, String> {
         let base = if registry == crate::oci::registry::DOCKER_HUB {
             DOCKER_HUB_URL.to_owned()
         } else {
@@ -191,7 +191,7 @@ impl PasswordCommand {
     }
 
     /// Forgets the cached output (after the registry refused it).
-    pub fn invalidate(&self) {
+    pub(crate) fn invalidate(&self) {
         *self.cached.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 }
@@ -206,7 +206,7 @@ impl Credentials {
     }
 
     /// The password to send now.
-    pub async fn current_password(&self) -> Result<String, PasswordError> {
+    pub(crate) async fn current_password(&self) -> Result<String, PasswordError> {
         match &self.command {
             None => Ok(self.password.clone()),
             Some(command) => command.password().await,
@@ -215,7 +215,7 @@ impl Credentials {
 
     /// After a refusal: a helper's cached output is dropped so the next use re-runs it.
     /// Returns whether there was anything to refresh.
-    pub fn refresh(&self) -> bool {
+    pub(crate) fn refresh(&self) -> bool {
         match &self.command {
             None => false,
             Some(command) => {
