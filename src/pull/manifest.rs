@@ -283,14 +283,6 @@ impl PullThrough {
         record: &TagRecord,
         manifest: &CachedManifest,
     ) -> Option<Result<ManifestAnswer, FerryError>> {
-        let TaggedRequest {
-            upstreams,
-            registry,
-            name,
-            tag,
-            accept,
-            key,
-        } = *tagged;
         if record.age() < self.settings.tag_ttl {
             // Revalidated by another request while this one waited.
             return Some(Ok(ManifestAnswer {
@@ -298,12 +290,20 @@ impl PullThrough {
                 source: Source::Cache,
             }));
         }
-        match self.head_tag(upstreams, name, tag, accept).await {
+        match self
+            .head_tag(tagged.upstreams, tagged.name, tagged.tag, tagged.accept)
+            .await
+        {
             Ok((Some(digest), upstream)) if digest == manifest.digest => {
-                self.record_tag(key, manifest, &upstream).await;
+                self.record_tag(tagged.key, manifest, &upstream).await;
                 let confirmed_by = Source::Upstream(upstream);
-                self.served_by(ContentKind::Manifest, &digest, registry, &confirmed_by)
-                    .await;
+                self.served_by(
+                    ContentKind::Manifest,
+                    &digest,
+                    tagged.registry,
+                    &confirmed_by,
+                )
+                .await;
                 Some(Ok(ManifestAnswer {
                     manifest: manifest.clone(),
                     source: Source::Cache,
@@ -311,14 +311,14 @@ impl PullThrough {
             }
             Ok(_) => None, // moved (or no digest header): fetch it
             Err(exhausted) if self.within_max_stale(record.age()) => {
-                tracing::warn!(tag = %format!("{name}:{tag}"), error = %exhausted, "serving a stale tag: every upstream failed to revalidate it");
+                tracing::warn!(tag = %tagged.label(), error = %exhausted, "serving a stale tag: every upstream failed to revalidate it");
                 Some(Ok(ManifestAnswer {
                     manifest: manifest.clone(),
                     source: Source::StaleCache,
                 }))
             }
             Err(exhausted) => {
-                tracing::warn!(tag = %format!("{name}:{tag}"), age = ?record.age(), "not serving a stale tag older than max_stale");
+                tracing::warn!(tag = %tagged.label(), age = ?record.age(), "not serving a stale tag older than max_stale");
                 Some(Err(FerryError::Upstreams(exhausted)))
             }
         }
@@ -331,36 +331,41 @@ impl PullThrough {
         tagged: &TaggedRequest<'_>,
         stale: Option<(TagRecord, CachedManifest)>,
     ) -> Result<ManifestAnswer, FerryError> {
-        let TaggedRequest {
-            upstreams,
-            registry,
-            name,
-            tag,
-            accept,
-            key,
-        } = *tagged;
         match self
-            .fetch_manifest(upstreams, name, &Reference::Tag(tag.clone()), accept)
+            .fetch_manifest(
+                tagged.upstreams,
+                tagged.name,
+                &Reference::Tag(tagged.tag.clone()),
+                tagged.accept,
+            )
             .await
         {
             Ok((manifest, upstream)) => {
                 self.store_manifest(&manifest).await;
                 self.share_manifest(&manifest);
-                self.record_tag(key, &manifest, &upstream).await;
+                self.record_tag(tagged.key, &manifest, &upstream).await;
                 let source = Source::Upstream(upstream);
-                self.served_by(ContentKind::Manifest, &manifest.digest, registry, &source)
-                    .await;
+                self.served_by(
+                    ContentKind::Manifest,
+                    &manifest.digest,
+                    tagged.registry,
+                    &source,
+                )
+                .await;
                 Ok(ManifestAnswer { manifest, source })
             }
             Err(exhausted) => match stale {
                 Some((record, manifest)) if self.within_max_stale(record.age()) => {
-                    tracing::warn!(tag = %format!("{name}:{tag}"), error = %exhausted, "serving a stale tag: every upstream failed");
+                    tracing::warn!(tag = %tagged.label(), error = %exhausted, "serving a stale tag: every upstream failed");
                     Ok(ManifestAnswer {
                         manifest,
                         source: Source::StaleCache,
                     })
                 }
-                _ => Err(manifest_error(exhausted, &format!("manifest {name}:{tag}"))),
+                _ => Err(manifest_error(
+                    exhausted,
+                    &format!("manifest {}", tagged.label()),
+                )),
             },
         }
     }
@@ -670,6 +675,13 @@ fn manifest_error(exhausted: UpstreamsExhausted, what: &str) -> FerryError {
         )
     } else {
         FerryError::Upstreams(exhausted)
+    }
+}
+
+impl TaggedRequest<'_> {
+    /// `name:tag`, for log lines.
+    fn label(&self) -> String {
+        format!("{}:{}", self.name, self.tag)
     }
 }
 
