@@ -147,7 +147,7 @@ async fn route(pull: &PullThrough, method: &Method, path: &str) -> Response<Resp
             let tmp_dir = pull.cache.tmp_dir();
             let writable = tokio::task::spawn_blocking(move || cache_writable(&tmp_dir))
                 .await
-                .unwrap_or_else(|e| Err(format!("the write probe did not finish: {e}")));
+                .unwrap_or_else(|e| Err(std::io::Error::other(e)));
             let (ready, why) = readiness(pull, writable);
             let code = if ready {
                 StatusCode::OK
@@ -208,19 +208,19 @@ async fn route(pull: &PullThrough, method: &Method, path: &str) -> Response<Resp
 }
 
 /// Whether the cache's temporary directory takes a small write (blocking).
-fn cache_writable(tmp_dir: &std::path::Path) -> Result<(), String> {
+fn cache_writable(tmp_dir: &std::path::Path) -> std::io::Result<()> {
     let probe = tmp_dir.join(format!("readyz-{}", std::process::id()));
     // A full disk creates the file and then fails the write: remove it either way.
     let written = std::fs::write(&probe, b"ok");
     let _ = std::fs::remove_file(&probe);
-    written.map_err(|e| format!("cache directory not writable: {e}"))
+    written
 }
 
 /// Ready when the cache directory takes writes and (unless offline) at least one upstream
 /// is in rotation with its breaker not open.
-pub(crate) fn readiness(pull: &PullThrough, cache_writable: Result<(), String>) -> (bool, String) {
-    if let Err(reason) = cache_writable {
-        return (false, reason);
+pub(crate) fn readiness(pull: &PullThrough, cache_writable: std::io::Result<()>) -> (bool, String) {
+    if let Err(e) = cache_writable {
+        return (false, format!("cache directory not writable: {e}"));
     }
     if pull.settings.offline {
         return (true, "offline: serving the cache".into());

@@ -35,9 +35,9 @@ pub enum StartError {
         error: std::io::Error,
     },
     #[error("cannot set up upstreams: {0}")]
-    Upstreams(String),
+    Upstreams(#[source] crate::upstream::settings::SetupError),
     #[error("cannot set up TLS: {0}")]
-    Tls(String),
+    Tls(#[source] crate::server::tls::TlsError),
     #[error("cannot set up the shared store: {0}")]
     SharedStore(#[source] crate::shared::StoreError),
 }

@@ -78,16 +78,52 @@ fn platform_matches(platform: &serde_json::Value, wanted: &[String]) -> bool {
     })
 }
 
+/// Why warming an image through a ferry failed (the ferry's answer or the transfer).
+#[derive(Debug, thiserror::Error)]
+pub enum WarmError {
+    #[error("{url}: {cause}")]
+    Request {
+        url: String,
+        #[source]
+        cause: reqwest::Error,
+    },
+    #[error("{url}: {status}")]
+    Status {
+        url: String,
+        status: reqwest::StatusCode,
+    },
+    #[error("{0}: no Docker-Content-Digest")]
+    NoDigest(String),
+    #[error("manifest is not JSON: {0}")]
+    NotJson(#[source] serde_json::Error),
+    #[error("{image}: no manifest matches the platforms {platforms:?}")]
+    NoPlatform {
+        image: String,
+        platforms: Vec<String>,
+    },
+    #[error("{0}: wrong bytes")]
+    WrongBytes(String),
+}
+
+impl WarmError {
+    fn request(url: &str, cause: reqwest::Error) -> Self {
+        WarmError::Request {
+            url: url.to_owned(),
+            cause,
+        }
+    }
+}
+
 /// Pulls `image` through the ferry at `endpoint` (e.g. `http://127.0.0.1:5000`).
 pub async fn warm_image(
     endpoint: &str,
     image: &ImageRef,
     options: &WarmOptions,
-) -> Result<Warmed, String> {
+) -> Result<Warmed, WarmError> {
     let http = reqwest::Client::builder()
         .timeout(WARM_REQUEST_TIMEOUT)
         .build()
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| WarmError::request("building the HTTP client", e))?;
     let mut progress = Progress {
         terminal: std::io::stderr().is_terminal(),
         started: Instant::now(),
@@ -105,25 +141,30 @@ pub async fn warm_image(
                 .header("accept", ALL_MANIFEST_TYPES.join(", "))
                 .send()
                 .await
-                .map_err(|e| format!("{url}: {e}"))?;
+                .map_err(|e| WarmError::request(&url, e))?;
             if !response.status().is_success() {
-                return Err(format!("{url}: {}", response.status()));
+                return Err(WarmError::Status {
+                    url,
+                    status: response.status(),
+                });
             }
             let digest: Digest = response
                 .headers()
                 .get("docker-content-digest")
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse().ok())
-                .ok_or_else(|| format!("{url}: no Docker-Content-Digest"))?;
-            let body = response.bytes().await.map_err(|e| format!("{url}: {e}"))?;
-            Ok::<_, String>((digest, body))
+                .ok_or_else(|| WarmError::NoDigest(url.clone()))?;
+            let body = response
+                .bytes()
+                .await
+                .map_err(|e| WarmError::request(&url, e))?;
+            Ok::<_, WarmError>((digest, body))
         }
     };
     let (top, body) = get_manifest(image.tag.clone()).await?;
     let mut digests = vec![top];
     let mut manifests = Vec::new();
-    let value: serde_json::Value =
-        serde_json::from_slice(&body).map_err(|e| format!("manifest is not JSON: {e}"))?;
+    let value: serde_json::Value = serde_json::from_slice(&body).map_err(WarmError::NotJson)?;
     if let Some(children) = value.get("manifests").and_then(|m| m.as_array()) {
         for child in children {
             let platform = child.get("platform").cloned().unwrap_or_default();
@@ -138,10 +179,10 @@ pub async fn warm_image(
             manifests.push(child_body);
         }
         if manifests.is_empty() {
-            return Err(format!(
-                "{image}: no manifest matches the platforms {:?}",
-                options.platforms
-            ));
+            return Err(WarmError::NoPlatform {
+                image: image.to_string(),
+                platforms: options.platforms.clone(),
+            });
         }
     } else {
         manifests.push(body);
@@ -149,7 +190,7 @@ pub async fn warm_image(
     let mut blobs: Vec<(Digest, u64)> = Vec::new();
     for manifest in &manifests {
         let value: serde_json::Value =
-            serde_json::from_slice(manifest).map_err(|e| e.to_string())?;
+            serde_json::from_slice(manifest).map_err(WarmError::NotJson)?;
         let config = value.get("config").into_iter();
         let layers = value
             .get("layers")
@@ -177,17 +218,24 @@ pub async fn warm_image(
             .get(&url)
             .send()
             .await
-            .map_err(|e| format!("{url}: {e}"))?;
+            .map_err(|e| WarmError::request(&url, e))?;
         if !response.status().is_success() {
-            return Err(format!("{url}: {}", response.status()));
+            return Err(WarmError::Status {
+                url,
+                status: response.status(),
+            });
         }
         let mut verifier = crate::oci::DigestVerifier::new(digest.algorithm());
-        while let Some(chunk) = response.chunk().await.map_err(|e| format!("{url}: {e}"))? {
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| WarmError::request(&url, e))?
+        {
             verifier.update(&chunk);
             progress.bytes += chunk.len() as u64;
         }
         if verifier.finish() != *digest {
-            return Err(format!("{url}: wrong bytes"));
+            return Err(WarmError::WrongBytes(url));
         }
         progress.layers += 1;
         digests.push(digest.clone());

@@ -1,7 +1,7 @@
 //! Upstream health and outage modes: circuit breakers make a dead primary cost nothing,
 //! operators drain and undrain upstreams through the admin API, hedging hides a slow
 //! primary, attempts are bounded, `--offline` and `max_stale` behave, and shutdown lets
-//! in-flight downloads finish.
+//! in-flight downloads finish within its grace period and closes what it did not finish.
 
 use crate::support::get_body;
 use crate::support::get_url;
@@ -489,4 +489,49 @@ async fn metrics_show_failovers_per_upstream_counts_and_cache_hits() {
         0.0
     );
     assert!(value("ferry_requests_total{route=\"blob\",method=\"GET\",status=\"200\"}") >= 2.0);
+}
+
+#[tokio::test]
+async fn shutdown_closes_the_connections_its_grace_period_did_not_finish() {
+    let upstream = FakeRegistry::start().await;
+    let blob = pseudo_random_bytes(4 * 1024 * 1024, 83);
+    let digest = upstream.put_blob(blob.clone());
+    // About 30 s for the whole body: far longer than the grace period.
+    upstream.fault(
+        "/blobs/",
+        Fault::Drip {
+            chunk: 128 * 1024,
+            delay: Duration::from_millis(900),
+        },
+    );
+    let cache_dir = tempfile::tempdir().unwrap();
+    let overrides = ferry::config::Overrides {
+        listen: Some("127.0.0.1:0".into()),
+        cache_dir: Some(cache_dir.path().to_path_buf()),
+        upstreams: vec![upstream.url()],
+        admin_listen: Some("off".into()),
+        ..Default::default()
+    };
+    let file = ferry::config::file::ConfigFile {
+        shutdown_grace: Some("1s".into()),
+        ..Default::default()
+    };
+    let config = ferry::config::Config::parse(&file, &overrides)
+        .without_files()
+        .unwrap();
+    let server = ferry::app::start(config).await.unwrap();
+    let url = format!("http://{}/v2/g/r/blobs/{digest}", server.addr);
+    let download = tokio::spawn(async move { get_url(url).await.bytes().await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!download.is_finished(), "the download is still dripping");
+    tokio::time::timeout(Duration::from_secs(30), server.shutdown())
+        .await
+        .expect("shutdown ends within the grace period and the fill drain limit");
+    // The connection still open after the grace period was closed, not left running: the
+    // client sees its body cut short at once.
+    let ended = tokio::time::timeout(Duration::from_secs(2), download)
+        .await
+        .expect("the client's connection was closed by shutdown")
+        .unwrap();
+    assert!(ended.is_err(), "a body cut short, not a complete one");
 }

@@ -191,12 +191,12 @@ fn report(
     problems: &mut Vec<ConfigProblem>,
     key: &str,
     value: impl AsRef<std::ffi::OsStr>,
-    reason: String,
+    reason: impl std::fmt::Display,
 ) {
     problems.push(ConfigProblem {
         key: key.to_owned(),
         value: value.as_ref().to_string_lossy().into_owned(),
-        reason,
+        reason: reason.to_string(),
     });
 }
 
@@ -207,7 +207,7 @@ fn load_ca(key: &str, path: &Path, problems: &mut Vec<ConfigProblem>) -> Option<
 }
 
 /// `FERRY_ADMIN_TOKEN` if set and not empty, else the file's first line.
-fn admin_token(file: Option<&Path>) -> Result<Option<AdminToken>, String> {
+fn admin_token(file: Option<&Path>) -> Result<Option<AdminToken>, SecretFileError> {
     if let Ok(token) = std::env::var("FERRY_ADMIN_TOKEN")
         && !token.trim().is_empty()
     {
@@ -216,9 +216,18 @@ fn admin_token(file: Option<&Path>) -> Result<Option<AdminToken>, String> {
     let Some(path) = file else { return Ok(None) };
     match std::fs::read_to_string(path) {
         Ok(text) if !text.trim().is_empty() => Ok(Some(AdminToken(text.trim().to_owned()))),
-        Ok(_) => Err("the file is empty".into()),
-        Err(e) => Err(format!("cannot read: {e}")),
+        Ok(_) => Err(SecretFileError::Empty),
+        Err(e) => Err(SecretFileError::Read(e)),
     }
+}
+
+/// Why a file holding a secret gave none.
+#[derive(Debug, thiserror::Error)]
+enum SecretFileError {
+    #[error("the file is empty")]
+    Empty,
+    #[error("cannot read: {0}")]
+    Read(#[source] std::io::Error),
 }
 
 /// The users and tokens, with each user's `client_access` rules applied.

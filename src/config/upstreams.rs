@@ -389,7 +389,7 @@ pub(crate) fn direct_registries(
     for text in &given {
         match crate::oci::registry::RegistryPattern::parse(text) {
             Ok(pattern) => patterns.push(pattern),
-            Err(reason) => problems.add(key, text, reason),
+            Err(reason) => problems.add(key, text, reason.to_string()),
         }
     }
     (!patterns.is_empty()).then(|| DirectRegistries {

@@ -82,12 +82,24 @@ pub(crate) const POSITIVE_DURATION: DurationRule = DurationRule {
     off_word: None,
 };
 
+/// Why a setting's value was refused, in words for `check-config` and the startup error.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidValue(String);
+
+/// A problem report's reason (`ConfigProblem::reason`) is the refusal's words.
+impl From<InvalidValue> for String {
+    fn from(invalid: InvalidValue) -> String {
+        invalid.0
+    }
+}
+
 /// Parses a duration setting: `Ok(None)` for the off word, `Err(reason)` for anything the
 /// rule refuses. The one duration parser behind every duration in the file and on flags.
 pub(crate) fn parse_duration_setting(
     text: &str,
     rule: DurationRule,
-) -> Result<Option<Duration>, String> {
+) -> Result<Option<Duration>, InvalidValue> {
     if rule.off_word == Some(text) {
         return Ok(None);
     }
@@ -97,17 +109,17 @@ pub(crate) fn parse_duration_setting(
         .unwrap_or_default();
     match humantime::parse_duration(text) {
         Ok(d) if d.is_zero() && !rule.zero_allowed => {
-            Err(format!("must be greater than zero{or_off}"))
+            Err(InvalidValue(format!("must be greater than zero{or_off}")))
         }
         Ok(d) => Ok(Some(d)),
-        Err(e) => Err(format!(
+        Err(e) => Err(InvalidValue(format!(
             "expected a duration such as 30s or 500ms{or_off} ({e})"
-        )),
+        ))),
     }
 }
 
 /// Parses a byte size such as `256KiB`, `50GiB`, `300MB` or `1024` (bytes).
-pub fn parse_size(text: &str) -> Result<u64, String> {
+pub fn parse_size(text: &str) -> Result<u64, InvalidValue> {
     let trimmed = text.trim();
     let split = trimmed
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
@@ -115,7 +127,7 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     let (number, unit) = trimmed.split_at(split);
     let number: f64 = number
         .parse()
-        .map_err(|_| "expected a size such as 256KiB, 300MiB or 50GiB".to_owned())?;
+        .map_err(|_| InvalidValue("expected a size such as 256KiB, 300MiB or 50GiB".to_owned()))?;
     let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kb" => 1_000,
@@ -127,13 +139,13 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         "t" | "tb" => 1_000_000_000_000,
         "tib" => 1 << 40,
         _ => {
-            return Err(format!(
+            return Err(InvalidValue(format!(
                 "unknown size unit {unit:?} (use B, KB, KiB, MB, MiB, GB, GiB, TB, TiB)"
-            ));
+            )));
         }
     };
     if !number.is_finite() || number < 0.0 {
-        return Err("size must be a positive number".into());
+        return Err(InvalidValue("size must be a positive number".into()));
     }
     Ok((number * multiplier as f64).round() as u64)
 }

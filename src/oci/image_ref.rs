@@ -11,7 +11,7 @@ pub struct ImageRef {
 }
 
 impl ImageRef {
-    pub fn parse(input: &str, default_registry: &str) -> Result<ImageRef, String> {
+    pub fn parse(input: &str, default_registry: &str) -> Result<ImageRef, super::name::NameError> {
         let (rest, tag) = match input.rsplit_once(':') {
             Some((rest, tag)) if !tag.contains('/') => (rest, tag.to_owned()),
             _ => (input, "latest".to_owned()),
@@ -30,8 +30,8 @@ impl ImageRef {
         } else {
             repository
         };
-        super::RepositoryName::parse(&repository).map_err(|e| e.to_string())?;
-        super::Tag::parse(&tag).map_err(|e| e.to_string())?;
+        super::RepositoryName::parse(&repository)?;
+        super::Tag::parse(&tag)?;
         Ok(ImageRef {
             registry,
             repository,

@@ -2,6 +2,11 @@
 //! (commas inside `<...>` or quotes do not split), and the query of the `rel="next"` page,
 //! which must stay on the path that was asked for.
 
+/// A `Link` header that does not name a next page ferry may follow.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct LinkError(String);
+
 /// The query of the next page an upstream names in `Link: <URL>; rel="next"` (RFC 8288), if
 /// any. The link is resolved against `request_url` and must name the same path; only its
 /// query is used (without `ns`, which ferry adds itself), on the same upstream, so a link
@@ -10,10 +15,10 @@ pub(crate) fn next_page_query(
     headers: &http::HeaderMap,
     request_url: &reqwest::Url,
     what: &str,
-) -> Result<Option<String>, String> {
+) -> Result<Option<String>, LinkError> {
     for value in headers.get_all(http::header::LINK) {
         let Ok(value) = value.to_str() else { continue };
-        for (target, params) in link_values(value).map_err(|e| format!("{what} {e}"))? {
+        for (target, params) in link_values(value).map_err(|e| LinkError(format!("{what} {e}")))? {
             if !params.iter().any(|(name, value)| {
                 name.eq_ignore_ascii_case("rel")
                     && value
@@ -24,13 +29,13 @@ pub(crate) fn next_page_query(
             }
             let url = request_url
                 .join(target)
-                .map_err(|_| format!("{what} Link names no URL ({target:?})"))?;
+                .map_err(|_| LinkError(format!("{what} Link names no URL ({target:?})")))?;
             let decoded = |path: &str| path.replace("%3A", ":").replace("%3a", ":");
             if decoded(url.path()) != decoded(request_url.path()) {
-                return Err(format!(
+                return Err(LinkError(format!(
                     "{what} Link leaves the {what} path ({})",
                     url.path()
-                ));
+                )));
             }
             let query: Vec<String> = url
                 .query()
@@ -50,8 +55,12 @@ type LinkValue<'a> = (&'a str, Vec<(&'a str, String)>);
 
 /// The `<target>; name=value; ...` items of one `Link` header value. Commas inside `<...>`
 /// or a quoted parameter do not split items.
-fn link_values(value: &str) -> Result<Vec<LinkValue<'_>>, String> {
-    let malformed = || format!("Link header is not <URL>; rel=\"next\" ({value:?})");
+fn link_values(value: &str) -> Result<Vec<LinkValue<'_>>, LinkError> {
+    let malformed = || {
+        LinkError(format!(
+            "Link header is not <URL>; rel=\"next\" ({value:?})"
+        ))
+    };
     let mut items = Vec::new();
     let mut rest = value.trim_start();
     while !rest.is_empty() {

@@ -5,6 +5,7 @@
 use serde::de::{Deserializer, IgnoredAny, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
+use std::sync::Arc;
 
 /// Most tags a tag list may hold (Docker Hub's largest repositories hold tens of thousands).
 pub(crate) const MAX_TAGS: usize = 200_000;
@@ -75,10 +76,19 @@ struct TagListShape {
 
 /// Checks that `body` is a tag list (`{"name": ..., "tags": [strings] | null}`) of at most
 /// [`MAX_TAGS`] tags, holding none of them in memory.
-pub(crate) fn check_tag_list(body: &[u8]) -> Result<(), String> {
+pub(crate) fn check_tag_list(body: &[u8]) -> Result<(), ListingError> {
     serde_json::from_slice::<TagListShape>(body)
         .map(drop)
-        .map_err(|e| format!("not a tag list of at most {MAX_TAGS} tags ({e})"))
+        .map_err(|cause| ListingError::NotATagList(Arc::new(cause)))
+}
+
+/// A list body an upstream sent that is not the list it should be.
+#[derive(Debug, Clone, thiserror::Error)]
+pub(crate) enum ListingError {
+    #[error("not a tag list of at most {MAX_TAGS} tags ({0})")]
+    NotATagList(#[source] Arc<serde_json::Error>),
+    #[error("not an image index ({0})")]
+    NotAnIndex(#[source] Arc<serde_json::Error>),
 }
 
 /// One descriptor of a referrers index. The spec's fields with structure ferry does not
@@ -140,8 +150,8 @@ fn capped_descriptors<'de, D: Deserializer<'de>>(
 
 impl ReferrersPage {
     /// Reads a page; its descriptors must be well formed.
-    pub(crate) fn read(body: &[u8]) -> Result<ReferrersPage, String> {
-        serde_json::from_slice(body).map_err(|e| format!("not an image index ({e})"))
+    pub(crate) fn read(body: &[u8]) -> Result<ReferrersPage, ListingError> {
+        serde_json::from_slice(body).map_err(|cause| ListingError::NotAnIndex(Arc::new(cause)))
     }
 }
 

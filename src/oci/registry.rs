@@ -50,8 +50,13 @@ pub enum RegistryPattern {
     Exact(String),
 }
 
+/// A `direct_registries` pattern that names no registry.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct PatternError(&'static str);
+
 impl RegistryPattern {
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, PatternError> {
         let text = text.trim().to_ascii_lowercase();
         if text == "*" {
             return Ok(RegistryPattern::Any);
@@ -60,14 +65,18 @@ impl RegistryPattern {
             return if is_registry_host(domain) && !domain.contains(':') {
                 Ok(RegistryPattern::Subdomains(format!(".{domain}")))
             } else {
-                Err("expected *.<domain> without a port, e.g. *.example.com".into())
+                Err(PatternError(
+                    "expected *.<domain> without a port, e.g. *.example.com",
+                ))
             };
         }
         let exact = canonical_registry(&text);
         if is_registry_host(&exact) {
             Ok(RegistryPattern::Exact(exact))
         } else {
-            Err("expected a registry host[:port] such as quay.io, *.example.com, or *".into())
+            Err(PatternError(
+                "expected a registry host[:port] such as quay.io, *.example.com, or *",
+            ))
         }
     }
 

@@ -468,8 +468,13 @@ impl PullThrough {
                         .body(response)
                         .read_to_end(MAX_MANIFEST_BYTES, BodyClass::Pull, 1)
                         .await?;
-                    let mismatch = |detail: String| {
-                        UpstreamFailure::new(client.name(), FailureKind::DigestMismatch, detail)
+                    let mismatch = |cause: ManifestDigestMismatch| {
+                        UpstreamFailure::new(
+                            client.name(),
+                            FailureKind::DigestMismatch,
+                            "wrong manifest",
+                        )
+                        .caused_by(cause)
                     };
                     let digest =
                         verify_manifest_digest(&body, requested_digest, announced.as_deref())
@@ -630,16 +635,27 @@ fn url_pairs(query: &str) -> Vec<(String, String)> {
         .unwrap_or_default()
 }
 
+/// How a manifest's bytes disagreed with the digest asked for or announced.
+#[derive(Debug, Clone, thiserror::Error)]
+enum ManifestDigestMismatch {
+    #[error("body does not hash to the requested {0}")]
+    NotRequested(Digest),
+    #[error("Docker-Content-Digest is not a digest: {0}")]
+    AnnouncedNotADigest(#[source] crate::oci::digest::DigestParseError),
+    #[error("body hashes to {actual} but Docker-Content-Digest says {announced}")]
+    NotAnnounced { actual: Digest, announced: Digest },
+}
+
 /// The digest of a manifest body: it must equal the requested digest, and for a tag it
 /// must equal the upstream's `Docker-Content-Digest` when one was sent.
 fn verify_manifest_digest(
     body: &[u8],
     requested: Option<&Digest>,
     announced: Option<&str>,
-) -> Result<Digest, String> {
+) -> Result<Digest, ManifestDigestMismatch> {
     if let Some(requested) = requested {
         if !requested.matches(body) {
-            return Err(format!("body does not hash to the requested {requested}"));
+            return Err(ManifestDigestMismatch::NotRequested(requested.clone()));
         }
         return Ok(requested.clone());
     }
@@ -648,14 +664,12 @@ fn verify_manifest_digest(
     };
     let announced: Digest = announced
         .parse()
-        .map_err(|e| format!("Docker-Content-Digest is not a digest: {e}"))?;
+        .map_err(ManifestDigestMismatch::AnnouncedNotADigest)?;
     let mut verifier = DigestVerifier::new(announced.algorithm());
     verifier.update(body);
     let actual = verifier.finish();
     if actual != announced {
-        return Err(format!(
-            "body hashes to {actual} but Docker-Content-Digest says {announced}"
-        ));
+        return Err(ManifestDigestMismatch::NotAnnounced { actual, announced });
     }
     // Cache under sha256 whatever the upstream announced, so tag records are uniform.
     Ok(if announced.algorithm() == DigestAlgorithm::Sha256 {

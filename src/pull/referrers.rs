@@ -256,7 +256,8 @@ async fn read_referrers_pages(
     let mut queries_seen = std::collections::HashSet::from([query.clone().unwrap_or_default()]);
     loop {
         let request_url = response.url().clone();
-        let next = next_page_query(response.headers(), &request_url, "referrers").map_err(bad)?;
+        let next = next_page_query(response.headers(), &request_url, "referrers")
+            .map_err(|e| bad(e.to_string()))?;
         if let Some(next) = &next
             && !queries_seen.insert(next.clone())
         {

@@ -62,6 +62,27 @@ fn same(a: &[u8; 32], b: &[u8; 32]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// Why the client credentials files could not be used.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ClientAuthError {
+    #[error("cannot read {}: {cause}", .path.display())]
+    Read {
+        path: std::path::PathBuf,
+        #[source]
+        cause: std::sync::Arc<std::io::Error>,
+    },
+    #[error("{} line {line}: {reason}", .path.display())]
+    BadLine {
+        path: std::path::PathBuf,
+        line: usize,
+        reason: &'static str,
+    },
+    #[error("client authentication is configured but no token or user was found")]
+    Empty,
+    #[error("user {0:?} is not in auth_users_file")]
+    UnknownUser(String),
+}
+
 impl ClientAuth {
     /// The tokens file and the users file this was loaded from.
     pub fn files(&self) -> (Option<&Path>, Option<&Path>) {
@@ -73,15 +94,17 @@ impl ClientAuth {
     pub fn load(
         tokens_file: Option<&Path>,
         users_file: Option<&Path>,
-    ) -> Result<ClientAuth, String> {
+    ) -> Result<ClientAuth, ClientAuthError> {
         let mut auth = ClientAuth {
             tokens_file: tokens_file.map(Path::to_path_buf),
             users_file: users_file.map(Path::to_path_buf),
             ..ClientAuth::default()
         };
-        let lines = |path: &Path| -> Result<Vec<String>, String> {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let lines = |path: &Path| -> Result<Vec<String>, ClientAuthError> {
+            let text = std::fs::read_to_string(path).map_err(|e| ClientAuthError::Read {
+                path: path.to_path_buf(),
+                cause: std::sync::Arc::new(e),
+            })?;
             Ok(text
                 .lines()
                 .map(str::trim)
@@ -94,25 +117,26 @@ impl ClientAuth {
         }
         if let Some(path) = users_file {
             for (n, line) in lines(path)?.iter().enumerate() {
-                let (user, secret) = line.split_once(':').ok_or_else(|| {
-                    format!("{} line {}: expected user:password", path.display(), n + 1)
-                })?;
+                let bad_line = |reason: &'static str| ClientAuthError::BadLine {
+                    path: path.to_path_buf(),
+                    line: n + 1,
+                    reason,
+                };
+                let (user, secret) = line
+                    .split_once(':')
+                    .ok_or_else(|| bad_line("expected user:password"))?;
                 let hashed = match secret.strip_prefix("sha256:") {
                     Some(hex_hash) => hex::decode(hex_hash)
                         .ok()
                         .and_then(|b| <[u8; 32]>::try_from(b).ok())
-                        .ok_or_else(|| {
-                            format!("{} line {}: bad sha256 hash", path.display(), n + 1)
-                        })?,
+                        .ok_or_else(|| bad_line("bad sha256 hash"))?,
                     None => hash(secret),
                 };
                 auth.users.insert(user.to_owned(), hashed);
             }
         }
         if auth.tokens.is_empty() && auth.users.is_empty() {
-            return Err(
-                "client authentication is configured but no token or user was found".into(),
-            );
+            return Err(ClientAuthError::Empty);
         }
         Ok(auth)
     }
@@ -127,9 +151,9 @@ impl ClientAuth {
 
     /// Restricts `user` to `registries` (canonical names). Fails for a user the users file
     /// does not define.
-    pub fn restrict(&mut self, user: &str, registries: Vec<String>) -> Result<(), String> {
+    pub fn restrict(&mut self, user: &str, registries: Vec<String>) -> Result<(), ClientAuthError> {
         if !self.users.contains_key(user) {
-            return Err(format!("user {user:?} is not in auth_users_file"));
+            return Err(ClientAuthError::UnknownUser(user.to_owned()));
         }
         self.registry_rules.insert(user.to_owned(), registries);
         Ok(())

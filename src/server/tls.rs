@@ -21,29 +21,53 @@ fn mtime(path: &Path) -> Option<SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
-fn build(cert_file: &Path, key_file: &Path) -> Result<ServerConfig, String> {
+/// Why the listener's certificate and key could not be loaded.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum TlsError {
+    /// A PEM file could not be read or parsed.
+    #[error("{}: {cause}", .path.display())]
+    Pem {
+        path: std::path::PathBuf,
+        #[source]
+        cause: Arc<rustls_pki_types::pem::Error>,
+    },
+    #[error("{}: no certificate found", .0.display())]
+    NoCertificate(std::path::PathBuf),
+    /// rustls refused the pair (or its protocol versions).
+    #[error("certificate and key do not form a usable pair: {0}")]
+    Unusable(#[source] Arc<rustls::Error>),
+}
+
+fn build(cert_file: &Path, key_file: &Path) -> Result<ServerConfig, TlsError> {
+    let pem = |path: &Path| {
+        let path = path.to_path_buf();
+        move |e| TlsError::Pem {
+            path,
+            cause: Arc::new(e),
+        }
+    };
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_file)
-        .map_err(|e| format!("cannot read {}: {e}", cert_file.display()))?
+        .map_err(pem(cert_file))?
         .collect::<Result<_, _>>()
-        .map_err(|e| format!("{}: {e}", cert_file.display()))?;
+        .map_err(pem(cert_file))?;
     if certs.is_empty() {
-        return Err(format!("{}: no certificate found", cert_file.display()));
+        return Err(TlsError::NoCertificate(cert_file.to_path_buf()));
     }
-    let key = PrivateKeyDer::from_pem_file(key_file)
-        .map_err(|e| format!("{}: {e}", key_file.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key_file).map_err(pem(key_file))?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let unusable = |e| TlsError::Unusable(Arc::new(e));
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
+        .map_err(unusable)?
         .with_no_client_auth()
         .with_single_cert(certs, key)
-        .map_err(|e| format!("certificate and key do not form a usable pair: {e}"))?;
+        .map_err(unusable)?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
 }
 
 impl ReloadingTls {
-    pub fn load(cert_file: &Path, key_file: &Path) -> Result<ReloadingTls, String> {
+    pub fn load(cert_file: &Path, key_file: &Path) -> Result<ReloadingTls, TlsError> {
         let config = build(cert_file, key_file)?;
         Ok(ReloadingTls {
             cert_file: cert_file.to_path_buf(),

@@ -34,7 +34,7 @@ impl UpstreamClient {
         config: UpstreamConfig,
         breaker: BreakerConfig,
         memory: super::MemoryBudget,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, super::settings::SetupError> {
         // reqwest strips Authorization (and cookies) when a redirect leaves the original
         // host, so a registry's token is never sent to object storage.
         let mut builder = reqwest::Client::builder();
@@ -78,7 +78,10 @@ impl UpstreamClient {
             .user_agent(concat!("ferry/", env!("CARGO_PKG_VERSION")))
             .pool_idle_timeout(Duration::from_secs(60))
             .build()
-            .map_err(|e| format!("cannot build HTTP client for {}: {e}", config.name))?;
+            .map_err(|e| super::settings::SetupError::HttpClient {
+                upstream: config.name.clone(),
+                cause: std::sync::Arc::new(e),
+            })?;
         let docker_hub = config
             .url
             .host_str()

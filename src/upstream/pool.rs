@@ -250,7 +250,7 @@ impl Upstreams {
         settings: PoolSettings,
         registry: &str,
         metrics: Arc<crate::metrics::Metrics>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, super::settings::SetupError> {
         let clients = configs
             .iter()
             .map(|c| {

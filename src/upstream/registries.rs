@@ -40,7 +40,7 @@ impl Registries {
         direct: Option<DirectRegistries>,
         settings: &PoolSettings,
         metrics: Arc<crate::metrics::Metrics>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, super::settings::SetupError> {
         let mut grouped: BTreeMap<String, Vec<UpstreamConfig>> = BTreeMap::new();
         for config in configs {
             grouped

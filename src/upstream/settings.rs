@@ -26,14 +26,16 @@ pub struct DirectRegistries {
 impl DirectRegistries {
     /// The anonymous upstream `https://<registry>` for `registry` (a canonical host[:port]
     /// that one of the patterns allows).
-    pub(crate) fn upstream_for(&self, registry: &str) -> Result<UpstreamConfig, String> {
+    pub(crate) fn upstream_for(&self, registry: &str) -> Result<UpstreamConfig, SetupError> {
         let base = if registry == crate::oci::registry::DOCKER_HUB {
             DOCKER_HUB_URL.to_owned()
         } else {
             format!("https://{registry}")
         };
-        let url = reqwest::Url::parse(&base)
-            .map_err(|e| format!("{registry:?} does not make an upstream URL ({e})"))?;
+        let url = reqwest::Url::parse(&base).map_err(|e| SetupError::BadRegistryUrl {
+            registry: registry.to_owned(),
+            reason: e.to_string(),
+        })?;
         Ok(UpstreamConfig {
             name: registry.to_owned(),
             url,
@@ -52,6 +54,32 @@ impl DirectRegistries {
     }
 }
 
+/// Why an upstream (or a direct registry) could not be set up at start.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SetupError {
+    /// A registry name that makes no upstream URL (refused before any request).
+    #[error("{registry:?} does not make an upstream URL: {reason}")]
+    BadRegistryUrl { registry: String, reason: String },
+    /// reqwest could not build the client (TLS roots, resolver).
+    #[error("cannot build the HTTP client for {upstream}: {cause}")]
+    HttpClient {
+        upstream: String,
+        #[source]
+        cause: std::sync::Arc<reqwest::Error>,
+    },
+}
+
+/// Why a CA bundle named by the configuration could not be used.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CaError {
+    #[error("cannot read: {0}")]
+    Read(#[source] std::sync::Arc<std::io::Error>),
+    #[error("not a PEM certificate bundle ({0})")]
+    NotPem(#[source] std::sync::Arc<reqwest::Error>),
+    #[error("holds no PEM certificate")]
+    Empty,
+}
+
 /// Extra trusted CA certificates for an upstream, read from a PEM bundle at start.
 #[derive(Clone)]
 pub struct UpstreamCa {
@@ -60,12 +88,12 @@ pub struct UpstreamCa {
 }
 
 impl UpstreamCa {
-    pub fn load(path: &Path) -> Result<Self, String> {
-        let pem = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
+    pub fn load(path: &Path) -> Result<Self, CaError> {
+        let pem = std::fs::read(path).map_err(|e| CaError::Read(std::sync::Arc::new(e)))?;
         let certificates = reqwest::Certificate::from_pem_bundle(&pem)
-            .map_err(|e| format!("not a PEM certificate bundle ({e})"))?;
+            .map_err(|e| CaError::NotPem(std::sync::Arc::new(e)))?;
         if certificates.is_empty() {
-            return Err("holds no PEM certificate".into());
+            return Err(CaError::Empty);
         }
         Ok(UpstreamCa {
             path: path.to_owned(),
