@@ -18,7 +18,9 @@ fn bytes_on_disk(root: &std::path::Path) -> u64 {
         entries
             .flatten()
             .map(|e| {
-                let meta = e.metadata().unwrap();
+                // Fills rename and eviction removes files while this walks: a file gone
+                // since `read_dir` holds no bytes.
+                let Ok(meta) = e.metadata() else { return 0 };
                 if meta.is_dir() {
                     walk(&e.path())
                 } else {
