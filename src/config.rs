@@ -6,11 +6,16 @@ pub mod file;
 mod listeners;
 mod named_files;
 mod redacted;
+mod setting;
 mod shared_store;
 mod upstreams;
 mod values;
 
 pub(crate) use named_files::{ClientAuthFiles, NamedFiles, SecretSource};
+use setting::{
+    CountKind, DurationKind, HedgeKind, OptionalDurationKind, OptionalSizeKind, Setting, SizeKind,
+    SwitchKind,
+};
 pub use values::parse_size;
 use values::{ANY_DURATION, Problems};
 
@@ -45,6 +50,99 @@ pub(crate) const DEFAULT_RATE_WINDOW: Duration = Duration::from_secs(10);
 pub(crate) const DEFAULT_RETRY_BUDGET: usize = 2;
 /// How long a credential helper's output is reused (ECR tokens live 12 h).
 pub(crate) const DEFAULT_PASSWORD_COMMAND_TTL: Duration = Duration::from_secs(600);
+
+// The general section's scalar settings, each declared once: key, kind, default. Parsing,
+// the flag over the file and `check-config`'s rendering all come from these.
+const CACHE_SIZE: Setting<OptionalSizeKind> = Setting {
+    key: "cache_size",
+    kind: OptionalSizeKind {
+        off_word: "unlimited",
+    },
+    default: None,
+};
+const TAG_TTL: Setting<DurationKind> = Setting {
+    key: "tag_ttl",
+    kind: DurationKind(ANY_DURATION),
+    default: DEFAULT_TAG_TTL,
+};
+const REFERRERS_TTL: Setting<DurationKind> = Setting {
+    key: "referrers_ttl",
+    kind: DurationKind(ANY_DURATION),
+    default: DEFAULT_REFERRERS_TTL,
+};
+const SHUTDOWN_GRACE: Setting<DurationKind> = Setting {
+    key: "shutdown_grace",
+    kind: DurationKind(ANY_DURATION),
+    default: DEFAULT_SHUTDOWN_GRACE,
+};
+const MAX_STALE: Setting<OptionalDurationKind> = Setting {
+    key: "max_stale",
+    kind: OptionalDurationKind {
+        off_word: "unlimited",
+    },
+    default: None,
+};
+const HEALTH_PROBE_INTERVAL: Setting<OptionalDurationKind> = Setting {
+    key: "health_probe_interval",
+    kind: OptionalDurationKind { off_word: "off" },
+    default: None,
+};
+const OFFLINE: Setting<SwitchKind> = Setting {
+    key: "offline",
+    kind: SwitchKind,
+    default: false,
+};
+
+// The failover section (failover, retries, hedging, the memory budget, the breaker).
+const FAILOVER_ON_NOT_FOUND: Setting<SwitchKind> = Setting {
+    key: "failover_on_not_found",
+    kind: SwitchKind,
+    default: true,
+};
+const BAD_SOURCE_SKIP: Setting<DurationKind> = Setting {
+    key: "bad_source_skip",
+    kind: DurationKind(ANY_DURATION),
+    default: DEFAULT_BAD_SOURCE_SKIP,
+};
+const RETRY_BUDGET: Setting<CountKind> = Setting {
+    key: "retry_budget",
+    kind: CountKind { min: 0 },
+    default: DEFAULT_RETRY_BUDGET as u32,
+};
+const HEDGE_DELAY: Setting<HedgeKind> = Setting {
+    key: "hedge_delay",
+    kind: HedgeKind,
+    default: Hedging::Adaptive,
+};
+const STALL_FLOOR: Setting<OptionalDurationKind> = Setting {
+    key: "stall_floor",
+    kind: OptionalDurationKind { off_word: "off" },
+    default: Some(crate::upstream::DEFAULT_STALL_FLOOR),
+};
+/// Each half (pulls, lists) must hold the largest body ferry reads whole: a 16 MiB tag list.
+const MEMORY_BUDGET: Setting<SizeKind> = Setting {
+    key: "memory_budget",
+    kind: SizeKind {
+        min: 2 * crate::pull::MAX_TAG_LIST_BYTES as u64,
+        below_min: "must be at least 32MiB: each half must hold the largest body ferry reads whole (a 16 MiB tag list)",
+    },
+    default: crate::upstream::memory_budget::DEFAULT_MEMORY_BUDGET_BYTES,
+};
+const BREAKER_THRESHOLD: Setting<CountKind> = Setting {
+    key: "breaker_threshold",
+    kind: CountKind { min: 1 },
+    default: BreakerConfig::DEFAULT.threshold,
+};
+const BREAKER_COOLDOWN: Setting<DurationKind> = Setting {
+    key: "breaker_cooldown",
+    kind: DurationKind(ANY_DURATION),
+    default: BreakerConfig::DEFAULT.cooldown,
+};
+const BREAKER_MAX_COOLDOWN: Setting<DurationKind> = Setting {
+    key: "breaker_max_cooldown",
+    kind: DurationKind(ANY_DURATION),
+    default: BreakerConfig::DEFAULT.max_cooldown,
+};
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -155,25 +253,11 @@ impl Config {
         if cache_dir.as_os_str().is_empty() {
             problems.add("cache_dir", "", "must not be empty");
         }
-        let (size_key, size_value) = values::flag_over_file(
+        let cache_size = CACHE_SIZE.parse_flag_over_file(
             ("--cache-size", overrides.cache_size.as_ref()),
-            ("cache_size", file.cache_size.as_ref()),
+            file.cache_size.as_ref(),
+            &mut problems,
         );
-        let cache_size = match size_value.map(String::as_str) {
-            None | Some("unlimited") => None,
-            Some(text) => match parse_size(text) {
-                Ok(0) => {
-                    let reason = "must be greater than zero, or \"unlimited\"";
-                    problems.add(size_key, text, reason);
-                    None
-                }
-                Ok(bytes) => Some(bytes),
-                Err(reason) => {
-                    problems.add(size_key, text, reason);
-                    None
-                }
-            },
-        };
         let registry = file
             .registry
             .clone()
@@ -186,30 +270,17 @@ impl Config {
             );
         }
 
-        let (ttl_key, ttl_value) = values::flag_over_file(
+        let tag_ttl = TAG_TTL.parse_flag_over_file(
             ("--tag-ttl", overrides.tag_ttl.as_ref()),
-            ("tag_ttl", file.tag_ttl.as_ref()),
+            file.tag_ttl.as_ref(),
+            &mut problems,
         );
-        let tag_ttl = problems.duration(ttl_key, ttl_value, ANY_DURATION, DEFAULT_TAG_TTL);
-        let referrers_ttl = problems.duration(
-            "referrers_ttl",
-            file.referrers_ttl.as_ref(),
-            ANY_DURATION,
-            DEFAULT_REFERRERS_TTL,
-        );
-        let shutdown_grace = problems.duration(
-            "shutdown_grace",
-            file.shutdown_grace.as_ref(),
-            ANY_DURATION,
-            DEFAULT_SHUTDOWN_GRACE,
-        );
-        let max_stale =
-            problems.optional_duration("max_stale", file.max_stale.as_ref(), "unlimited");
-        let health_probe_interval = problems.optional_duration(
-            "health_probe_interval",
-            file.health_probe_interval.as_ref(),
-            "off",
-        );
+        let referrers_ttl = REFERRERS_TTL.parse(file.referrers_ttl.as_ref(), &mut problems);
+        let shutdown_grace = SHUTDOWN_GRACE.parse(file.shutdown_grace.as_ref(), &mut problems);
+        let max_stale = MAX_STALE.parse(file.max_stale.as_ref(), &mut problems);
+        let health_probe_interval =
+            HEALTH_PROBE_INTERVAL.parse(file.health_probe_interval.as_ref(), &mut problems);
+        let offline = overrides.offline || OFFLINE.parse(file.offline.as_ref(), &mut problems);
         let pool = pool_settings(file, &mut problems);
 
         let upstream_defaults = upstreams::UpstreamDefaults::parse(file, &mut problems);
@@ -222,12 +293,8 @@ impl Config {
         );
         let direct =
             upstreams::direct_registries(file, overrides, &upstream_defaults, &mut problems);
-        let shared_store_timeout = problems.duration(
-            "shared_store_timeout",
-            file.shared_store_timeout.as_ref(),
-            ANY_DURATION,
-            Duration::from_secs(10),
-        );
+        let shared_store_timeout =
+            shared_store::STORE_TIMEOUT.parse(file.shared_store_timeout.as_ref(), &mut problems);
         let (shared_store, shared_store_secret) =
             shared_store::parse(file, overrides, shared_store_timeout, &mut problems);
 
@@ -249,7 +316,7 @@ impl Config {
                 tag_ttl,
                 referrers_ttl,
                 max_stale,
-                offline: overrides.offline || file.offline.unwrap_or(false),
+                offline,
                 admin_listen: listeners.admin_listen,
                 admin_hosts: file.admin_hosts.clone().unwrap_or_default(),
                 admin_token: None,
@@ -301,73 +368,23 @@ impl Parsed {
     }
 }
 
-/// `hedge_delay`: `auto` (the default: derived from each upstream's own times to headers),
-/// `off`, or a fixed duration.
-fn hedging(value: Option<&String>, problems: &mut Problems) -> Hedging {
-    match value.map(|v| v.trim()) {
-        None | Some("auto") => Hedging::Adaptive,
-        Some(_) => problems
-            .optional_duration("hedge_delay", value, "off")
-            .map_or(Hedging::Off, Hedging::After),
-    }
-}
-
-/// `memory_budget`: bytes of upstream bodies read whole, at once (half for pulls, half for
-/// lists); each half must hold the largest single body ferry reads (a 16 MiB tag list).
-fn memory_budget(value: Option<&String>, problems: &mut Problems) -> crate::upstream::MemoryBudget {
-    let smallest = 2 * crate::pull::MAX_TAG_LIST_BYTES as u64;
-    let default = crate::upstream::memory_budget::DEFAULT_MEMORY_BUDGET_BYTES;
-    let mut bytes = problems.size("memory_budget", value, default);
-    if bytes < smallest {
-        problems.add(
-            "memory_budget",
-            value.map_or("", String::as_str),
-            "must be at least 32MiB: each half must hold the largest body ferry reads whole (a 16 MiB tag list)",
-        );
-        bytes = default;
-    }
-    crate::upstream::MemoryBudget::new(bytes)
-}
-
 /// Failover, retries, hedging and the circuit breaker.
 fn pool_settings(file: &ConfigFile, problems: &mut Problems) -> PoolSettings {
-    let breaker_defaults = BreakerConfig::default();
-    let threshold = file.breaker_threshold.unwrap_or(breaker_defaults.threshold);
-    if threshold == 0 {
-        problems.add("breaker_threshold", "0", "must be at least 1");
-    }
     PoolSettings {
-        failover_on_not_found: file.failover_on_not_found.unwrap_or(true),
-        bad_source_skip: problems.duration(
-            "bad_source_skip",
-            file.bad_source_skip.as_ref(),
-            ANY_DURATION,
-            DEFAULT_BAD_SOURCE_SKIP,
+        failover_on_not_found: FAILOVER_ON_NOT_FOUND
+            .parse(file.failover_on_not_found.as_ref(), problems),
+        bad_source_skip: BAD_SOURCE_SKIP.parse(file.bad_source_skip.as_ref(), problems),
+        retry_budget: RETRY_BUDGET.parse(file.retry_budget.as_ref(), problems) as usize,
+        hedging: HEDGE_DELAY.parse(file.hedge_delay.as_ref(), problems),
+        stall_floor: STALL_FLOOR.parse(file.stall_floor.as_ref(), problems),
+        memory: crate::upstream::MemoryBudget::new(
+            MEMORY_BUDGET.parse(file.memory_budget.as_ref(), problems),
         ),
-        retry_budget: file
-            .retry_budget
-            .map_or(DEFAULT_RETRY_BUDGET, |b| b as usize),
-        hedging: hedging(file.hedge_delay.as_ref(), problems),
-        stall_floor: match &file.stall_floor {
-            None => Some(crate::upstream::DEFAULT_STALL_FLOOR),
-            some => problems.optional_duration("stall_floor", some.as_ref(), "off"),
-        },
-        memory: memory_budget(file.memory_budget.as_ref(), problems),
         breaker: BreakerConfig {
-            threshold,
-            cooldown: problems.duration(
-                "breaker_cooldown",
-                file.breaker_cooldown.as_ref(),
-                ANY_DURATION,
-                breaker_defaults.cooldown,
-            ),
-            max_cooldown: problems.duration(
-                "breaker_max_cooldown",
-                file.breaker_max_cooldown.as_ref(),
-                ANY_DURATION,
-                breaker_defaults.max_cooldown,
-            ),
-            probe_timeout: breaker_defaults.probe_timeout,
+            threshold: BREAKER_THRESHOLD.parse(file.breaker_threshold.as_ref(), problems),
+            cooldown: BREAKER_COOLDOWN.parse(file.breaker_cooldown.as_ref(), problems),
+            max_cooldown: BREAKER_MAX_COOLDOWN.parse(file.breaker_max_cooldown.as_ref(), problems),
+            probe_timeout: BreakerConfig::DEFAULT.probe_timeout,
         },
     }
 }

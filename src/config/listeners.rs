@@ -3,6 +3,7 @@
 
 use super::file::ConfigFile;
 use super::named_files::ClientAuthFiles;
+use super::setting::{CountKind, DurationKind, Setting};
 use super::values::{POSITIVE_DURATION, Problems, flag_over_file};
 use super::{ClientLimits, DEFAULT_ADMIN_LISTEN, DEFAULT_LISTEN, Overrides};
 use std::net::SocketAddr;
@@ -64,38 +65,38 @@ pub(crate) fn parse(
     }
 }
 
+// The client limits section, each setting declared once.
+pub(super) const CLIENT_HEADER_TIMEOUT: Setting<DurationKind> = Setting {
+    key: "client_header_timeout",
+    kind: DurationKind(POSITIVE_DURATION),
+    default: ClientLimits::DEFAULT.header_timeout,
+};
+pub(super) const CLIENT_IDLE_TIMEOUT: Setting<DurationKind> = Setting {
+    key: "client_idle_timeout",
+    kind: DurationKind(POSITIVE_DURATION),
+    default: ClientLimits::DEFAULT.idle_timeout,
+};
+pub(super) const MAX_CONNECTIONS: Setting<CountKind> = Setting {
+    key: "max_connections",
+    kind: CountKind { min: 1 },
+    default: ClientLimits::DEFAULT.max_connections as u32,
+};
+pub(super) const MAX_CONNECTIONS_PER_CLIENT: Setting<CountKind> = Setting {
+    key: "max_connections_per_client",
+    kind: CountKind { min: 1 },
+    default: ClientLimits::DEFAULT.max_connections_per_client as u32,
+};
+
 fn client_limits(file: &ConfigFile, problems: &mut Problems) -> ClientLimits {
-    let defaults = ClientLimits::default();
-    let header_timeout = problems.duration(
-        "client_header_timeout",
-        file.client_header_timeout.as_ref(),
-        POSITIVE_DURATION,
-        defaults.header_timeout,
-    );
-    let idle_timeout = problems.duration(
-        "client_idle_timeout",
-        file.client_idle_timeout.as_ref(),
-        POSITIVE_DURATION,
-        defaults.idle_timeout,
-    );
-    let max_connections = file
-        .max_connections
-        .map_or(defaults.max_connections, |n| n as usize);
-    if max_connections == 0 {
-        problems.add("max_connections", "0", "must be at least 1");
-    }
-    if file.max_connections_per_client == Some(0) {
-        problems.add("max_connections_per_client", "0", "must be at least 1");
-    }
-    let max_connections_per_client = file
-        .max_connections_per_client
-        .map_or(defaults.max_connections_per_client, |n| n as usize)
-        .min(max_connections);
+    let max_connections = MAX_CONNECTIONS.parse(file.max_connections.as_ref(), problems) as usize;
+    let max_connections_per_client = MAX_CONNECTIONS_PER_CLIENT
+        .parse(file.max_connections_per_client.as_ref(), problems)
+        as usize;
     ClientLimits {
-        header_timeout,
-        idle_timeout,
+        header_timeout: CLIENT_HEADER_TIMEOUT.parse(file.client_header_timeout.as_ref(), problems),
+        idle_timeout: CLIENT_IDLE_TIMEOUT.parse(file.client_idle_timeout.as_ref(), problems),
         max_connections,
-        max_connections_per_client,
+        max_connections_per_client: max_connections_per_client.min(max_connections),
     }
 }
 

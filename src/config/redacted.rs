@@ -1,9 +1,17 @@
 //! `check-config`'s view of a configuration: the effective settings written back as the
 //! config file's TOML, with every secret redacted.
 
-use super::Config;
 use super::file::{ConfigFile, UpstreamFile};
-use crate::upstream::Hedging;
+use super::listeners::{
+    CLIENT_HEADER_TIMEOUT, CLIENT_IDLE_TIMEOUT, MAX_CONNECTIONS, MAX_CONNECTIONS_PER_CLIENT,
+};
+use super::shared_store::{BLOB_REDIRECT, STORE_TIMEOUT};
+use super::upstreams::{BODY_IDLE_TIMEOUT, CONNECT_TIMEOUT, HEADER_TIMEOUT, RATE_WINDOW};
+use super::{
+    BAD_SOURCE_SKIP, BREAKER_COOLDOWN, BREAKER_MAX_COOLDOWN, BREAKER_THRESHOLD, CACHE_SIZE, Config,
+    FAILOVER_ON_NOT_FOUND, HEALTH_PROBE_INTERVAL, HEDGE_DELAY, MAX_STALE, MEMORY_BUDGET, OFFLINE,
+    REFERRERS_TTL, RETRY_BUDGET, SHUTDOWN_GRACE, STALL_FLOOR, TAG_TTL,
+};
 
 impl Config {
     /// The effective configuration as TOML, secrets redacted (for `check-config`).
@@ -16,11 +24,9 @@ impl Config {
                 group: u.group.clone(),
                 registry: Some(u.registry.clone()),
                 name: Some(u.name.clone()),
-                connect_timeout: Some(humantime::format_duration(u.connect_timeout).to_string()),
-                header_timeout: Some(humantime::format_duration(u.header_timeout).to_string()),
-                body_idle_timeout: Some(
-                    humantime::format_duration(u.body_idle_timeout).to_string(),
-                ),
+                connect_timeout: CONNECT_TIMEOUT.render(&u.connect_timeout),
+                header_timeout: HEADER_TIMEOUT.render(&u.header_timeout),
+                body_idle_timeout: BODY_IDLE_TIMEOUT.render(&u.body_idle_timeout),
                 min_transfer_rate: Some(u.min_transfer_rate.to_string()),
                 username: u.credentials.as_ref().map(|c| c.username.clone()),
                 password: u.credentials.as_ref().map(|_| "<redacted>".to_owned()),
@@ -41,17 +47,12 @@ impl Config {
         let file = ConfigFile {
             listen: Some(self.listen.to_string()),
             cache_dir: Some(self.cache_dir.display().to_string()),
-            cache_size: Some(
-                self.cache_size
-                    .map_or("unlimited".to_owned(), |b| format!("{b}B")),
-            ),
+            cache_size: CACHE_SIZE.render(&self.cache_size),
             registry: Some(self.registry.clone()),
-            tag_ttl: Some(humantime::format_duration(self.tag_ttl).to_string()),
-            referrers_ttl: Some(humantime::format_duration(self.referrers_ttl).to_string()),
-            failover_on_not_found: Some(self.pool.failover_on_not_found),
-            bad_source_skip: Some(
-                humantime::format_duration(self.pool.bad_source_skip).to_string(),
-            ),
+            tag_ttl: TAG_TTL.render(&self.tag_ttl),
+            referrers_ttl: REFERRERS_TTL.render(&self.referrers_ttl),
+            failover_on_not_found: FAILOVER_ON_NOT_FOUND.render(&self.pool.failover_on_not_found),
+            bad_source_skip: BAD_SOURCE_SKIP.render(&self.pool.bad_source_skip),
             connect_timeout: None,
             header_timeout: None,
             body_idle_timeout: None,
@@ -59,11 +60,9 @@ impl Config {
             rate_window: self
                 .upstreams
                 .first()
-                .map(|u| humantime::format_duration(u.rate_window).to_string()),
-            offline: Some(self.offline),
-            max_stale: Some(self.max_stale.map_or("unlimited".to_owned(), |d| {
-                humantime::format_duration(d).to_string()
-            })),
+                .and_then(|u| RATE_WINDOW.render(&u.rate_window)),
+            offline: OFFLINE.render(&self.offline),
+            max_stale: MAX_STALE.render(&self.max_stale),
             admin_hosts: (!self.admin_hosts.is_empty()).then(|| self.admin_hosts.clone()),
             admin_token_file: self
                 .admin_token
@@ -93,35 +92,20 @@ impl Config {
                 .as_ref()
                 .map(|auth| auth.registry_rules())
                 .filter(|rules| !rules.is_empty()),
-            shutdown_grace: Some(humantime::format_duration(self.shutdown_grace).to_string()),
-            client_header_timeout: Some(
-                humantime::format_duration(self.client_limits.header_timeout).to_string(),
-            ),
-            client_idle_timeout: Some(
-                humantime::format_duration(self.client_limits.idle_timeout).to_string(),
-            ),
-            max_connections: Some(self.client_limits.max_connections as u32),
-            max_connections_per_client: Some(self.client_limits.max_connections_per_client as u32),
-            retry_budget: Some(self.pool.retry_budget as u32),
-            hedge_delay: Some(match self.pool.hedging {
-                Hedging::Off => "off".to_owned(),
-                Hedging::Adaptive => "auto".to_owned(),
-                Hedging::After(d) => humantime::format_duration(d).to_string(),
-            }),
-            stall_floor: Some(self.pool.stall_floor.map_or("off".to_owned(), |d| {
-                humantime::format_duration(d).to_string()
-            })),
-            memory_budget: Some(format!("{}B", self.pool.memory.bytes())),
-            breaker_threshold: Some(self.pool.breaker.threshold),
-            breaker_cooldown: Some(
-                humantime::format_duration(self.pool.breaker.cooldown).to_string(),
-            ),
-            breaker_max_cooldown: Some(
-                humantime::format_duration(self.pool.breaker.max_cooldown).to_string(),
-            ),
-            health_probe_interval: Some(self.health_probe_interval.map_or("off".to_owned(), |d| {
-                humantime::format_duration(d).to_string()
-            })),
+            shutdown_grace: SHUTDOWN_GRACE.render(&self.shutdown_grace),
+            client_header_timeout: CLIENT_HEADER_TIMEOUT.render(&self.client_limits.header_timeout),
+            client_idle_timeout: CLIENT_IDLE_TIMEOUT.render(&self.client_limits.idle_timeout),
+            max_connections: MAX_CONNECTIONS.render(&(self.client_limits.max_connections as u32)),
+            max_connections_per_client: MAX_CONNECTIONS_PER_CLIENT
+                .render(&(self.client_limits.max_connections_per_client as u32)),
+            retry_budget: RETRY_BUDGET.render(&(self.pool.retry_budget as u32)),
+            hedge_delay: HEDGE_DELAY.render(&self.pool.hedging),
+            stall_floor: STALL_FLOOR.render(&self.pool.stall_floor),
+            memory_budget: MEMORY_BUDGET.render(&(self.pool.memory.bytes() as u64)),
+            breaker_threshold: BREAKER_THRESHOLD.render(&self.pool.breaker.threshold),
+            breaker_cooldown: BREAKER_COOLDOWN.render(&self.pool.breaker.cooldown),
+            breaker_max_cooldown: BREAKER_MAX_COOLDOWN.render(&self.pool.breaker.max_cooldown),
+            health_probe_interval: HEALTH_PROBE_INTERVAL.render(&self.health_probe_interval),
             ca_file: self.ca_file.as_ref().map(|p| p.display().to_string()),
             shared_store: self.shared_store.as_ref().map(|s| s.url.clone()),
             shared_store_endpoint: self.shared_store.as_ref().and_then(|s| s.endpoint.clone()),
@@ -140,12 +124,15 @@ impl Config {
             shared_store_timeout: self
                 .shared_store
                 .as_ref()
-                .map(|s| humantime::format_duration(s.request_timeout).to_string()),
+                .and_then(|s| STORE_TIMEOUT.render(&s.request_timeout)),
             shared_store_answer_timeout: self
                 .shared_store
                 .as_ref()
                 .map(|s| humantime::format_duration(s.answer_timeout).to_string()),
-            blob_redirect: self.shared_store.as_ref().map(|s| s.blob_redirect),
+            blob_redirect: self
+                .shared_store
+                .as_ref()
+                .and_then(|s| BLOB_REDIRECT.render(&s.blob_redirect)),
             direct_registries: self
                 .direct
                 .as_ref()

@@ -4,13 +4,27 @@
 use super::Overrides;
 use super::file::ConfigFile;
 use super::named_files::SecretSource;
-use super::values::{POSITIVE_DURATION, Problems};
+use super::setting::{DurationKind, Setting, SwitchKind};
+use super::values::{ANY_DURATION, POSITIVE_DURATION, Problems};
 use crate::shared::SharedStoreConfig;
 use std::path::PathBuf;
 use std::time::Duration;
 
 /// The store's settings (`None` without `shared_store`/`--shared-store`), and the key and
 /// source of a secret that `app::config_files` has to read.
+// The shared store section's scalar settings, each declared once (the answer timeout's
+// default follows the request timeout, so it is parsed where that is known).
+pub(super) const STORE_TIMEOUT: Setting<DurationKind> = Setting {
+    key: "shared_store_timeout",
+    kind: DurationKind(ANY_DURATION),
+    default: Duration::from_secs(10),
+};
+pub(super) const BLOB_REDIRECT: Setting<SwitchKind> = Setting {
+    key: "blob_redirect",
+    kind: SwitchKind,
+    default: false,
+};
+
 pub(crate) fn parse(
     file: &ConfigFile,
     overrides: &Overrides,
@@ -97,7 +111,7 @@ pub(crate) fn parse(
             .clone()
             .or(from_env.access_key_id.clone()),
         secret_access_key,
-        blob_redirect: file.blob_redirect.unwrap_or(false),
+        blob_redirect: BLOB_REDIRECT.parse(file.blob_redirect.as_ref(), problems),
         ..from_env
     };
     (Some(config), secret_source)

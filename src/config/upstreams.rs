@@ -3,6 +3,7 @@
 
 use super::file::{ConfigFile, UpstreamFile};
 use super::named_files::{SecretSource, UpstreamSecrets};
+use super::setting::{DurationKind, Setting, SizeKind};
 use super::values::{ANY_DURATION, POSITIVE_DURATION, Problems};
 use super::{
     Credentials, DEFAULT_BODY_IDLE_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_HEADER_TIMEOUT,
@@ -21,38 +22,44 @@ pub(crate) struct UpstreamDefaults {
     pub(crate) rate_window: Duration,
 }
 
+// The upstream defaults section, each setting declared once.
+pub(super) const CONNECT_TIMEOUT: Setting<DurationKind> = Setting {
+    key: "connect_timeout",
+    kind: DurationKind(ANY_DURATION),
+    default: DEFAULT_CONNECT_TIMEOUT,
+};
+pub(super) const HEADER_TIMEOUT: Setting<DurationKind> = Setting {
+    key: "header_timeout",
+    kind: DurationKind(ANY_DURATION),
+    default: DEFAULT_HEADER_TIMEOUT,
+};
+pub(super) const BODY_IDLE_TIMEOUT: Setting<DurationKind> = Setting {
+    key: "body_idle_timeout",
+    kind: DurationKind(ANY_DURATION),
+    default: DEFAULT_BODY_IDLE_TIMEOUT,
+};
+const MIN_TRANSFER_RATE: Setting<SizeKind> = Setting {
+    key: "min_transfer_rate",
+    kind: SizeKind {
+        min: 0,
+        below_min: "",
+    },
+    default: DEFAULT_MIN_TRANSFER_RATE,
+};
+pub(super) const RATE_WINDOW: Setting<DurationKind> = Setting {
+    key: "rate_window",
+    kind: DurationKind(ANY_DURATION),
+    default: DEFAULT_RATE_WINDOW,
+};
+
 impl UpstreamDefaults {
     pub(crate) fn parse(file: &ConfigFile, problems: &mut Problems) -> Self {
         UpstreamDefaults {
-            connect_timeout: problems.duration(
-                "connect_timeout",
-                file.connect_timeout.as_ref(),
-                ANY_DURATION,
-                DEFAULT_CONNECT_TIMEOUT,
-            ),
-            header_timeout: problems.duration(
-                "header_timeout",
-                file.header_timeout.as_ref(),
-                ANY_DURATION,
-                DEFAULT_HEADER_TIMEOUT,
-            ),
-            body_idle_timeout: problems.duration(
-                "body_idle_timeout",
-                file.body_idle_timeout.as_ref(),
-                ANY_DURATION,
-                DEFAULT_BODY_IDLE_TIMEOUT,
-            ),
-            min_transfer_rate: problems.size(
-                "min_transfer_rate",
-                file.min_transfer_rate.as_ref(),
-                DEFAULT_MIN_TRANSFER_RATE,
-            ),
-            rate_window: problems.duration(
-                "rate_window",
-                file.rate_window.as_ref(),
-                ANY_DURATION,
-                DEFAULT_RATE_WINDOW,
-            ),
+            connect_timeout: CONNECT_TIMEOUT.parse(file.connect_timeout.as_ref(), problems),
+            header_timeout: HEADER_TIMEOUT.parse(file.header_timeout.as_ref(), problems),
+            body_idle_timeout: BODY_IDLE_TIMEOUT.parse(file.body_idle_timeout.as_ref(), problems),
+            min_transfer_rate: MIN_TRANSFER_RATE.parse(file.min_transfer_rate.as_ref(), problems),
+            rate_window: RATE_WINDOW.parse(file.rate_window.as_ref(), problems),
         }
     }
 }

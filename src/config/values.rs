@@ -34,24 +34,6 @@ impl Problems {
             })
     }
 
-    /// A positive duration, or `None` for `off_word` or when not given.
-    pub(crate) fn optional_duration(
-        &mut self,
-        key: &str,
-        value: Option<&String>,
-        off_word: &'static str,
-    ) -> Option<Duration> {
-        let text = value?;
-        let rule = DurationRule {
-            zero_allowed: false,
-            off_word: Some(off_word),
-        };
-        parse_duration_setting(text, rule).unwrap_or_else(|reason| {
-            self.add(key, text, reason);
-            None
-        })
-    }
-
     /// The byte size `value` holds (`default` when not given, or when invalid: then reported).
     pub(crate) fn size(&mut self, key: &str, value: Option<&String>, default: u64) -> u64 {
         let Some(text) = value else { return default };
@@ -86,6 +68,12 @@ pub(crate) const POSITIVE_DURATION: DurationRule = DurationRule {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 pub struct InvalidValue(String);
+
+impl InvalidValue {
+    pub(crate) fn new(reason: impl Into<String>) -> Self {
+        InvalidValue(reason.into())
+    }
+}
 
 /// A problem report's reason (`ConfigProblem::reason`) is the refusal's words.
 impl From<InvalidValue> for String {

@@ -25,14 +25,19 @@ pub struct ClientLimits {
     pub max_connections_per_client: usize,
 }
 
+impl ClientLimits {
+    /// The defaults, usable in constant declarations.
+    pub const DEFAULT: ClientLimits = ClientLimits {
+        header_timeout: Duration::from_secs(30),
+        idle_timeout: Duration::from_secs(60),
+        max_connections: 4096,
+        max_connections_per_client: 1024,
+    };
+}
+
 impl Default for ClientLimits {
     fn default() -> Self {
-        ClientLimits {
-            header_timeout: Duration::from_secs(30),
-            idle_timeout: Duration::from_secs(60),
-            max_connections: 4096,
-            max_connections_per_client: 1024,
-        }
+        ClientLimits::DEFAULT
     }
 }
 

@@ -18,14 +18,19 @@ pub struct BreakerConfig {
     pub probe_timeout: Duration,
 }
 
+impl BreakerConfig {
+    /// The defaults, usable in constant declarations.
+    pub const DEFAULT: BreakerConfig = BreakerConfig {
+        threshold: 5,
+        cooldown: Duration::from_secs(5),
+        max_cooldown: Duration::from_secs(30),
+        probe_timeout: Duration::from_secs(60),
+    };
+}
+
 impl Default for BreakerConfig {
     fn default() -> Self {
-        BreakerConfig {
-            threshold: 5,
-            cooldown: Duration::from_secs(5),
-            max_cooldown: Duration::from_secs(30),
-            probe_timeout: Duration::from_secs(60),
-        }
+        BreakerConfig::DEFAULT
     }
 }
 
