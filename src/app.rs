@@ -119,62 +119,20 @@ pub async fn start_with_shutdown(
     config: Config,
     external_shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<RunningServer, StartError> {
-    let cache =
-        Cache::open(&config.cache_dir, config.cache_size).map_err(|source| StartError::Cache {
-            path: config.cache_dir.display().to_string(),
-            source,
-        })?;
-    let metrics = Arc::new(crate::metrics::Metrics::default());
-    note_proxy_environment(&config);
-    let registries = Registries::new(
-        &config.upstreams,
-        &config.registry,
-        config.direct.clone(),
-        &config.pool,
-        metrics.clone(),
-    )
-    .map_err(StartError::Upstreams)?;
-    let settings = PullSettings {
-        tag_ttl: config.tag_ttl,
-        referrers_ttl: config.referrers_ttl,
-        max_stale: config.max_stale,
-        offline: config.offline,
-        track_provenance: config
-            .client_auth
-            .as_ref()
-            .is_some_and(|auth| !auth.registry_rules().is_empty()),
-    };
     let tasks = Arc::new(TaskSupervisor::default());
-    let shared = match &config.shared_store {
-        Some(store) => Some(Arc::new(
-            crate::shared::SharedStore::new(store.clone())
-                .map_err(StartError::SharedStore)?
-                .supervised_by(tasks.clone()),
-        )),
-        None => None,
-    };
-    let pull = Arc::new(PullThrough::new(
-        cache,
-        registries,
-        settings,
-        metrics,
-        shared,
-        tasks.clone(),
-    ));
+    let pull = pull_through(&config, &tasks)?;
     let (listener, addr) = bind(config.listen, Listener::Registry).await?;
     let admin = match config.admin_listen {
         Some(admin_addr) => Some(bind(admin_addr, Listener::Admin).await?),
         None => None,
     };
-
     let stop_on_signal = tasks.clone();
     tasks.spawn_until_stopped("external shutdown signal", async move {
         external_shutdown.await;
         stop_on_signal.stop();
     });
-
+    let tls = tls_with_reloads(&config, &tasks)?;
     let client_limits = fit_to_open_file_limit(config.client_limits);
-    let mut listeners = Vec::new();
     let registry_pull = pull.clone();
     let client_auth = config.client_auth.clone();
     let registry_handler = move |request| {
@@ -182,55 +140,23 @@ pub async fn start_with_shutdown(
         let client_auth = client_auth.clone();
         async move { crate::server::handler::handle(pull, client_auth, request).await }
     };
-    let tls = match &config.tls {
-        None => None,
-        Some((cert, key)) => Some(Arc::new(
-            crate::server::tls::ReloadingTls::load(cert, key).map_err(StartError::Tls)?,
-        )),
-    };
-    match &tls {
-        Some(tls) => tasks.spawn_until_stopped("TLS reload", reload_tls(tls.clone())),
-        // SIGHUP must never kill ferry (`systemctl reload`): without TLS there is nothing to reload.
-        None => {
-            if let Ok(mut hangups) =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-            {
-                tasks.spawn_until_stopped("SIGHUP without TLS", async move {
-                    while hangups.recv().await.is_some() {
-                        tracing::info!("SIGHUP: nothing to reload (no TLS configured)");
-                    }
-                });
-            }
-        }
-    }
-    listeners.push(tokio::spawn(crate::server::serve(
+    let mut listeners = vec![tokio::spawn(crate::server::serve(
         listener,
         registry_handler,
         tls,
         tasks.clone(),
         config.shutdown_grace,
         client_limits,
-    )));
+    ))];
     let admin_addr = admin.as_ref().map(|(_, bound)| *bound);
     if let Some((admin_listener, _)) = admin {
-        let admin_pull = pull.clone();
-        let admin_access = Arc::new(crate::admin::AdminAccess {
-            hosts: config.admin_hosts.clone(),
-            token: config.admin_token.as_ref().map(|t| t.0.clone()),
-        });
-        let admin_handler = move |request| {
-            let pull = admin_pull.clone();
-            let admin_access = admin_access.clone();
-            async move { crate::admin::handle(pull, admin_access, request).await }
-        };
-        listeners.push(tokio::spawn(crate::server::serve(
+        listeners.push(serve_admin(
             admin_listener,
-            admin_handler,
-            None,
-            tasks.clone(),
-            Duration::from_secs(1),
+            &config,
+            &pull,
+            &tasks,
             client_limits,
-        )));
+        ));
     }
     tasks.spawn_until_stopped("cache maintenance", maintain_cache(pull.clone()));
     if let Some(interval) = config.health_probe_interval.filter(|_| !config.offline) {
@@ -250,6 +176,106 @@ pub async fn start_with_shutdown(
         tasks,
         listeners,
     })
+}
+
+/// The pull-through flow over the cache directory, the upstreams and the shared store, its
+/// background work run as `tasks`.
+fn pull_through(
+    config: &Config,
+    tasks: &Arc<TaskSupervisor>,
+) -> Result<Arc<PullThrough>, StartError> {
+    let cache =
+        Cache::open(&config.cache_dir, config.cache_size).map_err(|source| StartError::Cache {
+            path: config.cache_dir.display().to_string(),
+            source,
+        })?;
+    let metrics = Arc::new(crate::metrics::Metrics::default());
+    note_proxy_environment(config);
+    let registries = Registries::new(
+        &config.upstreams,
+        &config.registry,
+        config.direct.clone(),
+        &config.pool,
+        metrics.clone(),
+    )
+    .map_err(StartError::Upstreams)?;
+    let settings = PullSettings {
+        tag_ttl: config.tag_ttl,
+        referrers_ttl: config.referrers_ttl,
+        max_stale: config.max_stale,
+        offline: config.offline,
+        track_provenance: config
+            .client_auth
+            .as_ref()
+            .is_some_and(|auth| !auth.registry_rules().is_empty()),
+    };
+    let shared = match &config.shared_store {
+        Some(store) => Some(Arc::new(
+            crate::shared::SharedStore::new(store.clone())
+                .map_err(StartError::SharedStore)?
+                .supervised_by(tasks.clone()),
+        )),
+        None => None,
+    };
+    Ok(Arc::new(PullThrough::new(
+        cache,
+        registries,
+        settings,
+        metrics,
+        shared,
+        tasks.clone(),
+    )))
+}
+
+/// The registry listener's certificate, reloaded when its files change or on SIGHUP; without
+/// TLS, SIGHUP is still caught (it must never kill ferry: `systemctl reload`).
+fn tls_with_reloads(
+    config: &Config,
+    tasks: &Arc<TaskSupervisor>,
+) -> Result<Option<Arc<crate::server::tls::ReloadingTls>>, StartError> {
+    let Some((cert, key)) = &config.tls else {
+        if let Ok(mut hangups) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        {
+            tasks.spawn_until_stopped("SIGHUP without TLS", async move {
+                while hangups.recv().await.is_some() {
+                    tracing::info!("SIGHUP: nothing to reload (no TLS configured)");
+                }
+            });
+        }
+        return Ok(None);
+    };
+    let tls = Arc::new(crate::server::tls::ReloadingTls::load(cert, key).map_err(StartError::Tls)?);
+    tasks.spawn_until_stopped("TLS reload", reload_tls(tls.clone()));
+    Ok(Some(tls))
+}
+
+/// The admin API's listener (a short grace period: its answers are small).
+fn serve_admin(
+    listener: tokio::net::TcpListener,
+    config: &Config,
+    pull: &Arc<PullThrough>,
+    tasks: &Arc<TaskSupervisor>,
+    client_limits: crate::config::ClientLimits,
+) -> JoinHandle<()> {
+    let admin_pull = pull.clone();
+    let admin_access = Arc::new(crate::admin::AdminAccess {
+        hosts: config.admin_hosts.clone(),
+        token: config.admin_token.as_ref().map(|t| t.0.clone()),
+    });
+    let admin_handler = move |request| {
+        let pull = admin_pull.clone();
+        let admin_access = admin_access.clone();
+        async move { crate::admin::handle(pull, admin_access, request).await }
+    };
+    tokio::spawn(crate::server::serve(
+        listener,
+        admin_handler,
+        None,
+        tasks.clone(),
+        Duration::from_secs(1),
+        client_limits,
+    ))
 }
 
 /// How often the TLS files are checked for changes.
