@@ -16,7 +16,9 @@ pub(crate) mod tags;
 pub(crate) mod writer;
 
 pub(crate) use failure::CacheFailure;
-pub(crate) use fill::{BlobFill, FillFailure, FillHandle, FillOrigin, FillPhase, FillProgress};
+pub(crate) use fill::{
+    BlobFill, ContentError, FillFailure, FillHandle, FillOrigin, FillPhase, FillProgress,
+};
 pub(crate) use index::{LruIndex, Usage};
 pub(crate) use inflight::{Inflight, JoinOutcome};
 pub use layout::Layout;
@@ -45,14 +47,14 @@ pub struct CachedManifest {
 /// The whole cache: the directory layout, tag mappings and fills in progress. Its parts are
 /// private: the pull flow, the admin API and the app use the methods below (the fill
 /// lifecycle, records, provenance, pins and the size bound).
-pub struct Cache {
+pub(crate) struct Cache<E> {
     /// Shared with fills started on the blocking pool (one counter names temporary files).
     layout: std::sync::Arc<Layout>,
     tags: TagStore,
     referrers: referrers::ReferrersStore,
     /// Which registries vouched for each digest (used only with `client_access` rules).
     provenance: provenance::Provenance,
-    inflight: Inflight,
+    inflight: Inflight<E>,
     /// Sizes and recency of committed blobs; enforces `cache_size`.
     index: std::sync::Arc<LruIndex>,
     /// Recently used manifests, by digest (a copy of what is on disk).
@@ -63,10 +65,10 @@ pub struct Cache {
     _server_lock: std::fs::File,
 }
 
-impl Cache {
+impl<E: ContentError> Cache<E> {
     /// Opens (creating if needed) the cache at `root`, removes leftover temporary files
     /// from an earlier run, and takes the directory's lock so no second server shares it.
-    pub fn open(root: &Path, size_limit: Option<u64>) -> io::Result<Cache> {
+    pub(crate) fn open(root: &Path, size_limit: Option<u64>) -> io::Result<Cache<E>> {
         let layout = Layout::create(root)?;
         let server_lock = lock_exclusively(&root.join("server.lock"))?;
         let removed = layout.sweep_temporary_files()?;
@@ -140,7 +142,7 @@ impl Cache {
     /// the blocking pool). `AlreadyCached` when the blob is committed; an error when the
     /// cache cannot take a fill (counted as a write failure). The caller that gets `Started`
     /// runs the fill (reports through it, commits or fails it), then calls `finish_fill`.
-    pub(crate) async fn start_fill(&self, digest: &Digest) -> io::Result<JoinOutcome> {
+    pub(crate) async fn start_fill(&self, digest: &Digest) -> io::Result<JoinOutcome<E>> {
         if let Some(handle) = self.inflight.join(digest) {
             return Ok(JoinOutcome::Joined(handle));
         }
@@ -197,7 +199,7 @@ impl Cache {
     }
 
     /// Committed bytes, the bound and evictions so far.
-    pub fn usage(&self) -> Usage {
+    pub(crate) fn usage(&self) -> Usage {
         self.index.usage()
     }
 
@@ -276,13 +278,13 @@ impl Cache {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
-    pub fn write_failures(&self) -> u64 {
+    pub(crate) fn write_failures(&self) -> u64 {
         self.write_failures
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// A committed manifest, if present: from memory, else read from disk (and remembered).
-    pub async fn manifest(&self, digest: &Digest) -> io::Result<Option<CachedManifest>> {
+    pub(crate) async fn manifest(&self, digest: &Digest) -> io::Result<Option<CachedManifest>> {
         if let Some(manifest) = self.manifests.get(digest) {
             return Ok(Some(manifest));
         }

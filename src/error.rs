@@ -54,9 +54,6 @@ pub enum MidStream {
         #[source]
         cause: std::sync::Arc<crate::cache::CommitError>,
     },
-    /// The fill's own failure, of a kind this reader does not know.
-    #[error(transparent)]
-    Fill(std::sync::Arc<dyn std::error::Error + Send + Sync>),
 }
 
 impl FerryError {

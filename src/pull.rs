@@ -90,7 +90,7 @@ pub(crate) struct PullSettings {
 const BLOB_REDIRECT_LIFETIME: Duration = Duration::from_secs(300);
 
 pub(crate) struct PullThrough {
-    pub(crate) cache: Cache,
+    pub(crate) cache: Cache<crate::error::FerryError>,
     /// Each registry's ordered upstreams.
     pub(crate) registries: Registries,
     pub(crate) settings: PullSettings,
@@ -116,7 +116,7 @@ const TAG_LIST_SHARING_BYTES: u64 = 8 * 1024 * 1024;
 
 impl PullThrough {
     pub(crate) fn new(
-        cache: Cache,
+        cache: Cache<crate::error::FerryError>,
         registries: Registries,
         settings: PullSettings,
         metrics: std::sync::Arc<crate::metrics::Metrics>,

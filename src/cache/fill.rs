@@ -66,9 +66,15 @@ impl std::fmt::Display for FillOrigin {
     }
 }
 
+/// What a content failure must be: the error the fill's owner met (every upstream failing,
+/// bad bytes after some were shown), passed whole to each reader. The cache never looks
+/// inside it; its owner (the pull flow) chooses the type.
+pub(crate) trait ContentError: std::fmt::Display + Clone + Send + Sync + 'static {}
+impl<T: std::fmt::Display + Clone + Send + Sync + 'static> ContentError for T {}
+
 /// Where a fill stands.
 #[derive(Debug, Clone)]
-pub(crate) enum FillPhase {
+pub(crate) enum FillPhase<E> {
     /// Looking for an upstream that answers.
     Connecting,
     /// Bytes are flowing from `origin`; `total` is the announced length if any.
@@ -83,19 +89,19 @@ pub(crate) enum FillPhase {
     Complete,
     /// Failed; readers stop. Before `Streaming` this is an ordinary error response,
     /// after it the readers' connections are cut.
-    Failed(FillFailure),
+    Failed(FillFailure<E>),
 }
 
 /// Why a fill failed. Readers need one distinction: the cache itself failed (they continue
 /// straight from upstream), or the content could not be had (the error to pass on, kept as
 /// the caller made it, e.g. every upstream failing or bad bytes after some were sent).
 #[derive(Debug, Clone)]
-pub(crate) enum FillFailure {
+pub(crate) enum FillFailure<E> {
     Cache(CacheFailure),
-    Content(Arc<dyn std::error::Error + Send + Sync>),
+    Content(E),
 }
 
-impl std::fmt::Display for FillFailure {
+impl<E: std::fmt::Display> std::fmt::Display for FillFailure<E> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             FillFailure::Cache(failure) => write!(f, "cache failure: {failure}"),
@@ -105,13 +111,13 @@ impl std::fmt::Display for FillFailure {
 }
 
 #[derive(Debug, Clone)]
-pub(crate) struct FillProgress {
+pub(crate) struct FillProgress<E> {
     /// Bytes shown to readers so far (in memory or in the file).
     pub(crate) received: u64,
-    pub(crate) phase: FillPhase,
+    pub(crate) phase: FillPhase<E>,
 }
 
-impl FillProgress {
+impl<E> FillProgress<E> {
     /// Bytes a reader may hand to a client now. Until the digest is checked the blob's last
     /// byte is held back: a client that knows the length treats a body that reached it as
     /// complete, so that byte must wait for the check.
@@ -195,13 +201,13 @@ impl RecentBytes {
 }
 
 /// What readers of a fill hold: the growing file, the newest bytes, and the progress.
-pub(crate) struct FillHandle {
+pub(crate) struct FillHandle<E> {
     pub(crate) file: Arc<File>,
-    pub(crate) progress: watch::Receiver<FillProgress>,
+    pub(crate) progress: watch::Receiver<FillProgress<E>>,
     recent: Mutex<RecentBytes>,
 }
 
-impl FillHandle {
+impl<E> FillHandle<E> {
     fn recent(&self) -> std::sync::MutexGuard<'_, RecentBytes> {
         // The window is plain data; a panic elsewhere cannot leave it half-updated.
         self.recent.lock().unwrap_or_else(|p| p.into_inner())
@@ -295,10 +301,10 @@ struct WorkerState {
 
 /// The leader's side of a fill. Dropping it without `commit` removes the temporary file
 /// and stops the workers.
-pub(crate) struct BlobFill {
+pub(crate) struct BlobFill<E> {
     digest: Digest,
-    handle: Arc<FillHandle>,
-    progress: watch::Sender<FillProgress>,
+    handle: Arc<FillHandle<E>>,
+    progress: watch::Sender<FillProgress<E>>,
     workers: Arc<WorkerState>,
     writes: mpsc::Sender<WriteJob>,
     hashes: mpsc::Sender<HashJob>,
@@ -319,14 +325,14 @@ pub(crate) struct BlobFill {
     reserved: u64,
 }
 
-impl BlobFill {
+impl<E: ContentError> BlobFill<E> {
     /// Creates the temporary file and starts the workers. Readers join through `handle()`.
     pub(crate) fn create(
         layout: &Layout,
         digest: &Digest,
         final_path: &Path,
         index: Arc<LruIndex>,
-    ) -> io::Result<BlobFill> {
+    ) -> io::Result<BlobFill<E>> {
         let temporary = TemporaryFile::create(layout, &digest.hex()[..16])?;
         let file = temporary.file();
         let (progress, receiver) = watch::channel(FillProgress {
@@ -367,7 +373,7 @@ impl BlobFill {
         })
     }
 
-    pub(crate) fn handle(&self) -> Arc<FillHandle> {
+    pub(crate) fn handle(&self) -> Arc<FillHandle<E>> {
         self.handle.clone()
     }
 
@@ -605,7 +611,7 @@ impl BlobFill {
     }
 
     /// Announces a failure to readers.
-    pub(crate) fn announce_failure(&self, failure: FillFailure) {
+    pub(crate) fn announce_failure(&self, failure: FillFailure<E>) {
         self.progress
             .send_modify(|p| p.phase = FillPhase::Failed(failure));
     }
@@ -732,7 +738,7 @@ mod tests {
         let body = pattern(HOLD_UNTIL_VERIFIED_BYTES as usize - 3);
         let digest = Digest::sha256_of(&body);
         let path = layout.blob_path(&digest);
-        let mut fill = BlobFill::create(&layout, &digest, &path, index.clone()).unwrap();
+        let mut fill = BlobFill::<String>::create(&layout, &digest, &path, index.clone()).unwrap();
         let handle = fill.handle();
         fill.begin(Some(body.len() as u64), FillOrigin::Upstream("a".into()))
             .await
@@ -772,7 +778,7 @@ mod tests {
         let (_dir, layout, index) = setup();
         let digest = Digest::sha256_of(b"hello world");
         let path = layout.blob_path(&digest);
-        let mut fill = BlobFill::create(&layout, &digest, &path, index).unwrap();
+        let mut fill = BlobFill::<String>::create(&layout, &digest, &path, index).unwrap();
         fill.begin(Some(11), FillOrigin::Upstream("a".into()))
             .await
             .unwrap();
@@ -799,7 +805,7 @@ mod tests {
         let body = pattern(12 * 1024 * 1024 + 5);
         let digest = Digest::sha256_of(&body);
         let path = layout.blob_path(&digest);
-        let mut fill = BlobFill::create(&layout, &digest, &path, index).unwrap();
+        let mut fill = BlobFill::<String>::create(&layout, &digest, &path, index).unwrap();
         let handle = fill.handle();
         fill.begin(Some(body.len() as u64), FillOrigin::Upstream("a".into()))
             .await

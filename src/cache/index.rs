@@ -50,7 +50,7 @@ struct State {
 
 /// Cache usage, for `/admin/upstreams`, `ferry cache du` and tests.
 #[derive(Debug, Clone, Copy, serde::Serialize)]
-pub struct Usage {
+pub(crate) struct Usage {
     pub(crate) limit: Option<u64>,
     pub(crate) committed: u64,
     pub(crate) pinned: u64,

@@ -2,30 +2,37 @@
 //! asking meanwhile joins it and reads the same fill (its newest bytes from memory, the rest
 //! from its growing file), woken by a watch channel as bytes arrive (no polling).
 
-use super::fill::{BlobFill, FillHandle};
+use super::fill::{BlobFill, ContentError, FillHandle};
 use crate::oci::Digest;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-pub(crate) enum JoinOutcome {
+pub(crate) enum JoinOutcome<E> {
     /// Another request is already filling this digest.
-    Joined(Arc<FillHandle>),
+    Joined(Arc<FillHandle<E>>),
     /// The digest was committed meanwhile; serve it from disk.
     AlreadyCached,
     /// The caller must run the fill (report through it, commit or fail it), then `finish`.
     Started {
-        handle: Arc<FillHandle>,
-        fill: Box<BlobFill>,
+        handle: Arc<FillHandle<E>>,
+        fill: Box<BlobFill<E>>,
     },
 }
 
-#[derive(Default)]
-pub(crate) struct Inflight {
-    fills: Mutex<HashMap<Digest, Arc<FillHandle>>>,
+pub(crate) struct Inflight<E> {
+    fills: Mutex<HashMap<Digest, Arc<FillHandle<E>>>>,
 }
 
-impl Inflight {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Digest, Arc<FillHandle>>> {
+impl<E> Default for Inflight<E> {
+    fn default() -> Self {
+        Inflight {
+            fills: Mutex::default(),
+        }
+    }
+}
+
+impl<E: ContentError> Inflight<E> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Digest, Arc<FillHandle<E>>>> {
         // A poisoned lock only means a panic elsewhere mid-insert/remove of a plain map.
         self.fills
             .lock()
@@ -33,7 +40,7 @@ impl Inflight {
     }
 
     /// The fill running for `digest`, if any.
-    pub(crate) fn join(&self, digest: &Digest) -> Option<Arc<FillHandle>> {
+    pub(crate) fn join(&self, digest: &Digest) -> Option<Arc<FillHandle<E>>> {
         self.lock().get(digest).cloned()
     }
 
@@ -45,8 +52,8 @@ impl Inflight {
         &self,
         digest: &Digest,
         is_cached: impl FnOnce() -> bool,
-        fill: BlobFill,
-    ) -> (JoinOutcome, Option<BlobFill>) {
+        fill: BlobFill<E>,
+    ) -> (JoinOutcome<E>, Option<BlobFill<E>>) {
         let mut fills = self.lock();
         if let Some(handle) = fills.get(digest) {
             return (JoinOutcome::Joined(handle.clone()), Some(fill));

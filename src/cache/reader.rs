@@ -3,7 +3,7 @@
 //! A fill still arriving is read from memory while its bytes are recent and from its file
 //! once they are older, waiting on the fill's progress and failing if the fill fails.
 
-use super::fill::{FillHandle, FillPhase};
+use super::fill::{ContentError, FillHandle, FillPhase};
 use bytes::Bytes;
 use futures_util::Stream;
 use std::collections::VecDeque;
@@ -78,9 +78,9 @@ pub(crate) fn read_range(
     })
 }
 
-struct FillReadState {
-    fill: Arc<FillHandle>,
-    progress: tokio::sync::watch::Receiver<super::fill::FillProgress>,
+struct FillReadState<E> {
+    fill: Arc<FillHandle<E>>,
+    progress: tokio::sync::watch::Receiver<super::fill::FillProgress<E>>,
     /// Next byte to hand out (queued bytes included).
     offset: u64,
     /// Exclusive end; `None` = until the fill has every byte (length not announced).
@@ -95,8 +95,8 @@ struct FillReadState {
 
 /// Streams `[start, end)` of a fill in progress: waits for bytes, ends when the fill has
 /// them all, fails if the fill fails.
-pub(crate) fn read_fill(
-    fill: Arc<FillHandle>,
+pub(crate) fn read_fill<E: ContentError>(
+    fill: Arc<FillHandle<E>>,
     start: u64,
     end: Option<u64>,
 ) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
@@ -157,7 +157,7 @@ pub(crate) fn read_fill(
     })
 }
 
-impl FillReadState {
+impl<E: ContentError> FillReadState<E> {
     /// Waits until the fill has bytes beyond `offset`. `Ok(false)` = the blob ended here.
     async fn wait_for_bytes(&mut self) -> io::Result<bool> {
         let offset = self.offset;
@@ -266,6 +266,9 @@ fn read_at_most(file: &File, offset: u64, want: usize) -> io::Result<Bytes> {
 mod tests {
     use super::*;
     use crate::cache::{BlobFill, Layout, LruIndex};
+
+    type TestError = std::sync::Arc<io::Error>;
+    type TestFill = BlobFill<TestError>;
     use crate::oci::Digest;
     use futures_util::StreamExt;
     use std::time::Duration;
@@ -275,7 +278,7 @@ mod tests {
     async fn received_but_unverified(
         dir: &tempfile::TempDir,
         body: &[u8],
-    ) -> (BlobFill, Arc<FillHandle>) {
+    ) -> (TestFill, Arc<FillHandle<TestError>>) {
         let layout = Layout::create(dir.path()).unwrap();
         let root = dir.path().to_path_buf();
         let index = Arc::new(LruIndex::new(None, move |d| {
@@ -283,7 +286,7 @@ mod tests {
         }));
         let digest = Digest::sha256_of(body);
         let path = layout.blob_path(&digest);
-        let mut fill = BlobFill::create(&layout, &digest, &path, index).unwrap();
+        let mut fill = TestFill::create(&layout, &digest, &path, index).unwrap();
         fill.begin(
             Some(body.len() as u64),
             crate::cache::FillOrigin::Upstream("test".into()),

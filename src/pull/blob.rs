@@ -11,10 +11,7 @@ use super::{BlobStream, PullThrough, Source, blob_error};
 use crate::cache::fill::HOLD_UNTIL_VERIFIED_BYTES;
 use crate::cache::provenance::ContentKind;
 use crate::cache::reader::{read_fill, read_range};
-use crate::cache::{
-    BlobFill, CacheFailure, CommitError, FillFailure, FillOrigin, FillPhase, FillProgress,
-    JoinOutcome,
-};
+use crate::cache::{CacheFailure, CommitError, FillOrigin};
 use crate::error::{FerryError, MidStream};
 use crate::oci::{Digest, DigestVerifier, ErrorCode, RepositoryName};
 use crate::shared::{SharedStore, StoreRead};
@@ -30,6 +27,15 @@ use std::task::Poll;
 use std::time::Instant;
 use tokio::sync::watch;
 
+// The cache's fill types, carrying ferry's error as a failed fill's content error: a reader
+// of a failed fill gets the owner's `FerryError` itself.
+type BlobFill = crate::cache::BlobFill<FerryError>;
+type FillHandle = crate::cache::FillHandle<FerryError>;
+type FillFailure = crate::cache::FillFailure<FerryError>;
+type FillPhase = crate::cache::FillPhase<FerryError>;
+type FillProgress = crate::cache::FillProgress<FerryError>;
+type JoinOutcome = crate::cache::JoinOutcome<FerryError>;
+
 /// How many fills a Range request waits for before it gives up (each failed fill marks its
 /// bad sources, so the next one starts elsewhere).
 const RANGE_FILL_ROUNDS: usize = 3;
@@ -44,7 +50,7 @@ enum FillJoin {
     Cached,
     /// The cache cannot take a fill: serve straight from upstream.
     CacheBroken,
-    Fill(Arc<crate::cache::FillHandle>),
+    Fill(Arc<FillHandle>),
 }
 
 /// A client's `Range: bytes=...` request, before it is resolved against the blob's size.
@@ -476,10 +482,7 @@ fn range_not_satisfiable(size: u64) -> FerryError {
 fn fill_error(failure: &FillFailure) -> FerryError {
     match failure {
         FillFailure::Cache(failure) => FerryError::Cache(failure.clone()),
-        FillFailure::Content(error) => error
-            .downcast_ref::<FerryError>()
-            .cloned()
-            .unwrap_or_else(|| FerryError::MidStream(MidStream::Fill(error.clone()))),
+        FillFailure::Content(error) => error.clone(),
     }
 }
 
@@ -606,7 +609,7 @@ impl Fill {
                 }
                 self.fill.announce_failure(match error {
                     FerryError::Cache(failure) => FillFailure::Cache(failure),
-                    other => FillFailure::Content(Arc::new(other)),
+                    other => FillFailure::Content(other),
                 });
             }
         }

@@ -159,7 +159,7 @@ pub(crate) struct FallbackContext {
     /// The byte the reader started at: 0 for a whole blob, N for a resume (`bytes=N-`).
     pub(crate) start: u64,
     /// The fill, for re-hashing what the reader already sent.
-    pub(crate) fill: Arc<FillHandle>,
+    pub(crate) fill: Arc<FillHandle<crate::error::FerryError>>,
 }
 
 /// Wraps a fill reader: if the fill fails because of the cache, the reader continues from
