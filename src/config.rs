@@ -11,16 +11,17 @@ mod shared_store;
 mod upstreams;
 mod values;
 
-pub(crate) use named_files::{ClientAuthFiles, NamedFiles, SecretSource};
-use setting::{
-    CountKind, DurationKind, HedgeKind, OptionalDurationKind, OptionalSizeKind, Setting, SizeKind,
-    SwitchKind,
+use file::{
+    BAD_SOURCE_SKIP, BREAKER_COOLDOWN, BREAKER_MAX_COOLDOWN, BREAKER_THRESHOLD, CACHE_SIZE,
+    FAILOVER_ON_NOT_FOUND, HEALTH_PROBE_INTERVAL, HEDGE_DELAY, MAX_STALE, MEMORY_BUDGET, OFFLINE,
+    REFERRERS_TTL, RETRY_BUDGET, SHUTDOWN_GRACE, STALL_FLOOR, TAG_TTL,
 };
+pub(crate) use named_files::{ClientAuthFiles, NamedFiles, SecretSource};
+use values::Problems;
 pub use values::parse_size;
-use values::{ANY_DURATION, Problems};
 
+use crate::upstream::PoolSettings;
 use crate::upstream::breaker::BreakerConfig;
-use crate::upstream::{Hedging, PoolSettings};
 use file::ConfigFile;
 
 // Settings types owned by the layers that use them, re-exported here where configs are built.
@@ -50,99 +51,6 @@ pub(crate) const DEFAULT_RATE_WINDOW: Duration = Duration::from_secs(10);
 pub(crate) const DEFAULT_RETRY_BUDGET: usize = 2;
 /// How long a credential helper's output is reused (ECR tokens live 12 h).
 pub(crate) const DEFAULT_PASSWORD_COMMAND_TTL: Duration = Duration::from_secs(600);
-
-// The general section's scalar settings, each declared once: key, kind, default. Parsing,
-// the flag over the file and `check-config`'s rendering all come from these.
-const CACHE_SIZE: Setting<OptionalSizeKind> = Setting {
-    key: "cache_size",
-    kind: OptionalSizeKind {
-        off_word: "unlimited",
-    },
-    default: None,
-};
-const TAG_TTL: Setting<DurationKind> = Setting {
-    key: "tag_ttl",
-    kind: DurationKind(ANY_DURATION),
-    default: DEFAULT_TAG_TTL,
-};
-const REFERRERS_TTL: Setting<DurationKind> = Setting {
-    key: "referrers_ttl",
-    kind: DurationKind(ANY_DURATION),
-    default: DEFAULT_REFERRERS_TTL,
-};
-const SHUTDOWN_GRACE: Setting<DurationKind> = Setting {
-    key: "shutdown_grace",
-    kind: DurationKind(ANY_DURATION),
-    default: DEFAULT_SHUTDOWN_GRACE,
-};
-const MAX_STALE: Setting<OptionalDurationKind> = Setting {
-    key: "max_stale",
-    kind: OptionalDurationKind {
-        off_word: "unlimited",
-    },
-    default: None,
-};
-const HEALTH_PROBE_INTERVAL: Setting<OptionalDurationKind> = Setting {
-    key: "health_probe_interval",
-    kind: OptionalDurationKind { off_word: "off" },
-    default: None,
-};
-const OFFLINE: Setting<SwitchKind> = Setting {
-    key: "offline",
-    kind: SwitchKind,
-    default: false,
-};
-
-// The failover section (failover, retries, hedging, the memory budget, the breaker).
-const FAILOVER_ON_NOT_FOUND: Setting<SwitchKind> = Setting {
-    key: "failover_on_not_found",
-    kind: SwitchKind,
-    default: true,
-};
-const BAD_SOURCE_SKIP: Setting<DurationKind> = Setting {
-    key: "bad_source_skip",
-    kind: DurationKind(ANY_DURATION),
-    default: DEFAULT_BAD_SOURCE_SKIP,
-};
-const RETRY_BUDGET: Setting<CountKind> = Setting {
-    key: "retry_budget",
-    kind: CountKind { min: 0 },
-    default: DEFAULT_RETRY_BUDGET as u32,
-};
-const HEDGE_DELAY: Setting<HedgeKind> = Setting {
-    key: "hedge_delay",
-    kind: HedgeKind,
-    default: Hedging::Adaptive,
-};
-const STALL_FLOOR: Setting<OptionalDurationKind> = Setting {
-    key: "stall_floor",
-    kind: OptionalDurationKind { off_word: "off" },
-    default: Some(crate::upstream::DEFAULT_STALL_FLOOR),
-};
-/// Each half (pulls, lists) must hold the largest body ferry reads whole: a 16 MiB tag list.
-const MEMORY_BUDGET: Setting<SizeKind> = Setting {
-    key: "memory_budget",
-    kind: SizeKind {
-        min: 2 * crate::pull::MAX_TAG_LIST_BYTES as u64,
-        below_min: "must be at least 32MiB: each half must hold the largest body ferry reads whole (a 16 MiB tag list)",
-    },
-    default: crate::upstream::memory_budget::DEFAULT_MEMORY_BUDGET_BYTES,
-};
-const BREAKER_THRESHOLD: Setting<CountKind> = Setting {
-    key: "breaker_threshold",
-    kind: CountKind { min: 1 },
-    default: BreakerConfig::DEFAULT.threshold,
-};
-const BREAKER_COOLDOWN: Setting<DurationKind> = Setting {
-    key: "breaker_cooldown",
-    kind: DurationKind(ANY_DURATION),
-    default: BreakerConfig::DEFAULT.cooldown,
-};
-const BREAKER_MAX_COOLDOWN: Setting<DurationKind> = Setting {
-    key: "breaker_max_cooldown",
-    kind: DurationKind(ANY_DURATION),
-    default: BreakerConfig::DEFAULT.max_cooldown,
-};
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -201,10 +109,10 @@ pub struct Overrides {
     pub upstreams: Vec<String>,
     /// `--upstream-group NAME=URL,URL,...`: groups placed before the `--upstreams`.
     pub upstream_groups: Vec<String>,
-    pub tag_ttl: Option<String>,
-    pub offline: bool,
     pub admin_listen: Option<String>,
-    pub cache_size: Option<String>,
+    /// The scalar settings given as flags (`--tag-ttl`, `--cache-size`, `--offline`), as the
+    /// schema in `file.rs` declares them.
+    pub settings: file::SettingFlags,
     /// `--direct-registry` patterns; replace the file's `direct_registries` when given.
     pub direct_registries: Vec<String>,
     /// `--shared-store s3://BUCKET/PREFIX`.
@@ -254,7 +162,7 @@ impl Config {
             problems.add("cache_dir", "", "must not be empty");
         }
         let cache_size = CACHE_SIZE.parse_flag_over_file(
-            ("--cache-size", overrides.cache_size.as_ref()),
+            overrides.settings.cache_size.as_ref(),
             file.cache_size.as_ref(),
             &mut problems,
         );
@@ -271,7 +179,7 @@ impl Config {
         }
 
         let tag_ttl = TAG_TTL.parse_flag_over_file(
-            ("--tag-ttl", overrides.tag_ttl.as_ref()),
+            overrides.settings.tag_ttl.as_ref(),
             file.tag_ttl.as_ref(),
             &mut problems,
         );
@@ -280,7 +188,11 @@ impl Config {
         let max_stale = MAX_STALE.parse(file.max_stale.as_ref(), &mut problems);
         let health_probe_interval =
             HEALTH_PROBE_INTERVAL.parse(file.health_probe_interval.as_ref(), &mut problems);
-        let offline = overrides.offline || OFFLINE.parse(file.offline.as_ref(), &mut problems);
+        let offline = OFFLINE.parse_flag_over_file(
+            overrides.settings.offline.as_ref(),
+            file.offline.as_ref(),
+            &mut problems,
+        );
         let pool = pool_settings(file, &mut problems);
 
         let upstream_defaults = upstreams::UpstreamDefaults::parse(file, &mut problems);
@@ -294,7 +206,7 @@ impl Config {
         let direct =
             upstreams::direct_registries(file, overrides, &upstream_defaults, &mut problems);
         let shared_store_timeout =
-            shared_store::STORE_TIMEOUT.parse(file.shared_store_timeout.as_ref(), &mut problems);
+            file::STORE_TIMEOUT.parse(file.shared_store_timeout.as_ref(), &mut problems);
         let (shared_store, shared_store_secret) =
             shared_store::parse(file, overrides, shared_store_timeout, &mut problems);
 
@@ -403,6 +315,7 @@ pub fn default_cache_dir() -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::upstream::Hedging;
     use std::path::Path;
 
     fn parse(text: &str, overrides: Overrides) -> Result<Config, ConfigErrors> {

@@ -114,17 +114,10 @@ struct ServeArgs {
     /// Cache directory [default: $XDG_CACHE_HOME/ferry or ~/.cache/ferry].
     #[arg(long, value_name = "DIR")]
     cache_dir: Option<PathBuf>,
-    /// How long a tag's digest is trusted before it is revalidated upstream, e.g. 60s, 5m
-    /// [default: 60s].
-    #[arg(long, value_name = "DURATION")]
-    tag_ttl: Option<String>,
-    /// Bound on cached blob bytes, e.g. 50GiB or 300MiB; least recently used blobs are
-    /// evicted [default: unlimited].
-    #[arg(long, value_name = "SIZE")]
-    cache_size: Option<String>,
-    /// Never contact an upstream: serve only what the cache holds (tags regardless of TTL).
-    #[arg(long)]
-    offline: bool,
+    /// `--tag-ttl`, `--cache-size`, `--offline`: declared with their settings in the config
+    /// file's schema (`config/file.rs`).
+    #[command(flatten)]
+    settings: ferry::config::file::SettingFlags,
     /// Admin API address (upstream status, drain/undrain, /healthz), or "off"
     /// [default: 127.0.0.1:5005].
     #[arg(long, value_name = "ADDR")]
@@ -298,10 +291,9 @@ fn load_config(args: &ServeArgs) -> Result<Config, ExitCode> {
         upstreams: args.upstreams.clone(),
         upstream_groups: args.upstream_groups.clone(),
         shared_store: args.shared_store.clone(),
-        tag_ttl: args.tag_ttl.clone(),
-        offline: args.offline,
+
         admin_listen: args.admin_listen.clone(),
-        cache_size: args.cache_size.clone(),
+        settings: args.settings.clone(),
         direct_registries: args.direct_registries.clone(),
     };
     ferry::app::load_config(args.config.as_deref(), &overrides).map_err(|errors| {

@@ -40,7 +40,6 @@ impl TestProxy {
             listen: Some("127.0.0.1:0".into()),
             cache_dir: Some(cache_dir.path().to_path_buf()),
             upstreams: urls.to_vec(),
-            tag_ttl: None,
             admin_listen: Some("127.0.0.1:0".into()),
             ..Default::default()
         };

@@ -2,9 +2,11 @@
 //! which TLS, client-authentication and admin-token files the listeners use.
 
 use super::file::ConfigFile;
+use super::file::{
+    CLIENT_HEADER_TIMEOUT, CLIENT_IDLE_TIMEOUT, MAX_CONNECTIONS, MAX_CONNECTIONS_PER_CLIENT,
+};
 use super::named_files::ClientAuthFiles;
-use super::setting::{CountKind, DurationKind, Setting};
-use super::values::{POSITIVE_DURATION, Problems, flag_over_file};
+use super::values::{Problems, flag_over_file};
 use super::{ClientLimits, DEFAULT_ADMIN_LISTEN, DEFAULT_LISTEN, Overrides};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -64,28 +66,6 @@ pub(crate) fn parse(
         admin_token_file: file.admin_token_file.as_ref().map(PathBuf::from),
     }
 }
-
-// The client limits section, each setting declared once.
-pub(super) const CLIENT_HEADER_TIMEOUT: Setting<DurationKind> = Setting {
-    key: "client_header_timeout",
-    kind: DurationKind(POSITIVE_DURATION),
-    default: ClientLimits::DEFAULT.header_timeout,
-};
-pub(super) const CLIENT_IDLE_TIMEOUT: Setting<DurationKind> = Setting {
-    key: "client_idle_timeout",
-    kind: DurationKind(POSITIVE_DURATION),
-    default: ClientLimits::DEFAULT.idle_timeout,
-};
-pub(super) const MAX_CONNECTIONS: Setting<CountKind> = Setting {
-    key: "max_connections",
-    kind: CountKind { min: 1 },
-    default: ClientLimits::DEFAULT.max_connections as u32,
-};
-pub(super) const MAX_CONNECTIONS_PER_CLIENT: Setting<CountKind> = Setting {
-    key: "max_connections_per_client",
-    kind: CountKind { min: 1 },
-    default: ClientLimits::DEFAULT.max_connections_per_client as u32,
-};
 
 fn client_limits(file: &ConfigFile, problems: &mut Problems) -> ClientLimits {
     let max_connections = MAX_CONNECTIONS.parse(file.max_connections.as_ref(), problems) as usize;

@@ -16,11 +16,13 @@ pub(crate) trait Kind {
     fn write(&self, value: &Self::Value) -> Self::Written;
 }
 
-/// A setting: `key` in the file, the kind of its value, the value when it is not written.
+/// A setting: `key` in the file, the kind of its value, the value when it is not written,
+/// and the command-line flag that may give it instead (`--tag-ttl`), if any.
 pub(crate) struct Setting<K: Kind> {
     pub(crate) key: &'static str,
     pub(crate) kind: K,
     pub(crate) default: K::Value,
+    pub(crate) flag: Option<&'static str>,
 }
 
 impl<K: Kind> Setting<K> {
@@ -33,13 +35,13 @@ impl<K: Kind> Setting<K> {
     /// The flag's value if given (reported under the flag's name), else the file's.
     pub(crate) fn parse_flag_over_file(
         &self,
-        flag: (&'static str, Option<&K::Written>),
+        flag_value: Option<&K::Written>,
         written: Option<&K::Written>,
         problems: &mut Problems,
     ) -> K::Value {
-        match flag {
-            (name, Some(given)) => self.parse_under(name, Some(given), problems),
-            (_, None) => self.parse(written, problems),
+        match flag_value {
+            Some(given) => self.parse_under(self.flag.unwrap_or(self.key), Some(given), problems),
+            None => self.parse(written, problems),
         }
     }
 
@@ -214,6 +216,7 @@ mod tests {
             key: "tag_ttl",
             kind: DurationKind(ANY_DURATION),
             default: Duration::from_secs(60),
+            flag: Some("--tag-ttl"),
         };
         let mut problems = Problems::default();
         assert_eq!(TTL.parse(None, &mut problems), Duration::from_secs(60));
@@ -229,7 +232,7 @@ mod tests {
         assert_eq!(problems.0.len(), 1);
         assert_eq!(problems.0[0].key, "tag_ttl");
         let flagged = TTL.parse_flag_over_file(
-            ("--tag-ttl", Some(&"bad".to_owned())),
+            Some(&"bad".to_owned()),
             Some(&"5s".to_owned()),
             &mut problems,
         );
@@ -245,6 +248,7 @@ mod tests {
                 off_word: "unlimited",
             },
             default: None,
+            flag: None,
         };
         assert_eq!(size.parse(Some(&"unlimited".into()), &mut problems), None);
         assert_eq!(size.parse(Some(&"1KiB".into()), &mut problems), Some(1024));
@@ -255,6 +259,7 @@ mod tests {
             key: "hedge_delay",
             kind: HedgeKind,
             default: Hedging::Adaptive,
+            flag: None,
         };
         for written in ["auto", "off", "250ms"] {
             let value = hedge.parse(Some(&written.to_owned()), &mut problems);

@@ -2,28 +2,13 @@
 //! `AWS_*` variables, and where its secret key is kept when it is not written in the file.
 
 use super::Overrides;
+use super::file::BLOB_REDIRECT;
 use super::file::ConfigFile;
 use super::named_files::SecretSource;
-use super::setting::{DurationKind, Setting, SwitchKind};
-use super::values::{ANY_DURATION, POSITIVE_DURATION, Problems};
+use super::values::{POSITIVE_DURATION, Problems};
 use crate::shared::SharedStoreConfig;
 use std::path::PathBuf;
 use std::time::Duration;
-
-/// The store's settings (`None` without `shared_store`/`--shared-store`), and the key and
-/// source of a secret that `app::config_files` has to read.
-// The shared store section's scalar settings, each declared once (the answer timeout's
-// default follows the request timeout, so it is parsed where that is known).
-pub(super) const STORE_TIMEOUT: Setting<DurationKind> = Setting {
-    key: "shared_store_timeout",
-    kind: DurationKind(ANY_DURATION),
-    default: Duration::from_secs(10),
-};
-pub(super) const BLOB_REDIRECT: Setting<SwitchKind> = Setting {
-    key: "blob_redirect",
-    kind: SwitchKind,
-    default: false,
-};
 
 pub(crate) fn parse(
     file: &ConfigFile,

@@ -1,14 +1,15 @@
 //! The upstream half of the settings: the ordered upstream list (from flags or
 //! `[[upstream]]` tables), their timeouts and credentials, groups, and direct registries.
 
+use super::file::{
+    BODY_IDLE_TIMEOUT, CONNECT_TIMEOUT, HEADER_TIMEOUT, MIN_TRANSFER_RATE, RATE_WINDOW,
+};
 use super::file::{ConfigFile, UpstreamFile};
 use super::named_files::{SecretSource, UpstreamSecrets};
-use super::setting::{DurationKind, Setting, SizeKind};
 use super::values::{ANY_DURATION, POSITIVE_DURATION, Problems};
 use super::{
-    Credentials, DEFAULT_BODY_IDLE_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_HEADER_TIMEOUT,
-    DEFAULT_MIN_TRANSFER_RATE, DEFAULT_PASSWORD_COMMAND_TTL, DEFAULT_RATE_WINDOW, DOCKER_HUB_URL,
-    DirectRegistries, Overrides, PasswordCommand, UpstreamConfig,
+    Credentials, DEFAULT_PASSWORD_COMMAND_TTL, DOCKER_HUB_URL, DirectRegistries, Overrides,
+    PasswordCommand, UpstreamConfig,
 };
 use std::path::PathBuf;
 use std::time::Duration;
@@ -21,36 +22,6 @@ pub(crate) struct UpstreamDefaults {
     pub(crate) min_transfer_rate: u64,
     pub(crate) rate_window: Duration,
 }
-
-// The upstream defaults section, each setting declared once.
-pub(super) const CONNECT_TIMEOUT: Setting<DurationKind> = Setting {
-    key: "connect_timeout",
-    kind: DurationKind(ANY_DURATION),
-    default: DEFAULT_CONNECT_TIMEOUT,
-};
-pub(super) const HEADER_TIMEOUT: Setting<DurationKind> = Setting {
-    key: "header_timeout",
-    kind: DurationKind(ANY_DURATION),
-    default: DEFAULT_HEADER_TIMEOUT,
-};
-pub(super) const BODY_IDLE_TIMEOUT: Setting<DurationKind> = Setting {
-    key: "body_idle_timeout",
-    kind: DurationKind(ANY_DURATION),
-    default: DEFAULT_BODY_IDLE_TIMEOUT,
-};
-const MIN_TRANSFER_RATE: Setting<SizeKind> = Setting {
-    key: "min_transfer_rate",
-    kind: SizeKind {
-        min: 0,
-        below_min: "",
-    },
-    default: DEFAULT_MIN_TRANSFER_RATE,
-};
-pub(super) const RATE_WINDOW: Setting<DurationKind> = Setting {
-    key: "rate_window",
-    kind: DurationKind(ANY_DURATION),
-    default: DEFAULT_RATE_WINDOW,
-};
 
 impl UpstreamDefaults {
     pub(crate) fn parse(file: &ConfigFile, problems: &mut Problems) -> Self {
