@@ -338,7 +338,11 @@ fn note_proxy_environment(config: &Config) {
 async fn maintain_cache(pull: Arc<PullThrough>) {
     let started = std::time::Instant::now();
     let scan_pull = pull.clone();
-    match tokio::task::spawn_blocking(move || scan_pull.cache.scan_blobs()).await {
+    match pull
+        .tasks
+        .spawn_blocking(move || scan_pull.cache.scan_blobs())
+        .await
+    {
         Ok(Ok(count)) => tracing::info!(
             blobs = count,
             evicted = pull.cache.usage().evictions,

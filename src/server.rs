@@ -12,7 +12,7 @@ pub(crate) mod tls;
 
 use crate::server::limits::ClientLimits;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use limits::{ConnectionCounter, IdleTimeout};
 use std::future::Future;
@@ -105,6 +105,20 @@ async fn run_connection(
     }
 }
 
+/// Runs hyper's HTTP/2 stream tasks as tracked tasks, so shutdown waits for them (and the
+/// pull flow they hold) too.
+#[derive(Clone)]
+struct TrackedExecutor(Arc<crate::tasks::TaskSupervisor>);
+
+impl<F> hyper::rt::Executor<F> for TrackedExecutor
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    fn execute(&self, future: F) {
+        self.0.spawn_connection("http/2 stream", future);
+    }
+}
+
 /// Longest a client may take to complete the TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -122,7 +136,7 @@ pub async fn serve<H, Fut>(
     H: Fn(http::Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = http::Response<response::ResponseBody>> + Send + 'static,
 {
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TrackedExecutor(tasks.clone()));
     // hyper applies its header-read timeout only with a timer; it also bounds how long a
     // kept-alive connection may sit between requests.
     builder
@@ -181,7 +195,7 @@ pub async fn serve<H, Fut>(
                         let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
                         let connection = graceful.watch(connection);
                         let closing = closing.clone();
-                        tasks.spawn("client connection", async move {
+                        tasks.spawn_connection("client connection", async move {
                             tokio::select! {
                                 () = run_connection(connection, first_request, limits.header_timeout, peer, activity) => {}
                                 () = closing.cancelled() => {}
@@ -194,11 +208,12 @@ pub async fn serve<H, Fut>(
                         let builder = builder.clone();
                         let watcher = graceful.watcher();
                         let closing = closing.clone();
-                        tasks.spawn("client connection", async move {
-                            // A connection shed during its handshake closes at once.
+                        tasks.spawn_connection("client connection", async move {
+                            // A connection shed (or closed by shutdown) during its handshake closes at once.
                             let handshake = tokio::select! {
                                 handshake = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)) => handshake,
                                 () = activity.shed.notified() => return,
+                                () = closing.cancelled() => return,
                             };
                             let stream = match handshake {
                                 Ok(Ok(stream)) => stream,

@@ -19,8 +19,6 @@ use std::time::Duration;
 /// Consecutive failures that open the store's breaker, and how long it stays open.
 const BREAKER_THRESHOLD: u32 = 3;
 const BREAKER_COOLDOWN: Duration = Duration::from_secs(15);
-/// Longest cooldown after failed probes (the cooldown doubles on each, as an upstream's).
-const BREAKER_MAX_COOLDOWN: Duration = Duration::from_secs(60);
 
 /// Uploads running at once, and waiting at most; beyond that new uploads are dropped (logged
 /// and counted): the next replica to fetch the blob uploads it again.
@@ -192,7 +190,7 @@ pub struct SharedStore {
     pub(crate) store: Arc<dyn ObjectStore>,
     signer: Option<Arc<object_store::aws::AmazonS3>>,
     /// The same breaker as an upstream's: a failing store is skipped for a cooldown, then
-    /// one request probes it.
+    /// tried again.
     breaker: Breaker,
     upload_slots: Arc<tokio::sync::Semaphore>,
     queued: AtomicU64,
@@ -236,16 +234,18 @@ impl SharedStore {
                 .build()
                 .map_err(|e| StoreError::store(format!("to set up {}", config.url), e))?,
         );
-        let probe_timeout = config.request_timeout.max(BREAKER_COOLDOWN);
         Ok(SharedStore {
             signer: Some(s3.clone()),
             store: s3,
             config,
+            // After the cooldown every request may try the store again (a probe that never
+            // reports, such as a read that stops early, must not keep the tier off), and a
+            // failure then reopens it for the same cooldown.
             breaker: Breaker::new(BreakerConfig {
                 threshold: BREAKER_THRESHOLD,
                 cooldown: BREAKER_COOLDOWN,
-                max_cooldown: BREAKER_MAX_COOLDOWN,
-                probe_timeout,
+                max_cooldown: BREAKER_COOLDOWN,
+                probe_timeout: Duration::ZERO,
             }),
             upload_slots: Arc::new(tokio::sync::Semaphore::new(UPLOADS_AT_ONCE)),
             queued: AtomicU64::new(0),
@@ -371,6 +371,12 @@ impl SharedStore {
         }
     }
 
+    /// Skipped now: the breaker opened and its cooldown is not over.
+    fn cooling_down(&self) -> bool {
+        let breaker = self.breaker.snapshot();
+        breaker.state == BreakerState::Open && breaker.retry_in.is_some_and(|left| !left.is_zero())
+    }
+
     fn log_transition(&self, transition: Option<Transition>) {
         if let Some(Transition { from, to }) = transition {
             tracing::info!(store = %self.config.url, from = from.as_str(), to = to.as_str(), "shared store breaker");
@@ -397,9 +403,12 @@ impl SharedStore {
     /// The breaker's state for `/admin/upstreams`.
     pub fn status(&self) -> serde_json::Value {
         let breaker = self.breaker.snapshot();
-        let state = match breaker.state {
-            BreakerState::Closed if breaker.consecutive_failures > 0 => "failing",
-            state => state.as_str(),
+        let state = if self.cooling_down() {
+            "open"
+        } else if breaker.consecutive_failures > 0 {
+            "failing"
+        } else {
+            "closed"
         };
         let c = &self.counters;
         let load = |n: &AtomicU64| n.load(Ordering::Relaxed);
@@ -451,8 +460,9 @@ impl SharedStore {
             );
         }
         catch_up(&metrics.store_corrupt_objects, load(&c.corrupt_objects));
-        let open = self.breaker.snapshot().state == BreakerState::Open;
-        metrics.store_breaker_open.set(i64::from(open));
+        metrics
+            .store_breaker_open
+            .set(i64::from(self.cooling_down()));
     }
 
     /// Opens a blob for streaming.
@@ -835,4 +845,43 @@ fn with_idle_timeout(
         }
     })
     .boxed()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> SharedStore {
+        let config = SharedStoreConfig {
+            endpoint: Some("http://127.0.0.1:9".into()),
+            region: Some("garage".into()),
+            access_key_id: Some("GK".into()),
+            secret_access_key: Some("secret".into()),
+            ..SharedStoreConfig::from_env("s3://bucket/prefix", Duration::from_secs(5)).unwrap()
+        };
+        SharedStore::new(config).unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_store_is_skipped_for_its_cooldown_then_every_request_tries_it() {
+        let store = store();
+        for _ in 0..BREAKER_THRESHOLD {
+            assert!(store.admit());
+            store.record_failure("reading", &"refused");
+        }
+        assert!(!store.admit(), "skipped while cooling down");
+        assert_eq!(store.status()["state"], "open");
+        tokio::time::advance(BREAKER_COOLDOWN).await;
+        assert_eq!(store.status()["state"], "failing", "cooldown over");
+        assert!(
+            store.admit() && store.admit(),
+            "every request may try, not one probe"
+        );
+        store.record_failure("reading", &"refused");
+        assert!(!store.admit(), "a failure after the cooldown reopens it");
+        tokio::time::advance(BREAKER_COOLDOWN).await;
+        assert!(store.admit(), "for the same cooldown, not a doubled one");
+        store.record_success();
+        assert_eq!(store.status()["state"], "closed");
+    }
 }

@@ -7,7 +7,7 @@ use futures_util::FutureExt as _;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -17,22 +17,48 @@ pub struct TaskSupervisor {
     tracker: TaskTracker,
     stop: CancellationToken,
     panics: AtomicU64,
+    /// Background work running now (fills, uploads, clean-ups, scans): what `running`
+    /// reports. Connections and endless loops are tracked for shutdown but not counted.
+    background: AtomicUsize,
+}
+
+/// Counts one piece of background work as running until dropped (also when cancelled).
+struct Counted(Arc<TaskSupervisor>);
+
+impl Counted {
+    fn start(supervisor: &Arc<TaskSupervisor>) -> Counted {
+        supervisor.background.fetch_add(1, Ordering::AcqRel);
+        Counted(supervisor.clone())
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.background.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl TaskSupervisor {
-    /// Runs `task` on the runtime, tracked; `what` names it in the log if it panics.
+    /// Runs background work (a fill, an upload) on the runtime, tracked and counted; `what`
+    /// names it in the log if it panics.
     pub fn spawn<F>(self: &Arc<Self>, what: &'static str, task: F)
     where
         F: Future<Output = ()> + Send + 'static,
     {
-        let supervisor = self.clone();
-        self.tracker.spawn(async move {
-            let outcome = AssertUnwindSafe(task).catch_unwind().await;
-            if let Err(payload) = outcome {
-                supervisor.panics.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(task = what, panic = %panic_message(&payload), "background task panicked");
-            }
+        let counted = Counted::start(self);
+        self.track(what, async move {
+            task.await;
+            drop(counted);
         });
+    }
+
+    /// Runs a client connection (or one of its HTTP/2 streams), tracked: shutdown waits for
+    /// it, but it is not background work.
+    pub(crate) fn spawn_connection<F>(self: &Arc<Self>, what: &'static str, task: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.track(what, task);
     }
 
     /// Runs a loop that has no end of its own (maintenance, probes, reloads), tracked, until
@@ -42,10 +68,38 @@ impl TaskSupervisor {
         F: Future<Output = ()> + Send + 'static,
     {
         let stop = self.stop.clone();
-        self.spawn(what, async move {
+        self.track(what, async move {
             tokio::select! {
                 () = task => {}
                 () = stop.cancelled() => {}
+            }
+        });
+    }
+
+    /// Runs blocking background work (a disk scan, opening a file) on the blocking pool,
+    /// tracked and counted, so shutdown waits for what it holds.
+    pub(crate) fn spawn_blocking<F, T>(self: &Arc<Self>, work: F) -> tokio::task::JoinHandle<T>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let counted = Counted::start(self);
+        self.tracker.spawn_blocking(move || {
+            let _counted = counted;
+            work()
+        })
+    }
+
+    fn track<F>(self: &Arc<Self>, what: &'static str, task: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let supervisor = self.clone();
+        self.tracker.spawn(async move {
+            let outcome = AssertUnwindSafe(task).catch_unwind().await;
+            if let Err(payload) = outcome {
+                supervisor.panics.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(task = what, panic = %panic_message(&payload), "background task panicked");
             }
         });
     }
@@ -60,9 +114,9 @@ impl TaskSupervisor {
         self.stop.cancelled().await;
     }
 
-    /// Tasks running now.
+    /// Background work running now (not connections or endless loops).
     pub fn running(&self) -> usize {
-        self.tracker.len()
+        self.background.load(Ordering::Acquire)
     }
 
     /// Tasks that panicked since start.
@@ -102,8 +156,11 @@ mod tests {
             tasks.spawn_until_stopped("endless", std::future::pending());
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
-        assert_eq!(tasks.running(), 3);
-        assert!(!tasks.wait_idle(Duration::from_millis(50)).await);
+        assert_eq!(tasks.running(), 0, "loops are tracked, not counted as work");
+        assert!(
+            !tasks.wait_idle(Duration::from_millis(50)).await,
+            "but waited for"
+        );
         tasks.stop();
         assert!(tasks.wait_idle(Duration::from_secs(5)).await);
         assert_eq!(tasks.running(), 0);

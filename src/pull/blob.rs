@@ -394,7 +394,8 @@ impl PullThrough {
         let opened = {
             let pull = self.clone();
             let digest = digest.clone();
-            tokio::task::spawn_blocking(move || pull.cache.open_blob(&digest))
+            self.tasks
+                .spawn_blocking(move || pull.cache.open_blob(&digest))
                 .await
                 .map_err(|e| FerryError::cache("opening a cached blob", std::io::Error::other(e)))?
         };
