@@ -58,19 +58,30 @@ impl std::fmt::Display for Source {
 pub(crate) type BlobStream =
     std::pin::Pin<Box<dyn futures_util::Stream<Item = std::io::Result<bytes::Bytes>> + Send>>;
 
-/// The client's error when no upstream could give a blob: 404 only when all said so.
+/// The client's error when no upstream could give `what`: `code` (a 404) only when every
+/// upstream said "not found", else the upstreams' failure.
+pub(crate) fn unknown_to_upstreams(
+    exhausted: crate::upstream::UpstreamsExhausted,
+    code: crate::oci::ErrorCode,
+    what: impl std::fmt::Display,
+) -> crate::error::FerryError {
+    if exhausted.all_not_found() {
+        crate::error::FerryError::client(code, format!("{what} is not known to any upstream"))
+    } else {
+        crate::error::FerryError::Upstreams(exhausted)
+    }
+}
+
+/// The client's error when no upstream could give a blob.
 pub(crate) fn blob_error(
     exhausted: crate::upstream::UpstreamsExhausted,
     digest: &crate::oci::Digest,
 ) -> crate::error::FerryError {
-    if exhausted.all_not_found() {
-        crate::error::FerryError::client(
-            crate::oci::ErrorCode::BlobUnknown,
-            format!("blob {digest} is not known to any upstream"),
-        )
-    } else {
-        crate::error::FerryError::Upstreams(exhausted)
-    }
+    unknown_to_upstreams(
+        exhausted,
+        crate::oci::ErrorCode::BlobUnknown,
+        format!("blob {digest}"),
+    )
 }
 
 /// How the pull-through flow treats tags and upstreams.

@@ -524,14 +524,11 @@ impl PullThrough {
             return Ok(answer);
         }
         let not_listed = |exhausted: UpstreamsExhausted| {
-            if exhausted.all_not_found() {
-                FerryError::client(
-                    ErrorCode::NameUnknown,
-                    format!("repository {name} is not known to any upstream"),
-                )
-            } else {
-                FerryError::Upstreams(exhausted)
-            }
+            super::unknown_to_upstreams(
+                exhausted,
+                ErrorCode::NameUnknown,
+                format!("repository {name}"),
+            )
         };
         let failure_key = format!("tags {key}");
         if let Some(exhausted) = self.recent_list_failures.get(&failure_key) {
@@ -679,17 +676,9 @@ fn verify_manifest_digest(
     })
 }
 
-/// The manifest's media type: the upstream's Content-Type when it names a manifest type,
-/// else what the body says.
+/// The client's error when no upstream could give a manifest.
 fn manifest_error(exhausted: UpstreamsExhausted, what: &str) -> FerryError {
-    if exhausted.all_not_found() {
-        FerryError::client(
-            ErrorCode::ManifestUnknown,
-            format!("{what} is not known to any upstream"),
-        )
-    } else {
-        FerryError::Upstreams(exhausted)
-    }
+    super::unknown_to_upstreams(exhausted, ErrorCode::ManifestUnknown, what)
 }
 
 impl TaggedRequest<'_> {
