@@ -1,11 +1,12 @@
 //! The admin API, on its own listener (loopback by default): upstream status with breaker
 //! state, recent failures and latency (`/admin/upstreams`, also `/status`); drain and
-//! undrain for game days; `/healthz` (process alive) and `/readyz` (able to serve). Browsers
-//! are kept out: requests with an `Origin` header or a Host that is not an address, localhost
-//! or a configured `admin_hosts` name are refused (no cross-site POST, no DNS rebinding);
-//! drain and undrain refuse form content types and, with `admin_token_file`, need the token.
+//! undrain for game days; pins (`/admin/pins`); `/healthz` and `/readyz`. Browsers are kept
+//! out: requests with an `Origin` header or a Host that is not an address, localhost or an
+//! `admin_hosts` name are refused (no cross-site POST, no DNS rebinding); mutations refuse
+//! form content types and, with `admin_token_file`, need the token.
 
 use crate::oci::ErrorCode;
+use crate::pins::{PinKeeper, PinRequestError};
 use crate::pull::PullThrough;
 use crate::server::response::{ResponseBody, builder, full_body, or_500};
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
@@ -32,12 +33,18 @@ impl std::fmt::Debug for AdminAccess {
 
 pub(crate) async fn handle<B>(
     pull: Arc<PullThrough>,
+    pins: Arc<PinKeeper>,
     access: Arc<AdminAccess>,
     request: Request<B>,
-) -> Response<ResponseBody> {
+) -> Response<ResponseBody>
+where
+    B: http_body::Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let method = request.method().clone();
     let path = request.uri().path().trim_end_matches('/').to_owned();
-    let mutating = path.starts_with("/admin/upstreams/");
+    let mutating = path.starts_with("/admin/upstreams/")
+        || (path == "/admin/pins" && method != Method::GET && method != Method::HEAD);
     let refusal = browser_refusal(&request, &access.hosts).map(|r| (StatusCode::FORBIDDEN, r));
     let refusal = refusal.or_else(|| {
         mutating
@@ -60,7 +67,8 @@ pub(crate) async fn handle<B>(
             }
             response
         }
-        None => route(&pull, &method, &path).await,
+        None if path == "/admin/pins" => pin_route(&pins, request).await,
+        None => route(&pull, &pins, &method, &path).await,
     };
     tracing::info!(%method, %path, status = response.status().as_u16(), "admin request");
     response
@@ -138,10 +146,113 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
 }
 
-async fn route(pull: &PullThrough, method: &Method, path: &str) -> Response<ResponseBody> {
+/// Largest body `POST /admin/pins` reads.
+const PIN_REQUEST_BYTES: usize = 16 * 1024;
+
+/// `GET /admin/pins` (every pin with its state), `POST /admin/pins` with
+/// `{"image": "HOST/REPO:TAG"}`, `DELETE /admin/pins?image=HOST/REPO:TAG`.
+async fn pin_route<B>(pins: &PinKeeper, request: Request<B>) -> Response<ResponseBody>
+where
+    B: http_body::Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    match *request.method() {
+        Method::GET => json(StatusCode::OK, &pins.status()),
+        Method::POST => {
+            use http_body_util::BodyExt;
+            let limited = http_body_util::Limited::new(request.into_body(), PIN_REQUEST_BYTES);
+            let body = match limited.collect().await {
+                Ok(collected) => collected.to_bytes(),
+                Err(e) => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        ErrorCode::Unsupported,
+                        &format!(
+                            "cannot read the request body (at most {PIN_REQUEST_BYTES} bytes): {e}"
+                        ),
+                    );
+                }
+            };
+            #[derive(serde::Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct PinRequest {
+                image: String,
+            }
+            let wanted: PinRequest = match serde_json::from_slice(&body) {
+                Ok(wanted) => wanted,
+                Err(e) => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        ErrorCode::Unsupported,
+                        &format!("expected {{\"image\": \"HOST/REPOSITORY:TAG\"}}: {e}"),
+                    );
+                }
+            };
+            match pins.add(&wanted.image).await {
+                Ok((image, added)) => json(
+                    if added {
+                        StatusCode::CREATED
+                    } else {
+                        StatusCode::OK
+                    },
+                    &serde_json::json!({"image": image, "added": added}),
+                ),
+                Err(e) => pin_error(&e),
+            }
+        }
+        Method::DELETE => {
+            let image = request.uri().query().and_then(|query| {
+                form_urlencoded::parse(query.as_bytes())
+                    .find(|(key, _)| key == "image")
+                    .map(|(_, value)| value.into_owned())
+            });
+            let Some(image) = image else {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    ErrorCode::Unsupported,
+                    "name the pin: DELETE /admin/pins?image=HOST/REPOSITORY:TAG",
+                );
+            };
+            match pins.remove(&image).await {
+                Ok(image) => json(
+                    StatusCode::OK,
+                    &serde_json::json!({"image": image, "removed": true}),
+                ),
+                Err(e) => pin_error(&e),
+            }
+        }
+        _ => error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            ErrorCode::Unsupported,
+            "use GET, POST or DELETE",
+        ),
+    }
+}
+
+/// A refused or failed pin request: the client's mistakes as 4xx, the store's or the
+/// cache's failures as 503 and 500.
+fn pin_error(e: &PinRequestError) -> Response<ResponseBody> {
+    let (status, code) = match e {
+        PinRequestError::BadImage(_) => (StatusCode::BAD_REQUEST, ErrorCode::NameInvalid),
+        PinRequestError::UnknownRegistry(_) | PinRequestError::NotPinned(_) => {
+            (StatusCode::NOT_FOUND, ErrorCode::NameUnknown)
+        }
+        PinRequestError::PinnedElsewhere { .. } => (StatusCode::CONFLICT, ErrorCode::Denied),
+        PinRequestError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable),
+        PinRequestError::Cache(_) => (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Unavailable),
+    };
+    error(status, code, &e.to_string())
+}
+
+async fn route(
+    pull: &PullThrough,
+    pins: &PinKeeper,
+    method: &Method,
+    path: &str,
+) -> Response<ResponseBody> {
     match (method, path) {
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
-        (&Method::GET, "/metrics") => metrics(pull),
+        (&Method::GET, "/metrics") => metrics(pull, pins),
         (&Method::GET, "/readyz") => {
             // Writing the probe file can block (a slow or failing disk): blocking pool.
             let tmp_dir = pull.cache.tmp_dir();
@@ -290,8 +401,16 @@ pub(crate) fn status(pull: &PullThrough) -> serde_json::Value {
 }
 
 /// Refreshes the gauges that mirror live state, then encodes every metric.
-fn metrics(pull: &PullThrough) -> Response<ResponseBody> {
+fn metrics(pull: &PullThrough, pins: &PinKeeper) -> Response<ResponseBody> {
     let metrics = &pull.metrics;
+    for (state, count) in pins.count_by_state() {
+        metrics
+            .pins
+            .get_or_create(&crate::metrics::PinStateLabels {
+                state: state.to_owned(),
+            })
+            .set(count);
+    }
     for (registry, upstreams) in pull.registries.all() {
         for client in upstreams.clients() {
             let open =

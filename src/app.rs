@@ -8,6 +8,7 @@ pub use config_files::load_config;
 
 use crate::cache::Cache;
 use crate::config::Config;
+use crate::pins::PinKeeper;
 use crate::pull::{PullSettings, PullThrough};
 use crate::tasks::TaskSupervisor;
 use crate::upstream::Registries;
@@ -40,6 +41,11 @@ pub enum StartError {
     Tls(#[source] crate::server::tls::TlsError),
     #[error("cannot set up the shared store: {0}")]
     SharedStore(#[source] crate::shared::StoreError),
+    #[error("cannot set up the HTTP client that reads the pins of group {group:?}: {source}")]
+    PinsFrom {
+        group: String,
+        source: reqwest::Error,
+    },
 }
 
 /// A running ferry. Dropping it does not stop the server; call `shutdown`.
@@ -121,6 +127,7 @@ pub async fn start_with_shutdown(
 ) -> Result<RunningServer, StartError> {
     let tasks = Arc::new(TaskSupervisor::default());
     let pull = pull_through(&config, &tasks)?;
+    let pins = pin_keeper(&config, &pull)?;
     let (listener, addr) = bind(config.listen, Listener::Registry).await?;
     let admin = match config.admin_listen {
         Some(admin_addr) => Some(bind(admin_addr, Listener::Admin).await?),
@@ -153,12 +160,13 @@ pub async fn start_with_shutdown(
         listeners.push(serve_admin(
             admin_listener,
             &config,
-            &pull,
+            (&pull, &pins),
             &tasks,
             client_limits,
         ));
     }
     tasks.spawn_until_stopped("cache maintenance", maintain_cache(pull.clone()));
+    tasks.spawn_until_stopped("pin keeper", pins.run());
     if let Some(interval) = config.health_probe_interval.filter(|_| !config.offline) {
         tasks.spawn_until_stopped("upstream probes", probe_upstreams(pull.clone(), interval));
     }
@@ -250,14 +258,38 @@ fn tls_with_reloads(
     Ok(Some(tls))
 }
 
+/// The keeper of pins that follow their tag, with the AZ group it reads pins from.
+fn pin_keeper(config: &Config, pull: &Arc<PullThrough>) -> Result<Arc<PinKeeper>, StartError> {
+    let group = match &config.pins.from_group {
+        None => None,
+        Some(group) => {
+            let members = config
+                .upstreams
+                .iter()
+                .filter(|u| u.group.as_deref() == Some(group.as_str()))
+                .map(|u| (u.url.clone(), u.credentials.clone()))
+                .collect();
+            let pins = crate::pins::from_group::GroupPins::new(group.clone(), members).map_err(
+                |source| StartError::PinsFrom {
+                    group: group.clone(),
+                    source,
+                },
+            )?;
+            Some(pins)
+        }
+    };
+    Ok(PinKeeper::new(pull.clone(), config.pins.clone(), group))
+}
+
 /// The admin API's listener (a short grace period: its answers are small).
 fn serve_admin(
     listener: tokio::net::TcpListener,
     config: &Config,
-    pull: &Arc<PullThrough>,
+    (pull, pins): (&Arc<PullThrough>, &Arc<PinKeeper>),
     tasks: &Arc<TaskSupervisor>,
     client_limits: crate::config::ClientLimits,
 ) -> JoinHandle<()> {
+    let admin_pins = pins.clone();
     let admin_pull = pull.clone();
     let admin_access = Arc::new(crate::admin::AdminAccess {
         hosts: config.admin_hosts.clone(),
@@ -265,8 +297,9 @@ fn serve_admin(
     });
     let admin_handler = move |request| {
         let pull = admin_pull.clone();
+        let pins = admin_pins.clone();
         let admin_access = admin_access.clone();
-        async move { crate::admin::handle(pull, admin_access, request).await }
+        async move { crate::admin::handle(pull, pins, admin_access, request).await }
     };
     tokio::spawn(crate::server::serve(
         listener,

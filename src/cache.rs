@@ -61,6 +61,8 @@ pub(crate) struct Cache<E> {
     manifests: moka::sync::Cache<Digest, CachedManifest>,
     /// Fills abandoned because the cache could not take the bytes (disk full, I/O errors).
     write_failures: std::sync::atomic::AtomicU64,
+    /// What is pinned now (`pins.json` and the pin keeper's holding).
+    pins: std::sync::RwLock<pins::PinHolding>,
     /// Held open for the server's lifetime: its `flock` keeps a second server off this directory.
     _server_lock: std::fs::File,
 }
@@ -104,6 +106,7 @@ impl<E: ContentError> Cache<E> {
                 })
                 .build(),
             write_failures: Default::default(),
+            pins: Default::default(),
             _server_lock: server_lock,
         })
     }
@@ -214,9 +217,49 @@ impl<E: ContentError> Cache<E> {
         }
         *seen = modified;
         match pins::Pins::load(self.layout.root()) {
-            Ok(pins) => self.index.set_pins(pins.protected()),
+            Ok(warmed) => {
+                self.update_pins(|holding| holding.warmed = warmed.protected());
+            }
             Err(e) => tracing::error!(error = %e, "cannot read pins.json"),
         }
+    }
+
+    /// Replaces what the pin keeper holds: the digests the bound must keep and the digest
+    /// each pinned tag is served as.
+    pub(crate) fn hold_followed_pins(&self, followed: pins::FollowedHolding) {
+        self.update_pins(|holding| holding.followed = followed);
+    }
+
+    fn update_pins(&self, change: impl FnOnce(&mut pins::PinHolding)) {
+        let protected = {
+            // A poisoned lock only means a panic elsewhere mid-update; the data is plain.
+            let mut holding = self.pins.write().unwrap_or_else(|e| e.into_inner());
+            change(&mut holding);
+            holding.protected()
+        };
+        self.index.set_pins(protected);
+    }
+
+    /// The digest a pinned tag is served as, while it is pinned here.
+    pub(crate) fn pinned_tag(&self, key: &TagKey) -> Option<Digest> {
+        let holding = self.pins.read().unwrap_or_else(|e| e.into_inner());
+        holding.followed.tags.get(key).cloned()
+    }
+
+    /// The images the pin keeper holds (for the fleet's read-only pin list).
+    pub(crate) fn pinned_images(&self) -> Vec<(String, String)> {
+        let holding = self.pins.read().unwrap_or_else(|e| e.into_inner());
+        holding.followed.images.clone()
+    }
+
+    /// Whether a blob is committed on this disk (a filesystem check; blocking).
+    pub(crate) fn has_blob(&self, digest: &Digest) -> bool {
+        self.layout.blob_path(digest).is_file()
+    }
+
+    /// The cache directory.
+    pub(crate) fn root(&self) -> &Path {
+        self.layout.root()
     }
 
     /// Evicts the least recently used unpinned entries until the cache is within its size.

@@ -25,6 +25,7 @@ use crate::upstream::breaker::BreakerConfig;
 use file::ConfigFile;
 
 // Settings types owned by the layers that use them, re-exported here where configs are built.
+pub use crate::pins::PinSettings;
 pub(crate) use crate::server::limits::ClientLimits;
 pub use crate::upstream::settings::{
     Credentials, DOCKER_HUB_URL, DirectRegistries, PasswordCommand, UpstreamCa, UpstreamConfig,
@@ -89,6 +90,8 @@ pub struct Config {
     pub(crate) ca_file: Option<PathBuf>,
     /// The shared store (second cache tier), if any.
     pub shared_store: Option<crate::shared::SharedStoreConfig>,
+    /// Pins that follow their tag: the config's, the refresh, what is kept, where from.
+    pub pins: PinSettings,
 }
 
 /// The admin API's token. Never shown in `Debug` output or `check-config`.
@@ -210,6 +213,7 @@ impl Config {
         let (shared_store, shared_store_secret) =
             shared_store::parse(file, overrides, shared_store_timeout, &mut problems);
 
+        let pins = pin_settings(file, &registry, &upstreams, &mut problems);
         let ca_file = file.ca_file.as_ref().map(PathBuf::from);
         let named_files = NamedFiles {
             tls: listeners.tls.clone(),
@@ -242,6 +246,7 @@ impl Config {
                 direct,
                 ca_file,
                 shared_store,
+                pins,
             }),
             _ => Err(ConfigErrors(problems.0)),
         };
@@ -301,6 +306,52 @@ fn pool_settings(file: &ConfigFile, problems: &mut Problems) -> PoolSettings {
     }
 }
 
+/// The pins of the file, checked: images, the refresh, what is kept, the platforms, and
+/// that `pins_from` names a group of upstreams.
+fn pin_settings(
+    file: &ConfigFile,
+    registry: &str,
+    upstreams: &[UpstreamConfig],
+    problems: &mut Problems,
+) -> PinSettings {
+    let mut images = Vec::new();
+    for image in file.pins.iter().flatten() {
+        match crate::pins::image::PinnedImage::parse(image, registry) {
+            Ok(image) => images.push(image.to_string()),
+            Err(e) => problems.add("pins", image, e.to_string()),
+        }
+    }
+    let platforms = file.pin_platforms.clone().unwrap_or_default();
+    for platform in &platforms {
+        let parts: Vec<&str> = platform.split('/').collect();
+        if !(2..=3).contains(&parts.len()) || parts.iter().any(|p| p.is_empty()) {
+            problems.add(
+                "pin_platforms",
+                platform,
+                "expected os/architecture[/variant], e.g. linux/amd64",
+            );
+        }
+    }
+    if let Some(group) = &file.pins_from
+        && !upstreams
+            .iter()
+            .any(|u| u.group.as_deref() == Some(group.as_str()))
+    {
+        problems.add(
+            "pins_from",
+            group,
+            "names no upstream group (set `group` on the AZ tier's [[upstream]] tables)",
+        );
+    }
+    PinSettings {
+        images,
+        refresh: file::PIN_REFRESH.parse(file.pin_refresh.as_ref(), problems),
+        keep: file::PIN_KEEP.parse(file.pin_keep.as_ref(), problems),
+        from_group: file.pins_from.clone(),
+        platforms,
+    }
+}
+
 /// `$XDG_CACHE_HOME/ferry`, else `~/.cache/ferry`, else `./ferry-cache`.
 pub fn default_cache_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
@@ -320,6 +371,39 @@ mod tests {
 
     fn parse(text: &str, overrides: Overrides) -> Result<Config, ConfigErrors> {
         Config::parse(&toml::from_str(text).unwrap(), &overrides).without_files()
+    }
+
+    #[test]
+    fn pins_are_read_in_canonical_form_and_checked() {
+        let digest = crate::oci::Digest::sha256_of(b"agent");
+        let text = format!(
+            "pins = [\"alpine:3.20\", \"ghcr.io/org/agent@{digest}\"]\npin_refresh = \"30s\"\npin_keep = 2\npin_platforms = [\"linux/amd64\", \"linux/arm64/v8\"]\n"
+        );
+        let config = parse(&text, Overrides::default()).unwrap();
+        assert_eq!(
+            config.pins.images,
+            [
+                "docker.io/library/alpine:3.20".to_owned(),
+                format!("ghcr.io/org/agent@{digest}")
+            ]
+        );
+        assert_eq!(config.pins.refresh, Duration::from_secs(30));
+        assert_eq!(config.pins.keep, 2);
+        let defaults = parse("", Overrides::default()).unwrap();
+        assert_eq!(defaults.pins.refresh, Duration::from_secs(300));
+        assert_eq!(defaults.pins.keep, 1);
+
+        let errors = parse(
+            "pins = [\"Bad/Name\"]\npin_refresh = \"0s\"\npin_platforms = [\"linux\"]\npins_from = \"az\"\n",
+            Overrides::default(),
+        )
+        .unwrap_err();
+        let keys: Vec<&str> = errors.0.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            ["pins", "pin_platforms", "pins_from", "pin_refresh"],
+            "{errors}"
+        );
     }
 
     #[test]

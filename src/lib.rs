@@ -20,7 +20,9 @@
 //!    upstreams in order, are verified, and are committed while streaming to clients.
 //! 6. [`server`]: accepts connections within limits, routes and validates paths
 //!    ([`server::route`]), one handler per endpoint ([`server::handler`]); the only
-//!    error-to-HTTP mapping is [`server::response`]. Then [`admin`], the admin API.
+//!    error-to-HTTP mapping is [`server::response`]. Then [`pins`], the keeper of pins that
+//!    follow their tag (fed by the config, the API, the shared store or the AZ tier), then
+//!    [`admin`], the admin API.
 //! 7. [`config`] (validated settings from the parsed file and flags; it reads no files and
 //!    lists the ones the settings name) and [`maintenance`] (the cache tools), then
 //!    [`warm`], then [`app`], which reads the config file and the files it names
@@ -36,6 +38,7 @@ pub(crate) mod error;
 pub mod maintenance;
 pub(crate) mod metrics;
 pub mod oci;
+pub mod pins;
 pub mod pull;
 pub mod server;
 pub mod shared;

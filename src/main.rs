@@ -1,4 +1,4 @@
-//! The `ferry` command line: `serve`, `check-config`, `warm`, `cache ...`; logging setup
+//! The `ferry` command line: `serve`, `check-config`, `warm`, `pin ...`, `cache ...`; logging setup
 //! and exit codes (2 for invalid configuration or arguments, 1 for a failure).
 
 use anyhow::Context as _;
@@ -25,6 +25,14 @@ enum Command {
     /// Pull images into the cache ahead of need (every platform of an index, all blobs),
     /// through a running ferry (--server) or standalone on the cache directory.
     Warm(WarmArgs),
+    /// Pin images on a running ferry through its admin API: each is kept on its disk and
+    /// follows its tag (with a shared store, on every replica sharing it).
+    Pin {
+        #[command(subcommand)]
+        command: PinCommand,
+        #[command(flatten)]
+        server: PinServer,
+    },
     /// Inspect and maintain a cache directory (safe while a server runs on it).
     Cache {
         #[command(subcommand)]
@@ -51,6 +59,42 @@ struct WarmArgs {
     server: Option<String>,
     #[command(flatten)]
     serve: ServeArgs,
+}
+
+#[derive(Args)]
+struct PinServer {
+    /// The ferry's admin API, e.g. http://127.0.0.1:5005.
+    #[arg(
+        long,
+        value_name = "ADMIN_URL",
+        global = true,
+        default_value = "http://127.0.0.1:5005"
+    )]
+    server: String,
+    /// A file holding the admin token (also FERRY_ADMIN_TOKEN), for add and rm.
+    #[arg(long, value_name = "FILE", global = true)]
+    token_file: Option<PathBuf>,
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum PinCommand {
+    /// Pin an image: HOST/REPOSITORY:TAG or HOST/REPOSITORY@sha256:...
+    Add {
+        image: String,
+        /// Wait until the image is cached on the server (every blob on its disk).
+        #[arg(long)]
+        wait: bool,
+        /// Longest --wait waits, e.g. 10m.
+        #[arg(long, value_name = "DURATION", default_value = "10m")]
+        timeout: humantime::Duration,
+    },
+    /// Every pin with its state, digest and when its tag was last confirmed.
+    Ls,
+    /// Unpin an image (its content may be evicted again).
+    Rm { image: String },
 }
 
 #[derive(Args)]
@@ -164,6 +208,7 @@ fn main() -> ExitCode {
         Command::CheckConfig(args) => (args, true),
         Command::Warm(args) => return warm(args),
         Command::Cache { command, location } => return cache_command(command, location),
+        Command::Pin { command, server } => return pin_command(command, server),
     };
     let config = match load_config(&args) {
         Ok(config) => config,
@@ -179,6 +224,131 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("ferry: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// `ferry pin add|ls|rm`: the admin API's pins, over HTTP.
+fn pin_command(command: PinCommand, target: PinServer) -> ExitCode {
+    let token = match &target.token_file {
+        Some(path) => match std::fs::read_to_string(path) {
+            Ok(token) => Some(token.trim().to_owned()),
+            Err(e) => {
+                eprintln!("ferry pin: --token-file {}: {e}", path.display());
+                return ExitCode::from(2);
+            }
+        },
+        None => std::env::var("FERRY_ADMIN_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty()),
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("ferry pin: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = runtime.block_on(async {
+        let client = ferry::pins::admin_client::PinClient::new(&target.server, token)?;
+        match command {
+            PinCommand::Add {
+                image,
+                wait,
+                timeout,
+            } => {
+                let answer = client.add(&image).await?;
+                let canonical = answer["image"].as_str().unwrap_or(&image).to_owned();
+                let verb = if answer["added"] == true {
+                    "pinned"
+                } else {
+                    "already pinned:"
+                };
+                if !target.json {
+                    println!("{verb} {canonical}");
+                }
+                if wait {
+                    let pin = client.wait_cached(&canonical, timeout.into()).await?;
+                    if !target.json {
+                        println!(
+                            "cached {canonical} ({})",
+                            pin["digest"].as_str().unwrap_or("?")
+                        );
+                    }
+                }
+                if target.json {
+                    println!("{answer}");
+                }
+            }
+            PinCommand::Ls => {
+                let list = client.list().await?;
+                if target.json {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&list).unwrap_or_default()
+                    );
+                } else {
+                    print_pins(&list);
+                }
+            }
+            PinCommand::Rm { image } => {
+                let answer = client.remove(&image).await?;
+                if target.json {
+                    println!("{answer}");
+                } else {
+                    println!("unpinned {}", answer["image"].as_str().unwrap_or(&image));
+                }
+            }
+        }
+        Ok::<_, ferry::pins::admin_client::PinClientError>(())
+    });
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ferry pin: {e}");
+            if e.is_client_mistake() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+/// `ferry pin ls` as a table.
+fn print_pins(list: &serde_json::Value) {
+    println!(
+        "{:<50} {:<9} {:<20} {:<21} ORIGIN",
+        "IMAGE", "STATE", "DIGEST", "LAST CONFIRMED"
+    );
+    for pin in list["pins"].as_array().into_iter().flatten() {
+        let digest = pin["digest"].as_str().unwrap_or("-");
+        let short = digest.get(..19).unwrap_or(digest);
+        let mut state = pin["state"].as_str().unwrap_or("?").to_owned();
+        if let Some(next) = pin["next"].as_object() {
+            state.push('+');
+            let _ = next;
+        }
+        println!(
+            "{:<50} {:<9} {:<20} {:<21} {}",
+            pin["image"].as_str().unwrap_or("?"),
+            state,
+            short,
+            pin["last_confirmed"].as_str().unwrap_or("-"),
+            pin["origin"].as_str().unwrap_or("?"),
+        );
+        if let Some(reason) = pin["reason"].as_str() {
+            println!("    failed: {reason}");
+        }
+        if let Some(next) = pin["next"].as_object() {
+            println!(
+                "    moving to {} ({})",
+                next["digest"].as_str().unwrap_or("?"),
+                next["state"].as_str().unwrap_or("?")
+            );
         }
     }
 }

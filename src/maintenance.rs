@@ -96,7 +96,7 @@ pub fn list(root: &Path) -> io::Result<Vec<ImageListing>> {
         .into_iter()
         .map(|f| (f.digest.clone(), f))
         .collect();
-    let pinned = Pins::load(root)?.digests();
+    let pinned = crate::cache::pins::pinned_digests(root)?;
     let mut listing = Vec::new();
     for record in tag_records(root)? {
         let Ok(top) = record.digest.parse::<Digest>() else {
@@ -140,7 +140,7 @@ pub fn disk_usage(root: &Path) -> io::Result<DiskUsage> {
     let layout = Layout::create(root)?;
     let files = content_files(root)?;
     let sizes: HashMap<Digest, u64> = files.iter().map(|f| (f.digest.clone(), f.size)).collect();
-    let pinned = Pins::load(root)?.digests();
+    let pinned = crate::cache::pins::pinned_digests(root)?;
     let mut usage = DiskUsage::default();
     for file in &files {
         usage.total += file.size;
@@ -214,7 +214,7 @@ pub fn verify(root: &Path) -> io::Result<VerifyReport> {
 /// Deletes least recently used unpinned blobs until blob bytes are at most `target`.
 /// Returns (blobs removed, bytes removed).
 pub fn gc(root: &Path, target: u64) -> io::Result<(usize, u64)> {
-    let pinned = Pins::load(root)?.digests();
+    let pinned = crate::cache::pins::pinned_digests(root)?;
     let mut blobs: Vec<ContentFile> = content_files(root)?
         .into_iter()
         .filter(|f| !f.is_manifest)
@@ -264,7 +264,7 @@ pub fn remove_image(root: &Path, image: &ImageRef) -> io::Result<usize> {
             still_needed.extend(image_closure(&layout, &top));
         }
     }
-    let pinned = Pins::load(root)?.digests();
+    let pinned = crate::cache::pins::pinned_digests(root)?;
     let mut removed = 0;
     let tags = crate::cache::TagStore::new(layout.tags_dir());
     std::fs::remove_file(tags.path_of(&target.key()))?;

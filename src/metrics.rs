@@ -51,6 +51,12 @@ pub(crate) struct UpstreamLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct PinStateLabels {
+    /// `cached`, `fetching` or `failed`.
+    pub(crate) state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct StoreEventLabels {
     /// `hit`, `miss` or `error` for reads; `ok`, `failed` or `dropped` for uploads;
     /// `read` or `uploaded` for bytes.
@@ -82,6 +88,7 @@ pub struct Metrics {
     pub(crate) task_panics: Counter,
     pub(crate) provenance_confirmations: Counter,
     pub(crate) provenance_refusals: Counter,
+    pub(crate) pins: Family<PinStateLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -111,8 +118,14 @@ impl Default for Metrics {
             store_bytes: Family::default(),
             store_corrupt_objects: Counter::default(),
             store_breaker_open: Gauge::default(),
+            pins: Family::default(),
             registry: Registry::default(),
         };
+        registry.register(
+            "ferry_pins",
+            "Pinned images on this ferry by state (cached: every blob on this disk)",
+            metrics.pins.clone(),
+        );
         registry.register(
             "ferry_shared_store_reads",
             "Shared store reads by outcome (hit, miss, error)",

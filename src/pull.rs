@@ -6,6 +6,7 @@
 pub(crate) mod blob;
 pub(crate) mod manifest;
 pub(crate) mod passthrough;
+pub(crate) mod pinning;
 pub(crate) mod provenance;
 pub(crate) mod referrers;
 pub(crate) mod singleflight;

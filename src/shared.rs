@@ -4,6 +4,7 @@
 //! never fails a pull: it has a breaker of its own, and every read is verified by the caller.
 
 pub(crate) mod inventory;
+pub(crate) mod pin_set;
 
 use crate::oci::Digest;
 use crate::upstream::breaker::{Admission, Breaker, BreakerConfig, BreakerState, Transition};

@@ -18,6 +18,7 @@ mod fleet;
 mod hostile;
 mod link_faults;
 mod outage_modes;
+mod pins;
 mod properties;
 mod referrers;
 mod registries;

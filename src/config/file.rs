@@ -12,6 +12,7 @@ use super::{
     DEFAULT_HEADER_TIMEOUT, DEFAULT_MIN_TRANSFER_RATE, DEFAULT_RATE_WINDOW, DEFAULT_REFERRERS_TTL,
     DEFAULT_RETRY_BUDGET, DEFAULT_SHUTDOWN_GRACE, DEFAULT_TAG_TTL,
 };
+use crate::pins::{DEFAULT_PIN_KEEP, DEFAULT_PIN_REFRESH};
 use crate::pull::MAX_TAG_LIST_BYTES;
 use crate::upstream::breaker::BreakerConfig;
 use crate::upstream::memory_budget::DEFAULT_MEMORY_BUDGET_BYTES;
@@ -166,6 +167,19 @@ config_file_schema! {
     shared_store_answer_timeout: Option<String>,
     /// Answer blob GETs the store holds with a 307 to a presigned URL.
     blob_redirect: Option<bool> = BLOB_REDIRECT(SwitchKind = SwitchKind, default false),
+    /// Images kept on this ferry's own disk and following their tag, as `HOST/REPO:TAG` or
+    /// `HOST/REPO@sha256:...` (with a shared store, the fleet's pin set is in the store and
+    /// these are added on every replica that lists them).
+    pins: Option<Vec<String>>,
+    /// How often each pinned tag is re-resolved upstream with a HEAD, e.g. "5m".
+    pin_refresh: Option<String> = PIN_REFRESH(DurationKind = DurationKind(POSITIVE_DURATION), default DEFAULT_PIN_REFRESH),
+    /// Previous images of a moved pinned tag that stay pinned.
+    pin_keep: Option<u32> = PIN_KEEP(CountKind = CountKind { min: 0 }, default DEFAULT_PIN_KEEP),
+    /// Platforms kept of a pinned index, e.g. ["linux/amd64"] (default: every platform).
+    pin_platforms: Option<Vec<String>>,
+    /// Take the pin set from this upstream group (the AZ tier): its members' read-only
+    /// `/ferry/v1/pins`. A build host then holds what its AZ tier pins.
+    pins_from: Option<String>,
     #[serde(default, rename = "upstream")]
     upstreams: Vec<UpstreamFile>,
 }

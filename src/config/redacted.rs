@@ -6,8 +6,9 @@ use super::file::{
     BAD_SOURCE_SKIP, BLOB_REDIRECT, BODY_IDLE_TIMEOUT, BREAKER_COOLDOWN, BREAKER_MAX_COOLDOWN,
     BREAKER_THRESHOLD, CACHE_SIZE, CLIENT_HEADER_TIMEOUT, CLIENT_IDLE_TIMEOUT, CONNECT_TIMEOUT,
     ConfigFile, FAILOVER_ON_NOT_FOUND, HEADER_TIMEOUT, HEALTH_PROBE_INTERVAL, HEDGE_DELAY,
-    MAX_CONNECTIONS, MAX_CONNECTIONS_PER_CLIENT, MAX_STALE, MEMORY_BUDGET, OFFLINE, RATE_WINDOW,
-    REFERRERS_TTL, RETRY_BUDGET, SHUTDOWN_GRACE, STALL_FLOOR, STORE_TIMEOUT, TAG_TTL, UpstreamFile,
+    MAX_CONNECTIONS, MAX_CONNECTIONS_PER_CLIENT, MAX_STALE, MEMORY_BUDGET, OFFLINE, PIN_KEEP,
+    PIN_REFRESH, RATE_WINDOW, REFERRERS_TTL, RETRY_BUDGET, SHUTDOWN_GRACE, STALL_FLOOR,
+    STORE_TIMEOUT, TAG_TTL, UpstreamFile,
 };
 
 impl Config {
@@ -135,6 +136,11 @@ impl Config {
                 .as_ref()
                 .map(|d| d.patterns.iter().map(ToString::to_string).collect()),
             direct_registries_private_addresses: self.direct.as_ref().map(|d| d.private_addresses),
+            pins: (!self.pins.images.is_empty()).then(|| self.pins.images.clone()),
+            pin_refresh: PIN_REFRESH.render(&self.pins.refresh),
+            pin_keep: PIN_KEEP.render(&self.pins.keep),
+            pin_platforms: (!self.pins.platforms.is_empty()).then(|| self.pins.platforms.clone()),
+            pins_from: self.pins.from_group.clone(),
             upstreams,
         };
         toml::to_string_pretty(&file).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))

@@ -59,7 +59,10 @@ impl PullThrough {
         }
     }
 
-    async fn cached_manifest(&self, digest: &Digest) -> Result<Option<CachedManifest>, FerryError> {
+    pub(super) async fn cached_manifest(
+        &self,
+        digest: &Digest,
+    ) -> Result<Option<CachedManifest>, FerryError> {
         self.cache
             .manifest(digest)
             .await
@@ -133,7 +136,7 @@ impl PullThrough {
     }
 
     /// Uploads a manifest fetched from an upstream to the shared store (in the background).
-    fn share_manifest(&self, manifest: &CachedManifest) {
+    pub(super) fn share_manifest(&self, manifest: &CachedManifest) {
         if let Some(shared) = &self.shared {
             shared.upload_small_later(
                 shared.manifest_path(&manifest.digest),
@@ -145,7 +148,7 @@ impl PullThrough {
 
     /// A tag record from the shared store (another replica confirmed it), kept locally with
     /// its original confirmation time, so tag freshness rules apply to it unchanged.
-    async fn shared_tag(&self, key: &TagKey) -> Option<TagRecord> {
+    pub(super) async fn shared_tag(&self, key: &TagKey) -> Option<TagRecord> {
         let shared = self.shared.as_ref()?;
         let path = shared.tag_path(&key.registry, &key.repository, &key.tag);
         let StoreRead::Found((body, _)) = shared.get_small(&path, 64 * 1024).await else {
@@ -170,13 +173,13 @@ impl PullThrough {
 
     /// Stores a verified manifest. A cache failure is logged, not fatal: the client still
     /// gets the verified bytes.
-    async fn store_manifest(&self, manifest: &CachedManifest) {
+    pub(super) async fn store_manifest(&self, manifest: &CachedManifest) {
         if let Err(e) = self.cache.store_manifest(manifest).await {
             tracing::error!(digest = %manifest.digest, error = %e, "cache failure: could not store manifest");
         }
     }
 
-    fn tag_key(&self, registry: &str, name: &RepositoryName, tag: &Tag) -> TagKey {
+    pub(super) fn tag_key(&self, registry: &str, name: &RepositoryName, tag: &Tag) -> TagKey {
         TagKey {
             registry: registry.to_owned(),
             repository: name.as_str().to_owned(),
@@ -209,6 +212,9 @@ impl PullThrough {
         accept: &AcceptList,
     ) -> Result<ManifestAnswer, FerryError> {
         let key = self.tag_key(registry, name, tag);
+        if let Some(answer) = self.pinned_tag_answer(&key, accept).await? {
+            return Ok(answer);
+        }
         if self.settings.offline {
             return self.offline_tag(&key, name, tag, accept).await;
         }
@@ -372,7 +378,7 @@ impl PullThrough {
 
     /// Records that `upstream` just confirmed `key -> manifest`. The manifest is committed
     /// first, so a tag never points at a manifest the cache does not have.
-    async fn record_tag(&self, key: &TagKey, manifest: &CachedManifest, upstream: &str) {
+    pub(super) async fn record_tag(&self, key: &TagKey, manifest: &CachedManifest, upstream: &str) {
         let record = TagRecord {
             registry: key.registry.clone(),
             repository: key.repository.clone(),
@@ -398,7 +404,7 @@ impl PullThrough {
     }
 
     /// HEADs the tag on each upstream in order; returns the digest it now points at.
-    async fn head_tag(
+    pub(super) async fn head_tag(
         &self,
         upstreams: &Upstreams,
         name: &RepositoryName,
@@ -429,7 +435,7 @@ impl PullThrough {
     }
 
     /// GETs a manifest from the first upstream that returns verified bytes.
-    async fn fetch_manifest(
+    pub(super) async fn fetch_manifest(
         &self,
         upstreams: &Upstreams,
         name: &RepositoryName,

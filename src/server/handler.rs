@@ -127,7 +127,34 @@ async fn dispatch<B>(
         Route::TagList { name } => tag_list(call, name).await,
         Route::Referrers { name, subject } => referrers(call, name, subject).await,
         Route::Upload => unreachable_upload(),
+        Route::PinSet => Ok(pin_set(&call)),
     }
+}
+
+/// `GET /ferry/v1/pins`: the images this ferry pins, for build hosts that follow it
+/// (`pins_from`). A client limited to some registries sees only their pins.
+fn pin_set<B>(call: &Call<'_, B>) -> (Response<ResponseBody>, Source) {
+    let pins: Vec<serde_json::Value> = call
+        .pull
+        .cache
+        .pinned_images()
+        .into_iter()
+        .filter(|(registry, _)| {
+            call.client
+                .is_none_or(|client| client.auth.may_pull(&client.principal, registry))
+        })
+        .map(|(_, image)| serde_json::json!({ "image": image }))
+        .collect();
+    let body = serde_json::json!({ "pins": pins }).to_string();
+    let response = builder(StatusCode::OK)
+        .header(CONTENT_TYPE, "application/json")
+        .header(CONTENT_LENGTH, body.len())
+        .body(if call.head {
+            head_body()
+        } else {
+            full_body(body)
+        });
+    (or_500(response), Source::Cache)
 }
 
 /// `GET /v2/`: the API version check.

@@ -26,7 +26,12 @@ pub enum Route {
     },
     /// `/v2/<name>/blobs/uploads/...`: pushing, which a pull-through cache does not do.
     Upload,
+    /// `/ferry/v1/pins`: the images this ferry pins, read by build hosts (`pins_from`).
+    PinSet,
 }
+
+/// Where a ferry serves its pin set on the registry port (read-only), for `pins_from`.
+pub const PIN_SET_PATH: &str = "/ferry/v1/pins";
 
 impl Route {
     pub fn label(&self) -> &'static str {
@@ -37,11 +42,15 @@ impl Route {
             Route::TagList { .. } => "tags",
             Route::Referrers { .. } => "referrers",
             Route::Upload => "upload",
+            Route::PinSet => "pins",
         }
     }
 }
 
 pub fn parse(path: &str) -> Result<Route, FerryError> {
+    if path == PIN_SET_PATH {
+        return Ok(Route::PinSet);
+    }
     let Some(rest) = path.strip_prefix("/v2") else {
         return Err(unknown_endpoint(path));
     };
