@@ -20,7 +20,11 @@ fn ferry(args: &[&str], cache: &std::path::Path) -> std::process::Output {
 }
 
 /// A two-platform image: index -> 2 manifests -> config + layer each.
-fn put_multi_arch(registry: &FakeRegistry, repo: &str, seed: u64) -> Vec<ferry::oci::Digest> {
+pub(crate) fn put_multi_arch(
+    registry: &FakeRegistry,
+    repo: &str,
+    seed: u64,
+) -> Vec<ferry::oci::Digest> {
     let mut children = Vec::new();
     let mut all = Vec::new();
     for (i, arch) in ["amd64", "arm64"].iter().enumerate() {

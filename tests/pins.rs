@@ -160,15 +160,20 @@ fn fast_pins(c: &mut ferry::config::Config) {
     c.pins.refresh = Duration::from_secs(1);
 }
 
+/// A ferry in front of `registry` whose admin mutations need `TOKEN`.
+async fn proxy_with_admin_token(registry: &FakeRegistry) -> TestProxy {
+    TestProxy::start_with(&[registry], |c| {
+        fast_pins(c);
+        c.admin_token = Some(ferry::config::AdminToken(TOKEN.into()));
+    })
+    .await
+}
+
 #[tokio::test]
 async fn pins_are_made_listed_and_removed_through_the_admin_api_with_its_token() {
     let registry = FakeRegistry::start().await;
     let (manifest, layer, _) = put_image(&[&registry], "team/agent", "v1", 700);
-    let proxy = TestProxy::start_with(&[&registry], |c| {
-        fast_pins(c);
-        c.admin_token = Some(ferry::config::AdminToken(TOKEN.into()));
-    })
-    .await;
+    let proxy = proxy_with_admin_token(&registry).await;
     assert_eq!(pins(&proxy).await["pins"], serde_json::json!([]));
 
     // Mutations need the token and refuse what a web page can send; reads stay open.
@@ -262,11 +267,7 @@ async fn pins_are_made_listed_and_removed_through_the_admin_api_with_its_token()
 async fn the_pin_command_adds_waits_lists_and_removes() {
     let registry = FakeRegistry::start().await;
     let (manifest, layer, _) = put_image(&[&registry], "team/agent", "v2", 705);
-    let proxy = TestProxy::start_with(&[&registry], |c| {
-        fast_pins(c);
-        c.admin_token = Some(ferry::config::AdminToken(TOKEN.into()));
-    })
-    .await;
+    let proxy = proxy_with_admin_token(&registry).await;
     let server = admin_url(&proxy, "");
     let token_file = proxy.cache_dir.path().join("admin-token");
     std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
@@ -590,5 +591,44 @@ async fn a_build_host_holds_what_its_az_tier_pins_and_survives_an_az_outage() {
     assert!(
         pin_of(&host, "docker.io/team/agent:v1").await.is_some(),
         "an unreachable AZ tier keeps its last known pins"
+    );
+}
+
+#[tokio::test]
+async fn a_pin_keeps_the_configured_platforms_and_a_digest_pin_holds_its_image() {
+    let registry = FakeRegistry::start().await;
+    // [index, amd64 manifest, config, layer, arm64 manifest, config, layer]
+    let multi = crate::cache_tools::put_multi_arch(&registry, "team/multi", 750);
+    let (single, single_layer, _) = put_image(&[&registry], "team/app", "v1", 751);
+    let proxy = TestProxy::start_with(&[&registry], |c| {
+        fast_pins(c);
+        c.pins.platforms = vec!["linux/amd64".into()];
+    })
+    .await;
+    assert_eq!(pin(&proxy, "team/multi:v1", None).await.0, 201);
+    let held = wait_cached(&proxy, "docker.io/team/multi:v1", &multi[0]).await;
+    assert_eq!(
+        held["digests_held"], 4,
+        "the index and the amd64 image: {held}"
+    );
+    assert!(blob_on_disk(proxy.cache_dir.path(), &multi[3]));
+    assert!(
+        !blob_on_disk(proxy.cache_dir.path(), &multi[6]),
+        "arm64 is not a configured platform"
+    );
+
+    let by_digest = format!("docker.io/team/app@{single}");
+    assert_eq!(pin(&proxy, &by_digest, None).await.0, 201);
+    let held = wait_cached(&proxy, &by_digest, &single).await;
+    assert!(blob_on_disk(proxy.cache_dir.path(), &single_layer));
+    assert_eq!(
+        held["last_confirmed"],
+        serde_json::Value::Null,
+        "a digest needs no confirmation"
+    );
+    assert_eq!(
+        registry.hits_with(reqwest::Method::HEAD, "team/app/manifests"),
+        0,
+        "a digest pin is never re-resolved"
     );
 }

@@ -36,7 +36,7 @@ docker_registries_up() {
 }
 docker_push_images() { # images under Docker Hub names; expectations from the registries in $T/expect/d-*.json
   local reg img
-  python3 "$HERE/mkimages.py" "$DK/layout" --no-big --extra 5 >/dev/null
+  python3 "$HERE/mkimages.py" "$DK/layout" --no-big --extra 7 >/dev/null
   dpush() { sk copy -q --dest-tls-verify=false "$@"; }
   for reg in "127.0.0.1:$DR1" "127.0.0.1:$DR2"; do
     dpush --preserve-digests "oci:$DK/layout:small" "docker://$reg/library/small:latest"
@@ -44,6 +44,7 @@ docker_push_images() { # images under Docker Hub names; expectations from the re
     dpush --preserve-digests "oci:$DK/layout:extra-1" "docker://$reg/library/late:latest"
     dpush --preserve-digests "oci:$DK/layout:extra-2" "docker://$reg/library/never:latest"
     dpush --preserve-digests "oci:$DK/layout:extra-4" "docker://$reg/org/app:v1"
+    dpush --preserve-digests "oci:$DK/layout:extra-6" "docker://$reg/library/agent:latest" # pinned; moves later
   done
   dpush --preserve-digests "oci:$DK/layout:extra-3" "docker://127.0.0.1:$DR2/library/only2:latest"
   dpush --preserve-digests "oci:$DK/layout:extra-5" "docker://127.0.0.1:$DRG/org/app:v1" # ghcr.io's org/app
@@ -57,6 +58,7 @@ docker_push_images() { # images under Docker Hub names; expectations from the re
   for img in small multi small-v2s2 multi-v2s2 late never; do
     python3 "$HERE/ocitool.py" closure "http://127.0.0.1:$DR1" "library/$img" latest >"$(expect_file "d-$img")"
   done
+  python3 "$HERE/ocitool.py" closure "http://127.0.0.1:$DR1" library/agent latest >"$(expect_file d-agent-1)"
   python3 "$HERE/ocitool.py" closure "http://127.0.0.1:$DR2" library/only2 latest >"$(expect_file d-only2)"
   python3 "$HERE/ocitool.py" closure "http://127.0.0.1:$DR1" org/app v1 >"$(expect_file d-app-hub)"
   python3 "$HERE/ocitool.py" closure "http://127.0.0.1:$DRG" org/app v1 >"$(expect_file d-app-ghcr)"
@@ -72,8 +74,9 @@ last_passed && check "images under Docker Hub names pushed (OCI, OCI index, sche
   docker_push_images
 if ! last_passed; then stop_bg docker-ghcr; stop_bg docker-secondary; stop_bg docker-primary; return 0; fi
 
+printf 'pin_refresh = "2s"\n' >"$DK/ferry-pins.toml" # the pinned agent image follows its tag quickly
 start_ferry ferry-docker "$PD" "$DK/cache" "http://127.0.0.1:$DR1" "http://127.0.0.1:$DR2" \
-  "ghcr.io=http://127.0.0.1:$DRG"
+  "ghcr.io=http://127.0.0.1:$DRG" --config "$DK/ferry-pins.toml"
 docker_tls_ip
 FDT=$DIP:$PDT
 make_ca_cert "$DK/tls" dk "IP:$DIP" || true # checked by the TLS ferry's start
@@ -169,6 +172,34 @@ ghcr_routed() {
 }
 check "ferry routed the /v2/ghcr.io/... requests to ghcr.io's upstream" ghcr_routed
 
+# --- a pinned agent image that follows its tag (served later with every registry stopped) -------------------
+FERRY_ADMIN=http://127.0.0.1:$((PD + 1000))
+pin_agent() { "$FERRY_BIN" pin add agent:latest --server "$FERRY_ADMIN" --wait --timeout 60s; }
+check "ferry pin add agent:latest --wait: the agent image is on ferry's disk" pin_agent
+check "docker pull agent (pinned): id = config digest" dk_pull agent d-agent-1
+move_agent_tag() {
+  local reg
+  for reg in "127.0.0.1:$DR1" "127.0.0.1:$DR2"; do
+    sk copy -q --dest-tls-verify=false --preserve-digests "oci:$DK/layout:extra-7" \
+      "docker://$reg/library/agent:latest" || return 1
+  done
+  python3 "$HERE/ocitool.py" closure "http://127.0.0.1:$DR1" library/agent latest >"$(expect_file d-agent-2)"
+  echo "agent:latest moved from $(expect_digest d-agent-1) to $(expect_digest d-agent-2)"
+  [[ $(expect_digest d-agent-1) != "$(expect_digest d-agent-2)" ]]
+}
+check "a release moves library/agent:latest on both registries" move_agent_tag
+pin_followed() {
+  local want i pin; want=$(expect_digest d-agent-2)
+  for i in $(seq 1 60); do
+    pin=$("$FERRY_BIN" pin ls --json --server "$FERRY_ADMIN" |
+      jq -c '.pins[] | select(.image == "docker.io/library/agent:latest") | {digest, state, previous}')
+    [[ $(jq -r .digest <<<"$pin") == "$want" && $(jq -r .state <<<"$pin") == cached ]] && { echo "$pin"; return 0; }
+    sleep 1
+  done
+  echo "after 60 s: $pin"; return 1
+}
+check "ferry's pin followed the tag: the new agent image is on its disk (ferry pin ls)" pin_followed
+
 # --- TLS ferry with client authentication: docker login, certs.d CA -----------------------------------------
 DK_CERTS_ROOT_NEW=; [[ -d /etc/docker/certs.d ]] || DK_CERTS_ROOT_NEW=1
 dk_login() { dk login -u "$1" --password-stdin "$FDT" <<<"$2"; }
@@ -245,6 +276,10 @@ served_from_cache() { # served_from_cache MARK EXPECT REPO: since MARK, ferry an
   done < <(jq -r '.blobs[]' "$(expect_file "$2")")
 }
 check "both down: ferry answered the tag (stale) and every blob from its cache" served_from_cache "$m" d-small library/small
+check "both down, after the tag moved: docker pull agent (pinned) gets the new image from ferry's disk" \
+  dk_repull agent d-agent-2
+check "both down: ferry answered agent's tag and every blob from its cache" served_from_cache "$m" d-agent-2 \
+  library/agent
 check "both down: docker pull multi (OCI index) from ferry's cache" dk_pull multi d-multi "$DK_PLATFORM"
 check "both down: docker pull $FD/ghcr.io/org/app:v1 from ferry's cache" dk_pull "$FD/ghcr.io/org/app:v1" d-app-ghcr
 check_fails "both down: docker pull never (never pulled) fails: dockerd has no other way to it" dk pull never
