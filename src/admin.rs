@@ -14,7 +14,7 @@ use http::{Method, Request, Response, StatusCode};
 use std::sync::Arc;
 
 /// Who may use the admin API: the Host names it answers to besides addresses and
-/// localhost, and the token drain and undrain require, if one is set.
+/// localhost, and the token its mutations (drain, undrain, pins) require, if one is set.
 #[derive(Default)]
 pub(crate) struct AdminAccess {
     pub(crate) hosts: Vec<String>,

@@ -69,7 +69,7 @@ pub struct Config {
     pub admin_listen: Option<SocketAddr>,
     /// Host names (besides addresses and localhost) the admin API answers to.
     pub admin_hosts: Vec<String>,
-    /// Token required by the admin API's drain and undrain (`admin_token_file`, or the
+    /// Token required by the admin API's mutations (drain, undrain, pins) (`admin_token_file`, or the
     /// `FERRY_ADMIN_TOKEN` variable, read by `app::config_files`); `None` = no token.
     pub admin_token: Option<AdminToken>,
     /// TLS certificate chain and key (PEM) for the registry listener; `None` = plain HTTP.

@@ -218,74 +218,84 @@ impl PinKeeper {
     /// Reads the pin set from where it lives: the config, then this ferry's own pins or the
     /// store's, then the AZ tier's; a source that fails keeps its last known pins.
     async fn reload_set(&self) {
-        let last_known = self.lock().file.set.clone();
-        let kept = |origin: PinOrigin| {
-            last_known
-                .iter()
-                .filter(move |(_, entry)| entry.origin == origin)
-                .map(|(image, entry)| (image.clone(), entry.clone()))
+        let from_group = match &self.group {
+            None => None,
+            Some(group) => Some(group.fetch().await.inspect_err(|e| {
+                tracing::warn!(error = %e, "keeping the last known pins of the AZ tier");
+            })),
         };
-        let mut set: BTreeMap<String, PinEntry> = BTreeMap::new();
-        if let Some(group) = &self.group {
-            match group.fetch().await {
-                Ok(images) => {
-                    for image in images {
-                        match self.parse(&image) {
-                            Ok(image) => {
-                                set.insert(image.to_string(), entry(PinOrigin::Group));
-                            }
-                            Err(e) => tracing::warn!(error = %e, "ignoring a pin of the AZ tier"),
-                        }
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "keeping the last known pins of the AZ tier");
-                    set.extend(kept(PinOrigin::Group));
-                }
-            }
-        }
-        match &self.home {
-            SetHome::Local => set.extend(kept(PinOrigin::Api)),
-            SetHome::Store(store) => match store.pin_set().await {
-                Ok(pins) => {
-                    for pin in pins {
-                        match self.parse(&pin.image) {
-                            Ok(image) => {
-                                set.insert(
-                                    image.to_string(),
-                                    PinEntry {
-                                        origin: PinOrigin::Store,
-                                        added_unix_ms: pin.added_unix_ms,
-                                    },
-                                );
-                            }
-                            Err(e) => {
-                                tracing::warn!(error = %e, "ignoring a pin in the shared store")
-                            }
-                        }
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "keeping the last known pins of the shared store");
-                    set.extend(kept(PinOrigin::Store));
-                }
-            },
-        }
-        for image in &self.settings.images {
-            match self.parse(image) {
+        let from_store = match &self.home {
+            SetHome::Local => None,
+            SetHome::Store(store) => Some(store.pin_set().await.inspect_err(|e| {
+                tracing::warn!(error = %e, "keeping the last known pins of the shared store");
+            })),
+        };
+        self.update_set(|current| {
+            let mut set = BTreeMap::new();
+            let mut add = |image: &str, origin: PinOrigin, added: Option<u64>| match self
+                .parse(image)
+            {
                 Ok(image) => {
-                    set.insert(image.to_string(), entry(PinOrigin::Config));
+                    let image = image.to_string();
+                    let added_unix_ms = added
+                        .or_else(|| current.get(&image).map(|entry| entry.added_unix_ms))
+                        .unwrap_or_else(|| unix_ms(SystemTime::now()));
+                    set.insert(
+                        image,
+                        PinEntry {
+                            origin,
+                            added_unix_ms,
+                        },
+                    );
                 }
-                Err(e) => tracing::error!(error = %e, "ignoring a pin of the config file"),
+                Err(e) => tracing::warn!(error = %e, origin = origin.as_str(), "ignoring a pin"),
+            };
+            let kept: Vec<(&String, &PinEntry)> = current.iter().collect();
+            match &from_group {
+                Some(Ok(images)) => images
+                    .iter()
+                    .for_each(|image| add(image, PinOrigin::Group, None)),
+                Some(Err(_)) => kept
+                    .iter()
+                    .filter(|(_, entry)| entry.origin == PinOrigin::Group)
+                    .for_each(|(image, entry)| {
+                        add(image, PinOrigin::Group, Some(entry.added_unix_ms))
+                    }),
+                None => {}
             }
-        }
-        self.replace_set(set);
+            match &from_store {
+                Some(Ok(pins)) => pins
+                    .iter()
+                    .for_each(|pin| add(&pin.image, PinOrigin::Store, Some(pin.added_unix_ms))),
+                Some(Err(_)) => kept
+                    .iter()
+                    .filter(|(_, entry)| entry.origin == PinOrigin::Store)
+                    .for_each(|(image, entry)| {
+                        add(image, PinOrigin::Store, Some(entry.added_unix_ms))
+                    }),
+                None => kept
+                    .iter()
+                    .filter(|(_, entry)| entry.origin == PinOrigin::Api)
+                    .for_each(|(image, entry)| {
+                        add(image, PinOrigin::Api, Some(entry.added_unix_ms))
+                    }),
+            }
+            for image in &self.settings.images {
+                add(image, PinOrigin::Config, None);
+            }
+            set
+        });
     }
 
-    /// Makes `set` the pin set: pins no longer in it are released.
-    fn replace_set(&self, set: BTreeMap<String, PinEntry>) {
+    /// Replaces the pin set with what `change` makes of it, under the lock (so an API call
+    /// and a reload never lose each other's change); pins no longer in it are released.
+    fn update_set(
+        &self,
+        change: impl FnOnce(&BTreeMap<String, PinEntry>) -> BTreeMap<String, PinEntry>,
+    ) {
         let changed = {
             let mut state = self.lock();
+            let set = change(&state.file.set);
             if state.file.set == set {
                 false
             } else {
@@ -506,6 +516,9 @@ impl PinKeeper {
         }
         {
             let mut state = self.lock();
+            if !state.file.set.contains_key(key) {
+                return; // unpinned while its image was fetched
+            }
             let keep = self.settings.keep as usize;
             let record = state.file.records.entry(key.to_owned()).or_default();
             if let Some(old) = record.current.replace(held(contents))
@@ -623,9 +636,11 @@ impl PinKeeper {
             }
             SetHome::Local => PinOrigin::Api,
         };
-        let mut set = self.lock().file.set.clone();
-        set.insert(key.clone(), entry(origin));
-        self.replace_set(set);
+        self.update_set(|current| {
+            let mut set = current.clone();
+            set.insert(key.clone(), entry(origin));
+            set
+        });
         if let SetHome::Local = self.home {
             self.saved()?;
         }
@@ -661,9 +676,11 @@ impl PinKeeper {
             }
             store.delete_pin(&key).await?;
         }
-        let mut set = self.lock().file.set.clone();
-        set.remove(&key);
-        self.replace_set(set);
+        self.update_set(|current| {
+            let mut set = current.clone();
+            set.remove(&key);
+            set
+        });
         if let SetHome::Local = self.home {
             self.saved()?;
         }

@@ -113,7 +113,7 @@ config_file_schema! {
     /// Host names the admin API answers to besides IP addresses and localhost (e.g. a
     /// Kubernetes Service name used by a scraper).
     admin_hosts: Option<Vec<String>>,
-    /// A file holding a token the admin API's mutating endpoints (drain, undrain) require
+    /// A file holding a token the admin API's mutating endpoints (drain, undrain, pins) require
     /// as `Authorization: Bearer <token>` (also `FERRY_ADMIN_TOKEN`). Reads stay open.
     admin_token_file: Option<String>,
     /// How long in-flight responses may run after SIGTERM.
