@@ -147,6 +147,8 @@ pub(crate) struct PinKeeper {
     group: Option<GroupPins>,
     state: Mutex<KeeperState>,
     wake: tokio::sync::Notify,
+    /// What was last handed to the cache (re-applying an unchanged holding walks the index).
+    published: Mutex<Option<FollowedHolding>>,
 }
 
 impl PinKeeper {
@@ -180,6 +182,7 @@ impl PinKeeper {
             group,
             state: Mutex::new(KeeperState { file, live }),
             wake: tokio::sync::Notify::new(),
+            published: Mutex::new(None),
         });
         keeper.publish();
         keeper
@@ -571,6 +574,8 @@ impl PinKeeper {
     /// Tells the cache what is held: every digest of every held and pending image, and the
     /// digest each pinned tag is served as.
     fn publish(&self) {
+        // Held while the holding is computed and applied, so two publishes apply in order.
+        let mut published = self.published.lock().unwrap_or_else(|e| e.into_inner());
         let holding = {
             let state = self.lock();
             let mut digests: HashSet<Digest> = state.file.digests();
@@ -608,7 +613,10 @@ impl PinKeeper {
                 images,
             }
         };
-        self.pull.cache.hold_followed_pins(holding);
+        if published.as_ref() != Some(&holding) {
+            self.pull.cache.hold_followed_pins(holding.clone());
+            *published = Some(holding);
+        }
     }
 
     /// Pins `input` (the API's `POST /admin/pins`): in the shared store when there is one,

@@ -171,7 +171,7 @@ pub(crate) fn pinned_digests(root: &Path) -> io::Result<HashSet<Digest>> {
 
 /// What the pin keeper holds now: digests the bound must keep, and the digest each pinned
 /// tag is served as (a pinned tag moves only when the keeper has its new image on disk).
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub(crate) struct FollowedHolding {
     pub(crate) digests: HashSet<Digest>,
     pub(crate) tags: HashMap<super::TagKey, Digest>,
