@@ -41,11 +41,6 @@ pub enum StartError {
     Tls(#[source] crate::server::tls::TlsError),
     #[error("cannot set up the shared store: {0}")]
     SharedStore(#[source] crate::shared::StoreError),
-    #[error("cannot set up the HTTP client that reads the pins of group {group:?}: {source}")]
-    PinsFrom {
-        group: String,
-        source: reqwest::Error,
-    },
 }
 
 /// A running ferry. Dropping it does not stop the server; call `shutdown`.
@@ -127,7 +122,7 @@ pub async fn start_with_shutdown(
 ) -> Result<RunningServer, StartError> {
     let tasks = Arc::new(TaskSupervisor::default());
     let pull = pull_through(&config, &tasks)?;
-    let pins = pin_keeper(&config, &pull)?;
+    let pins = pin_keeper(&config, &pull);
     let (listener, addr) = bind(config.listen, Listener::Registry).await?;
     let admin = match config.admin_listen {
         Some(admin_addr) => Some(bind(admin_addr, Listener::Admin).await?),
@@ -259,26 +254,18 @@ fn tls_with_reloads(
 }
 
 /// The keeper of pins that follow their tag, with the AZ group it reads pins from.
-fn pin_keeper(config: &Config, pull: &Arc<PullThrough>) -> Result<Arc<PinKeeper>, StartError> {
-    let group = match &config.pins.from_group {
-        None => None,
-        Some(group) => {
-            let members = config
-                .upstreams
-                .iter()
-                .filter(|u| u.group.as_deref() == Some(group.as_str()))
-                .map(|u| (u.url.clone(), u.credentials.clone()))
-                .collect();
-            let pins = crate::pins::from_group::GroupPins::new(group.clone(), members).map_err(
-                |source| StartError::PinsFrom {
-                    group: group.clone(),
-                    source,
-                },
-            )?;
-            Some(pins)
-        }
-    };
-    Ok(PinKeeper::new(pull.clone(), config.pins.clone(), group))
+fn pin_keeper(config: &Config, pull: &Arc<PullThrough>) -> Arc<PinKeeper> {
+    let group = config.pins.from_group.as_ref().map(|group| {
+        let members = pull
+            .registries
+            .all()
+            .into_iter()
+            .flat_map(|(_, upstreams)| upstreams.clients().to_vec())
+            .filter(|client| client.config().group.as_deref() == Some(group.as_str()))
+            .collect();
+        crate::pins::from_group::GroupPins::new(group.clone(), members)
+    });
+    PinKeeper::new(pull.clone(), config.pins.clone(), group)
 }
 
 /// The admin API's listener (a short grace period: its answers are small).

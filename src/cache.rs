@@ -246,8 +246,9 @@ impl<E: ContentError> Cache<E> {
         holding.followed.tags.get(key).cloned()
     }
 
-    /// The images the pin keeper holds (for the fleet's read-only pin list).
-    pub(crate) fn pinned_images(&self) -> Vec<(String, String)> {
+    /// The images the pin keeper holds (for the fleet's read-only pin list); `None` until
+    /// the keeper knows its pin set.
+    pub(crate) fn pinned_images(&self) -> Option<Vec<(String, String)>> {
         let holding = self.pins.read().unwrap_or_else(|e| e.into_inner());
         holding.followed.images.clone()
     }

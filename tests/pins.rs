@@ -632,3 +632,111 @@ async fn a_pin_keeps_the_configured_platforms_and_a_digest_pin_holds_its_image()
         "a digest pin is never re-resolved"
     );
 }
+
+/// A shared-store setting for a store nothing listens at (connections refused at once).
+fn dead_store() -> ferry::shared::SharedStoreConfig {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    ferry::shared::SharedStoreConfig {
+        url: "s3://ferry/pins".into(),
+        bucket: "ferry".into(),
+        prefix: "pins".into(),
+        endpoint: Some(format!("http://127.0.0.1:{port}")),
+        region: Some("garage".into()),
+        access_key_id: Some("GK0000".into()),
+        secret_access_key: Some("secret".into()),
+        request_timeout: Duration::from_secs(2),
+        answer_timeout: Duration::from_secs(2),
+        blob_redirect: false,
+    }
+}
+
+#[tokio::test]
+async fn a_replica_that_cannot_read_the_fleets_pins_says_so_rather_than_listing_none() {
+    let registry = FakeRegistry::start().await;
+    let proxy = TestProxy::start_with(&[&registry], |c| {
+        fast_pins(c);
+        c.shared_store = Some(dead_store());
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Its hosts would let go of every pin on an empty list: 503 until the set is known.
+    let listed = client()
+        .get(proxy.url("/ferry/v1/pins"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(listed.status(), 503);
+    // Pinning needs the store: the store's failure, not the client's.
+    let (status, body) = pin(&proxy, "team/agent:v1", None).await;
+    assert_eq!(
+        (status, body["errors"][0]["code"].as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("UNAVAILABLE")),
+        "{body}"
+    );
+    assert_eq!(pins(&proxy).await["pins"], serde_json::json!([]));
+}
+
+#[tokio::test]
+async fn a_pin_whose_new_image_cannot_be_fetched_stays_failed_and_alerts() {
+    let registry = FakeRegistry::start().await;
+    let (first, _, _) = put_image(&[&registry], "team/agent", "v1", 760);
+    // A refresh long enough that the retries (from 5 s) come between two HEADs.
+    let proxy = TestProxy::start_with(&[&registry], |c| {
+        c.pins.refresh = Duration::from_secs(12);
+    })
+    .await;
+    let image = "docker.io/team/agent:v1";
+    assert_eq!(pin(&proxy, image, None).await.0, 201);
+    wait_cached(&proxy, image, &first).await;
+    let (second, second_layer, _) = put_image(&[&registry], "team/agent", "v1", 761);
+    registry.fault(&second_layer.to_string(), Fault::Status(503));
+    let second = second.to_string();
+    wait_for_pin(&proxy, image, "a failed move", |pin| {
+        pin["next"]["digest"] == second.as_str() && pin["next"]["state"] == "failed"
+    })
+    .await;
+    // Past the first retry (5 s), before the next HEAD: the retry was of the new image,
+    // which still fails; the pin still says so, and counts as failed for the alert.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let pin = pin_of(&proxy, image).await.unwrap();
+    assert_eq!(pin["next"]["state"], "failed", "{pin}");
+    assert!(
+        pin["next"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains(&second_layer.to_string()),
+        "{pin}"
+    );
+    assert_eq!(
+        pin["digest"],
+        first.to_string(),
+        "the held image is still served"
+    );
+    let metrics = crate::support::get_body(admin_url(&proxy, "/metrics")).await;
+    let metrics = String::from_utf8_lossy(&metrics);
+    assert!(
+        metrics.contains("ferry_pins{state=\"failed\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn an_unreadable_pin_file_is_moved_aside_not_overwritten() {
+    let registry = FakeRegistry::start().await;
+    let cache = tempfile::tempdir().unwrap();
+    std::fs::write(cache.path().join("followed-pins.json"), b"{not json").unwrap();
+    let proxy = TestProxy::start_urls(&[registry.url()], cache, fast_pins).await;
+    assert_eq!(pins(&proxy).await["pins"], serde_json::json!([]));
+    let aside: Vec<String> = std::fs::read_dir(proxy.cache_dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with("followed-pins.json.unreadable-"))
+        .collect();
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    let kept = std::fs::read(proxy.cache_dir.path().join(&aside[0])).unwrap();
+    assert_eq!(kept, b"{not json");
+}

@@ -176,8 +176,8 @@ pub(crate) struct FollowedHolding {
     pub(crate) digests: HashSet<Digest>,
     pub(crate) tags: HashMap<super::TagKey, Digest>,
     /// The pinned images as (registry, `HOST/REPO:TAG` or `HOST/REPO@digest`), for the
-    /// fleet's read-only pin list.
-    pub(crate) images: Vec<(String, String)>,
+    /// fleet's read-only pin list; `None` until the pin set is known.
+    pub(crate) images: Option<Vec<(String, String)>>,
 }
 
 /// Pins as the running cache applies them: `pins.json`'s digests and the keeper's holding.

@@ -376,9 +376,28 @@ impl PullThrough {
         }
     }
 
-    /// Records that `upstream` just confirmed `key -> manifest`. The manifest is committed
-    /// first, so a tag never points at a manifest the cache does not have.
+    /// Records that `upstream` just confirmed `key -> manifest`, unless the tag is pinned to
+    /// another digest here: a pinned tag moves only when the pin keeper has the new image on
+    /// disk (a client whose `Accept` ruled out the pinned manifest may still be answered).
     pub(super) async fn record_tag(&self, key: &TagKey, manifest: &CachedManifest, upstream: &str) {
+        if self
+            .cache
+            .pinned_tag(key)
+            .is_some_and(|pinned| pinned != manifest.digest)
+        {
+            return;
+        }
+        self.write_tag_record(key, manifest, upstream).await;
+    }
+
+    /// Writes the tag's record (and shares it through the store). The manifest is committed
+    /// first, so a tag never points at a manifest the cache does not have.
+    pub(super) async fn write_tag_record(
+        &self,
+        key: &TagKey,
+        manifest: &CachedManifest,
+        upstream: &str,
+    ) {
         let record = TagRecord {
             registry: key.registry.clone(),
             repository: key.repository.clone(),

@@ -65,9 +65,15 @@ impl PullThrough {
         let Some(digest) = self.cache.pinned_tag(key) else {
             return Ok(None);
         };
-        Ok(self
-            .cached_manifest(&digest)
-            .await?
+        let manifest = match self.cached_manifest(&digest).await {
+            Ok(manifest) => manifest,
+            Err(e) => {
+                // The usual flow (the tag record, the upstreams) may still answer.
+                tracing::warn!(%digest, error = %e, "cannot read a pinned manifest; answering the tag the usual way");
+                None
+            }
+        };
+        Ok(manifest
             .filter(|manifest| accept.accepts(&manifest.media_type))
             .map(|manifest| ManifestAnswer {
                 manifest,
@@ -191,6 +197,6 @@ impl PullThrough {
         upstream: &str,
     ) {
         let key = self.tag_key(registry, name, tag);
-        self.record_tag(&key, manifest, upstream).await;
+        self.write_tag_record(&key, manifest, upstream).await;
     }
 }

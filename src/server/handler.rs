@@ -127,17 +127,25 @@ async fn dispatch<B>(
         Route::TagList { name } => tag_list(call, name).await,
         Route::Referrers { name, subject } => referrers(call, name, subject).await,
         Route::Upload => unreachable_upload(),
-        Route::PinSet => Ok(pin_set(&call)),
+        Route::PinSet => pin_set(&call),
     }
 }
 
 /// `GET /ferry/v1/pins`: the images this ferry pins, for build hosts that follow it
-/// (`pins_from`). A client limited to some registries sees only their pins.
-fn pin_set<B>(call: &Call<'_, B>) -> (Response<ResponseBody>, Source) {
-    let pins: Vec<serde_json::Value> = call
-        .pull
-        .cache
-        .pinned_images()
+/// (`pins_from`). A client limited to some registries sees only their pins. Until this ferry
+/// knows its pin set, 503: an empty list would make its hosts let go of their pins.
+fn pin_set<B>(call: &Call<'_, B>) -> Answer {
+    let Some(images) = call.pull.cache.pinned_images() else {
+        // Not the client's mistake, nor a failure: this ferry is still starting.
+        let body = ErrorCode::Unavailable.body("this ferry has not read its pin set yet");
+        let response = builder(StatusCode::SERVICE_UNAVAILABLE)
+            .header(CONTENT_TYPE, "application/json")
+            .header(http::header::RETRY_AFTER, 5)
+            .header(CONTENT_LENGTH, body.len())
+            .body(full_body(body));
+        return Ok((or_500(response), Source::Cache));
+    };
+    let pins: Vec<serde_json::Value> = images
         .into_iter()
         .filter(|(registry, _)| {
             call.client
@@ -154,7 +162,7 @@ fn pin_set<B>(call: &Call<'_, B>) -> (Response<ResponseBody>, Source) {
         } else {
             full_body(body)
         });
-    (or_500(response), Source::Cache)
+    Ok((or_500(response), Source::Cache))
 }
 
 /// `GET /v2/`: the API version check.

@@ -19,6 +19,8 @@ pub(crate) struct StoredPin {
 const MAX_PIN_OBJECT_BYTES: u64 = 8 * 1024;
 /// At most this many pins are read from the store.
 const MAX_PINS: usize = 10_000;
+/// Pin objects read at once.
+const PIN_READS_AT_ONCE: usize = 8;
 
 impl SharedStore {
     fn pin_path(&self, image: &str) -> ObjectPath {
@@ -26,42 +28,64 @@ impl SharedStore {
         self.path(&format!("pins/{}.json", digest.hex()))
     }
 
-    /// Every pin in the store. Unlike content reads this ignores the breaker: it is the
-    /// keeper's periodic read, and its failure keeps the last known set.
+    /// Every pin in the store: the listing, then the pins read a few at a time, each read
+    /// bounded by the request timeout. Unlike content reads this ignores the breaker: it is
+    /// the keeper's periodic read, and its failure keeps the last known set.
     pub(crate) async fn pin_set(&self) -> Result<Vec<StoredPin>, StoreError> {
-        let within = self.config.request_timeout * 3;
-        tokio::time::timeout(within, self.read_pin_set())
+        let timeout = self.config.request_timeout;
+        let listing = tokio::time::timeout(timeout * 3, self.list_pins())
             .await
-            .unwrap_or(Err(StoreError::Idle(within)))
+            .unwrap_or(Err(StoreError::Idle(timeout * 3)))?;
+        let reads = futures_util::stream::iter(listing)
+            .map(|meta| async move {
+                tokio::time::timeout(timeout, self.read_pin(meta))
+                    .await
+                    .unwrap_or(Err(StoreError::Idle(timeout)))
+            })
+            .buffer_unordered(PIN_READS_AT_ONCE);
+        let read: Vec<Result<Option<StoredPin>, StoreError>> = reads.collect().await;
+        let mut pins = Vec::new();
+        for pin in read {
+            pins.extend(pin?);
+        }
+        Ok(pins)
     }
 
-    async fn read_pin_set(&self) -> Result<Vec<StoredPin>, StoreError> {
+    async fn list_pins(&self) -> Result<Vec<object_store::ObjectMeta>, StoreError> {
         let prefix = self.path("pins");
         let mut listing = self.store.list(Some(&prefix));
-        let mut pins = Vec::new();
+        let mut objects = Vec::new();
         while let Some(meta) = listing.next().await {
             let meta = meta.map_err(|e| StoreError::store("listing pins/", e))?;
-            if meta.size > MAX_PIN_OBJECT_BYTES || pins.len() >= MAX_PINS {
+            if meta.size > MAX_PIN_OBJECT_BYTES || objects.len() >= MAX_PINS {
                 tracing::warn!(object = %meta.location, size = meta.size, "ignoring an object under pins/ that is not a pin");
                 continue;
             }
-            let body = match self.store.get(&meta.location).await {
-                Ok(result) => result
-                    .bytes()
-                    .await
-                    .map_err(|e| StoreError::store("reading a pin", e))?,
-                // Unpinned between the listing and the read.
-                Err(object_store::Error::NotFound { .. }) => continue,
-                Err(e) => return Err(StoreError::store("reading a pin", e)),
-            };
-            match serde_json::from_slice::<StoredPin>(&body) {
-                Ok(pin) if self.pin_path(&pin.image) == meta.location => pins.push(pin),
-                _ => {
-                    tracing::warn!(object = %meta.location, "ignoring an object under pins/ that is not a pin")
-                }
+            objects.push(meta);
+        }
+        Ok(objects)
+    }
+
+    /// One pin object; `None` when it is gone (unpinned since the listing) or not a pin.
+    async fn read_pin(
+        &self,
+        meta: object_store::ObjectMeta,
+    ) -> Result<Option<StoredPin>, StoreError> {
+        let body = match self.store.get(&meta.location).await {
+            Ok(result) => result
+                .bytes()
+                .await
+                .map_err(|e| StoreError::store("reading a pin", e))?,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(StoreError::store("reading a pin", e)),
+        };
+        match serde_json::from_slice::<StoredPin>(&body) {
+            Ok(pin) if self.pin_path(&pin.image) == meta.location => Ok(Some(pin)),
+            _ => {
+                tracing::warn!(object = %meta.location, "ignoring an object under pins/ that is not a pin");
+                Ok(None)
             }
         }
-        Ok(pins)
     }
 
     /// Adds `image` to the fleet's pin set.

@@ -131,6 +131,55 @@ impl UpstreamClient {
         }
     }
 
+    /// GETs `path` on this upstream outside `/v2/` (a ferry's own endpoint, such as its pin
+    /// set), with this upstream's TLS trust, address guard and basic credentials; the body,
+    /// at most `limit` bytes, within the header and body-idle timeouts.
+    pub(crate) async fn get_ferry_endpoint(
+        &self,
+        path: &str,
+        limit: usize,
+    ) -> Result<Bytes, UpstreamFailure> {
+        let mut url = self.config.url.clone();
+        let base = url.path().trim_end_matches('/').to_owned();
+        url.set_path(&format!("{base}{path}"));
+        url.set_query(None);
+        self.check_reach(&url)?;
+        let mut request = self.http.get(url);
+        if let Some(credentials) = &self.config.credentials {
+            let password = credentials.current_password().await.map_err(|e| {
+                self.failure(
+                    FailureKind::Unauthorized,
+                    "no password for basic credentials",
+                )
+                .caused_by(e)
+            })?;
+            request = request.basic_auth(&credentials.username, Some(password));
+        }
+        let response = match tokio::time::timeout(self.config.header_timeout, request.send()).await
+        {
+            Err(_) => {
+                return Err(self.failure(FailureKind::HeaderTimeout, format!("{path}: no answer")));
+            }
+            Ok(Err(e)) => return Err(self.classify_transport_error(e)),
+            Ok(Ok(response)) if !response.status().is_success() => {
+                return Err(UpstreamFailure::from_status(self.name(), response.status()));
+            }
+            Ok(Ok(response)) => response,
+        };
+        let mut body = self.body(response);
+        let mut bytes = Vec::new();
+        while let Some(chunk) = body.next_chunk().await? {
+            if bytes.len() + chunk.len() > limit {
+                return Err(self.failure(
+                    FailureKind::BadResponse,
+                    format!("{path}: more than {limit} bytes"),
+                ));
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        Ok(bytes.into())
+    }
+
     /// The repository as this upstream names it (Docker Hub puts official images under `library/`).
     fn upstream_repository(&self, name: &RepositoryName) -> RepositoryName {
         if self.docker_hub {
