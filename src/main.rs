@@ -127,7 +127,8 @@ enum CacheCommand {
     },
     /// Remove an image's tag and the content no other cached image needs.
     Rm { image: String },
-    /// Let a pinned image's content be evicted again.
+    /// Let an image pinned by `ferry warm --pin` be evicted again (`ferry pin rm` removes a
+    /// pin that follows its tag).
     Unpin { image: String },
 }
 
@@ -654,7 +655,9 @@ fn cache_command(command: CacheCommand, location: CacheLocation) -> ExitCode {
                 println!("unpinned {parsed}");
                 Ok(ExitCode::SUCCESS)
             } else {
-                eprintln!("{parsed} was not pinned");
+                eprintln!(
+                    "{parsed} was not pinned by `ferry warm --pin` (a pin that follows its tag is removed with `ferry pin rm`)"
+                );
                 Ok(ExitCode::FAILURE)
             }
         }

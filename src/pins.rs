@@ -496,3 +496,46 @@ fn pin_status(
         "digests_held": record.current.as_ref().map_or(0, |held| held.held.len()),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_back_off_from_five_seconds_doubling_up_to_the_refresh() {
+        let mut live = Live::new();
+        let refresh = Duration::from_secs(60);
+        let mut waits = Vec::new();
+        for _ in 0..6 {
+            let before = Instant::now();
+            live.note_failure(refresh);
+            waits.push((live.retry_at.unwrap() - before).as_secs());
+        }
+        assert_eq!(waits, [5, 10, 20, 40, 60, 60]);
+        live.note_success();
+        assert!(live.retry_at.is_none() && live.failures == 0);
+        // A refresh shorter than the first retry does not make retries faster than it.
+        live.note_failure(Duration::from_secs(1));
+        assert!(live.retry_at.unwrap() >= Instant::now() + Duration::from_secs(4));
+    }
+
+    #[test]
+    fn a_failed_move_counts_as_failed_while_the_old_image_serves() {
+        let mut live = Live::new();
+        assert_eq!(live.overall(), "fetching");
+        live.phase = Phase::Cached;
+        assert!(live.settled());
+        assert_eq!(live.overall(), "cached");
+        live.next = Some(NextImage {
+            digest: Digest::sha256_of(b"v2"),
+            phase: Phase::Fetching,
+            confirmed_by: None,
+        });
+        assert!(!live.settled());
+        assert_eq!(live.overall(), "fetching");
+        if let Some(next) = live.next.as_mut() {
+            next.phase = Phase::Failed("blob gone".into());
+        }
+        assert_eq!(live.overall(), "failed");
+    }
+}

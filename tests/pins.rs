@@ -740,3 +740,26 @@ async fn an_unreadable_pin_file_is_moved_aside_not_overwritten() {
     let kept = std::fs::read(proxy.cache_dir.path().join(&aside[0])).unwrap();
     assert_eq!(kept, b"{not json");
 }
+
+#[tokio::test]
+async fn a_pin_that_cannot_fit_the_cache_bound_fails_and_says_why() {
+    let registry = FakeRegistry::start().await;
+    // A layer of about 100 KB against an 80 KB bound (a fill reserves 64 KiB at a time).
+    let (_, layer, _) = put_image(&[&registry], "team/huge", "v1", 770);
+    let proxy = TestProxy::start_with(&[&registry], |c| {
+        fast_pins(c);
+        c.cache_size = Some(80_000);
+    })
+    .await;
+    assert_eq!(pin(&proxy, "team/huge:v1", None).await.0, 201);
+    let failed = wait_for_pin(&proxy, "docker.io/team/huge:v1", "failed", |pin| {
+        pin["state"] == "failed"
+    })
+    .await;
+    let reason = failed["reason"].as_str().unwrap();
+    assert!(
+        reason.contains(&layer.to_string()) && reason.contains("cache_size"),
+        "{reason}"
+    );
+    assert!(!blob_on_disk(proxy.cache_dir.path(), &layer));
+}
