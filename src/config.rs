@@ -213,7 +213,12 @@ impl Config {
         let (shared_store, shared_store_secret) =
             shared_store::parse(file, overrides, shared_store_timeout, &mut problems);
 
-        let pins = pin_settings(file, &registry, &upstreams, &mut problems);
+        let pins = pin_settings(
+            file,
+            &registry,
+            (&upstreams, direct.as_ref()),
+            &mut problems,
+        );
         let ca_file = file.ca_file.as_ref().map(PathBuf::from);
         let named_files = NamedFiles {
             tls: listeners.tls.clone(),
@@ -311,13 +316,28 @@ fn pool_settings(file: &ConfigFile, problems: &mut Problems) -> PoolSettings {
 fn pin_settings(
     file: &ConfigFile,
     registry: &str,
-    upstreams: &[UpstreamConfig],
+    (upstreams, direct): (&[UpstreamConfig], Option<&DirectRegistries>),
     problems: &mut Problems,
 ) -> PinSettings {
+    let routed = |name: &str| {
+        upstreams.iter().any(|u| u.registry == name)
+            || direct.is_some_and(|d| d.patterns.iter().any(|p| p.matches(name)))
+    };
     let mut images = Vec::new();
     for image in file.pins.iter().flatten() {
         match crate::pins::image::PinnedImage::parse(image, registry) {
-            Ok(image) => images.push(image.to_string()),
+            Ok(pinned) if !routed(&pinned.registry) => problems.add(
+                "pins",
+                image,
+                format!(
+                    "ferry has no upstreams for registry {:?} (add an [[upstream]] for it, or a direct_registries pattern)",
+                    pinned.registry
+                ),
+            ),
+            Ok(pinned) if images.contains(&pinned.to_string()) => {
+                problems.add("pins", image, "listed twice")
+            }
+            Ok(pinned) => images.push(pinned.to_string()),
             Err(e) => problems.add("pins", image, e.to_string()),
         }
     }
@@ -377,7 +397,7 @@ mod tests {
     fn pins_are_read_in_canonical_form_and_checked() {
         let digest = crate::oci::Digest::sha256_of(b"agent");
         let text = format!(
-            "pins = [\"alpine:3.20\", \"ghcr.io/org/agent@{digest}\"]\npin_refresh = \"30s\"\npin_keep = 2\npin_platforms = [\"linux/amd64\", \"linux/arm64/v8\"]\n"
+            "pins = [\"alpine:3.20\", \"ghcr.io/org/agent@{digest}\"]\npin_refresh = \"30s\"\npin_keep = 2\npin_platforms = [\"linux/amd64\", \"linux/arm64/v8\"]\ndirect_registries = [\"ghcr.io\"]\n"
         );
         let config = parse(&text, Overrides::default()).unwrap();
         assert_eq!(
@@ -394,16 +414,30 @@ mod tests {
         assert_eq!(defaults.pins.keep, 1);
 
         let errors = parse(
-            "pins = [\"Bad/Name\"]\npin_refresh = \"0s\"\npin_platforms = [\"linux\"]\npins_from = \"az\"\n",
+            "pins = [\"Bad/Name\", \"quay.io/x/y:v1\", \"alpine\", \"docker.io/library/alpine:latest\"]\npin_refresh = \"0s\"\npin_platforms = [\"linux\"]\npins_from = \"az\"\n",
             Overrides::default(),
         )
         .unwrap_err();
         let keys: Vec<&str> = errors.0.iter().map(|p| p.key.as_str()).collect();
         assert_eq!(
             keys,
-            ["pins", "pin_platforms", "pins_from", "pin_refresh"],
+            [
+                "pins",
+                "pins",
+                "pins",
+                "pin_platforms",
+                "pins_from",
+                "pin_refresh"
+            ],
             "{errors}"
         );
+        assert!(
+            errors.0[1]
+                .reason
+                .contains("no upstreams for registry \"quay.io\""),
+            "{errors}"
+        );
+        assert_eq!(errors.0[2].reason, "listed twice");
     }
 
     #[test]

@@ -319,36 +319,45 @@ fn pin_command(command: PinCommand, target: PinServer) -> ExitCode {
     }
 }
 
-/// `ferry pin ls` as a table.
+/// `ferry pin ls` as a table (the image last, so long names keep the columns aligned), with
+/// each pin's failure, failing refresh or move in progress beneath it.
 fn print_pins(list: &serde_json::Value) {
+    for error in list["pin_set_errors"].as_array().into_iter().flatten() {
+        println!("pin set: {}", error.as_str().unwrap_or("?"));
+    }
     println!(
-        "{:<50} {:<9} {:<20} {:<21} ORIGIN",
-        "IMAGE", "STATE", "DIGEST", "LAST CONFIRMED"
+        "{:<9} {:<19} {:<20} {:<12} IMAGE",
+        "STATE", "DIGEST", "LAST CONFIRMED", "ORIGIN"
     );
     for pin in list["pins"].as_array().into_iter().flatten() {
         let digest = pin["digest"].as_str().unwrap_or("-");
-        let short = digest.get(..19).unwrap_or(digest);
         let mut state = pin["state"].as_str().unwrap_or("?").to_owned();
-        if let Some(next) = pin["next"].as_object() {
+        if pin["next"].is_object() {
             state.push('+');
-            let _ = next;
         }
         println!(
-            "{:<50} {:<9} {:<20} {:<21} {}",
-            pin["image"].as_str().unwrap_or("?"),
+            "{:<9} {:<19} {:<20} {:<12} {}",
             state,
-            short,
+            digest.get(..19).unwrap_or(digest),
             pin["last_confirmed"].as_str().unwrap_or("-"),
             pin["origin"].as_str().unwrap_or("?"),
+            pin["image"].as_str().unwrap_or("?"),
         );
         if let Some(reason) = pin["reason"].as_str() {
             println!("    failed: {reason}");
         }
+        if let Some(error) = pin["refresh_error"].as_str() {
+            println!("    refresh failing (serving what it holds): {error}");
+        }
         if let Some(next) = pin["next"].as_object() {
             println!(
-                "    moving to {} ({})",
+                "    moving to {} ({}{})",
                 next["digest"].as_str().unwrap_or("?"),
-                next["state"].as_str().unwrap_or("?")
+                next["state"].as_str().unwrap_or("?"),
+                next["reason"]
+                    .as_str()
+                    .map(|r| format!(": {r}"))
+                    .unwrap_or_default()
             );
         }
     }
@@ -638,6 +647,10 @@ fn cache_command(command: CacheCommand, location: CacheLocation) -> ExitCode {
                     return Ok(ExitCode::from(2));
                 }
             };
+            if let Some(how) = maintenance::pinned_how(&root, &parsed)? {
+                eprintln!("ferry cache rm: {parsed} is pinned {how}; unpin it first");
+                return Ok(ExitCode::FAILURE);
+            }
             let removed = maintenance::remove_image(&root, &parsed)?;
             println!("removed {parsed}: {removed} files");
             Ok(ExitCode::SUCCESS)
@@ -655,9 +668,10 @@ fn cache_command(command: CacheCommand, location: CacheLocation) -> ExitCode {
                 println!("unpinned {parsed}");
                 Ok(ExitCode::SUCCESS)
             } else {
-                eprintln!(
-                    "{parsed} was not pinned by `ferry warm --pin` (a pin that follows its tag is removed with `ferry pin rm`)"
-                );
+                match maintenance::pinned_how(&root, &parsed)? {
+                    Some(how) => eprintln!("ferry cache unpin: {parsed} is pinned {how}"),
+                    None => eprintln!("ferry cache unpin: {parsed} is not pinned"),
+                }
                 Ok(ExitCode::FAILURE)
             }
         }

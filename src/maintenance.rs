@@ -290,6 +290,22 @@ pub fn remove_image(root: &Path, image: &ImageRef) -> io::Result<usize> {
     Ok(removed)
 }
 
+/// How an image is pinned in `root`, if it is: by `ferry warm --pin` (`pins.json`), or as a
+/// pin that follows its tag (the keeper's `followed-pins.json`).
+pub fn pinned_how(root: &Path, image: &ImageRef) -> io::Result<Option<&'static str>> {
+    let name = image.to_string();
+    if Pins::load(root)?.images.contains_key(&name) {
+        return Ok(Some(
+            "by `ferry warm --pin` (undo with `ferry cache unpin`)",
+        ));
+    }
+    let followed = crate::cache::pins::FollowedPins::load(root)?;
+    Ok(followed
+        .set
+        .contains_key(&name)
+        .then_some("as a pin that follows its tag (undo with `ferry pin rm`)"))
+}
+
 /// Removes an image from `pins.json` (atomically replaced). Returns whether it was pinned.
 pub fn unpin(root: &Path, image: &ImageRef) -> io::Result<bool> {
     let mut pins = Pins::load(root)?;

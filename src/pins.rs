@@ -179,6 +179,8 @@ impl Live {
 struct KeeperState {
     file: FollowedPins,
     live: HashMap<String, Live>,
+    /// Why a source of the pin set failed at the last reload (its last known pins stand).
+    source_errors: Vec<String>,
 }
 
 /// Keeps the pinned images on this replica's disk and their tags current.
@@ -238,7 +240,11 @@ impl PinKeeper {
             settings,
             home,
             group,
-            state: Mutex::new(KeeperState { file, live }),
+            state: Mutex::new(KeeperState {
+                file,
+                live,
+                source_errors: Vec::new(),
+            }),
             wake: tokio::sync::Notify::new(),
             store_writes: AtomicU64::new(0),
             set_known: AtomicBool::new(known),
@@ -383,7 +389,9 @@ impl PinKeeper {
             }
             SetHome::Local => PinOrigin::Api,
         };
-        let new = !matches!(existing, Some(o) if o != PinOrigin::Group);
+        // Already pinned, from any source: nothing changes here (a pin of the config file or
+        // the AZ tier is removed there; with a store the write above renewed it for the fleet).
+        let new = existing.is_none();
         if new {
             self.change_set_durably(|set| {
                 set.insert(key.clone(), set::entry(origin));
@@ -449,6 +457,7 @@ impl PinKeeper {
                 SetHome::Store(store) => format!("shared store {}", store.url()),
             },
             "pins_from": self.group.as_ref().map(|g| g.group.clone()),
+            "pin_set_errors": state.source_errors,
         })
     }
 

@@ -334,6 +334,32 @@ async fn the_pin_command_adds_waits_lists_and_removes() {
     let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(listed["pins"][0]["digest"], manifest.to_string());
 
+    // A pinned image is not removed from the cache behind its pin's back.
+    let cache_dir = proxy.cache_dir.path().display().to_string();
+    let out = ferry_cli(vec![
+        "cache".into(),
+        "rm".into(),
+        "team/agent:v2".into(),
+        "--cache-dir".into(),
+        cache_dir,
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is pinned as a pin that follows its tag")
+    );
+    assert!(blob_on_disk(proxy.cache_dir.path(), &layer));
+    // A server given without its scheme is the caller's mistake, said plainly.
+    let out = ferry_cli(vec![
+        "pin".into(),
+        "ls".into(),
+        "--server".into(),
+        "127.0.0.1:5005".into(),
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("http://HOST:PORT"));
+
     let out = ferry_cli(args(&["rm", "team/agent:v2", "--token-file", &token_file])).await;
     assert!(crate::support::stdout_of_success(&out).contains("unpinned docker.io/team/agent:v2"));
     let out = ferry_cli(args(&["rm", "team/agent:v2", "--token-file", &token_file])).await;
@@ -562,8 +588,18 @@ async fn a_build_host_holds_what_its_az_tier_pins_and_survives_an_az_outage() {
         layer_fetches,
         "the host took the layer from its AZ tier"
     );
-    // The host's copy of the AZ tier's pin is removed at the AZ tier, not here.
+    // The host's copy of the AZ tier's pin is removed at the AZ tier, not here; pinning it
+    // again here changes nothing.
     assert_eq!(unpin(&host, "docker.io/team/agent:v1", None).await.0, 409);
+    let (status, body) = pin(&host, "team/agent:v1", None).await;
+    assert_eq!(
+        (status, &body["added"]),
+        (StatusCode::OK, &serde_json::json!(false))
+    );
+    assert_eq!(
+        pin_of(&host, "docker.io/team/agent:v1").await.unwrap()["origin"],
+        "pins_from"
+    );
 
     // Unpinned at the AZ tier: the host lets it go too.
     assert_eq!(unpin(&az, "docker.io/team/tool:v1", None).await.0, 200);
@@ -591,6 +627,14 @@ async fn a_build_host_holds_what_its_az_tier_pins_and_survives_an_az_outage() {
     assert!(
         pin_of(&host, "docker.io/team/agent:v1").await.is_some(),
         "an unreachable AZ tier keeps its last known pins"
+    );
+    let listed = pins(&host).await;
+    let errors = listed["pin_set_errors"].as_array().unwrap();
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.as_str().unwrap().contains("group \"az\"")),
+        "the list says the AZ tier's set could not be read: {listed}"
     );
 }
 

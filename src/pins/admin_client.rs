@@ -11,6 +11,11 @@ const WAIT_POLL: Duration = Duration::from_millis(500);
 /// Why a pin command failed: the request, the server's refusal, or the pin itself.
 #[derive(Debug, thiserror::Error)]
 pub enum PinClientError {
+    /// The caller's: `--server` is not an http(s) URL.
+    #[error(
+        "--server {0:?} is not a URL: give the admin API as http://HOST:PORT (its default is http://127.0.0.1:5005)"
+    )]
+    BadServer(String),
     #[error("cannot reach the admin API at {url}: {cause}")]
     Request {
         url: String,
@@ -23,20 +28,26 @@ pub enum PinClientError {
         status: reqwest::StatusCode,
         message: String,
     },
-    #[error("{image} failed on the server (it stays pinned and is retried): {reason}")]
-    PinFailed { image: String, reason: String },
-    #[error("{image} is not cached after {waited:?} (state {state})")]
+    #[error(
+        "{image} is not cached after {waited:?} (state {state}{}); it stays pinned and the server keeps retrying",
+        .reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default()
+    )]
     Timeout {
         image: String,
         waited: Duration,
         state: String,
+        reason: Option<String>,
     },
 }
 
 impl PinClientError {
     /// Whether the request itself was wrong (a bad image, an unknown pin, a missing token).
     pub fn is_client_mistake(&self) -> bool {
-        matches!(self, PinClientError::Refused { status, .. } if status.is_client_error())
+        match self {
+            PinClientError::BadServer(_) => true,
+            PinClientError::Refused { status, .. } => status.is_client_error(),
+            _ => false,
+        }
     }
 }
 
@@ -50,6 +61,12 @@ pub struct PinClient {
 impl PinClient {
     /// `server` is the admin listener's URL, e.g. `http://127.0.0.1:5005`.
     pub fn new(server: &str, token: Option<String>) -> Result<PinClient, PinClientError> {
+        let url = reqwest::Url::parse(server)
+            .ok()
+            .filter(|url| matches!(url.scheme(), "http" | "https") && url.host().is_some());
+        if url.is_none() {
+            return Err(PinClientError::BadServer(server.to_owned()));
+        }
         let http = reqwest::Client::builder()
             .timeout(REQUEST_TIMEOUT)
             .no_proxy()
@@ -121,14 +138,16 @@ impl PinClient {
         self.send(request, &url).await
     }
 
-    /// Waits until the pin named `image` (canonical) is cached on the server, failing when
-    /// it fails there or `limit` passes.
+    /// Waits until the pin named `image` (canonical) is cached on the server, or `limit`
+    /// passes. A failure on the server is reported once (the server retries it) and waited
+    /// through: it may be passing (a registry hiccup).
     pub async fn wait_cached(
         &self,
         image: &str,
         limit: Duration,
     ) -> Result<serde_json::Value, PinClientError> {
         let started = Instant::now();
+        let mut reported: Option<String> = None;
         loop {
             let list = self.list().await?;
             let pin = list["pins"]
@@ -137,23 +156,26 @@ impl PinClient {
                 .cloned()
                 .unwrap_or_default();
             let state = pin["state"].as_str().unwrap_or("unknown").to_owned();
-            match state.as_str() {
-                "cached" => return Ok(pin),
-                "failed" => {
-                    return Err(PinClientError::PinFailed {
-                        image: image.to_owned(),
-                        reason: pin["reason"].as_str().unwrap_or("").to_owned(),
-                    });
-                }
-                _ if started.elapsed() >= limit => {
-                    return Err(PinClientError::Timeout {
-                        image: image.to_owned(),
-                        waited: limit,
-                        state,
-                    });
-                }
-                _ => tokio::time::sleep(WAIT_POLL).await,
+            let reason = pin["reason"].as_str().map(str::to_owned);
+            if state == "cached" {
+                return Ok(pin);
             }
+            if state == "failed" && reason != reported {
+                eprintln!(
+                    "{image}: failed for now ({}); the server retries, waiting up to {limit:?}",
+                    reason.as_deref().unwrap_or("no reason given")
+                );
+                reported.clone_from(&reason);
+            }
+            if started.elapsed() >= limit {
+                return Err(PinClientError::Timeout {
+                    image: image.to_owned(),
+                    waited: limit,
+                    state,
+                    reason,
+                });
+            }
+            tokio::time::sleep(WAIT_POLL).await;
         }
     }
 }

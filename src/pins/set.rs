@@ -37,6 +37,19 @@ impl PinKeeper {
         };
         let every_source_answered = from_group.as_ref().is_none_or(Result::is_ok)
             && from_store.as_ref().is_none_or(Result::is_ok);
+        let source_errors: Vec<String> = [
+            from_group
+                .as_ref()
+                .and_then(|r| r.as_ref().err())
+                .map(|e| format!("{e}; keeping its last known pins")),
+            from_store.as_ref().and_then(|r| r.as_ref().err()).map(|e| {
+                format!("reading the shared store's pins: {e}; keeping its last known pins")
+            }),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        self.lock().source_errors = source_errors;
         self.update_set(|current| {
             let mut set = PinSet::new();
             let mut add = |image: &str, origin: PinOrigin, added: Option<u64>| match self
