@@ -415,13 +415,26 @@ fn metrics(pull: &PullThrough, pins: &PinKeeper) -> Response<ResponseBody> {
         for client in upstreams.clients() {
             let open =
                 client.health().breaker().state != crate::upstream::breaker::BreakerState::Closed;
+            let labels = crate::metrics::UpstreamLabels {
+                registry: registry.to_owned(),
+                upstream: client.name().to_owned(),
+            };
             metrics
                 .breaker_open
-                .get_or_create(&crate::metrics::UpstreamLabels {
-                    registry: registry.to_owned(),
-                    upstream: client.name().to_owned(),
-                })
+                .get_or_create(&labels)
                 .set(i64::from(open));
+            let quota = client.health().quota().snapshot();
+            if let Some(remaining) = quota.remaining {
+                let remaining = i64::try_from(remaining).unwrap_or(i64::MAX);
+                metrics
+                    .ratelimit_remaining
+                    .get_or_create(&labels)
+                    .set(remaining);
+            }
+            if let Some(limit) = quota.limit {
+                let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+                metrics.ratelimit_limit.get_or_create(&labels).set(limit);
+            }
         }
     }
     let usage = pull.cache.usage();

@@ -390,7 +390,8 @@ async fn probe_upstreams(pull: Arc<PullThrough>, interval: Duration) {
         ticker.tick().await;
         for (_, upstreams) in pull.registries.all() {
             for client in upstreams.clients() {
-                if client.health().is_drained() {
+                // A probe is a request too: none inside the upstream's Retry-After.
+                if client.health().is_drained() || client.health().quota().held_off() {
                     continue;
                 }
                 let started = std::time::Instant::now();

@@ -81,6 +81,8 @@ pub struct Metrics {
     pub(crate) fill_seconds: Histogram,
     pub(crate) fill_bytes: Histogram,
     pub(crate) breaker_open: Family<UpstreamLabels, Gauge>,
+    pub(crate) ratelimit_remaining: Family<UpstreamLabels, Gauge>,
+    pub(crate) ratelimit_limit: Family<UpstreamLabels, Gauge>,
     pub(crate) cache_bytes: Gauge,
     pub(crate) cache_limit_bytes: Gauge,
     pub(crate) cache_evictions: Counter,
@@ -106,6 +108,8 @@ impl Default for Metrics {
             fill_seconds: Histogram::new(exponential_buckets(0.01, 4.0, 9)),
             fill_bytes: Histogram::new(exponential_buckets(4096.0, 8.0, 9)),
             breaker_open: Family::default(),
+            ratelimit_remaining: Family::default(),
+            ratelimit_limit: Family::default(),
             cache_bytes: Gauge::default(),
             cache_limit_bytes: Gauge::default(),
             cache_evictions: Counter::default(),
@@ -121,6 +125,16 @@ impl Default for Metrics {
             pins: Family::default(),
             registry: Registry::default(),
         };
+        registry.register(
+            "ferry_upstream_ratelimit_remaining",
+            "Pulls the upstream's last answer said are left in its quota window (absent until one said)",
+            metrics.ratelimit_remaining.clone(),
+        );
+        registry.register(
+            "ferry_upstream_ratelimit_limit",
+            "Pulls the upstream's quota allows per window, as its last answer said",
+            metrics.ratelimit_limit.clone(),
+        );
         registry.register(
             "ferry_pins",
             "Pinned images on this ferry by state (cached: every blob on this disk)",
@@ -271,6 +285,8 @@ impl Metrics {
             upstream: upstream.to_owned(),
         };
         self.breaker_open.remove(&labels);
+        self.ratelimit_remaining.remove(&labels);
+        self.ratelimit_limit.remove(&labels);
         self.hedges.remove(&labels);
         self.stall_resumes.remove(&labels);
     }

@@ -72,7 +72,8 @@ pub(crate) enum PinRequestError {
     /// The shared store's: the fleet's pin set could not be changed.
     #[error("the fleet's pin set is in the shared store, which failed: {0}")]
     Store(#[from] StoreError),
-    /// The cache's: the pin set file could not be written (nothing changed).
+    /// The cache's: the pin set file could not be written (without a store nothing changed;
+    /// with one, the store has the change and the next reload applies it here).
     #[error("cannot record the pin set in the cache directory: {0}")]
     Cache(#[from] std::io::Error),
 }

@@ -12,6 +12,7 @@ pub(crate) mod health;
 pub(crate) mod memory_budget;
 pub(crate) mod pace;
 pub(crate) mod pool;
+pub(crate) mod quota;
 pub(crate) mod reach;
 pub mod registries;
 pub mod route;

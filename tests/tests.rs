@@ -20,6 +20,7 @@ mod link_faults;
 mod outage_modes;
 mod pins;
 mod properties;
+mod quotas;
 mod referrers;
 mod registries;
 mod shared_store;

@@ -247,6 +247,7 @@ impl UpstreamClient {
                     Ok(Ok(response)) => response,
                 };
             let status = response.status();
+            self.health.note_answer(status, response.headers());
             if status.is_success() {
                 return Ok(response);
             }

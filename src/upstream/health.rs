@@ -1,5 +1,6 @@
 //! What ferry knows about one upstream's health: its circuit breaker, whether an operator
-//! drained it, recent failures, request counts and header latency. Shown by the admin API.
+//! drained it, its quota and `Retry-After`, recent failures, request counts and header
+//! latency. Shown by the admin API.
 
 use super::breaker::{Admission, Breaker, BreakerConfig, BreakerSnapshot, Transition};
 use super::failure::{FailureKind, UpstreamFailure};
@@ -41,6 +42,8 @@ pub struct UpstreamHealth {
     /// When the upstream last answered a request (any status that shows it is alive).
     last_answer: Mutex<Option<Instant>>,
     recent: Mutex<VecDeque<RecordedFailure>>,
+    /// The quota its answers announce, and a `Retry-After` in force.
+    quota: super::quota::Quota,
 }
 
 impl UpstreamHealth {
@@ -56,6 +59,19 @@ impl UpstreamHealth {
             header_times: Mutex::new(VecDeque::with_capacity(RECENT_HEADER_TIMES)),
             last_answer: Mutex::new(None),
             recent: Mutex::new(VecDeque::new()),
+            quota: super::quota::Quota::default(),
+        }
+    }
+
+    /// The quota its answers announce, and whether a `Retry-After` holds it off.
+    pub(crate) fn quota(&self) -> &super::quota::Quota {
+        &self.quota
+    }
+
+    /// Notes the quota and `Retry-After` of an answer (any status).
+    pub(crate) fn note_answer(&self, status: http::StatusCode, headers: &http::HeaderMap) {
+        if let Some(delay) = self.quota.note_answer(status.as_u16(), headers) {
+            tracing::warn!(upstream = %self.name, status = status.as_u16(), ?delay, "upstream asked ferry to wait (Retry-After): asked only as the last resort until then");
         }
     }
 
@@ -160,6 +176,13 @@ impl UpstreamHealth {
                 self.breaker.record_success()
             }
             FailureKind::DigestMismatch => self.breaker.record_failure(BAD_BYTES_WEIGHT),
+            // A quota, not a fault: its Retry-After holds the upstream off for as long as it
+            // asks, and the breaker's cooldown does not grow on top of that.
+            FailureKind::TooManyRequests | FailureKind::ServerError(503)
+                if self.quota.held_off() =>
+            {
+                None
+            }
             FailureKind::ServerError(_) | FailureKind::UnexpectedStatus(_) => {
                 self.breaker.record_answered_failure(SERVING_OTHERS_WITHIN)
             }
@@ -176,6 +199,7 @@ impl UpstreamHealth {
 
     pub fn status(&self) -> serde_json::Value {
         let breaker = self.breaker.snapshot();
+        let quota = self.quota.snapshot();
         let recent: Vec<RecordedFailure> = self
             .recent
             .lock()
@@ -198,6 +222,11 @@ impl UpstreamHealth {
                 "mean": self.latency_ewma_us.load(Ordering::Relaxed) as f64 / 1000.0,
                 "slowest_recent": self.slowest_recent_answer().map(|d| d.as_secs_f64() * 1000.0),
             },
+            "ratelimit_limit": quota.limit,
+            "ratelimit_remaining": quota.remaining,
+            "ratelimit_window_seconds": quota.window.map(|w| w.as_secs()),
+            "ratelimit_seen_seconds_ago": quota.age.map(|a| a.as_secs()),
+            "retry_after_ms": quota.retry_after.map(|d| d.as_millis() as u64),
             "recent_failures": recent,
         })
     }

@@ -177,7 +177,12 @@ impl AttemptPlan {
                 // A retry of this one would take the attempt an untried upstream needs.
                 continue;
             }
-            if !self.last_resort && client.health().admit() == Admission::Rejected {
+            // Inside a Retry-After, or behind an open breaker: deferred to the last resort
+            // (checked in that order, so a held-off upstream takes no breaker probe).
+            if !self.last_resort
+                && (client.health().quota().held_off()
+                    || client.health().admit() == Admission::Rejected)
+            {
                 if !self.deferred.iter().any(|d| d.name() == client.name()) {
                     self.deferred.push(client);
                 }

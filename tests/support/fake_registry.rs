@@ -54,6 +54,19 @@ pub enum Fault {
     NoContentLength,
     /// Answer 200 with a chunked body of JSON whitespace that never ends (also on `/token`).
     EndlessBody,
+    /// Answer `status` (429 or 503) with `Retry-After: seconds`.
+    RetryAfter { status: u16, seconds: u64 },
+}
+
+/// A pull quota like Docker Hub's: every answer carries `ratelimit-limit` and
+/// `ratelimit-remaining` (`;w=` the window); each manifest GET spends one (HEAD spends none);
+/// at zero a manifest GET gets 429 with `Retry-After`.
+#[derive(Clone, Copy, Debug)]
+struct PullQuota {
+    limit: u64,
+    remaining: u64,
+    window_secs: u64,
+    retry_after_secs: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -96,6 +109,7 @@ struct State {
     backend: Option<String>,
     /// Bytes sent so far by `Fault::EndlessBody` responses.
     endless_bytes_sent: Arc<std::sync::atomic::AtomicU64>,
+    quota: Option<PullQuota>,
 }
 
 pub struct FakeRegistry {
@@ -172,6 +186,35 @@ impl FakeRegistry {
 
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// Gives the registry a pull quota of `limit` manifest GETs per `window_secs`, starting
+    /// with `remaining`; at zero a manifest GET is answered 429 with `Retry-After`.
+    pub fn set_pull_quota(
+        &self,
+        limit: u64,
+        remaining: u64,
+        window_secs: u64,
+        retry_after_secs: u64,
+    ) {
+        self.state().quota = Some(PullQuota {
+            limit,
+            remaining,
+            window_secs,
+            retry_after_secs,
+        });
+    }
+
+    /// The quota's window passed: every pull is available again.
+    pub fn reset_pull_quota(&self) {
+        if let Some(quota) = self.state().quota.as_mut() {
+            quota.remaining = quota.limit;
+        }
+    }
+
+    /// Pulls left in the quota window.
+    pub fn pulls_remaining(&self) -> Option<u64> {
+        self.state().quota.map(|q| q.remaining)
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -431,6 +474,13 @@ async fn handle(
             let status = StatusCode::from_u16(*code).unwrap();
             return oci_error(status, "FAULT");
         }
+        Some(Fault::RetryAfter { status, seconds }) => {
+            let mut response = oci_error(StatusCode::from_u16(*status).unwrap(), "TOOMANYREQUESTS");
+            response
+                .headers_mut()
+                .insert("retry-after", seconds.to_string().parse().unwrap());
+            return response;
+        }
         Some(Fault::HangBeforeHeaders) => std::future::pending::<()>().await,
         Some(Fault::DelayHeaders(delay)) => tokio::time::sleep(*delay).await,
         _ => {}
@@ -608,14 +658,48 @@ async fn handle(
             .manifests
             .get(&(repo.to_owned(), reference.to_owned()))
             .cloned();
+        let quota = {
+            let mut s = state.lock().unwrap();
+            s.quota.as_mut().map(|quota| {
+                let exhausted = method == Method::GET && quota.remaining == 0;
+                if method == Method::GET && !exhausted {
+                    quota.remaining -= 1;
+                }
+                (exhausted, *quota)
+            })
+        };
+        let with_quota = |mut response: Response<Body>| {
+            if let Some((_, quota)) = quota {
+                let headers = response.headers_mut();
+                let window = quota.window_secs;
+                headers.insert(
+                    "ratelimit-limit",
+                    format!("{};w={window}", quota.limit).parse().unwrap(),
+                );
+                headers.insert(
+                    "ratelimit-remaining",
+                    format!("{};w={window}", quota.remaining).parse().unwrap(),
+                );
+            }
+            response
+        };
+        if let Some((true, quota)) = quota {
+            let mut response =
+                with_quota(oci_error(StatusCode::TOO_MANY_REQUESTS, "TOOMANYREQUESTS"));
+            response.headers_mut().insert(
+                "retry-after",
+                quota.retry_after_secs.to_string().parse().unwrap(),
+            );
+            return response;
+        }
         let Some((media_type, body)) = found else {
-            return oci_error(StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN");
+            return with_quota(oci_error(StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN"));
         };
         let mut response = body_response(body, Some(&media_type), fault.as_ref(), &headers);
         if method == Method::HEAD {
             *response.body_mut() = head_body();
         }
-        return response;
+        return with_quota(response);
     }
     if let Some((_, digest)) = rest.rsplit_once("/blobs/") {
         let blob = state.lock().unwrap().blobs.get(digest).cloned();
