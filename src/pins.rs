@@ -344,8 +344,7 @@ impl PinKeeper {
                     .file
                     .records
                     .get(image)
-                    .and_then(|r| r.current.as_ref())
-                    .and_then(|held| held.digest.parse::<Digest>().ok());
+                    .and_then(PinRecord::current_digest);
                 if let (Some(tag), Some(current)) = (pinned.tag(), current) {
                     let key = TagKey {
                         registry: pinned.registry.clone(),

@@ -7,6 +7,7 @@ use crate::cache::pins::Pins;
 use crate::oci::Digest;
 use crate::oci::ImageRef;
 use crate::oci::media_type::ALL_MANIFEST_TYPES;
+use crate::pins::contents::{Platform, platform_wanted};
 use std::io::{IsTerminal, Write};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -55,27 +56,6 @@ impl Progress {
             eprintln!("{line}");
         }
     }
-}
-
-fn platform_matches(platform: &serde_json::Value, wanted: &[String]) -> bool {
-    if wanted.is_empty() {
-        return true;
-    }
-    let os = platform.get("os").and_then(|v| v.as_str()).unwrap_or("");
-    let arch = platform
-        .get("architecture")
-        .and_then(|v| v.as_str())
-        .unwrap_or("");
-    let variant = platform.get("variant").and_then(|v| v.as_str());
-    wanted.iter().any(|w| {
-        let mut parts = w.split('/');
-        let (wos, warch, wvariant) = (
-            parts.next().unwrap_or(""),
-            parts.next().unwrap_or(""),
-            parts.next(),
-        );
-        wos == os && warch == arch && (wvariant.is_none() || wvariant == variant)
-    })
 }
 
 /// Why warming an image through a ferry failed (the ferry's answer or the transfer).
@@ -167,8 +147,10 @@ pub async fn warm_image(
     let value: serde_json::Value = serde_json::from_slice(&body).map_err(WarmError::NotJson)?;
     if let Some(children) = value.get("manifests").and_then(|m| m.as_array()) {
         for child in children {
-            let platform = child.get("platform").cloned().unwrap_or_default();
-            if !platform_matches(&platform, &options.platforms) {
+            let platform = child
+                .get("platform")
+                .and_then(|p| serde_json::from_value::<Platform>(p.clone()).ok());
+            if !platform_wanted(platform.as_ref(), &options.platforms) {
                 continue;
             }
             let Some(reference) = child.get("digest").and_then(|d| d.as_str()) else {

@@ -12,17 +12,10 @@ use std::time::{Duration, Instant};
 
 const TOKEN: &str = "pin-admin-token";
 
-fn admin_url(proxy: &TestProxy, path: &str) -> String {
-    format!(
-        "http://{}{path}",
-        proxy.server.as_ref().unwrap().admin_addr.unwrap()
-    )
-}
-
 /// `GET /admin/pins`.
 async fn pins(proxy: &TestProxy) -> serde_json::Value {
     let response = client()
-        .get(admin_url(proxy, "/admin/pins"))
+        .get(proxy.admin_url("/admin/pins"))
         .send()
         .await
         .unwrap();
@@ -37,7 +30,7 @@ async fn pin(
     token: Option<&str>,
 ) -> (StatusCode, serde_json::Value) {
     let mut request = client()
-        .post(admin_url(proxy, "/admin/pins"))
+        .post(proxy.admin_url("/admin/pins"))
         .header("content-type", "application/json")
         .body(serde_json::json!({ "image": image }).to_string());
     if let Some(token) = token {
@@ -54,13 +47,11 @@ async fn unpin(
     image: &str,
     token: Option<&str>,
 ) -> (StatusCode, serde_json::Value) {
-    let mut request = client().delete(admin_url(
-        proxy,
-        &format!(
-            "/admin/pins?image={}",
-            image.replace('@', "%40").replace(':', "%3A")
-        ),
-    ));
+    let path = format!(
+        "/admin/pins?image={}",
+        image.replace('@', "%40").replace(':', "%3A")
+    );
+    let mut request = client().delete(proxy.admin_url(&path));
     if let Some(token) = token {
         request = request.bearer_auth(token);
     }
@@ -119,12 +110,8 @@ fn blob_on_disk(cache: &Path, digest: &Digest) -> bool {
 
 /// The digest ferry answers for a tag (a GET, as a client pulls it).
 async fn tag_digest(proxy: &TestProxy, repository: &str, tag: &str) -> (StatusCode, String) {
-    let response = client()
-        .get(proxy.url(&format!("/v2/{repository}/manifests/{tag}")))
-        .header("accept", ferry::oci::media_type::OCI_MANIFEST)
-        .send()
-        .await
-        .unwrap();
+    let response =
+        crate::support::get_manifest(proxy, &format!("/v2/{repository}/manifests/{tag}")).await;
     let digest = response
         .headers()
         .get("docker-content-digest")
@@ -181,7 +168,7 @@ async fn pins_are_made_listed_and_removed_through_the_admin_api_with_its_token()
     assert_eq!(pin(&proxy, "team/agent:v1", Some("wrong")).await.0, 401);
     let raw_post = |headers: &[(&str, &str)], body: &'static str| {
         let mut request = client()
-            .post(admin_url(&proxy, "/admin/pins"))
+            .post(proxy.admin_url("/admin/pins"))
             .bearer_auth(TOKEN)
             .body(body);
         for (name, value) in headers {
@@ -232,7 +219,7 @@ async fn pins_are_made_listed_and_removed_through_the_admin_api_with_its_token()
     assert_eq!(cached["origin"], "api");
 
     // Metrics by state, and the read-only list on the registry port.
-    let metrics = crate::support::get_body(admin_url(&proxy, "/metrics")).await;
+    let metrics = crate::support::get_body(proxy.admin_url("/metrics")).await;
     let metrics = String::from_utf8_lossy(&metrics);
     assert!(
         metrics.contains("ferry_pins{state=\"cached\"} 1"),
@@ -268,7 +255,7 @@ async fn the_pin_command_adds_waits_lists_and_removes() {
     let registry = FakeRegistry::start().await;
     let (manifest, layer, _) = put_image(&[&registry], "team/agent", "v2", 705);
     let proxy = proxy_with_admin_token(&registry).await;
-    let server = admin_url(&proxy, "");
+    let server = proxy.admin_url("");
     let token_file = proxy.cache_dir.path().join("admin-token");
     std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
     let token_file = token_file.display().to_string();
@@ -760,7 +747,7 @@ async fn a_pin_whose_new_image_cannot_be_fetched_stays_failed_and_alerts() {
         first.to_string(),
         "the held image is still served"
     );
-    let metrics = crate::support::get_body(admin_url(&proxy, "/metrics")).await;
+    let metrics = crate::support::get_body(proxy.admin_url("/metrics")).await;
     let metrics = String::from_utf8_lossy(&metrics);
     assert!(
         metrics.contains("ferry_pins{state=\"failed\"} 1"),

@@ -2,24 +2,11 @@
 //! and `/admin/upstreams`; after a 429 or 503 with `Retry-After` no request of any kind reaches
 //! that upstream until then, except as the last resort, and its breaker does not open for it.
 
-use crate::support::{FakeRegistry, Fault, TestProxy, client, pseudo_random_bytes, put_image};
+use crate::support::{FakeRegistry, Fault, TestProxy, pseudo_random_bytes, put_image};
 use std::time::{Duration, Instant};
 
 async fn get_manifest(proxy: &TestProxy, path: &str) -> reqwest::StatusCode {
-    client()
-        .get(proxy.url(path))
-        .header("accept", ferry::oci::media_type::OCI_MANIFEST)
-        .send()
-        .await
-        .unwrap()
-        .status()
-}
-
-fn admin_url(proxy: &TestProxy, path: &str) -> String {
-    format!(
-        "http://{}{path}",
-        proxy.server.as_ref().unwrap().admin_addr.unwrap()
-    )
+    crate::support::get_manifest(proxy, path).await.status()
 }
 
 #[tokio::test]
@@ -38,7 +25,7 @@ async fn the_quota_an_upstream_announces_shows_on_metrics_and_the_admin_api() {
     );
     assert_eq!(upstream["ratelimit_window_seconds"], 21600);
     assert_eq!(upstream["retry_after_ms"], serde_json::Value::Null);
-    let metrics = crate::support::get_body(admin_url(&proxy, "/metrics")).await;
+    let metrics = crate::support::get_body(proxy.admin_url("/metrics")).await;
     let metrics = String::from_utf8_lossy(&metrics);
     let name = registry.addr.to_string();
     assert!(

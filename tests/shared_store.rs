@@ -42,12 +42,7 @@ async fn wait_for_store_counter(proxy: &TestProxy, field: &str, at_least: u64) {
 }
 
 async fn get(proxy: &TestProxy, path: &str) -> reqwest::Response {
-    client()
-        .get(proxy.url(path))
-        .header("accept", ferry::oci::media_type::OCI_MANIFEST)
-        .send()
-        .await
-        .unwrap()
+    crate::support::get_manifest(proxy, path).await
 }
 
 /// The whole body of a GET through `proxy` (the test fails on any transport error).

@@ -72,6 +72,14 @@ impl TestProxy {
         self.cache_dir
     }
 
+    /// The URL of `path` on the admin listener.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!(
+            "http://{}{path}",
+            self.server.as_ref().unwrap().admin_addr.unwrap()
+        )
+    }
+
     /// The admin API's `/admin/upstreams` JSON (upstream health and cache usage).
     pub async fn admin_status(&self) -> serde_json::Value {
         let admin = self.server.as_ref().unwrap().admin_addr.unwrap();
@@ -126,6 +134,16 @@ pub async fn get_blob(
         request = request.header("range", range);
     }
     request.send().await.unwrap()
+}
+
+/// `GET <path>` through `proxy` accepting an OCI manifest (any status is returned).
+pub async fn get_manifest(proxy: &TestProxy, path: &str) -> reqwest::Response {
+    client()
+        .get(proxy.url(path))
+        .header("accept", ferry::oci::media_type::OCI_MANIFEST)
+        .send()
+        .await
+        .unwrap()
 }
 
 /// GETs `url` (the test fails on a transport error; any status is returned).

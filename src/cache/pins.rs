@@ -19,11 +19,7 @@ pub(crate) const PINS_FILE: &str = "pins.json";
 
 impl Pins {
     pub(crate) fn load(root: &Path) -> io::Result<Pins> {
-        match std::fs::read(root.join(PINS_FILE)) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(io::Error::other),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Pins::default()),
-            Err(e) => Err(e),
-        }
+        load_json(root, PINS_FILE)
     }
 
     /// Writes the pins atomically (temporary file, fsync, rename).
@@ -55,6 +51,15 @@ impl Pins {
             }
         }
         protected
+    }
+}
+
+/// Reads `root/name` as JSON; the default when the file does not exist.
+fn load_json<T: Default + serde::de::DeserializeOwned>(root: &Path, name: &str) -> io::Result<T> {
+    match std::fs::read(root.join(name)) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(io::Error::other),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(T::default()),
+        Err(e) => Err(e),
     }
 }
 
@@ -126,6 +131,13 @@ pub(crate) struct PinRecord {
     pub(crate) last_confirmed_unix_ms: Option<u64>,
 }
 
+impl PinRecord {
+    /// The digest of the image served for the pin now, if it holds one.
+    pub(crate) fn current_digest(&self) -> Option<Digest> {
+        self.current.as_ref()?.digest.parse().ok()
+    }
+}
+
 /// `followed-pins.json`: the pin set as this ferry last knew it (the store's, the AZ tier's,
 /// or its own), and each pin's record. The config file's pins are listed too, so a
 /// restarted ferry knows what it held; the config decides whether they stay.
@@ -139,11 +151,7 @@ pub(crate) struct FollowedPins {
 
 impl FollowedPins {
     pub(crate) fn load(root: &Path) -> io::Result<FollowedPins> {
-        match std::fs::read(root.join(FOLLOWED_PINS_FILE)) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(io::Error::other),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(FollowedPins::default()),
-            Err(e) => Err(e),
-        }
+        load_json(root, FOLLOWED_PINS_FILE)
     }
 
     pub(crate) fn save(&self, root: &Path) -> io::Result<()> {

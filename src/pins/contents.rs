@@ -27,7 +27,7 @@ struct Descriptor {
 }
 
 #[derive(Deserialize)]
-struct Platform {
+pub(crate) struct Platform {
     #[serde(default)]
     os: String,
     #[serde(default)]
@@ -45,6 +45,12 @@ impl Platform {
             && architecture == Some(self.architecture.as_str())
             && (variant.is_none() || variant == self.variant.as_deref())
     }
+}
+
+/// Whether an index entry of `platform` is wanted: every entry when `wanted` is empty, else
+/// one whose platform one of the `os/arch[/variant]` patterns names (also for `ferry warm`).
+pub(crate) fn platform_wanted(platform: Option<&Platform>, wanted: &[String]) -> bool {
+    wanted.is_empty() || platform.is_some_and(|p| wanted.iter().any(|w| p.matches(w)))
 }
 
 /// Why a manifest does not describe an image the keeper can hold.
@@ -114,12 +120,7 @@ pub(crate) async fn manifests_of(
         images.push(parts);
     } else {
         for child in &parts.manifests {
-            let wanted = platforms.is_empty()
-                || child
-                    .platform
-                    .as_ref()
-                    .is_some_and(|p| platforms.iter().any(|w| p.matches(w)));
-            if !wanted {
+            if !platform_wanted(child.platform.as_ref(), platforms) {
                 continue;
             }
             let child_digest = digest_of(child, digest)?;

@@ -37,8 +37,7 @@ impl PinKeeper {
                 .file
                 .records
                 .get(key)
-                .and_then(|r| r.current.as_ref())
-                .and_then(|held| held.digest.parse::<Digest>().ok());
+                .and_then(crate::cache::pins::PinRecord::current_digest);
             let due = live
                 .checked
                 .is_none_or(|checked| checked.elapsed() >= self.settings.refresh);
