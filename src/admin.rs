@@ -435,6 +435,20 @@ fn metrics(pull: &PullThrough, pins: &PinKeeper) -> Response<ResponseBody> {
                 let limit = i64::try_from(limit).unwrap_or(i64::MAX);
                 metrics.ratelimit_limit.get_or_create(&labels).set(limit);
             }
+            // Asked, not read from the snapshot: a window that passed is logged as left.
+            let in_reserve = client.health().in_reserve();
+            metrics
+                .ratelimit_reserve
+                .get_or_create(&labels)
+                .set(i64::from(in_reserve));
+            crate::metrics::catch_up(
+                &metrics.ratelimit_reserve_entries.get_or_create(&labels),
+                quota.reserve_entries,
+            );
+            metrics
+                .upstream_suspect
+                .get_or_create(&labels)
+                .set(i64::from(client.health().is_suspect()));
         }
     }
     let usage = pull.cache.usage();

@@ -83,6 +83,9 @@ pub struct Metrics {
     pub(crate) breaker_open: Family<UpstreamLabels, Gauge>,
     pub(crate) ratelimit_remaining: Family<UpstreamLabels, Gauge>,
     pub(crate) ratelimit_limit: Family<UpstreamLabels, Gauge>,
+    pub(crate) ratelimit_reserve: Family<UpstreamLabels, Gauge>,
+    pub(crate) ratelimit_reserve_entries: Family<UpstreamLabels, Counter>,
+    pub(crate) upstream_suspect: Family<UpstreamLabels, Gauge>,
     pub(crate) cache_bytes: Gauge,
     pub(crate) cache_limit_bytes: Gauge,
     pub(crate) cache_evictions: Counter,
@@ -110,6 +113,9 @@ impl Default for Metrics {
             breaker_open: Family::default(),
             ratelimit_remaining: Family::default(),
             ratelimit_limit: Family::default(),
+            ratelimit_reserve: Family::default(),
+            ratelimit_reserve_entries: Family::default(),
+            upstream_suspect: Family::default(),
             cache_bytes: Gauge::default(),
             cache_limit_bytes: Gauge::default(),
             cache_evictions: Counter::default(),
@@ -134,6 +140,21 @@ impl Default for Metrics {
             "ferry_upstream_ratelimit_limit",
             "Pulls the upstream's quota allows per window, as its last answer said",
             metrics.ratelimit_limit.clone(),
+        );
+        registry.register(
+            "ferry_upstream_ratelimit_reserve",
+            "1 while the upstream's remaining quota is within its ratelimit_reserve (pulls ask the other upstreams first)",
+            metrics.ratelimit_reserve.clone(),
+        );
+        registry.register(
+            "ferry_upstream_ratelimit_reserve_entries",
+            "Times the upstream's remaining quota fell into its ratelimit_reserve",
+            metrics.ratelimit_reserve_entries.clone(),
+        );
+        registry.register(
+            "ferry_upstream_suspect",
+            "1 while the upstream is suspect (it sent bytes that failed their digest within bad_source_skip): asked after the others, its blob bodies held until verified",
+            metrics.upstream_suspect.clone(),
         );
         registry.register(
             "ferry_pins",
@@ -287,6 +308,9 @@ impl Metrics {
         self.breaker_open.remove(&labels);
         self.ratelimit_remaining.remove(&labels);
         self.ratelimit_limit.remove(&labels);
+        self.ratelimit_reserve.remove(&labels);
+        self.ratelimit_reserve_entries.remove(&labels);
+        self.upstream_suspect.remove(&labels);
         self.hedges.remove(&labels);
         self.stall_resumes.remove(&labels);
     }

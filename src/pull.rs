@@ -9,6 +9,7 @@ pub(crate) mod passthrough;
 pub(crate) mod pinning;
 pub(crate) mod provenance;
 pub(crate) mod referrers;
+pub(crate) mod reserve;
 pub(crate) mod singleflight;
 
 pub use blob::{BlobAnswer, RangeSpec};

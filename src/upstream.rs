@@ -22,6 +22,7 @@ pub(crate) use client::{BodyChunks, UpstreamClient};
 pub(crate) use failure::{FailureKind, UpstreamFailure, UpstreamsExhausted};
 pub use memory_budget::{BudgetLease, MemoryBudget};
 pub(crate) use pace::BodyPace;
+pub(crate) use pool::RequestCost;
 pub use pool::{AttemptPlan, DEFAULT_STALL_FLOOR, Hedging, PoolSettings, Upstreams};
 pub use registries::{Registries, RegistryPattern, canonical_registry};
 pub(crate) use route::Route;

@@ -128,16 +128,39 @@ async fn fails_over_on_body_idle_timeout_and_reset_before_any_byte_is_published(
 
 #[tokio::test]
 async fn fails_over_on_corrupt_bytes_and_wrong_digest_header() {
-    assert_fails_over(Fault::Corrupt, "corrupt body").await;
+    // A corrupt blob from a primary that served its manifest right: the secondary serves it.
+    let (primary, secondary, layer) = pull_with_primary_fault(6, "/blobs/", Fault::Corrupt).await;
+    assert_eq!(primary.hits(&layer), 1);
+    assert_eq!(secondary.hits(&layer), 1);
+    // Everything corrupt on the primary: the secondary serves the manifest, and the primary,
+    // suspect from then on, is asked for the blob only after it (so not at all).
+    let (primary, secondary, layer) = pull_with_primary_fault(7, "/v2/", Fault::Corrupt).await;
+    assert_eq!(primary.hits("/manifests/stable"), 1);
+    assert_eq!(secondary.hits("/manifests/stable"), 1);
+    assert_eq!(primary.hits(&layer), 0);
+    assert_eq!(secondary.hits(&layer), 1);
+    let (primary, secondary, _) =
+        pull_with_primary_fault(8, "/manifests/", Fault::WrongDigestHeader).await;
+    assert_eq!(primary.hits("/manifests/stable"), 1);
+    assert_eq!(secondary.hits("/manifests/stable"), 1);
+}
+
+/// Pulls `ci/agent:stable` whole with `fault` on the primary's `path`; returns both registries
+/// and the layer's blob path, and checks that nothing corrupt was committed.
+async fn pull_with_primary_fault(
+    seed: u64,
+    path: &str,
+    fault: Fault,
+) -> (FakeRegistry, FakeRegistry, String) {
     let primary = FakeRegistry::start().await;
     let secondary = FakeRegistry::start().await;
     let (manifest, layer_digest, layer) =
-        put_image(&[&primary, &secondary], "ci/agent", "stable", 8);
-    primary.fault("/manifests/", Fault::WrongDigestHeader);
+        put_image(&[&primary, &secondary], "ci/agent", "stable", seed);
+    primary.fault(path, fault);
     let proxy = TestProxy::start(&[&primary, &secondary]).await;
     pull_ok(&proxy, "ci/agent:stable", &manifest, &layer_digest, &layer).await;
-    assert_eq!(primary.hits("/manifests/stable"), 1);
-    assert_eq!(secondary.hits("/manifests/stable"), 1);
+    assert!(proxy.rehash_cache().iter().all(|(_, ok)| *ok));
+    (primary, secondary, format!("/blobs/{layer_digest}"))
 }
 
 #[tokio::test]

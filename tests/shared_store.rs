@@ -602,7 +602,7 @@ async fn a_store_copy_behind_a_failed_digest_is_checked_and_removed() {
     relay
         .cut_downstream_after
         .store(1024 * 1024, Ordering::SeqCst);
-    relay.limited_connections.store(1, Ordering::SeqCst);
+    relay.cuts_left.store(1, Ordering::SeqCst);
     let mut config = garage.store_config(0, "fleet");
     config.endpoint = Some(relay.endpoint());
     let second = replica_with(&registry, config).await;

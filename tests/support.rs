@@ -263,6 +263,7 @@ pub fn direct_to(
         body_idle_timeout: secs(5),
         min_transfer_rate: 0,
         rate_window: secs(10),
+        ratelimit_reserve: 0,
         ca,
         private_addresses,
     }

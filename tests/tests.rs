@@ -24,4 +24,5 @@ mod quotas;
 mod referrers;
 mod registries;
 mod shared_store;
+mod suspect_upstreams;
 mod third_party_client;

@@ -323,6 +323,9 @@ pub(crate) struct BlobFill<E> {
     /// Space held against the cache size for the bytes received (grown in steps).
     reservation: Option<Reservation>,
     reserved: u64,
+    /// Show readers no byte before the digest matches (the source is suspect), whatever the
+    /// blob's size. Bytes already shown stay shown.
+    held: bool,
 }
 
 impl<E: ContentError> BlobFill<E> {
@@ -370,6 +373,7 @@ impl<E: ContentError> BlobFill<E> {
             index,
             reservation: None,
             reserved: 0,
+            held: false,
         })
     }
 
@@ -473,8 +477,17 @@ impl<E: ContentError> BlobFill<E> {
         Ok(())
     }
 
+    /// From now until the commit, readers see no further byte: they get the rest once the
+    /// digest matches, and a wrong body can start over unseen.
+    pub(crate) fn hold_until_verified(&mut self) {
+        self.held = true;
+    }
+
     /// Shows every byte received so far to readers (the source paused, or a batch is due).
     pub(crate) fn publish(&mut self) {
+        if self.held {
+            return;
+        }
         let may_show = match self.total {
             Some(total) => total > HOLD_UNTIL_VERIFIED_BYTES,
             None => self.received > HOLD_UNTIL_VERIFIED_BYTES,
@@ -537,6 +550,7 @@ impl<E: ContentError> BlobFill<E> {
         self.total = None;
         self.reservation = None;
         self.reserved = 0;
+        self.held = false;
         *self.handle.recent() = RecentBytes::default();
         let reset = self.hashes.send(HashJob::Reset).is_ok();
         if !(reset && self.writes.send(WriteJob::Truncate).is_ok()) {

@@ -137,6 +137,10 @@ config_file_schema! {
     /// Consecutive failures that open an upstream's circuit breaker.
     breaker_threshold: Option<u32> = BREAKER_THRESHOLD(CountKind = CountKind { min: 1 }, default BreakerConfig::DEFAULT.threshold),
     breaker_cooldown: Option<String> = BREAKER_COOLDOWN(DurationKind = DurationKind(ANY_DURATION), default BreakerConfig::DEFAULT.cooldown),
+    /// An upstream whose announced remaining quota (`ratelimit-remaining`) is at or below this
+    /// is asked for manifests (pulls) only after the others; its tags are still revalidated
+    /// there with HEAD. Per upstream too. Default 0: an upstream with no pulls left goes last.
+    ratelimit_reserve: Option<u32> = RATELIMIT_RESERVE(CountKind = CountKind { min: 0 }, default 0),
     breaker_max_cooldown: Option<String> = BREAKER_MAX_COOLDOWN(DurationKind = DurationKind(ANY_DURATION), default BreakerConfig::DEFAULT.max_cooldown),
     /// Background `GET /v2/` per upstream on this interval ("off" disables).
     health_probe_interval: Option<String> = HEALTH_PROBE_INTERVAL(OptionalDurationKind = OptionalDurationKind { off_word: "off" }, default None),
@@ -213,4 +217,6 @@ pub struct UpstreamFile {
     /// Connect only to public addresses (checked after resolution, also for the token realm
     /// and redirects), as direct registries do. Default false.
     pub public_addresses_only: Option<bool>,
+    /// This upstream's `ratelimit_reserve` (default: the top-level one).
+    pub ratelimit_reserve: Option<u32>,
 }

@@ -40,6 +40,7 @@ impl Config {
                 password_file: None,
                 ca_file: u.ca.as_ref().map(|ca| ca.path.display().to_string()),
                 public_addresses_only: Some(u.public_addresses_only),
+                ratelimit_reserve: Some(u32::try_from(u.ratelimit_reserve).unwrap_or(u32::MAX)),
             })
             .collect();
         let file = ConfigFile {
@@ -97,6 +98,7 @@ impl Config {
             max_connections_per_client: MAX_CONNECTIONS_PER_CLIENT
                 .render(&(self.client_limits.max_connections_per_client as u32)),
             retry_budget: RETRY_BUDGET.render(&(self.pool.retry_budget as u32)),
+            ratelimit_reserve: None,
             hedge_delay: HEDGE_DELAY.render(&self.pool.hedging),
             stall_floor: STALL_FLOOR.render(&self.pool.stall_floor),
             memory_budget: MEMORY_BUDGET.render(&(self.pool.memory.bytes() as u64)),

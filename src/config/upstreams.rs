@@ -3,6 +3,7 @@
 
 use super::file::{
     BODY_IDLE_TIMEOUT, CONNECT_TIMEOUT, HEADER_TIMEOUT, MIN_TRANSFER_RATE, RATE_WINDOW,
+    RATELIMIT_RESERVE,
 };
 use super::file::{ConfigFile, UpstreamFile};
 use super::named_files::{SecretSource, UpstreamSecrets};
@@ -21,6 +22,7 @@ pub(crate) struct UpstreamDefaults {
     pub(crate) body_idle_timeout: Duration,
     pub(crate) min_transfer_rate: u64,
     pub(crate) rate_window: Duration,
+    pub(crate) ratelimit_reserve: u64,
 }
 
 impl UpstreamDefaults {
@@ -31,6 +33,9 @@ impl UpstreamDefaults {
             body_idle_timeout: BODY_IDLE_TIMEOUT.parse(file.body_idle_timeout.as_ref(), problems),
             min_transfer_rate: MIN_TRANSFER_RATE.parse(file.min_transfer_rate.as_ref(), problems),
             rate_window: RATE_WINDOW.parse(file.rate_window.as_ref(), problems),
+            ratelimit_reserve: u64::from(
+                RATELIMIT_RESERVE.parse(file.ratelimit_reserve.as_ref(), problems),
+            ),
         }
     }
 }
@@ -204,6 +209,9 @@ fn parse_one(
         ca: None,
         https_redirects_only: false,
         public_addresses_only: upstream.public_addresses_only.unwrap_or(false),
+        ratelimit_reserve: upstream
+            .ratelimit_reserve
+            .map_or(defaults.ratelimit_reserve, u64::from),
     };
     (Some(config), named)
 }
@@ -377,6 +385,7 @@ pub(crate) fn direct_registries(
         body_idle_timeout: defaults.body_idle_timeout,
         min_transfer_rate: defaults.min_transfer_rate,
         rate_window: defaults.rate_window,
+        ratelimit_reserve: defaults.ratelimit_reserve,
         // Read by `app::config_files` from the top-level `ca_file`.
         ca: None,
         private_addresses: file.direct_registries_private_addresses.unwrap_or(false),

@@ -2,7 +2,8 @@
 //! that digest; this module picks its sources (the first upstream that answers, the next one
 //! when a body breaks) and hands the bytes to the cache's `BlobFill`, which every client reads.
 //! Before any byte is shown a failing upstream is replaced by the next; after that, a wrong
-//! body fails the fill, cuts the clients, and the upstream is skipped for that digest a while.
+//! body fails the fill, cuts the clients, and the upstream is skipped for that digest a while
+//! and suspect for every digest: its bodies are then held from readers until verified.
 
 use super::passthrough::{
     FallbackContext, continue_from_upstream_on_cache_failure, open_tail, stream_tail,
@@ -720,6 +721,9 @@ impl Fill {
                     self.check_store_copy(upstreams, &client, shared);
                     self.blame_contributors(upstreams, &client, &failure, started.elapsed());
                     failures.push(failure);
+                    // No reader saw the wrong body. Another upstream starts over; if none
+                    // can, the same one may try once more (wrong bytes are often transient).
+                    plan.requeue_once(&client);
                     if let Err(e) = self.fill.restart() {
                         return Err(FerryError::Cache(e));
                     }
@@ -833,7 +837,7 @@ impl Fill {
         let (upstreams, digest) = (upstreams.clone(), self.digest.clone());
         shared.check_blob_later(self.digest.clone(), move || {
             for name in blamed {
-                upstreams.clear_bad_source(&name, &digest);
+                upstreams.exonerate(&name, &digest);
             }
         });
     }
@@ -898,6 +902,11 @@ impl Fill {
             _ => {}
         }
         let total = self.total;
+        if client.health().is_suspect() {
+            // It sent wrong bytes lately: no reader sees this body before its digest matches,
+            // so a wrong one is fetched again elsewhere without any client having seen it.
+            self.fill.hold_until_verified();
+        }
         self.contributors.push(upstream.to_owned());
         let mut received = offset;
         let mut pace = upstreams.stall_floor_for(client).map(BodyPace::new);

@@ -1,7 +1,8 @@
 //! Manifests and tags. A manifest is fetched whole and verified before any byte reaches
 //! the client: against the requested digest, or for a tag against the digest of its body
 //! (and the upstream's `Docker-Content-Digest`). Tags are revalidated with a HEAD after
-//! their TTL and served stale when every upstream fails.
+//! their TTL and served stale when every upstream fails. Manifest GETs are pulls: upstreams
+//! within their rate-limit reserve are asked for them last (see `reserve.rs`).
 
 use super::{MAX_MANIFEST_BYTES, MAX_TAG_LIST_BYTES, PullThrough, Source};
 use crate::cache::provenance::ContentKind;
@@ -14,7 +15,9 @@ use crate::oci::{
 };
 use crate::shared::StoreRead;
 use crate::upstream::memory_budget::BodyClass;
-use crate::upstream::{FailureKind, Route, UpstreamFailure, Upstreams, UpstreamsExhausted};
+use crate::upstream::{
+    FailureKind, RequestCost, Route, UpstreamFailure, Upstreams, UpstreamsExhausted,
+};
 use bytes::Bytes;
 use http::header::{ACCEPT, CONTENT_TYPE};
 use http::{HeaderMap, HeaderValue, Method};
@@ -100,7 +103,13 @@ impl PullThrough {
             });
         }
         let (manifest, upstream) = self
-            .fetch_manifest(upstreams, name, &Reference::Digest(digest.clone()), accept)
+            .fetch_manifest(
+                upstreams,
+                name,
+                &Reference::Digest(digest.clone()),
+                accept,
+                RequestCost::Pull,
+            )
             .await
             .map_err(|e| manifest_error(e, &format!("manifest {digest} of {name}")))?;
         self.store_manifest(&manifest).await;
@@ -113,7 +122,7 @@ impl PullThrough {
 
     /// The manifest from the shared store, verified against its digest and kept locally;
     /// `None` if there is no store, it lacks the manifest, fails, or holds a corrupt copy.
-    async fn shared_manifest(&self, digest: &Digest) -> Option<CachedManifest> {
+    pub(super) async fn shared_manifest(&self, digest: &Digest) -> Option<CachedManifest> {
         let shared = self.shared.as_ref()?;
         let path = shared.manifest_path(digest);
         let StoreRead::Found((body, content_type)) =
@@ -248,12 +257,23 @@ impl PullThrough {
             accept,
             key: &key,
         };
-        if let (Some(record), Some(manifest)) = (&record, &cached)
-            && let Some(answer) = self.revalidate_tag(&tagged, record, manifest).await
+        let moved = match (&record, &cached) {
+            (Some(record), Some(manifest)) => {
+                match self.revalidate_tag(&tagged, record, manifest).await {
+                    Revalidation::Answered(answer) => return answer,
+                    Revalidation::Moved(head) => Some(head),
+                }
+            }
+            _ => None,
+        };
+        let stale = record.zip(cached);
+        if tagged.upstreams.any_in_reserve()
+            && let Some(answer) = self
+                .tag_sparing_reserve(&tagged, moved, stale.as_ref())
+                .await
         {
             return answer;
         }
-        let stale = record.zip(cached);
         self.fetch_tag(&tagged, stale).await
     }
 
@@ -281,17 +301,18 @@ impl PullThrough {
     }
 
     /// A kept tag past its TTL: fresh again if another request revalidated it meanwhile,
-    /// else a HEAD asks whether it still names the same manifest. `None` when it moved (the
-    /// caller fetches it); a stale answer (within max_stale) when every upstream failed.
+    /// else a HEAD asks whether it still names the same manifest. `Moved` (with what the HEAD
+    /// said) when it moved, for the caller to fetch; a stale answer (within max_stale) when
+    /// every upstream failed.
     async fn revalidate_tag(
         &self,
         tagged: &TaggedRequest<'_>,
         record: &TagRecord,
         manifest: &CachedManifest,
-    ) -> Option<Result<ManifestAnswer, FerryError>> {
+    ) -> Revalidation {
         if record.age() < self.settings.tag_ttl {
             // Revalidated by another request while this one waited.
-            return Some(Ok(ManifestAnswer {
+            return Revalidation::Answered(Ok(ManifestAnswer {
                 manifest: manifest.clone(),
                 source: Source::Cache,
             }));
@@ -310,22 +331,23 @@ impl PullThrough {
                     &confirmed_by,
                 )
                 .await;
-                Some(Ok(ManifestAnswer {
+                Revalidation::Answered(Ok(ManifestAnswer {
                     manifest: manifest.clone(),
                     source: Source::Cache,
                 }))
             }
-            Ok(_) => None, // moved (or no digest header): fetch it
+            // Moved (or no digest header): the caller fetches it.
+            Ok(head) => Revalidation::Moved(head),
             Err(exhausted) if self.within_max_stale(record.age()) => {
                 tracing::warn!(tag = %tagged.label(), error = %exhausted, "serving a stale tag: every upstream failed to revalidate it");
-                Some(Ok(ManifestAnswer {
+                Revalidation::Answered(Ok(ManifestAnswer {
                     manifest: manifest.clone(),
                     source: Source::StaleCache,
                 }))
             }
             Err(exhausted) => {
                 tracing::warn!(tag = %tagged.label(), age = ?record.age(), "not serving a stale tag older than max_stale");
-                Some(Err(FerryError::Upstreams(exhausted)))
+                Revalidation::Answered(Err(FerryError::Upstreams(exhausted)))
             }
         }
     }
@@ -343,6 +365,7 @@ impl PullThrough {
                 tagged.name,
                 &Reference::Tag(tagged.tag.clone()),
                 tagged.accept,
+                RequestCost::Pull,
             )
             .await
         {
@@ -453,13 +476,15 @@ impl PullThrough {
             .await
     }
 
-    /// GETs a manifest from the first upstream that returns verified bytes.
+    /// GETs a manifest from the first upstream that returns verified bytes. A GET is a pull:
+    /// `cost` says whether upstreams within their rate-limit reserve go last or not at all.
     pub(super) async fn fetch_manifest(
         &self,
         upstreams: &Upstreams,
         name: &RepositoryName,
         reference: &Reference,
         accept: &AcceptList,
+        cost: RequestCost,
     ) -> Result<(CachedManifest, String), UpstreamsExhausted> {
         let requested_digest = match reference {
             Reference::Digest(d) => Some(d),
@@ -474,7 +499,7 @@ impl PullThrough {
         };
         let suffix = format!("manifests/{reference}");
         upstreams
-            .first_success(route, |client| {
+            .first_success_costing(route, cost, |client| {
                 let suffix = suffix.clone();
                 async move {
                     let response = client
@@ -708,20 +733,29 @@ fn manifest_error(exhausted: UpstreamsExhausted, what: &str) -> FerryError {
 
 impl TaggedRequest<'_> {
     /// `name:tag`, for log lines.
-    fn label(&self) -> String {
+    pub(super) fn label(&self) -> String {
         format!("{}:{}", self.name, self.tag)
     }
 }
 
 /// One request for a manifest by tag, as its steps share it.
 #[derive(Clone, Copy)]
-struct TaggedRequest<'a> {
-    upstreams: &'a Upstreams,
-    registry: &'a str,
-    name: &'a RepositoryName,
-    tag: &'a Tag,
-    accept: &'a AcceptList,
-    key: &'a TagKey,
+pub(super) struct TaggedRequest<'a> {
+    pub(super) upstreams: &'a Upstreams,
+    pub(super) registry: &'a str,
+    pub(super) name: &'a RepositoryName,
+    pub(super) tag: &'a Tag,
+    pub(super) accept: &'a AcceptList,
+    pub(super) key: &'a TagKey,
+}
+
+/// What revalidating a kept tag came to.
+enum Revalidation {
+    /// The kept mapping (confirmed, fresh meanwhile, or stale after every upstream failed),
+    /// or the error when it was too old to serve stale.
+    Answered(Result<ManifestAnswer, FerryError>),
+    /// It moved: the digest the HEAD named (if any), and the upstream that named it.
+    Moved((Option<Digest>, String)),
 }
 
 #[cfg(test)]

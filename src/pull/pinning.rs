@@ -97,7 +97,13 @@ impl PullThrough {
             Ok((Some(digest), upstream)) => Ok(ResolvedTag { digest, upstream }),
             Ok((None, _)) => {
                 let (manifest, upstream) = self
-                    .fetch_manifest(&upstreams, name, &Reference::Tag(tag.clone()), &accept)
+                    .fetch_manifest(
+                        &upstreams,
+                        name,
+                        &Reference::Tag(tag.clone()),
+                        &accept,
+                        crate::upstream::RequestCost::Pull,
+                    )
                     .await
                     .map_err(PinFetchError::Upstreams)?;
                 self.store_manifest(&manifest).await;

@@ -92,7 +92,7 @@ impl UpstreamClient {
             && !config.registry.starts_with(&format!("{host}:"));
         Ok(UpstreamClient {
             forwards_namespace,
-            health: UpstreamHealth::new(&config.name, breaker),
+            health: UpstreamHealth::new(&config.name, breaker, config.ratelimit_reserve),
             config,
             http,
             tokens: TokenCache::new(memory.clone()),

@@ -1,6 +1,6 @@
 //! What ferry knows about one upstream's health: its circuit breaker, whether an operator
-//! drained it, its quota and `Retry-After`, recent failures, request counts and header
-//! latency. Shown by the admin API.
+//! drained it, its quota, reserve and `Retry-After`, whether it is suspect of sending wrong
+//! bytes, recent failures, request counts and header latency. Shown by the admin API.
 
 use super::breaker::{Admission, Breaker, BreakerConfig, BreakerSnapshot, Transition};
 use super::failure::{FailureKind, UpstreamFailure};
@@ -44,10 +44,13 @@ pub struct UpstreamHealth {
     recent: Mutex<VecDeque<RecordedFailure>>,
     /// The quota its answers announce, and a `Retry-After` in force.
     quota: super::quota::Quota,
+    /// Until when it is suspect: it sent a body that failed its digest, so it is asked after
+    /// the others for every digest and its blob bodies reach no client before the check.
+    suspect_until: Mutex<Option<Instant>>,
 }
 
 impl UpstreamHealth {
-    pub fn new(name: &str, breaker: BreakerConfig) -> Self {
+    pub fn new(name: &str, breaker: BreakerConfig, ratelimit_reserve: u64) -> Self {
         UpstreamHealth {
             name: name.to_owned(),
             breaker: Breaker::new(breaker),
@@ -59,7 +62,8 @@ impl UpstreamHealth {
             header_times: Mutex::new(VecDeque::with_capacity(RECENT_HEADER_TIMES)),
             last_answer: Mutex::new(None),
             recent: Mutex::new(VecDeque::new()),
-            quota: super::quota::Quota::default(),
+            quota: super::quota::Quota::with_reserve(ratelimit_reserve),
+            suspect_until: Mutex::new(None),
         }
     }
 
@@ -70,9 +74,56 @@ impl UpstreamHealth {
 
     /// Notes the quota and `Retry-After` of an answer (any status).
     pub(crate) fn note_answer(&self, status: http::StatusCode, headers: &http::HeaderMap) {
-        if let Some(delay) = self.quota.note_answer(status.as_u16(), headers) {
+        let noted = self.quota.note_answer(status.as_u16(), headers);
+        if let Some(delay) = noted.retry_after {
             tracing::warn!(upstream = %self.name, status = status.as_u16(), ?delay, "upstream asked ferry to wait (Retry-After): asked only as the last resort until then");
         }
+        self.log_reserve_change(noted.reserve);
+    }
+
+    /// Whether its remaining quota is within its reserve: pulls ask the others first.
+    pub(crate) fn in_reserve(&self) -> bool {
+        let (inside, change) = self.quota.check_reserve();
+        self.log_reserve_change(change);
+        inside
+    }
+
+    fn log_reserve_change(&self, change: Option<super::quota::ReserveChange>) {
+        match change {
+            Some(super::quota::ReserveChange::Entered { remaining, reserve }) => {
+                tracing::warn!(upstream = %self.name, remaining, reserve, "upstream entered its rate-limit reserve: manifests are pulled from the other upstreams first, tags still revalidated here with HEAD");
+            }
+            Some(super::quota::ReserveChange::Left) => {
+                tracing::info!(upstream = %self.name, "upstream left its rate-limit reserve: first again for pulls");
+            }
+            None => {}
+        }
+    }
+
+    /// It sent a body that failed its digest: suspect for `how_long` from now.
+    pub(crate) fn mark_suspect(&self, how_long: Duration) {
+        let now = Instant::now();
+        let mut until = self.suspect_until.lock().unwrap_or_else(|p| p.into_inner());
+        if !until.is_some_and(|u| u > now) {
+            tracing::warn!(upstream = %self.name, ?how_long, "upstream sent wrong bytes: suspect, asked after the others for every digest and its blob bodies held until verified");
+        }
+        *until = Some(now + how_long);
+    }
+
+    /// Its wrong bytes were someone else's (the shared store's copy was the bad one).
+    pub(crate) fn clear_suspect(&self) {
+        *self.suspect_until.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// How much longer it stays suspect; `None` when it is not.
+    pub(crate) fn suspect_for(&self) -> Option<Duration> {
+        let until = *self.suspect_until.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        until.filter(|u| *u > now).map(|u| u - now)
+    }
+
+    pub(crate) fn is_suspect(&self) -> bool {
+        self.suspect_for().is_some()
     }
 
     pub(crate) fn is_drained(&self) -> bool {
@@ -227,6 +278,9 @@ impl UpstreamHealth {
             "ratelimit_window_seconds": quota.window.map(|w| w.as_secs()),
             "ratelimit_seen_seconds_ago": quota.age.map(|a| a.as_secs()),
             "retry_after_ms": quota.retry_after.map(|d| d.as_millis() as u64),
+            "ratelimit_reserve": quota.reserve,
+            "in_reserve": quota.in_reserve,
+            "suspect_for_ms": self.suspect_for().map(|d| d.as_millis() as u64),
             "recent_failures": recent,
         })
     }

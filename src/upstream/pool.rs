@@ -1,7 +1,8 @@
 //! The ordered list of upstreams. Each request gets an [`AttemptPlan`]: upstreams in
 //! priority order (a group's members ranked for the request), drained ones left out, open
-//! breakers deferred to the last resort, recent bad sources for the digest last, and a
-//! bounded number of attempts. Attempts are hedged: if one has no answer within its hedge delay
+//! breakers and `Retry-After`s deferred to the last resort, suspects and recent bad sources
+//! for the digest after the others, pulls after the others at an upstream within its
+//! rate-limit reserve, and a bounded number of attempts. Attempts are hedged: if one has no answer within its hedge delay
 //! (by default a multiple of that upstream's own recent times to headers), the next starts beside it.
 
 use super::breaker::{Admission, BreakerConfig};
@@ -16,6 +17,19 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// What a request costs at an upstream, for ordering around registries' pull quotas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RequestCost {
+    /// HEADs, blobs, lists: no pull counted; priority order.
+    Free,
+    /// A manifest GET, which Docker Hub counts as a pull: upstreams within their
+    /// `ratelimit_reserve` are asked after the others.
+    Pull,
+    /// A pull that must not spend any reserve (the caller has a stale answer to give
+    /// instead): upstreams within their reserve are left out.
+    PullSparingReserve,
+}
 
 /// Bound on remembered (upstream, digest) bad sources; the oldest are forgotten first.
 const MAX_BAD_SOURCES: usize = 10_000;
@@ -323,10 +337,16 @@ impl Upstreams {
         self.clients.iter().find(|c| c.name() == name)
     }
 
-    /// A fresh plan for one request: drained upstreams left out, each group's members
-    /// ranked for `route`, upstreams that recently sent bad bytes for its digest moved to
-    /// the end.
+    /// A fresh plan for a request that costs no pull (see [`Upstreams::plan_costing`]).
     pub(crate) fn plan(&self, route: Route<'_>) -> AttemptPlan {
+        self.plan_costing(route, RequestCost::Free)
+    }
+
+    /// A fresh plan for one request: drained upstreams left out, each group's members
+    /// ranked for `route`; for a digest, suspect upstreams after the others and those that
+    /// recently sent bad bytes for it at the end; for a pull, upstreams within their
+    /// rate-limit reserve after the others (or left out, sparing the reserve).
+    pub(crate) fn plan_costing(&self, route: Route<'_>, cost: RequestCost) -> AttemptPlan {
         let now = Instant::now();
         let in_rotation: Vec<_> = self
             .clients
@@ -343,21 +363,47 @@ impl Upstreams {
                     bad.get(&(client.name().to_owned(), digest.clone()))
                         .is_some_and(|until| *until > now)
                 };
-                let (mut good, mut skipped): (Vec<_>, Vec<_>) =
-                    in_rotation.partition(|c| !is_bad(c));
+                let (good, mut skipped): (Vec<_>, Vec<_>) = in_rotation.partition(|c| !is_bad(c));
+                // An upstream that sent wrong bytes for any digest lately goes after the
+                // others for every digest.
+                let (mut trusted, suspects): (Vec<_>, Vec<_>) =
+                    good.into_iter().partition(|c| !c.health().is_suspect());
                 // Among recent bad sources, the one marked longest ago goes first: two
                 // upstreams that each lied once take turns, rather than the latest liar
                 // being asked again while the other has recovered.
                 skipped.sort_by_key(|c| bad.get(&(c.name().to_owned(), digest.clone())).copied());
-                good.extend(skipped);
-                good
+                trusted.extend(suspects);
+                trusted.extend(skipped);
+                trusted
             }
+        };
+        let order = match cost {
+            RequestCost::Free => order,
+            RequestCost::Pull => {
+                let (mut outside, within): (Vec<_>, Vec<_>) =
+                    order.into_iter().partition(|c| !c.health().in_reserve());
+                outside.extend(within);
+                outside
+            }
+            RequestCost::PullSparingReserve => order
+                .into_iter()
+                .filter(|c| !c.health().in_reserve())
+                .collect(),
         };
         AttemptPlan::new(order, self.settings.retry_budget)
     }
 
-    /// Remembers that `upstream` served wrong or broken bytes for `digest`.
+    /// Whether any upstream is within its rate-limit reserve now.
+    pub(crate) fn any_in_reserve(&self) -> bool {
+        self.clients.iter().any(|c| c.health().in_reserve())
+    }
+
+    /// Remembers that `upstream` served wrong or broken bytes for `digest` (and so is
+    /// suspect for every digest a while).
     pub(crate) fn mark_bad_source(&self, upstream: &str, digest: &Digest) {
+        if let Some(client) = self.find(upstream) {
+            client.health().mark_suspect(self.settings.bad_source_skip);
+        }
         let now = Instant::now();
         let mut bad = self.lock_bad_sources();
         bad.retain(|_, until| *until > now);
@@ -379,6 +425,15 @@ impl Upstreams {
     pub(crate) fn clear_bad_source(&self, upstream: &str, digest: &Digest) {
         self.lock_bad_sources()
             .remove(&(upstream.to_owned(), digest.clone()));
+    }
+
+    /// `upstream` was blamed for wrong bytes that turned out to be another source's (the
+    /// shared store's copy): neither a bad source for `digest` nor suspect.
+    pub(crate) fn exonerate(&self, upstream: &str, digest: &Digest) {
+        self.clear_bad_source(upstream, digest);
+        if let Some(client) = self.find(upstream) {
+            client.health().clear_suspect();
+        }
     }
 
     fn lock_bad_sources(&self) -> std::sync::MutexGuard<'_, HashMap<(String, Digest), Instant>> {
@@ -432,6 +487,9 @@ impl Upstreams {
             }
             Err(failure) => {
                 client.health().record_failure(failure);
+                if failure.kind == super::FailureKind::DigestMismatch {
+                    client.health().mark_suspect(self.settings.bad_source_skip);
+                }
                 if failure.may_try_next(failover_on_not_found) {
                     self.metrics
                         .failovers
@@ -463,7 +521,28 @@ impl Upstreams {
         F: FnMut(Arc<UpstreamClient>) -> Fut,
         Fut: Future<Output = Result<T, UpstreamFailure>>,
     {
-        self.first_success_where(route, self.settings.failover_on_not_found, attempt)
+        self.first_success_where(
+            route,
+            RequestCost::Free,
+            self.settings.failover_on_not_found,
+            attempt,
+        )
+        .await
+    }
+
+    /// `first_success` for a request that costs `cost` at an upstream (a manifest GET is a
+    /// pull on Docker Hub): see [`Upstreams::plan_costing`].
+    pub(crate) async fn first_success_costing<T, F, Fut>(
+        &self,
+        route: Route<'_>,
+        cost: RequestCost,
+        attempt: F,
+    ) -> Result<T, UpstreamsExhausted>
+    where
+        F: FnMut(Arc<UpstreamClient>) -> Fut,
+        Fut: Future<Output = Result<T, UpstreamFailure>>,
+    {
+        self.first_success_where(route, cost, self.settings.failover_on_not_found, attempt)
             .await
     }
 
@@ -479,12 +558,14 @@ impl Upstreams {
         F: FnMut(Arc<UpstreamClient>) -> Fut,
         Fut: Future<Output = Result<T, UpstreamFailure>>,
     {
-        self.first_success_where(route, true, attempt).await
+        self.first_success_where(route, RequestCost::Free, true, attempt)
+            .await
     }
 
     async fn first_success_where<T, F, Fut>(
         &self,
         route: Route<'_>,
+        cost: RequestCost,
         failover_on_not_found: bool,
         attempt: F,
     ) -> Result<T, UpstreamsExhausted>
@@ -492,7 +573,7 @@ impl Upstreams {
         F: FnMut(Arc<UpstreamClient>) -> Fut,
         Fut: Future<Output = Result<T, UpstreamFailure>>,
     {
-        let mut plan = self.plan(route);
+        let mut plan = self.plan_costing(route, cost);
         let mut failures = Vec::new();
         match self
             .attempt_in_order(&mut plan, &mut failures, failover_on_not_found, attempt)

@@ -2,7 +2,8 @@
 //! and `ratelimit-remaining: 76;w=21600`, the IETF draft's `RateLimit-Limit`,
 //! `RateLimit-Remaining`, `RateLimit-Reset` and `RateLimit-Policy` (and its combined
 //! `RateLimit: limit=.., remaining=.., reset=..`), `X-RateLimit-*`; and `Retry-After` on a 429
-//! or 503 (seconds or an HTTP date), before which the upstream is asked only as a last resort.
+//! or 503 (seconds or an HTTP date), before which the upstream is asked only as a last resort;
+//! and whether its remaining budget is within its configured reserve.
 
 use http::HeaderMap;
 use std::sync::Mutex;
@@ -10,6 +11,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 /// Longest `Retry-After` honoured: a registry asking for more is asked again after this.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
+/// A reading that names neither its window nor its reset keeps the upstream in its reserve at
+/// most this long (unless a newer answer says otherwise).
+const RESERVE_WITHOUT_WINDOW: Duration = Duration::from_secs(3600);
 
 /// What one answer said about the quota.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -126,9 +131,11 @@ pub(crate) fn read_retry_after(headers: &HeaderMap) -> Option<Duration> {
     Some(delay.min(MAX_RETRY_AFTER))
 }
 
-/// The quota last seen for one upstream, and the `Retry-After` in force.
+/// The quota last seen for one upstream, the `Retry-After` in force, and its reserve.
 #[derive(Debug, Default)]
 pub(crate) struct Quota {
+    /// Remaining pulls at or below which manifest GETs ask this upstream after the others.
+    reserve: u64,
     state: Mutex<QuotaState>,
 }
 
@@ -137,6 +144,46 @@ struct QuotaState {
     reading: Option<QuotaReading>,
     seen_at: Option<Instant>,
     retry_after_until: Option<Instant>,
+    /// Whether the upstream was within its reserve when last looked at.
+    in_reserve: bool,
+    /// How many times it entered its reserve.
+    reserve_entries: u64,
+}
+
+impl QuotaState {
+    /// Whether the last reading puts the upstream within `reserve` at `now`: its remaining
+    /// budget is at or below it and the window it was read in has not passed (the reset the
+    /// answer named, else its window).
+    fn within_reserve(&self, reserve: u64, now: Instant) -> bool {
+        let (Some(reading), Some(seen_at)) = (self.reading, self.seen_at) else {
+            return false;
+        };
+        let Some(remaining) = reading.remaining else {
+            return false;
+        };
+        let lasts = reading
+            .reset_in
+            .or(reading.window)
+            .unwrap_or(RESERVE_WITHOUT_WINDOW);
+        remaining <= reserve && now < seen_at + lasts
+    }
+}
+
+/// An upstream crossed its reserve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ReserveChange {
+    /// Its remaining budget fell to the reserve: pulls ask the others first.
+    Entered { remaining: u64, reserve: u64 },
+    /// A newer answer showed more left, or the window passed: it is first again.
+    Left,
+}
+
+/// What one answer changed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct AnswerNoted {
+    /// The `Retry-After` a 429 or 503 set.
+    pub(crate) retry_after: Option<Duration>,
+    pub(crate) reserve: Option<ReserveChange>,
 }
 
 /// The quota as the admin API shows it.
@@ -149,22 +196,33 @@ pub(crate) struct QuotaSnapshot {
     pub(crate) age: Option<Duration>,
     /// How long the upstream is still held off by a `Retry-After`.
     pub(crate) retry_after: Option<Duration>,
+    /// The configured reserve, and whether the budget is within it now.
+    pub(crate) reserve: u64,
+    pub(crate) in_reserve: bool,
+    pub(crate) reserve_entries: u64,
 }
 
 impl Quota {
+    pub(crate) fn with_reserve(reserve: u64) -> Self {
+        Quota {
+            reserve,
+            state: Mutex::default(),
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, QuotaState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Notes what an answer with `status` and `headers` says: its quota, and a `Retry-After`
-    /// on a 429 or 503. Returns the `Retry-After` delay when one was set.
-    pub(crate) fn note_answer(&self, status: u16, headers: &HeaderMap) -> Option<Duration> {
+    /// on a 429 or 503.
+    pub(crate) fn note_answer(&self, status: u16, headers: &HeaderMap) -> AnswerNoted {
         let reading = read_quota(headers);
         let retry_after = matches!(status, 429 | 503)
             .then(|| read_retry_after(headers))
             .flatten();
         if reading.is_none() && retry_after.is_none() {
-            return None;
+            return AnswerNoted::default();
         }
         let now = Instant::now();
         let mut state = self.lock();
@@ -176,7 +234,35 @@ impl Quota {
             let until = now + delay;
             state.retry_after_until = Some(state.retry_after_until.map_or(until, |u| u.max(until)));
         }
-        retry_after
+        AnswerNoted {
+            retry_after,
+            reserve: self.update_reserve(&mut state, now),
+        }
+    }
+
+    /// Whether the remaining budget is within the reserve now, and the change since the
+    /// last look (a window that passed is noticed here).
+    pub(crate) fn check_reserve(&self) -> (bool, Option<ReserveChange>) {
+        let mut state = self.lock();
+        let change = self.update_reserve(&mut state, Instant::now());
+        (state.in_reserve, change)
+    }
+
+    fn update_reserve(&self, state: &mut QuotaState, now: Instant) -> Option<ReserveChange> {
+        let inside = state.within_reserve(self.reserve, now);
+        if inside == state.in_reserve {
+            return None;
+        }
+        state.in_reserve = inside;
+        if inside {
+            state.reserve_entries += 1;
+            Some(ReserveChange::Entered {
+                remaining: state.reading.and_then(|r| r.remaining).unwrap_or(0),
+                reserve: self.reserve,
+            })
+        } else {
+            Some(ReserveChange::Left)
+        }
     }
 
     /// Whether a `Retry-After` still holds the upstream off.
@@ -198,6 +284,9 @@ impl Quota {
                 .retry_after_until
                 .filter(|until| *until > now)
                 .map(|until| until - now),
+            reserve: self.reserve,
+            in_reserve: state.within_reserve(self.reserve, now),
+            reserve_entries: state.reserve_entries,
         }
     }
 }
@@ -294,15 +383,19 @@ mod tests {
     fn a_retry_after_holds_the_upstream_off_only_on_429_and_503() {
         let quota = Quota::default();
         assert_eq!(
-            quota.note_answer(200, &headers(&[("retry-after", "30")])),
+            quota
+                .note_answer(200, &headers(&[("retry-after", "30")]))
+                .retry_after,
             None
         );
         assert!(!quota.held_off());
         assert_eq!(
-            quota.note_answer(
-                429,
-                &headers(&[("retry-after", "30"), ("ratelimit-remaining", "0;w=60")])
-            ),
+            quota
+                .note_answer(
+                    429,
+                    &headers(&[("retry-after", "30"), ("ratelimit-remaining", "0;w=60")])
+                )
+                .retry_after,
             Some(Duration::from_secs(30))
         );
         assert!(quota.held_off());
@@ -312,5 +405,51 @@ mod tests {
         // A shorter Retry-After later does not shorten the hold.
         quota.note_answer(503, &headers(&[("retry-after", "1")]));
         assert!(quota.snapshot().retry_after.unwrap() > Duration::from_secs(29));
+    }
+
+    #[test]
+    fn the_reserve_is_entered_at_or_below_it_and_left_when_more_shows_or_the_window_passes() {
+        let quota = Quota::with_reserve(5);
+        let note = |remaining: &str| {
+            quota
+                .note_answer(200, &headers(&[("ratelimit-remaining", remaining)]))
+                .reserve
+        };
+        assert_eq!(note("6;w=60"), None);
+        assert_eq!(
+            note("5;w=60"),
+            Some(ReserveChange::Entered {
+                remaining: 5,
+                reserve: 5
+            })
+        );
+        assert_eq!(note("2;w=60"), None, "still inside: no second entry");
+        assert!(quota.check_reserve().0);
+        assert_eq!(note("40;w=60"), Some(ReserveChange::Left));
+        assert_eq!(quota.snapshot().reserve_entries, 1);
+        // A window that passes ends the reserve without a newer answer.
+        assert!(note("0;w=1").is_some());
+        assert!(quota.snapshot().in_reserve);
+        std::thread::sleep(Duration::from_millis(1100));
+        assert_eq!(quota.check_reserve(), (false, Some(ReserveChange::Left)));
+        // The reset the answer names wins over the window.
+        quota.note_answer(
+            200,
+            &headers(&[
+                ("ratelimit-remaining", "0;w=3600"),
+                ("ratelimit-reset", "1"),
+            ]),
+        );
+        assert!(quota.check_reserve().0);
+        std::thread::sleep(Duration::from_millis(1100));
+        assert!(!quota.check_reserve().0);
+        assert_eq!(quota.snapshot().reserve_entries, 3);
+        // An answer without a remaining count says nothing about the reserve.
+        assert_eq!(
+            quota
+                .note_answer(200, &headers(&[("ratelimit-limit", "100")]))
+                .reserve,
+            None
+        );
     }
 }

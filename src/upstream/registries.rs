@@ -226,6 +226,7 @@ mod tests {
             body_idle_timeout: secs(1),
             min_transfer_rate: 0,
             rate_window: secs(1),
+            ratelimit_reserve: 0,
             ca: None,
             private_addresses: false,
         };

@@ -17,6 +17,8 @@ pub struct DirectRegistries {
     pub body_idle_timeout: Duration,
     pub min_transfer_rate: u64,
     pub rate_window: Duration,
+    /// Remaining pulls at or below which a direct registry is asked for manifests last.
+    pub ratelimit_reserve: u64,
     pub ca: Option<UpstreamCa>,
     /// Let direct registries reach loopback, private and link-local addresses
     /// (`direct_registries_private_addresses`; off by default: clients name these registries).
@@ -50,6 +52,7 @@ impl DirectRegistries {
             https_redirects_only: true,
             public_addresses_only: !self.private_addresses,
             group: None,
+            ratelimit_reserve: self.ratelimit_reserve,
         })
     }
 }
@@ -137,6 +140,9 @@ pub struct UpstreamConfig {
     pub(crate) public_addresses_only: bool,
     /// The group this upstream belongs to: consecutive members share one priority slot.
     pub group: Option<String>,
+    /// While its announced remaining quota is at or below this, manifest GETs (pulls) ask it
+    /// after the other upstreams.
+    pub ratelimit_reserve: u64,
 }
 
 /// Basic credentials for an upstream. The password never appears in `Debug` output.
@@ -280,6 +286,7 @@ impl fmt::Debug for UpstreamConfig {
             .field("https_redirects_only", &self.https_redirects_only)
             .field("public_addresses_only", &self.public_addresses_only)
             .field("group", &self.group)
+            .field("ratelimit_reserve", &self.ratelimit_reserve)
             .finish()
     }
 }

@@ -1,8 +1,8 @@
 //! `fault-proxy`: the tests' fault-injecting upstream as a standalone program, to put in
 //! front of a real registry (for benchmarks and game days):
 //!   cargo run --release --example fault-proxy -- --listen 127.0.0.1:6000 --backend http://127.0.0.1:5000 --fault /blobs/=reset:1048576
-//! Modes: status:CODE, hang, delay:MS, hang-mid:BYTES, reset:BYTES, truncate:BYTES, corrupt,
-//! flip:OFFSET, wrong-digest, drip:BYTES:MS. With `--fault-file F` the faults are re-read from F
+//! Modes: status:CODE, retry-after:CODE:SECONDS, hang, delay:MS, hang-mid:BYTES, reset:BYTES,
+//! truncate:BYTES, corrupt, flip:OFFSET, wrong-digest, drip:BYTES:MS. With `--fault-file F` the faults are re-read from F
 //! (one PATH=MODE per line, or the line `refused` to stop listening) whenever it changes.
 
 #[allow(dead_code)]
@@ -25,6 +25,13 @@ fn parse_fault(spec: &str) -> Result<(String, Fault), String> {
     };
     let fault = match kind {
         "status" => Fault::Status(number()? as u16),
+        "retry-after" => {
+            let status = number()? as u16;
+            Fault::RetryAfter {
+                status,
+                seconds: number()?,
+            }
+        }
         "hang" => Fault::HangBeforeHeaders,
         "delay" => Fault::DelayHeaders(Duration::from_millis(number()?)),
         "hang-mid" => Fault::HangMidBody {

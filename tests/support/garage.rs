@@ -337,9 +337,10 @@ pub struct CuttingRelay {
     /// At a limit, hold the connection open and silent instead of cutting it (a store that
     /// stalls rather than dies).
     pub stall_instead_of_cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    /// How many more connections get the limits (unlimited by default); later ones relay
-    /// everything.
-    pub limited_connections: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// How many more cuts (or stalls) the limits may make (unlimited by default); once spent,
+    /// a connection that reaches a limit relays everything. Counted at the cut, not at the
+    /// connect, so small requests on other connections (a listing) do not use it up.
+    pub cuts_left: std::sync::Arc<std::sync::atomic::AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -363,21 +364,12 @@ impl CuttingRelay {
         );
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
-                let applies = limited_left
-                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                    .is_ok();
-                let limit = |value: &AtomicU64| {
-                    if applies {
-                        value.load(Ordering::SeqCst)
-                    } else {
-                        u64::MAX
-                    }
-                };
-                let (down_limit, up_limit, cut_count, stalls) = (
-                    limit(&down_limit),
-                    limit(&up_limit),
+                let (down_limit, up_limit, cut_count, stalls, cuts_left) = (
+                    down_limit.load(Ordering::SeqCst),
+                    up_limit.load(Ordering::SeqCst),
                     cut_count.clone(),
                     stall_flag.load(Ordering::SeqCst),
+                    limited_left.clone(),
                 );
                 tokio::spawn(async move {
                     let Ok(server) =
@@ -389,8 +381,14 @@ impl CuttingRelay {
                     let (server_read, server_write) = server.into_split();
                     // A stall keeps the sockets (owned by the relay futures) open and silent.
                     let stall = stalls.then(|| cut_count.clone());
-                    let upload = relay(client_read, server_write, up_limit, stall.clone());
-                    let download = relay(server_read, client_write, down_limit, stall);
+                    let upload = relay(
+                        client_read,
+                        server_write,
+                        up_limit,
+                        stall.clone(),
+                        cuts_left.clone(),
+                    );
+                    let download = relay(server_read, client_write, down_limit, stall, cuts_left);
                     let cut = tokio::select! {
                         cut = upload => cut,
                         cut = download => cut,
@@ -407,7 +405,7 @@ impl CuttingRelay {
             cut_upstream_after: up,
             cuts,
             stall_instead_of_cut: stall,
-            limited_connections: limited,
+            cuts_left: limited,
             task,
         }
     }
@@ -425,13 +423,16 @@ impl Drop for CuttingRelay {
 
 /// Copies `from` to `to` until EOF or `limit` bytes; true if it stopped at the limit (the
 /// caller then drops both sockets: a cut). With `stall`, reaching the limit counts there and
-/// then holds both halves open, sending nothing, for good.
+/// then holds both halves open, sending nothing, for good. Once `cuts_left` is spent, the
+/// limit no longer applies.
 async fn relay(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
-    limit: u64,
+    mut limit: u64,
     stall: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
+    cuts_left: std::sync::Arc<std::sync::atomic::AtomicU64>,
 ) -> bool {
+    use std::sync::atomic::Ordering;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut sent = 0u64;
     let mut buffer = vec![0u8; 64 * 1024];
@@ -450,6 +451,19 @@ async fn relay(
             return false;
         }
         sent += n.min(room) as u64;
+        if sent >= limit
+            && cuts_left
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_err()
+        {
+            // No cut left: relay the rest of this read, and everything after it.
+            if to.write_all(&buffer[n.min(room)..n]).await.is_err() {
+                return false;
+            }
+            sent += (n - n.min(room)) as u64;
+            limit = u64::MAX;
+            continue;
+        }
         if sent >= limit {
             if let Some(stalls) = &stall {
                 stalls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
