@@ -330,8 +330,44 @@ async fn an_upstream_within_its_reserve_is_still_the_last_resort_for_a_pull() {
     );
     assert!(secondary.hits("/manifests/") >= 1, "the secondary first");
     assert_eq!(
-        primary.hits_with(reqwest::Method::GET, "/manifests/v2"),
+        primary.hits_with(reqwest::Method::GET, &format!("/manifests/{v2}")),
         1,
-        "then the primary"
+        "then the primary, by the digest its HEAD named"
     );
+}
+
+#[tokio::test]
+async fn a_tag_means_what_the_upstream_within_its_reserve_said_even_when_the_pull_is_spent_there() {
+    let primary = FakeRegistry::start().await;
+    let secondary = FakeRegistry::start().await;
+    put_image(&[&primary, &secondary], "team/app", "v1", 860);
+    // The secondary, a lagging mirror, still maps v2 to an older image.
+    let newer = put_image(&[&primary], "team/app", "v2", 861).0;
+    let older = put_image(&[&secondary], "team/app", "v2", 862).0;
+    assert_ne!(newer, older);
+    primary.set_pull_quota(100, 2, 3600, 30);
+    let proxy = TestProxy::start_with(&[&primary, &secondary], |c| {
+        c.upstreams[0].ratelimit_reserve = 1;
+    })
+    .await;
+    digest_of(&proxy, "/v2/team/app/manifests/v1").await;
+    assert_eq!(
+        proxy.admin_status().await["upstreams"][0]["in_reserve"],
+        true
+    );
+    // Nothing kept for v2 and only the primary has what its HEAD names: the pull is spent
+    // there, by digest, rather than taking the mirror's older mapping.
+    assert_eq!(
+        digest_of(&proxy, "/v2/team/app/manifests/v2").await,
+        newer.to_string()
+    );
+    assert_eq!(
+        primary.hits_with(reqwest::Method::GET, &format!("/manifests/{newer}")),
+        1
+    );
+    assert_eq!(
+        secondary.hits_with(reqwest::Method::GET, "/manifests/v2"),
+        0
+    );
+    assert_eq!(primary.pulls_remaining(), Some(0));
 }

@@ -386,6 +386,11 @@ impl<E: ContentError> BlobFill<E> {
         self.received
     }
 
+    /// Whether the fill has begun (since its creation or its last restart).
+    pub(crate) fn begun(&self) -> bool {
+        self.reservation.is_some()
+    }
+
     /// Whether any byte has been shown to a reader (then the fill can no longer start over).
     pub(crate) fn any_published(&self) -> bool {
         self.published > 0

@@ -98,7 +98,11 @@ impl Config {
             max_connections_per_client: MAX_CONNECTIONS_PER_CLIENT
                 .render(&(self.client_limits.max_connections_per_client as u32)),
             retry_budget: RETRY_BUDGET.render(&(self.pool.retry_budget as u32)),
-            ratelimit_reserve: None,
+            // The default every upstream and direct registry took; the upstreams' own below.
+            ratelimit_reserve: self
+                .direct
+                .as_ref()
+                .map(|d| u32::try_from(d.ratelimit_reserve).unwrap_or(u32::MAX)),
             hedge_delay: HEDGE_DELAY.render(&self.pool.hedging),
             stall_floor: STALL_FLOOR.render(&self.pool.stall_floor),
             memory_budget: MEMORY_BUDGET.render(&(self.pool.memory.bytes() as u64)),

@@ -727,7 +727,7 @@ impl Fill {
                     if let Err(e) = self.fill.restart() {
                         return Err(FerryError::Cache(e));
                     }
-                    self.total = None;
+                    self.forget_length_unless_told();
                 }
                 AttemptEnd::WrongSeen(failure) => {
                     self.check_store_copy(upstreams, &client, shared);
@@ -813,7 +813,7 @@ impl Fill {
                 if let Err(message) = self.fill.restart() {
                     return StoreAttempt::Failed(FerryError::Cache(message));
                 }
-                self.total = None;
+                self.forget_length_unless_told();
                 StoreAttempt::Continue
             }
         }
@@ -840,6 +840,18 @@ impl Fill {
                 upstreams.exonerate(&name, &digest);
             }
         });
+    }
+
+    /// The fill starts over: the next source may announce another length, unless clients
+    /// were already answered with this one (a blob too large to verify before the headers),
+    /// which every later source must then agree with.
+    fn forget_length_unless_told(&mut self) {
+        if self
+            .total
+            .is_none_or(|total| total <= VERIFY_BEFORE_HEADERS_BYTES)
+        {
+            self.total = None;
+        }
     }
 
     /// Wrong content: every upstream whose bytes are in the file is skipped for this digest
@@ -881,32 +893,29 @@ impl Fill {
             Some(len) => Some(offset + len),
             None => None,
         };
-        match (self.total, announced_total) {
-            (Some(total), Some(announced)) if total != announced => {
-                return AttemptEnd::Broken(UpstreamFailure::new(
-                    upstream,
-                    FailureKind::BadResponse,
-                    format!("announces {announced} bytes, an earlier upstream announced {total}"),
-                ));
+        if let (Some(total), Some(announced)) = (self.total, announced_total)
+            && total != announced
+        {
+            return AttemptEnd::Broken(UpstreamFailure::new(
+                upstream,
+                FailureKind::BadResponse,
+                format!("announces {announced} bytes, an earlier source announced {total}"),
+            ));
+        }
+        // The first byte of a fill (or of a fill started over): readers learn the length.
+        if offset == 0 && (self.total.is_none() || !self.fill.begun()) {
+            let total = self.total.or(announced_total);
+            if let Err(message) = self
+                .fill
+                .begin(total, FillOrigin::Upstream(upstream.to_owned()))
+                .await
+            {
+                return AttemptEnd::Cache(message);
             }
-            (None, announced) if offset == 0 => {
-                if let Err(message) = self
-                    .fill
-                    .begin(announced, FillOrigin::Upstream(upstream.to_owned()))
-                    .await
-                {
-                    return AttemptEnd::Cache(message);
-                }
-                self.total = announced;
-            }
-            _ => {}
+            self.total = total;
         }
         let total = self.total;
-        if client.health().is_suspect() {
-            // It sent wrong bytes lately: no reader sees this body before its digest matches,
-            // so a wrong one is fetched again elsewhere without any client having seen it.
-            self.fill.hold_until_verified();
-        }
+        let mut held = false;
         self.contributors.push(upstream.to_owned());
         let mut received = offset;
         let mut pace = upstreams.stall_floor_for(client).map(BodyPace::new);
@@ -940,6 +949,13 @@ impl Fill {
                 let dropped = skip.min(chunk.len() as u64);
                 skip -= dropped;
                 chunk = chunk.slice(dropped as usize..);
+            }
+            if !held && client.health().is_suspect() {
+                // It sent wrong bytes lately (maybe just now, for another digest): no reader
+                // sees more of this body before its digest matches, so a wrong one is fetched
+                // again elsewhere without any client having seen it.
+                self.fill.hold_until_verified();
+                held = true;
             }
             received += chunk.len() as u64;
             if total.is_some_and(|total| received > total) {

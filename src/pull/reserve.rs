@@ -1,7 +1,7 @@
-//! Tags while an upstream is within its rate-limit reserve: the tag is still asked there
-//! first, with a HEAD (Docker Hub counts no HEAD as a pull), and the manifest it names is
-//! taken from this disk, the shared store or the other upstreams by digest; a kept mapping
-//! within max_stale is served rather than spending the reserve.
+//! Tags while an upstream is within its rate-limit reserve: asked there first with a HEAD
+//! (Docker Hub counts no HEAD as a pull), the manifest it names taken by digest from this
+//! disk, the store or the other upstreams; else a kept mapping within max_stale is served,
+//! and only without one is the pull spent there (by digest).
 
 use super::manifest::{ManifestAnswer, TaggedRequest};
 use super::{PullThrough, Source};
@@ -36,37 +36,50 @@ impl PullThrough {
             .upstreams
             .find(&said_by)
             .filter(|client| client.health().in_reserve())?;
-        match self.manifest_without_a_pull(tagged, &digest).await {
-            Some((manifest, source)) if tagged.accept.accepts(&manifest.media_type) => {
-                tracing::info!(tag = %tagged.label(), %digest, revalidated_at = %said_by, from = ?source, "tag answered without a pull at an upstream within its rate-limit reserve");
-                self.record_tag(tagged.key, &manifest, &said_by).await;
-                Some(Ok(ManifestAnswer { manifest, source }))
+        let answer = match self
+            .manifest_by_named_digest(tagged, &digest, RequestCost::PullSparingReserve)
+            .await
+        {
+            Some(answer) => {
+                tracing::info!(tag = %tagged.label(), %digest, revalidated_at = %said_by, from = ?answer.1, "tag answered without a pull at an upstream within its rate-limit reserve");
+                answer
             }
-            _ => match stale {
+            None => match stale {
                 Some((record, manifest)) if self.within_max_stale(record.age()) => {
                     tracing::warn!(tag = %tagged.label(), %digest, upstream = %said_by, "serving a stale tag rather than spending an upstream's rate-limit reserve: no other source has the manifest it names now");
-                    Some(Ok(ManifestAnswer {
+                    return Some(Ok(ManifestAnswer {
                         manifest: manifest.clone(),
                         source: Source::StaleCache,
-                    }))
+                    }));
                 }
-                _ => None,
+                // Nothing kept to serve: the pull is spent there (by digest, so the tag
+                // means what it said; a GET of the tag elsewhere could name an older one).
+                _ => {
+                    tracing::info!(tag = %tagged.label(), %digest, upstream = %said_by, "spending a pull within an upstream's rate-limit reserve: no other source has the manifest its tag names");
+                    self.manifest_by_named_digest(tagged, &digest, RequestCost::Pull)
+                        .await?
+                }
             },
-        }
+        };
+        let (manifest, source) = answer;
+        self.record_tag(tagged.key, &manifest, &said_by).await;
+        Some(Ok(ManifestAnswer { manifest, source }))
     }
 
-    /// The manifest `digest` from this disk, the shared store, or an upstream outside its
-    /// reserve; `None` when none has it.
-    async fn manifest_without_a_pull(
+    /// The manifest `digest` a tag's HEAD named, acceptable to the client: from this disk,
+    /// the shared store, or the upstreams `cost` allows; `None` when none has it.
+    async fn manifest_by_named_digest(
         &self,
         tagged: &TaggedRequest<'_>,
         digest: &Digest,
+        cost: RequestCost,
     ) -> Option<(CachedManifest, Source)> {
+        let acceptable = |manifest: &CachedManifest| tagged.accept.accepts(&manifest.media_type);
         if let Ok(Some(manifest)) = self.cached_manifest(digest).await {
-            return Some((manifest, Source::Cache));
+            return acceptable(&manifest).then_some((manifest, Source::Cache));
         }
         if let Some(manifest) = self.shared_manifest(digest).await {
-            return Some((manifest, Source::SharedStore));
+            return acceptable(&manifest).then_some((manifest, Source::SharedStore));
         }
         let (manifest, upstream) = self
             .fetch_manifest(
@@ -74,7 +87,7 @@ impl PullThrough {
                 tagged.name,
                 &Reference::Digest(digest.clone()),
                 tagged.accept,
-                RequestCost::PullSparingReserve,
+                cost,
             )
             .await
             .ok()?;
@@ -83,6 +96,6 @@ impl PullThrough {
         let source = Source::Upstream(upstream);
         self.served_by(ContentKind::Manifest, digest, tagged.registry, &source)
             .await;
-        Some((manifest, source))
+        acceptable(&manifest).then_some((manifest, source))
     }
 }

@@ -355,8 +355,9 @@ impl Upstreams {
             .cloned()
             .collect();
         let in_rotation = order_groups(in_rotation, route, &self.registry).into_iter();
-        let order: Vec<_> = match route.digest() {
-            None => in_rotation.collect(),
+        // `order`, then `last`: the upstreams that sent bad bytes for this very digest.
+        let (order, last): (Vec<_>, Vec<_>) = match route.digest() {
+            None => (in_rotation.collect(), Vec::new()),
             Some(digest) => {
                 let bad = self.lock_bad_sources();
                 let is_bad = |client: &UpstreamClient| {
@@ -373,11 +374,10 @@ impl Upstreams {
                 // being asked again while the other has recovered.
                 skipped.sort_by_key(|c| bad.get(&(c.name().to_owned(), digest.clone())).copied());
                 trusted.extend(suspects);
-                trusted.extend(skipped);
-                trusted
+                (trusted, skipped)
             }
         };
-        let order = match cost {
+        let mut order = match cost {
             RequestCost::Free => order,
             RequestCost::Pull => {
                 let (mut outside, within): (Vec<_>, Vec<_>) =
@@ -390,12 +390,18 @@ impl Upstreams {
                 .filter(|c| !c.health().in_reserve())
                 .collect(),
         };
+        order.extend(
+            last.into_iter()
+                .filter(|c| cost != RequestCost::PullSparingReserve || !c.health().in_reserve()),
+        );
         AttemptPlan::new(order, self.settings.retry_budget)
     }
 
-    /// Whether any upstream is within its rate-limit reserve now.
+    /// Whether an upstream in rotation is within its rate-limit reserve now.
     pub(crate) fn any_in_reserve(&self) -> bool {
-        self.clients.iter().any(|c| c.health().in_reserve())
+        self.clients
+            .iter()
+            .any(|c| !c.health().is_drained() && c.health().in_reserve())
     }
 
     /// Remembers that `upstream` served wrong or broken bytes for `digest` (and so is
@@ -431,7 +437,13 @@ impl Upstreams {
     /// shared store's copy): neither a bad source for `digest` nor suspect.
     pub(crate) fn exonerate(&self, upstream: &str, digest: &Digest) {
         self.clear_bad_source(upstream, digest);
-        if let Some(client) = self.find(upstream) {
+        let now = Instant::now();
+        // Suspicion earned with another digest stands.
+        let blamed_elsewhere = self
+            .lock_bad_sources()
+            .iter()
+            .any(|((name, _), until)| name == upstream && *until > now);
+        if !blamed_elsewhere && let Some(client) = self.find(upstream) {
             client.health().clear_suspect();
         }
     }

@@ -226,9 +226,20 @@ impl Quota {
         }
         let now = Instant::now();
         let mut state = self.lock();
-        if let Some(reading) = reading {
-            state.reading = Some(reading);
-            state.seen_at = Some(now);
+        match reading {
+            Some(reading) if reading.remaining.is_some() => {
+                state.reading = Some(reading);
+                state.seen_at = Some(now);
+            }
+            // Only the limit or the policy: the budget last announced (and when) stands.
+            Some(reading) => {
+                let mut merged = state.reading.unwrap_or_default();
+                merged.limit = reading.limit.or(merged.limit);
+                merged.window = reading.window.or(merged.window);
+                state.reading = Some(merged);
+                state.seen_at = state.seen_at.or(Some(now));
+            }
+            None => {}
         }
         if let Some(delay) = retry_after {
             let until = now + delay;
@@ -445,11 +456,15 @@ mod tests {
         assert!(!quota.check_reserve().0);
         assert_eq!(quota.snapshot().reserve_entries, 3);
         // An answer without a remaining count says nothing about the reserve.
+        note("1;w=600");
         assert_eq!(
             quota
-                .note_answer(200, &headers(&[("ratelimit-limit", "100")]))
+                .note_answer(200, &headers(&[("ratelimit-limit", "100;w=600")]))
                 .reserve,
             None
         );
+        assert!(quota.check_reserve().0, "still inside");
+        assert_eq!(quota.snapshot().limit, Some(100));
+        assert_eq!(quota.snapshot().remaining, Some(1));
     }
 }
