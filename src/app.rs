@@ -194,11 +194,17 @@ fn pull_through(
         })?;
     let metrics = Arc::new(crate::metrics::Metrics::default());
     note_proxy_environment(config);
+    let mut pool = config.pool.clone();
+    pool.suspects = Some(Arc::new(crate::upstream::suspects::SuspectFile::new(
+        config
+            .cache_dir
+            .join(crate::upstream::suspects::SUSPECTS_FILE),
+    )));
     let registries = Registries::new(
         &config.upstreams,
         &config.registry,
         config.direct.clone(),
-        &config.pool,
+        &pool,
         metrics.clone(),
     )
     .map_err(StartError::Upstreams)?;

@@ -308,6 +308,8 @@ fn pool_settings(file: &ConfigFile, problems: &mut Problems) -> PoolSettings {
             max_cooldown: BREAKER_MAX_COOLDOWN.parse(file.breaker_max_cooldown.as_ref(), problems),
             probe_timeout: BreakerConfig::DEFAULT.probe_timeout,
         },
+        // Beside the cache; set by `app` once the cache directory is known to be usable.
+        suspects: None,
     }
 }
 

@@ -17,6 +17,7 @@ pub(crate) mod reach;
 pub mod registries;
 pub mod route;
 pub(crate) mod settings;
+pub mod suspects;
 
 pub(crate) use client::{BodyChunks, UpstreamClient};
 pub(crate) use failure::{FailureKind, UpstreamFailure, UpstreamsExhausted};

@@ -92,3 +92,33 @@ async fn a_suspect_upstreams_wrong_body_reaches_no_client_and_is_fetched_again()
         "wrong, then right"
     );
 }
+
+#[tokio::test]
+async fn a_restart_does_not_forget_a_suspect() {
+    let primary = FakeRegistry::start().await;
+    let secondary = FakeRegistry::start().await;
+    let mut blobs = Vec::new();
+    for seed in 0..2 {
+        let bytes = pseudo_random_bytes(BLOB_BYTES, 8800 + seed);
+        blobs.push(primary.put_blob(bytes.clone()));
+        secondary.put_blob(bytes);
+    }
+    for blob in &blobs {
+        primary.fault(&blob.to_string(), Fault::Corrupt);
+    }
+    let urls = [primary.url(), secondary.url()];
+    let proxy = TestProxy::start_urls(&urls, tempfile::tempdir().unwrap(), |_| {}).await;
+    let _ = pull_whole(&proxy, &blobs[0]).await;
+    let cache_dir = proxy.stop().await;
+    let proxy = TestProxy::start_urls(&urls, cache_dir, |_| {}).await;
+    assert!(
+        proxy.admin_status().await["upstreams"][0]["suspect_for_ms"]
+            .as_u64()
+            .unwrap()
+            > 60_000
+    );
+    pull_whole(&proxy, &blobs[1])
+        .await
+        .expect("served whole after the restart");
+    assert_eq!(primary.hits(&blobs[1].to_string()), 0);
+}

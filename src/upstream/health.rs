@@ -110,6 +110,13 @@ impl UpstreamHealth {
         *until = Some(now + how_long);
     }
 
+    /// It was suspect before ferry restarted, for `still` more.
+    pub(crate) fn restore_suspect(&self, still: Duration) {
+        tracing::info!(upstream = %self.name, ?still, "upstream still suspect of sending wrong bytes from before the restart");
+        *self.suspect_until.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(Instant::now() + still);
+    }
+
     /// Its wrong bytes were someone else's (the shared store's copy was the bad one).
     pub(crate) fn clear_suspect(&self) {
         *self.suspect_until.lock().unwrap_or_else(|p| p.into_inner()) = None;

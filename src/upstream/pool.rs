@@ -49,6 +49,9 @@ pub struct PoolSettings {
     pub breaker: BreakerConfig,
     /// Shared by every upstream: bodies read whole stay under it together.
     pub memory: super::MemoryBudget,
+    /// Where suspect upstreams are remembered across restarts (beside the cache); `None`:
+    /// in memory only.
+    pub suspects: Option<Arc<super::suspects::SuspectFile>>,
 }
 
 /// Hedging: starting the next upstream alongside one that is silent, so a blackholed upstream
@@ -115,6 +118,7 @@ impl Default for PoolSettings {
             stall_floor: Some(DEFAULT_STALL_FLOOR),
             breaker: BreakerConfig::default(),
             memory: Default::default(),
+            suspects: None,
         }
     }
 }
@@ -277,6 +281,14 @@ impl Upstreams {
                     .map(Arc::new)
             })
             .collect::<Result<Vec<_>, _>>()?;
+        if let Some(file) = &settings.suspects {
+            let suspects = file.load();
+            for client in &clients {
+                if let Some(still) = suspects.get(client.name()) {
+                    client.health().restore_suspect(*still);
+                }
+            }
+        }
         Ok(Upstreams {
             clients,
             settings,
@@ -407,9 +419,7 @@ impl Upstreams {
     /// Remembers that `upstream` served wrong or broken bytes for `digest` (and so is
     /// suspect for every digest a while).
     pub(crate) fn mark_bad_source(&self, upstream: &str, digest: &Digest) {
-        if let Some(client) = self.find(upstream) {
-            client.health().mark_suspect(self.settings.bad_source_skip);
-        }
+        self.mark_suspect(upstream);
         let now = Instant::now();
         let mut bad = self.lock_bad_sources();
         bad.retain(|_, until| *until > now);
@@ -445,6 +455,19 @@ impl Upstreams {
             .any(|((name, _), until)| name == upstream && *until > now);
         if !blamed_elsewhere && let Some(client) = self.find(upstream) {
             client.health().clear_suspect();
+            if let Some(file) = &self.settings.suspects {
+                file.set(upstream, None);
+            }
+        }
+    }
+
+    /// `upstream` sent wrong bytes: suspect for `bad_source_skip`, across restarts too.
+    fn mark_suspect(&self, upstream: &str) {
+        if let Some(client) = self.find(upstream) {
+            client.health().mark_suspect(self.settings.bad_source_skip);
+            if let Some(file) = &self.settings.suspects {
+                file.set(upstream, Some(self.settings.bad_source_skip));
+            }
         }
     }
 
@@ -500,7 +523,7 @@ impl Upstreams {
             Err(failure) => {
                 client.health().record_failure(failure);
                 if failure.kind == super::FailureKind::DigestMismatch {
-                    client.health().mark_suspect(self.settings.bad_source_skip);
+                    self.mark_suspect(client.name());
                 }
                 if failure.may_try_next(failover_on_not_found) {
                     self.metrics
