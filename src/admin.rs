@@ -1,9 +1,7 @@
-//! The admin API, on its own listener (loopback by default): upstream status with breaker
-//! state, recent failures and latency (`/admin/upstreams`, also `/status`); drain and
-//! undrain for game days; pins (`/admin/pins`); `/healthz` and `/readyz`. Browsers are kept
-//! out: requests with an `Origin` header or a Host that is not an address, localhost or an
-//! `admin_hosts` name are refused (no cross-site POST, no DNS rebinding); mutations refuse
-//! form content types and, with `admin_token_file`, need the token.
+//! The admin API, on its own listener: upstream status (`/admin/upstreams`, `/status`), the
+//! last hour (`/admin/history`) and its `/dashboard`, drain and undrain, pins, `/metrics`,
+//! `/healthz`, `/readyz`. Cross-site requests (an `Origin`, a Host that is no address,
+//! localhost or `admin_hosts` name) and form mutations are refused; mutations may need a token.
 
 use crate::oci::ErrorCode;
 use crate::pins::{PinKeeper, PinRequestError};
@@ -270,6 +268,8 @@ async fn route(
         (&Method::GET, "/admin/upstreams") | (&Method::GET, "/status") => {
             json(StatusCode::OK, &status(pull))
         }
+        (&Method::GET, "/admin/history") => json(StatusCode::OK, &pull.metrics.history.snapshot()),
+        (&Method::GET, "/dashboard") => dashboard(),
         (_, p) if p.starts_with("/admin/upstreams/") => {
             let rest = &p["/admin/upstreams/".len()..];
             let Some((name, action)) = rest.rsplit_once('/') else {
@@ -481,6 +481,28 @@ fn json(status: StatusCode, value: &serde_json::Value) -> Response<ResponseBody>
             .header(CONTENT_TYPE, "application/json")
             .header(CONTENT_LENGTH, body.len())
             .body(full_body(body)),
+    )
+}
+
+/// The dashboard: one self-contained page (HTML, CSS, script; no external asset) drawn
+/// from `/admin/history`, `/admin/upstreams` and `/admin/pins`.
+const DASHBOARD_PAGE: &str = include_str!("admin/dashboard.html");
+
+fn dashboard() -> Response<ResponseBody> {
+    or_500(
+        builder(StatusCode::OK)
+            .header(CONTENT_TYPE, "text/html; charset=utf-8")
+            .header(CONTENT_LENGTH, DASHBOARD_PAGE.len())
+            .header(http::header::CACHE_CONTROL, "no-cache")
+            .header(http::header::X_CONTENT_TYPE_OPTIONS, "nosniff")
+            .header(http::header::X_FRAME_OPTIONS, "DENY")
+            // Its own inline script and style, and requests to this listener only.
+            .header(
+                http::header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+                 connect-src 'self'; img-src 'self'; base-uri 'none'; form-action 'none'",
+            )
+            .body(full_body(DASHBOARD_PAGE)),
     )
 }
 

@@ -161,6 +161,7 @@ pub async fn start_with_shutdown(
         ));
     }
     tasks.spawn_until_stopped("cache maintenance", maintain_cache(pull.clone()));
+    tasks.spawn_until_stopped("history sampler", sample_history(pull.clone()));
     tasks.spawn_until_stopped("pin keeper", pins.run());
     if let Some(interval) = config.health_probe_interval.filter(|_| !config.offline) {
         tasks.spawn_until_stopped("upstream probes", probe_upstreams(pull.clone(), interval));
@@ -361,6 +362,33 @@ fn note_proxy_environment(config: &Config) {
 
 /// Indexes what is already on disk (in the background: requests are served meanwhile),
 /// then keeps pins current and the size bound enforced.
+/// How often breaker states and counts kept as totals are folded into the history.
+const HISTORY_SAMPLE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Feeds the minute-by-minute history what no request reports: the time each breaker stays
+/// open, evictions, and shared-store reads.
+async fn sample_history(pull: Arc<PullThrough>) {
+    let mut ticks = tokio::time::interval(HISTORY_SAMPLE_INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        ticks.tick().await;
+        let history = &pull.metrics.history;
+        for (registry, upstreams) in pull.registries.all() {
+            for client in upstreams.clients() {
+                if client.health().breaker().state != crate::upstream::breaker::BreakerState::Closed
+                {
+                    history.note_breaker_open(&registry, client.name(), HISTORY_SAMPLE_INTERVAL);
+                }
+            }
+        }
+        let store = pull
+            .shared
+            .as_ref()
+            .map_or([0; 3], |shared| shared.read_totals());
+        history.catch_up_totals(pull.cache.usage().evictions, store);
+    }
+}
+
 async fn maintain_cache(pull: Arc<PullThrough>) {
     let started = std::time::Instant::now();
     let scan_pull = pull.clone();

@@ -3,6 +3,8 @@
 //! reason, fill duration and size, breaker state, cache size and evictions, and the shared
 //! store's reads, uploads, bytes and corrupt objects.
 
+pub(crate) mod history;
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -94,6 +96,8 @@ pub struct Metrics {
     pub(crate) provenance_confirmations: Counter,
     pub(crate) provenance_refusals: Counter,
     pub(crate) pins: Family<PinStateLabels, Gauge>,
+    /// The last hour minute by minute, for `/admin/history` and the dashboard.
+    pub(crate) history: history::History,
 }
 
 impl Default for Metrics {
@@ -130,6 +134,7 @@ impl Default for Metrics {
             store_breaker_open: Gauge::default(),
             pins: Family::default(),
             registry: Registry::default(),
+            history: history::History::default(),
         };
         registry.register(
             "ferry_upstream_ratelimit_remaining",
@@ -289,6 +294,7 @@ impl Metrics {
     /// the least recently used), so the label set stays bounded by the open registries.
     /// `outcomes` are the values the outcome and reason labels can take.
     pub(crate) fn forget_upstream(&self, registry: &str, upstream: &str, outcomes: &[&str]) {
+        self.history.forget_upstream(registry, upstream);
         for outcome in outcomes {
             self.upstream_requests.remove(&UpstreamOutcomeLabels {
                 registry: registry.to_owned(),

@@ -11,6 +11,7 @@ mod cache_tools;
 mod chaos;
 mod cli;
 mod crash;
+mod dashboard;
 mod disk_full;
 mod failover;
 mod flapping;

@@ -589,6 +589,7 @@ impl Fill {
                     .fill_seconds
                     .observe(started.elapsed().as_secs_f64());
                 pull.metrics.fill_bytes.observe(bytes as f64);
+                pull.metrics.history.note_fill();
                 self.fill.announce_complete();
                 let from_a_registry = matches!(origin, FillOrigin::Upstream(_));
                 let source = Source::from(origin);

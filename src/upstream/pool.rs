@@ -506,6 +506,19 @@ impl Upstreams {
             Ok(_) => "ok",
             Err(failure) => failure.reason(),
         };
+        let own_overload = matches!(outcome, Err(f) if f.kind == super::FailureKind::MemoryBudget);
+        if !own_overload {
+            let failure = outcome.as_ref().err();
+            self.metrics
+                .history
+                .note_attempt(crate::metrics::history::Attempt {
+                    registry: &self.registry,
+                    upstream: client.name(),
+                    failure: failure.map(|f| (f.reason(), f.detail())),
+                    failed_over: failure.is_some_and(|f| f.may_try_next(failover_on_not_found)),
+                    latency,
+                });
+        }
         self.metrics
             .upstream_requests
             .get_or_create(&crate::metrics::UpstreamOutcomeLabels {
