@@ -268,7 +268,7 @@ async fn route(
         (&Method::GET, "/admin/upstreams") | (&Method::GET, "/status") => {
             json(StatusCode::OK, &status(pull))
         }
-        (&Method::GET, "/admin/history") => json(StatusCode::OK, &pull.metrics.history.snapshot()),
+        (&Method::GET, "/admin/history") => json(StatusCode::OK, &history(pull)),
         (&Method::GET, "/dashboard") => dashboard(),
         (_, p) if p.starts_with("/admin/upstreams/") => {
             let rest = &p["/admin/upstreams/".len()..];
@@ -363,25 +363,32 @@ pub(crate) fn readiness(pull: &PullThrough, cache_writable: std::io::Result<()>)
     }
 }
 
-/// Every upstream (by registry, then priority) with its health, plus cache counters.
-pub(crate) fn status(pull: &PullThrough) -> serde_json::Value {
-    let upstreams: Vec<serde_json::Value> = pull
-        .registries
+/// Every upstream with its registry's name, by registry, then priority.
+fn every_upstream(pull: &PullThrough) -> Vec<(String, Arc<crate::upstream::UpstreamClient>)> {
+    pull.registries
         .all()
         .into_iter()
         .flat_map(|(registry, upstreams)| {
             upstreams
                 .clients()
                 .iter()
-                .map(|client| {
-                    let mut entry = client.health().status();
-                    entry["name"] = client.name().into();
-                    entry["registry"] = registry.as_str().into();
-                    entry["url"] = client.config().url.as_str().into();
-                    entry["group"] = client.config().group.as_deref().into();
-                    entry
-                })
+                .map(|client| (registry.to_string(), client.clone()))
                 .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// Every upstream (by registry, then priority) with its health, plus cache counters.
+pub(crate) fn status(pull: &PullThrough) -> serde_json::Value {
+    let upstreams: Vec<serde_json::Value> = every_upstream(pull)
+        .into_iter()
+        .map(|(registry, client)| {
+            let mut entry = client.health().status();
+            entry["name"] = client.name().into();
+            entry["registry"] = registry.into();
+            entry["url"] = client.config().url.as_str().into();
+            entry["group"] = client.config().group.as_deref().into();
+            entry
         })
         .collect();
     serde_json::json!({
@@ -482,6 +489,16 @@ fn json(status: StatusCode, value: &serde_json::Value) -> Response<ResponseBody>
             .header(CONTENT_LENGTH, body.len())
             .body(full_body(body)),
     )
+}
+
+/// The last hour, with the cache's counts caught up to this instant.
+fn history(pull: &PullThrough) -> serde_json::Value {
+    pull.catch_up_history();
+    let listed: Vec<(String, String)> = every_upstream(pull)
+        .into_iter()
+        .map(|(registry, client)| (registry, client.name().to_owned()))
+        .collect();
+    pull.metrics.history.snapshot(&listed)
 }
 
 /// The dashboard: one self-contained page (HTML, CSS, script; no external asset) drawn

@@ -161,7 +161,10 @@ pub async fn start_with_shutdown(
         ));
     }
     tasks.spawn_until_stopped("cache maintenance", maintain_cache(pull.clone()));
-    tasks.spawn_until_stopped("history sampler", sample_history(pull.clone()));
+    tasks.spawn_until_stopped(
+        "history sampler",
+        sample_history(pull.clone(), pins.clone()),
+    );
     tasks.spawn_until_stopped("pin keeper", pins.run());
     if let Some(interval) = config.health_probe_interval.filter(|_| !config.offline) {
         tasks.spawn_until_stopped("upstream probes", probe_upstreams(pull.clone(), interval));
@@ -360,14 +363,12 @@ fn note_proxy_environment(config: &Config) {
     );
 }
 
-/// Indexes what is already on disk (in the background: requests are served meanwhile),
-/// then keeps pins current and the size bound enforced.
 /// How often breaker states and counts kept as totals are folded into the history.
 const HISTORY_SAMPLE_INTERVAL: Duration = Duration::from_secs(5);
 
-/// Feeds the minute-by-minute history what no request reports: the time each breaker stays
-/// open, evictions, and shared-store reads.
-async fn sample_history(pull: Arc<PullThrough>) {
+/// Feeds the minute-by-minute history what requests do not report to it themselves: the time
+/// each breaker stays open, the cache's counts the metrics keep as totals, and the pins.
+async fn sample_history(pull: Arc<PullThrough>, pins: Arc<crate::pins::PinKeeper>) {
     let mut ticks = tokio::time::interval(HISTORY_SAMPLE_INTERVAL);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
@@ -381,14 +382,22 @@ async fn sample_history(pull: Arc<PullThrough>) {
                 }
             }
         }
-        let store = pull
-            .shared
-            .as_ref()
-            .map_or([0; 3], |shared| shared.read_totals());
-        history.catch_up_totals(pull.cache.usage().evictions, store);
+        pull.catch_up_history();
+        let by_state = pins.count_by_state();
+        let count = |state: &str| {
+            by_state
+                .iter()
+                .find(|(s, _)| *s == state)
+                .map_or(0, |(_, n)| u64::try_from(*n).unwrap_or(0))
+        };
+        if by_state.iter().any(|(_, n)| *n > 0) {
+            history.note_pins([count("cached"), count("fetching"), count("failed")]);
+        }
     }
 }
 
+/// Indexes what is already on disk (in the background: requests are served meanwhile),
+/// then keeps pins current and the size bound enforced.
 async fn maintain_cache(pull: Arc<PullThrough>) {
     let started = std::time::Instant::now();
     let scan_pull = pull.clone();

@@ -321,6 +321,37 @@ impl Metrics {
         self.stall_resumes.remove(&labels);
     }
 
+    /// The cache's counts since start, for the history (which folds their growth into minutes).
+    pub(crate) fn cache_totals(&self, evictions: u64, store: [u64; 3]) -> history::CacheTotals {
+        let by_kind = |family: &Family<CacheLabels, Counter>| -> u64 {
+            ["manifest", "blob"]
+                .into_iter()
+                .map(|kind| {
+                    family
+                        .get_or_create(&CacheLabels {
+                            kind: kind.to_owned(),
+                        })
+                        .get()
+                })
+                .sum()
+        };
+        let served = |source: &str| {
+            self.served_bytes
+                .get_or_create(&SourceLabels {
+                    source: source.to_owned(),
+                })
+                .get()
+        };
+        history::CacheTotals {
+            hits: by_kind(&self.cache_hits),
+            misses: by_kind(&self.cache_misses),
+            bytes_from_cache: served("cache"),
+            bytes_from_upstreams: served("upstream"),
+            evictions,
+            store,
+        }
+    }
+
     pub fn encode(&self) -> String {
         let mut out = String::new();
         if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {

@@ -200,6 +200,19 @@ impl PullThrough {
             .await
     }
 
+    /// Folds what the cache counted since the last call (hits, misses, bytes served,
+    /// evictions, shared-store reads) into the history's current minute.
+    pub(crate) fn catch_up_history(&self) {
+        let store = self
+            .shared
+            .as_ref()
+            .map_or([0; 3], |shared| shared.read_totals());
+        let totals = self
+            .metrics
+            .cache_totals(self.cache.usage().evictions, store);
+        self.metrics.history.catch_up(totals);
+    }
+
     /// Whether a tag mapping of this age may still be served without confirmation.
     fn within_max_stale(&self, age: Duration) -> bool {
         self.settings.max_stale.is_none_or(|max| age <= max)

@@ -430,13 +430,13 @@ impl SharedStore {
         })
     }
 
-    /// Brings the Prometheus counters up to this store's counts (at each scrape).
     /// Reads so far: hits, misses and errors.
     pub(crate) fn read_totals(&self) -> [u64; 3] {
         let c = &self.counters;
         [&c.hits, &c.misses, &c.errors].map(|n| n.load(Ordering::Relaxed))
     }
 
+    /// Brings the Prometheus counters up to this store's counts (at each scrape).
     pub(crate) fn mirror_into(&self, metrics: &crate::metrics::Metrics) {
         use crate::metrics::{StoreEventLabels, catch_up};
         let c = &self.counters;

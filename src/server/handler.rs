@@ -201,10 +201,6 @@ async fn manifest<B>(
     count_cache_use(call.pull, "manifest", &answer.source);
     if !call.head {
         served_bytes(call.pull, &answer.source).inc_by(manifest.body.len() as u64);
-        call.pull.metrics.history.note_bytes(
-            matches!(answer.source, Source::Cache | Source::StaleCache),
-            manifest.body.len() as u64,
-        );
     }
     let response = builder(StatusCode::OK)
         .header(CONTENT_TYPE, manifest.media_type.as_str())
@@ -277,11 +273,8 @@ async fn blob<B>(call: Call<'_, B>, name: RepositoryName, digest: crate::oci::Di
         Some(stream) if !call.head => {
             use futures_util::TryStreamExt;
             let counter = served_bytes(call.pull, &answer.source);
-            let from_cache = matches!(answer.source, Source::Cache | Source::StaleCache);
-            let metrics = call.pull.metrics.clone();
             let counted = stream.inspect_ok(move |chunk| {
                 counter.inc_by(chunk.len() as u64);
-                metrics.history.note_bytes(from_cache, chunk.len() as u64);
             });
             StreamBody::new(counted.map_ok(hyper::body::Frame::data)).boxed_unsync()
         }
@@ -375,9 +368,7 @@ fn count_cache_use(pull: &PullThrough, kind: &str, source: &Source) {
     let labels = crate::metrics::CacheLabels {
         kind: kind.to_owned(),
     };
-    let hit = matches!(source, Source::Cache | Source::StaleCache);
-    pull.metrics.history.note_answer(hit);
-    if hit {
+    if matches!(source, Source::Cache | Source::StaleCache) {
         pull.metrics.cache_hits.get_or_create(&labels).inc();
     } else {
         pull.metrics.cache_misses.get_or_create(&labels).inc();

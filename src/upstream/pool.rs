@@ -515,7 +515,16 @@ impl Upstreams {
                     registry: &self.registry,
                     upstream: client.name(),
                     failure: failure.map(|f| (f.reason(), f.detail())),
-                    failed_over: failure.is_some_and(|f| f.may_try_next(failover_on_not_found)),
+                    // As the breaker sees it: a 404, 401 or 403 shows the upstream answering.
+                    against_health: failure.is_some_and(|f| {
+                        !matches!(
+                            f.kind,
+                            super::FailureKind::NotFound
+                                | super::FailureKind::Unauthorized
+                                | super::FailureKind::Forbidden
+                        )
+                    }),
+                    moved_on: failure.is_some_and(|f| f.may_try_next(failover_on_not_found)),
                     latency,
                 });
         }
