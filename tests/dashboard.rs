@@ -191,6 +191,10 @@ async fn a_real_browser_draws_every_upstream_during_an_outage() {
         "the primary is not shown failing"
     );
     assert!(
+        dom.contains("2 upstreams · 1 failing"),
+        "the summary does not say one is failing"
+    );
+    assert!(
         dom.contains(">server_error<"),
         "the failure's kind is not listed"
     );
